@@ -1,0 +1,2 @@
+"""intvit: integer-only quantized inference for vision transformers."""
+__version__ = "0.1.0"

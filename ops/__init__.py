@@ -1,0 +1,16 @@
+"""intvit.ops: the one definition of every integer kernel's semantics.
+
+The PyTorch integer simulation (``intvit.quantize``), the ONNX exporter and the
+TVM lowering all follow these functions; tests hold each backend to them
+bit for bit. See ``ops/README.md`` for the value-range table.
+"""
+from .arith import (INT32_MAX, floor_div, saturate, shift_right_floor,
+                    shift_right_round, signed_range)
+from .gemm import check_accumulator_fits, int_linear, int_matmul, patchify
+from .layernorm import int_layernorm, isqrt, layernorm_output_scale
+from .nonlinear import (GELU_SIGMOID_COEF, SHIFTGELU_N, SHIFTMAX_N, check_shiftexp_constants,
+                        shift_exp, shift_gelu, shiftexp_x0, shiftmax)
+from .requant import (dyadic_multiplier, dyadic_value, offset_for, quantize_float, requantize,
+                      rescale, residual_add)
+
+__all__ = [name for name in dir() if not name.startswith("_")]

@@ -1,0 +1,47 @@
+"""Integer GEMMs: int8 × int8 → int32 accumulate, plus patch extraction.
+
+``int_linear(x, w, b) = x @ wᵀ + b`` with ``x`` int8 (``[..., K]``), ``w`` int8
+per-output-channel weights (``[N, K]``) and ``b`` int32 at scale ``s_x·s_w``.
+The accumulator is exact: ``|Σ x·w| <= K·2**14``, so it fits int32 for
+``K < 2**16`` (``check_accumulator_fits`` asserts it). Computed in int64 here
+(the reference), in int32 by the backends.
+
+The patch embedding is a convolution whose stride equals its kernel, i.e. a
+GEMM on non-overlapping patches: ``patchify`` reorders the image into rows of
+``C·P·P`` values in (c, ky, kx) order, matching ``Conv2d.weight.reshape(N, -1)``.
+"""
+from __future__ import annotations
+
+import torch
+
+from .arith import INT32_MAX, as_int64
+
+
+def int_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Exact integer ``a @ b`` (batched), int64 result."""
+    return torch.matmul(as_int64(a), as_int64(b))
+
+
+def int_linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``x @ wᵀ (+ bias)`` exactly, int64 result (int32 range)."""
+    acc = int_matmul(x, as_int64(w).transpose(0, 1))
+    if bias is not None:
+        acc = acc + as_int64(bias)
+    return acc
+
+
+def check_accumulator_fits(k: int, a_bits: int = 8, b_bits: int = 8) -> None:
+    """Refuse a reduction length whose worst-case dot product overflows int32."""
+    worst = k * (1 << (a_bits - 1)) * (1 << (b_bits - 1))
+    if worst > INT32_MAX:
+        raise ValueError(f"a {a_bits}x{b_bits}-bit dot product of length {k} can overflow int32")
+
+
+def patchify(images: torch.Tensor, patch: int) -> torch.Tensor:
+    """``[B, C, H, W]`` → ``[B, (H/P)·(W/P), C·P·P]`` non-overlapping patches, row-major."""
+    b, c, h, w = images.shape
+    if h % patch or w % patch:
+        raise ValueError(f"image size {h}x{w} is not a multiple of the patch size {patch}")
+    x = images.reshape(b, c, h // patch, patch, w // patch, patch)
+    x = x.permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(b, (h // patch) * (w // patch), c * patch * patch)

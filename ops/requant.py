@@ -1,0 +1,129 @@
+"""Dyadic requantization: integer rescaling by ``m / 2**e``.
+
+A tensor ``z`` with scale ``s_in`` is re-expressed at scale ``s_out`` by the
+real ratio ``r = s_in / s_out``. I-ViT (Li & Gu, 2023, Eq. 4) replaces ``r`` by
+the dyadic number ``m / 2**e`` so that inference needs only an integer
+multiply and a shift::
+
+    out = saturate( round((z * m + offset) / 2**e), bits )
+
+with ``round`` = round-half-up (``ops.arith.shift_right_round``).
+
+``m`` and ``e`` come from ``frexp(r) = f * 2**k`` with ``0.5 <= |f| < 1``:
+``m = round_half_away(f * 2**31)`` (a signed 31-bit magnitude, so ``|m| < 2**31``
+fits int32) and ``e = 31 - k``. When rounding makes ``|m| == 2**31`` the pair
+is renormalised to ``(m / 2, e - 1)``. Shifts are kept in ``[1, 62]``:
+ratios below ``2**-31`` lose mantissa bits (``e`` capped at 62), ratios of
+``2**30`` or more are refused.
+
+``offset`` is an optional integer added *after* the multiply, i.e. at scale
+``s_out / 2**e``; it carries a bias that is not representable at the input
+scale (the LayerNorm β, see ``quantize``). Ratios may be per channel: ``m``,
+``e`` and ``offset`` broadcast against ``z``.
+
+Overflow: with ``|z| <= 2**31`` (an int32 accumulator), ``|m| < 2**31``,
+``|offset| <= 2**60`` and ``e <= 62``, ``|z*m + offset + 2**(e-1)| < 2**63``:
+no int64 overflow. ``check_requant_bounds`` enforces the offset bound.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from .arith import as_int64, saturate, shift_right_round
+
+MULTIPLIER_BITS = 31
+MAX_SHIFT = 62
+MAX_OFFSET = 2**60
+
+
+def dyadic_multiplier(ratio) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return ``(m, e)`` (int64 tensors) with ``m / 2**e ≈ ratio`` elementwise.
+
+    ``ratio`` is a float (or array of floats), possibly negative or zero.
+    Zero maps to ``(0, 1)``.
+    """
+    r = np.asarray(torch.as_tensor(ratio, dtype=torch.float64).cpu().numpy(), dtype=np.float64)
+    if not np.all(np.isfinite(r)):
+        raise ValueError("requantization ratio is not finite (a zero or NaN scale upstream?)")
+    f, k = np.frexp(r)
+    m = np.sign(f) * np.floor(np.abs(f) * 2.0**MULTIPLIER_BITS + 0.5)
+    full = np.abs(m) == 2.0**MULTIPLIER_BITS
+    m = np.where(full, m / 2, m)
+    k = np.where(full, k + 1, k)
+    e = MULTIPLIER_BITS - k
+    if np.any((e < 1) & (m != 0)):
+        worst = float(np.max(np.abs(r)))
+        raise ValueError(f"requantization ratio {worst:g} is too large (must be < 2**30)")
+    # Tiny ratios: keep e <= MAX_SHIFT and drop mantissa bits instead.
+    tiny = e > MAX_SHIFT
+    m = np.where(tiny, np.sign(r) * np.floor(np.abs(r) * 2.0**MAX_SHIFT + 0.5), m)
+    e = np.where(tiny, MAX_SHIFT, e)
+    e = np.where(m == 0, 1, e)
+    return torch.from_numpy(m.astype(np.int64)), torch.from_numpy(e.astype(np.int64))
+
+
+def dyadic_value(m: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+    """The real number ``m / 2**e`` as float64 (for reporting and tests only)."""
+    return m.to(torch.float64) * torch.pow(2.0, -e.to(torch.float64))
+
+
+def offset_for(value_at_out_scale, e: torch.Tensor) -> torch.Tensor:
+    """Integer offset that adds ``value_at_out_scale`` output units: ``round(v * 2**e)``."""
+    v = torch.as_tensor(value_at_out_scale, dtype=torch.float64)
+    off = torch.floor(v * torch.pow(2.0, e.to(torch.float64)) + 0.5).to(torch.int64)
+    check_requant_bounds(off)
+    return off
+
+
+def check_requant_bounds(offset: torch.Tensor) -> None:
+    """Refuse offsets that could overflow int64 inside ``rescale``."""
+    if offset.numel() and int(offset.abs().max()) > MAX_OFFSET:
+        raise ValueError("requantization offset exceeds 2**60; the output scale is too small")
+
+
+def rescale(z: torch.Tensor, m: torch.Tensor, e: torch.Tensor,
+            offset: torch.Tensor | None = None) -> torch.Tensor:
+    """``round((z * m + offset) / 2**e)`` without saturation (int64 result)."""
+    acc = as_int64(z) * as_int64(m)
+    if offset is not None:
+        acc = acc + as_int64(offset)
+    return shift_right_round(acc, as_int64(e))
+
+
+def requantize(z: torch.Tensor, m: torch.Tensor, e: torch.Tensor, bits: int,
+               offset: torch.Tensor | None = None) -> torch.Tensor:
+    """Dyadic requantization (I-ViT Eq. 4): ``saturate(rescale(z, m, e, offset), bits)``."""
+    return saturate(rescale(z, m, e, offset), bits)
+
+
+def residual_add(a: torch.Tensor, m_a: torch.Tensor, e_a: torch.Tensor,
+                 b: torch.Tensor, m_b: torch.Tensor, e_b: torch.Tensor,
+                 bits: int) -> torch.Tensor:
+    """Add two integer tensors of different scales into one of scale ``s_out``.
+
+    Each branch is rescaled with its own dyadic ratio (``s_a / s_out`` and
+    ``s_b / s_out``), the two are summed, and the sum saturates once::
+
+        out = saturate(rescale(a, m_a, e_a) + rescale(b, m_b, e_b), bits)
+    """
+    return saturate(rescale(a, m_a, e_a) + rescale(b, m_b, e_b), bits)
+
+
+def quantize_float(x: torch.Tensor, scale, bits: int) -> torch.Tensor:
+    """The input quantizer (the one float op before the integer graph).
+
+    ``saturate(round_half_even(x / scale), bits)`` as int64; ``torch.round``
+    and ONNX ``Round`` both round half to even.
+    """
+    if not x.is_floating_point():
+        raise TypeError(f"the input quantizer expects a float tensor, got {x.dtype}")
+    s = torch.as_tensor(scale, dtype=x.dtype, device=x.device)
+    return saturate(torch.round(x / s).to(torch.int64), bits)
+
+
+def log2_ceil(x: float) -> int:
+    """Smallest ``k`` with ``2**k >= x`` (for bit-width proofs)."""
+    return max(0, math.ceil(math.log2(x))) if x > 0 else 0

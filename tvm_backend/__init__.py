@@ -1,0 +1,1 @@
+"""intvit.tvm_backend."""
