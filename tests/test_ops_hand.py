@@ -216,7 +216,7 @@ def test_shift_gelu_large_row_max_does_not_collapse_sigmoid():
     x0 = ops.shiftexp_x0(ops.GELU_SIGMOID_COEF * scale)
     ours = ops.shift_gelu(x, x0)[0, 1].item() * scale / 128
     ivit = ivit_shift_gelu_float(x, x0, 8, row_max=True)[0, 1].item() * scale / 128
-    assert abs(ivit - (-3.04 * 0.5)) < 0.05            # the collapse
+    assert abs(ivit - (-3.04 * 0.5)) < 0.12            # the collapse: sigma ≈ 0.5, true GELU ≈ -0.02
     assert abs(ours - (-3.04 / (1 + math.exp(1.702 * 3.04)))) < 0.03
 
 
