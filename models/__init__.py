@@ -1,1 +1,46 @@
-"""intvit.models."""
+"""intvit.models: adapters from users' float ViTs to the canonical ``ViTSpec``."""
+from __future__ import annotations
+
+from torch import nn
+
+from .errors import UnsupportedModelError
+from .spec import ViTSpec, float_forward
+
+
+def _adapters():
+    from . import hf
+    return hf.ADAPTERS
+
+
+def is_supported(model: nn.Module) -> bool:
+    return type(model).__name__ in _adapters()
+
+
+def to_spec(model: nn.Module, image_size=None) -> ViTSpec:
+    """Convert a supported float model to a ``ViTSpec``; a clear error otherwise."""
+    if isinstance(model, ViTSpec):
+        return model
+    if not isinstance(model, nn.Module):
+        raise UnsupportedModelError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    adapter = _adapters().get(type(model).__name__)
+    if adapter is None:
+        found = find_backbones(model)
+        hint = (f"; it contains a supported backbone at '{found[0][0]}' — pass the wrapper to "
+                "intvit.quantize to quantize that backbone and keep your head") if found else ""
+        raise UnsupportedModelError(
+            f"model of type {type(model).__name__} is not supported; supported: "
+            f"{', '.join(sorted(_adapters()))}{hint}")
+    return adapter(model, image_size=image_size)
+
+
+def find_backbones(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Supported submodules (not the root), outermost first, for wrapper models."""
+    found = []
+    for path, mod in model.named_modules():
+        if path and is_supported(mod) and not any(path.startswith(p + ".") for p, _ in found):
+            found.append((path, mod))
+    return found
+
+
+__all__ = ["UnsupportedModelError", "ViTSpec", "float_forward", "find_backbones", "is_supported",
+           "to_spec"]

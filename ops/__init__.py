@@ -4,7 +4,7 @@ The PyTorch integer simulation (``intvit.quantize``), the ONNX exporter and the
 TVM lowering all follow these functions; tests hold each backend to them
 bit for bit. See ``ops/README.md`` for the value-range table.
 """
-from .arith import (INT32_MAX, floor_div, saturate, shift_right_floor,
+from .arith import (INT32_MAX, floor_div, round_mean, saturate, shift_right_floor,
                     shift_right_round, signed_range)
 from .gemm import check_accumulator_fits, int_linear, int_matmul, patchify
 from .layernorm import int_layernorm, isqrt, layernorm_output_scale

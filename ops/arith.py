@@ -12,6 +12,7 @@ and never touch floating point. The rounding rules are fixed here, once:
   product half-to-even instead; the two differ only on exact ties.
 * ``floor_div(a, b)`` — ``floor(a / b)`` for ``b > 0`` (ONNX ``Div`` truncates
   toward zero, so the exporter must reproduce *this*, not ``Div``).
+* ``round_mean(x, dim)`` — ``floor((Σx + floor(n/2)) / n)``: the mean, ties toward +∞.
 * ``saturate(x, bits)`` — clamp to the signed range ``[-2**(bits-1), 2**(bits-1)-1]``.
 """
 from __future__ import annotations
@@ -52,6 +53,12 @@ def shift_right_round(x: torch.Tensor, k) -> torch.Tensor:
     k = torch.as_tensor(k, dtype=torch.int64)
     half = torch.bitwise_left_shift(torch.ones_like(k), k - 1)
     return torch.bitwise_right_shift(x + half, k)
+
+
+def round_mean(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """Integer mean rounded half up: ``floor((Σx + floor(n/2)) / n)`` over ``dim`` (keepdim)."""
+    n = x.shape[dim]
+    return floor_div(as_int64(x).sum(dim=dim, keepdim=True) + n // 2, n)
 
 
 def floor_div(a: torch.Tensor, b) -> torch.Tensor:

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import torch
 
-from .arith import INT32_MAX, as_int64, floor_div, shift_right_floor
+from .arith import INT32_MAX, as_int64, floor_div, round_mean, shift_right_floor
 
 ISQRT_STEPS = 32
 
@@ -61,9 +61,7 @@ def isqrt(v: torch.Tensor) -> torch.Tensor:
 def int_layernorm(x: torch.Tensor) -> torch.Tensor:
     """Normalise the last axis of an integer tensor; returns ``z`` at scale ``√D / 2**30``."""
     x = as_int64(x)
-    d = x.shape[-1]
-    mean = floor_div(x.sum(dim=-1, keepdim=True) + d // 2, d)
-    y = x - mean
+    y = x - round_mean(x, dim=-1)
     var = (y * y).sum(dim=-1, keepdim=True)
     std = torch.clamp(isqrt(var), min=1)
     factor = floor_div(torch.full_like(std, INT32_MAX), std)

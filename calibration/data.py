@@ -1,0 +1,87 @@
+"""Calibration data sources: a DataLoader, any iterable of tensors, a tensor, or an ``.npz``.
+
+Every source is normalised to an iterator of float ``[B, C, H, W]`` tensors.
+Items may be tensors, numpy arrays, ``(images, labels)`` pairs or dicts with
+``pixel_values``. Errors name what was wrong and what to pass instead.
+"""
+from __future__ import annotations
+
+import os
+from typing import Iterable, Iterator
+
+import numpy as np
+import torch
+
+
+class CalibrationDataError(ValueError):
+    """The calibration data is missing, empty, or of the wrong shape or type."""
+
+
+def _as_tensor(item) -> torch.Tensor:
+    if isinstance(item, dict):
+        if "pixel_values" not in item:
+            raise CalibrationDataError("calibration batch is a dict without 'pixel_values'")
+        item = item["pixel_values"]
+    if isinstance(item, (tuple, list)):
+        if not item:
+            raise CalibrationDataError("calibration batch is an empty tuple")
+        item = item[0]
+    if isinstance(item, np.ndarray):
+        item = torch.from_numpy(item)
+    if not isinstance(item, torch.Tensor):
+        raise CalibrationDataError(
+            f"calibration batch of type {type(item).__name__} is not an image tensor; "
+            "pass tensors [B, C, H, W], (images, labels) pairs or dicts with 'pixel_values'")
+    return item
+
+
+def load_npz(path: str | os.PathLike, key: str | None = None) -> torch.Tensor:
+    """Images from an ``.npz`` file (key ``images``/``x``/``pixel_values`` or the only array)."""
+    if not os.path.exists(path):
+        raise CalibrationDataError(f"calibration file {path} does not exist")
+    with np.load(path) as z:
+        keys = list(z.keys())
+        if key is None:
+            key = next((k for k in ("images", "pixel_values", "x", "calib_images") if k in keys),
+                       keys[0] if len(keys) == 1 else None)
+        if key is None or key not in keys:
+            raise CalibrationDataError(f"{path}: no image array found (keys: {keys}); name it 'images'")
+        arr = z[key]
+    if arr.dtype.kind not in "fc":
+        raise CalibrationDataError(
+            f"{path}:{key} holds {arr.dtype} values; store images already normalised as float32")
+    return torch.from_numpy(np.ascontiguousarray(arr)).float()
+
+
+def iter_batches(data, batch_size: int = 32) -> Iterator[torch.Tensor]:
+    """Yield float image batches from any supported source."""
+    if data is None:
+        raise CalibrationDataError(
+            "no calibration data given: pass a DataLoader, an iterable of image tensors, "
+            "a [N, C, H, W] tensor or the path of an .npz file")
+    if isinstance(data, (str, os.PathLike)):
+        data = load_npz(data)
+    if isinstance(data, np.ndarray):
+        data = torch.from_numpy(data)
+    if isinstance(data, torch.Tensor):
+        if data.dim() == 3:
+            data = data[None]
+        data = [data[i:i + batch_size] for i in range(0, data.shape[0], batch_size)]
+    if not isinstance(data, Iterable):
+        raise CalibrationDataError(f"calibration data of type {type(data).__name__} is not iterable")
+    for item in data:
+        t = _as_tensor(item)
+        if not t.is_floating_point():
+            t = t.float()
+        yield t
+
+
+def validate_batch(batch: torch.Tensor, want: tuple[int, int, int]) -> None:
+    if batch.dim() != 4 or tuple(batch.shape[1:]) != tuple(want):
+        raise CalibrationDataError(
+            f"calibration batch has shape {list(batch.shape)}, the model expects "
+            f"[B, {want[0]}, {want[1]}, {want[2]}]")
+    if batch.shape[0] == 0:
+        raise CalibrationDataError("calibration batch is empty")
+    if not bool(torch.isfinite(batch).all()):
+        raise CalibrationDataError("calibration images contain NaN or inf")

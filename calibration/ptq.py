@@ -1,0 +1,124 @@
+"""Run the float model over calibration data and record a clipping range per quant point.
+
+The result, ``CalibrationState``, maps each quantization point of the spec
+(``models.spec.quant_points``) to ``amax`` (a symmetric clipping magnitude).
+It is saved as JSON keyed by a fingerprint of the model weights, the recipe
+and the data, so a second run with the same inputs loads it instead of
+recalibrating.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from ..models.spec import ViTSpec, float_forward, linear_layers, quant_points
+from .data import CalibrationDataError, iter_batches, validate_batch
+from .observers import make_observer
+
+STATE_VERSION = 1
+
+
+@dataclass
+class CalibrationState:
+    amax: dict[str, float]
+    recipe: str
+    num_images: int
+    fingerprint: str
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps({"version": STATE_VERSION, "amax": self.amax, "recipe": self.recipe,
+                           "num_images": self.num_images, "fingerprint": self.fingerprint,
+                           "extra": self.extra}, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> "CalibrationState":
+        d = json.loads(text)
+        if d.get("version") != STATE_VERSION:
+            raise ValueError(f"calibration state version {d.get('version')} is not {STATE_VERSION}")
+        return cls(d["amax"], d["recipe"], d["num_images"], d["fingerprint"], d.get("extra", {}))
+
+
+def spec_fingerprint(spec: ViTSpec) -> str:
+    h = hashlib.sha256()
+    for name, lin in linear_layers(spec).items():
+        h.update(name.encode())
+        h.update(lin.weight.detach().contiguous().numpy().tobytes())
+    h.update(spec.prefix_tokens.detach().contiguous().numpy().tobytes())
+    h.update(repr((spec.image_size, spec.pool, len(spec.blocks))).encode())
+    return h.hexdigest()[:16]
+
+
+def calibrate(spec: ViTSpec, data, recipe: str = "minmax", percentile: float = 99.99,
+              max_images: int | None = None, batch_size: int = 32, progress: bool = True,
+              cache_path: str | os.PathLike | None = None) -> CalibrationState:
+    """Observe every quant point of ``spec`` on ``data`` (see ``calibration.data``)."""
+    batches = list(_take(iter_batches(data, batch_size), spec, max_images))
+    n = sum(b.shape[0] for b in batches)
+    data_fp = hashlib.sha256()
+    for b in batches:
+        data_fp.update(b.contiguous().numpy().tobytes())
+    fp = f"{spec_fingerprint(spec)}-{recipe}-{percentile}-{data_fp.hexdigest()[:16]}-{n}"
+
+    if cache_path is not None and os.path.exists(cache_path):
+        try:
+            with open(cache_path) as f:
+                state = CalibrationState.from_json(f.read())
+            if state.fingerprint == fp:
+                return state
+        except (ValueError, KeyError, json.JSONDecodeError):
+            pass  # unreadable or stale cache: recalibrate and overwrite
+
+    kw = {"percentile": percentile} if recipe == "percentile" else {}
+    observers = {}
+    for name, bits in quant_points(spec):
+        # GEMM inputs follow the recipe; the 16-bit residual stream and logits keep their full
+        # range (clipping a residual corrupts every later layer), as in I-ViT.
+        kind = recipe if bits == 8 and name != "input" else "minmax"
+        observers[name] = make_observer(kind, bits, **(kw if kind == recipe else {}))
+
+    def hook(name: str, x: torch.Tensor) -> torch.Tensor:
+        try:
+            observers[name].observe(x)
+        except FloatingPointError:
+            raise FloatingPointError(
+                f"the float model produced NaN/inf at '{name}' during calibration; "
+                "check the model weights and the input normalisation") from None
+        return x
+
+    with torch.no_grad():
+        for b in tqdm(batches, desc=f"calibrating ({recipe}, {n} images)", unit="batch",
+                      disable=not progress, leave=False):
+            float_forward(spec, b, hook)
+    state = CalibrationState({k: o.amax() for k, o in observers.items()}, recipe, n, fp)
+    if cache_path is not None:
+        _atomic_write(cache_path, state.to_json())
+    return state
+
+
+def _take(batches, spec: ViTSpec, max_images):
+    seen = 0
+    for b in batches:
+        validate_batch(b, spec.input_shape()[1:])
+        if max_images is not None:
+            b = b[: max_images - seen]
+        if b.shape[0] == 0:
+            break
+        seen += b.shape[0]
+        yield b
+        if max_images is not None and seen >= max_images:
+            break
+    if seen == 0:
+        raise CalibrationDataError("the calibration data is empty: it yielded no images")
+
+
+def _atomic_write(path, text: str) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)

@@ -1,0 +1,27 @@
+"""Errors raised by adapters, and the check that every layer is one intvit knows."""
+from __future__ import annotations
+
+from torch import nn
+
+
+class UnsupportedModelError(ValueError):
+    """The model (or one of its modules, named by path and type) cannot be quantized."""
+
+
+# Leaf modules an adapter maps onto the integer graph (or that are no-ops at inference).
+SUPPORTED_LEAVES = (nn.Linear, nn.Conv2d, nn.LayerNorm, nn.Dropout, nn.Identity, nn.GELU)
+SUPPORTED_LEAF_NAMES = {"GELUActivation", "Dinov2LayerScale", "Dinov2DropPath", "DropPath"}
+
+
+def check_leaf_modules(model: nn.Module, skip: tuple[str, ...] = ()) -> None:
+    """Raise ``UnsupportedModelError`` naming the first leaf module intvit cannot lower."""
+    for path, mod in model.named_modules():
+        if any(path == s or path.startswith(s + ".") for s in skip):
+            continue
+        if list(mod.children()):
+            continue
+        if isinstance(mod, SUPPORTED_LEAVES) or type(mod).__name__ in SUPPORTED_LEAF_NAMES:
+            continue
+        raise UnsupportedModelError(
+            f"module '{path}' of type {type(mod).__name__} is not supported by intvit; "
+            "supported layers: Linear, patch Conv2d, LayerNorm, GELU, Dropout/DropPath, LayerScale")

@@ -1,0 +1,184 @@
+"""Adapters from Hugging Face ``transformers`` vision transformers to ``ViTSpec``.
+
+Supported (transformers 5.x module layout):
+
+* ``ViTForImageClassification`` / ``ViTModel`` (also DeiT checkpoints loaded as ViT),
+* ``DeiTForImageClassification`` / ``DeiTForImageClassificationWithTeacher`` /
+  ``DeiTModel`` (the distillation token; the two heads are averaged, as HF does
+  at inference, by folding them into one head over ``[cls ; dist]``),
+* ``Dinov2Model`` / ``Dinov2ForImageClassification`` (LayerScale ``λ`` folded
+  into ``o_proj`` and ``fc2``: ``λ ⊙ (W x + b) = (diag(λ) W) x + λ ⊙ b``).
+
+Position embeddings are resolved for the fixed input size given to the
+adapter, with the model's own interpolation, so the spec needs no resampling.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .errors import UnsupportedModelError, check_leaf_modules
+from .spec import Block, Linear, Norm, ViTSpec
+
+GELU_NAMES = {"gelu", "gelu_python"}
+
+
+def _lin(m: nn.Module) -> Linear:
+    return Linear(m.weight.detach().clone().float(),
+                  None if m.bias is None else m.bias.detach().clone().float())
+
+
+def _norm(m: nn.LayerNorm) -> Norm:
+    return Norm(m.weight.detach().clone().float(), m.bias.detach().clone().float(), float(m.eps))
+
+
+def _fuse_qkv(attn: nn.Module) -> Linear:
+    parts = [attn.q_proj, attn.k_proj, attn.v_proj]
+    w = torch.cat([p.weight.detach().float() for p in parts], dim=0)
+    biases = [p.bias.detach().float() if p.bias is not None else torch.zeros(p.out_features)
+              for p in parts]
+    return Linear(w.clone(), torch.cat(biases).clone())
+
+
+def _scaled(lin: Linear, scale: torch.Tensor | None) -> Linear:
+    if scale is None:
+        return lin
+    s = scale.detach().float()
+    return Linear(lin.weight * s[:, None], None if lin.bias is None else lin.bias * s)
+
+
+def _check_act(config, path: str) -> None:
+    act = getattr(config, "hidden_act", "gelu")
+    if act not in GELU_NAMES:
+        raise UnsupportedModelError(
+            f"{path}: activation {act!r} is not supported (intvit implements GELU as ShiftGELU); "
+            "use a model with hidden_act='gelu'")
+
+
+def _patch_linear(conv: nn.Conv2d, path: str) -> tuple[Linear, int]:
+    p = conv.kernel_size[0]
+    if conv.kernel_size != (p, p) or conv.stride != (p, p) or conv.padding not in ((0, 0), 0):
+        raise UnsupportedModelError(
+            f"{path} (Conv2d): only non-overlapping square patch convolutions (kernel == stride, "
+            f"no padding) are supported, got kernel {conv.kernel_size} stride {conv.stride}")
+    w = conv.weight.detach().float().reshape(conv.out_channels, -1).clone()
+    b = conv.bias.detach().float().clone() if conv.bias is not None else torch.zeros(conv.out_channels)
+    return Linear(w, b), p
+
+
+def _image_size(config, image_size) -> tuple[int, int]:
+    size = image_size if image_size is not None else config.image_size
+    if isinstance(size, int):
+        return (size, size)
+    return tuple(int(s) for s in size)
+
+
+def _blocks(layers, prefix: str, heads: int, layer_scale: bool) -> list[Block]:
+    out = []
+    for i, layer in enumerate(layers):
+        norm1 = getattr(layer, "norm1", None) or getattr(layer, "layernorm_before")
+        norm2 = getattr(layer, "norm2", None) or getattr(layer, "layernorm_after")
+        attn = layer.attention
+        o_proj = attn.o_proj if hasattr(attn, "o_proj") else attn.output.dense
+        ls1 = layer.layer_scale1.lambda1 if layer_scale else None
+        ls2 = layer.layer_scale2.lambda1 if layer_scale else None
+        out.append(Block(norm1=_norm(norm1), qkv=_fuse_qkv(attn), proj=_scaled(_lin(o_proj), ls1),
+                         norm2=_norm(norm2), fc1=_lin(layer.mlp.fc1),
+                         fc2=_scaled(_lin(layer.mlp.fc2), ls2), num_heads=heads,
+                         source=f"{prefix}.{i}"))
+    return out
+
+
+@torch.no_grad()
+def _resolved_pos(embeddings, size: tuple[int, int], n_prefix: int, interpolate) -> torch.Tensor:
+    pos = embeddings.position_embeddings.detach().float()
+    n_patches = (size[0] // embeddings.patch_size) * (size[1] // embeddings.patch_size) \
+        if hasattr(embeddings, "patch_size") else None
+    if n_patches is None or pos.shape[1] != n_patches + n_prefix:
+        dummy = torch.zeros(1, (n_patches or 0) + n_prefix, pos.shape[-1])
+        pos = interpolate(dummy, size[0], size[1]).detach().float()
+    return pos[0]
+
+
+def vit_spec(model: nn.Module, image_size=None) -> ViTSpec:
+    """``ViTModel`` / ``ViTForImageClassification`` → ``ViTSpec``."""
+    head = getattr(model, "classifier", None)
+    base = model.vit if hasattr(model, "vit") else model
+    prefix = "vit." if hasattr(model, "vit") else ""
+    return _vit_like_spec(model, base, prefix, head, n_prefix=1, family="hf-vit", image_size=image_size)
+
+
+def deit_spec(model: nn.Module, image_size=None) -> ViTSpec:
+    """HF DeiT models; the teacher variant averages its two heads."""
+    base = model.deit if hasattr(model, "deit") else model
+    prefix = "deit." if hasattr(model, "deit") else ""
+    n_prefix = 2 if getattr(base.embeddings, "distillation_token", None) is not None else 1
+    head = getattr(model, "classifier", None)
+    if hasattr(model, "cls_classifier"):
+        c, d = model.cls_classifier, model.distillation_classifier
+        w = torch.cat([c.weight, d.weight], dim=1).detach().float() / 2
+        b = (c.bias + d.bias).detach().float() / 2
+        spec = _vit_like_spec(model, base, prefix, None, n_prefix, "hf-deit-distilled", image_size)
+        spec.head, spec.pool = Linear(w, b), ("token0", "token1")
+        return spec
+    return _vit_like_spec(model, base, prefix, head, n_prefix, "hf-deit", image_size)
+
+
+def _vit_like_spec(model, base, prefix, head, n_prefix, family, image_size) -> ViTSpec:
+    cfg = base.config
+    _check_act(cfg, prefix + "encoder")
+    check_leaf_modules(model, skip=(prefix + "pooler",))
+    size = _image_size(cfg, image_size)
+    emb = base.embeddings
+    pe, p = _patch_linear(emb.patch_embeddings.projection, prefix + "embeddings.patch_embeddings.projection")
+    prefix_tok = [emb.cls_token.detach().float()[0, 0]]
+    if n_prefix == 2:
+        prefix_tok.append(emb.distillation_token.detach().float()[0, 0])
+    pos = _resolved_pos(emb, size, n_prefix, emb.interpolate_pos_encoding)
+    layers = base.encoder.layer if hasattr(base, "encoder") else base.layers
+    layer_prefix = prefix + ("encoder.layer" if hasattr(base, "encoder") else "layers")
+    return ViTSpec(
+        image_size=size, in_chans=cfg.num_channels, patch_size=p, patch_embed=pe,
+        prefix_tokens=torch.stack(prefix_tok) + pos[:n_prefix], pos_patches=pos[n_prefix:].clone(),
+        blocks=_blocks(layers, layer_prefix, cfg.num_attention_heads, layer_scale=False),
+        final_norm=_norm(base.layernorm), pool=("cls",),
+        head=_lin(head) if isinstance(head, nn.Linear) else None,
+        family=family, source_class=type(model).__name__)
+
+
+def dinov2_spec(model: nn.Module, image_size=None) -> ViTSpec:
+    """``Dinov2Model`` / ``Dinov2ForImageClassification`` → ``ViTSpec`` (LayerScale folded)."""
+    base = model.dinov2 if hasattr(model, "dinov2") else model
+    prefix = "dinov2." if hasattr(model, "dinov2") else ""
+    cfg = base.config
+    if getattr(cfg, "use_swiglu_ffn", False):
+        raise UnsupportedModelError(f"{prefix}encoder.layer.0.mlp (SwiGLUFFN): SwiGLU MLPs are not supported")
+    _check_act(cfg, prefix + "encoder")
+    check_leaf_modules(model)
+    size = _image_size(cfg, image_size)
+    emb = base.embeddings
+    pe, p = _patch_linear(emb.patch_embeddings.projection, prefix + "embeddings.patch_embeddings.projection")
+    n_patches = (size[0] // p) * (size[1] // p)
+    with torch.no_grad():
+        pos = emb.interpolate_pos_encoding(torch.zeros(1, n_patches + 1, cfg.hidden_size),
+                                           size[0], size[1]).float()[0]
+    head = getattr(model, "classifier", None)
+    return ViTSpec(
+        image_size=size, in_chans=cfg.num_channels, patch_size=p, patch_embed=pe,
+        prefix_tokens=(emb.cls_token.detach().float()[0, 0] + pos[0])[None], pos_patches=pos[1:].clone(),
+        blocks=_blocks(base.encoder.layer, prefix + "encoder.layer", cfg.num_attention_heads,
+                       layer_scale=True),
+        final_norm=_norm(base.layernorm), pool=("cls", "mean"),
+        head=_lin(head) if isinstance(head, nn.Linear) else None,
+        family="hf-dinov2", source_class=type(model).__name__)
+
+
+ADAPTERS = {
+    "ViTForImageClassification": vit_spec,
+    "ViTModel": vit_spec,
+    "DeiTForImageClassification": deit_spec,
+    "DeiTForImageClassificationWithTeacher": deit_spec,
+    "DeiTModel": deit_spec,
+    "Dinov2Model": dinov2_spec,
+    "Dinov2ForImageClassification": dinov2_spec,
+}

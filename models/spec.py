@@ -1,0 +1,190 @@
+"""The canonical float description of a plain (pre-norm) vision transformer.
+
+Adapters (``models.hf``, ...) turn a user's model into a ``ViTSpec``; the
+quantizer only ever sees a ``ViTSpec``. ``float_forward`` is the reference
+forward pass of that spec; adapter tests hold it to the source model's output.
+
+Shape of the network::
+
+    tokens = [prefix tokens ; patch_embed(image) + pos_patches]      # [B, T, D]
+    for each block:
+        h = h + o_proj(attn(LN1(h)))        # LayerScale already folded into o_proj
+        h = h + fc2(gelu(fc1(LN2(h))))      # and into fc2
+    h = LN_final(h)                          # optional
+    pooled = concat(selected tokens)         # 'cls' = token 0, 'mean' = mean of patch tokens
+    logits = head(pooled)                    # optional; without a head the tokens are the output
+
+A ``hook(name, tensor) -> tensor`` passed to ``float_forward`` sees every
+quantization point by name (see ``QUANT_POINTS``); the calibrator observes
+through it and fake-quant mode rounds through it.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+Hook = Callable[[str, torch.Tensor], torch.Tensor]
+WeightFn = Callable[[str, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class Linear:
+    weight: torch.Tensor            # [out, in]
+    bias: torch.Tensor | None = None
+
+
+@dataclass
+class Norm:
+    weight: torch.Tensor
+    bias: torch.Tensor
+    eps: float = 1e-6
+
+
+@dataclass
+class Block:
+    norm1: Norm
+    qkv: Linear                     # fused [3D, D]: rows q, then k, then v
+    proj: Linear
+    norm2: Norm
+    fc1: Linear
+    fc2: Linear
+    num_heads: int
+    source: str = ""                # module path in the user's model, for messages
+
+
+@dataclass
+class ViTSpec:
+    image_size: tuple[int, int]
+    in_chans: int
+    patch_size: int
+    patch_embed: Linear             # weight [D, C*P*P] in (c, ky, kx) order
+    prefix_tokens: torch.Tensor     # [n_prefix, D], position embedding already added
+    pos_patches: torch.Tensor       # [n_patches, D]
+    blocks: list[Block]
+    final_norm: Norm | None
+    pool: tuple[str, ...] = ("cls",)  # each entry: 'cls', 'token<i>' or 'mean'
+    head: Linear | None = None
+    family: str = "vit"
+    source_class: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def dim(self) -> int:
+        return self.patch_embed.weight.shape[0]
+
+    @property
+    def num_prefix(self) -> int:
+        return self.prefix_tokens.shape[0]
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_prefix + self.pos_patches.shape[0]
+
+    def input_shape(self, batch: int = 1) -> tuple[int, int, int, int]:
+        return (batch, self.in_chans, *self.image_size)
+
+
+def check_input(spec: ViTSpec, images: torch.Tensor) -> None:
+    """Raise a clear error unless ``images`` is a float ``[B, C, H, W]`` batch this spec takes."""
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"expected a torch.Tensor image batch, got {type(images).__name__}")
+    if not images.is_floating_point():
+        raise TypeError(f"expected float images (normalised as the float model expects), got {images.dtype}")
+    want = (spec.in_chans, *spec.image_size)
+    if images.dim() != 4 or tuple(images.shape[1:]) != want:
+        raise ValueError(
+            f"expected images of shape [B, {want[0]}, {want[1]}, {want[2]}], got {list(images.shape)}; "
+            "this model was quantized for that input size")
+
+
+def patchify_float(images: torch.Tensor, patch: int) -> torch.Tensor:
+    """Float twin of ``ops.patchify`` (same element order)."""
+    b, c, h, w = images.shape
+    x = images.reshape(b, c, h // patch, patch, w // patch, patch).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(b, (h // patch) * (w // patch), c * patch * patch)
+
+
+def _identity(name: str, x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def _weight(name: str, w: torch.Tensor) -> torch.Tensor:
+    return w
+
+
+def _linear(x, lin: Linear, name: str, wfn: WeightFn):
+    return F.linear(x, wfn(name, lin.weight), lin.bias)
+
+
+def pool_tokens(spec: ViTSpec, h: torch.Tensor) -> torch.Tensor:
+    parts = []
+    for item in spec.pool:
+        if item == "cls":
+            parts.append(h[:, 0])
+        elif item.startswith("token"):
+            parts.append(h[:, int(item[5:])])
+        elif item == "mean":
+            parts.append(h[:, spec.num_prefix:].mean(dim=1))
+        else:
+            raise ValueError(f"unknown pooling {item!r}")
+    return torch.cat(parts, dim=-1)
+
+
+def float_forward(spec: ViTSpec, images: torch.Tensor, hook: Hook = _identity,
+                  wfn: WeightFn = _weight) -> torch.Tensor:
+    """Reference float forward; returns logits, or tokens ``[B, T, D]`` when there is no head."""
+    b = images.shape[0]
+    x = hook("input", images)
+    tok = _linear(patchify_float(x, spec.patch_size), spec.patch_embed, "patch_embed", wfn)
+    tok = tok + spec.pos_patches
+    h = torch.cat([spec.prefix_tokens.expand(b, -1, -1), tok], dim=1)
+    h = hook("embed", h)
+    for i, blk in enumerate(spec.blocks):
+        p = f"blocks.{i}."
+        a = hook(p + "norm1", F.layer_norm(h, (spec.dim,), blk.norm1.weight, blk.norm1.bias, blk.norm1.eps))
+        qkv = _linear(a, blk.qkv, p + "qkv", wfn)
+        t, d, nh = h.shape[1], spec.dim, blk.num_heads
+        q, k, v = (hook(p + n, y) for n, y in zip(("q", "k", "v"), qkv.split(d, dim=-1)))
+        q, k, v = (y.reshape(b, t, nh, d // nh).transpose(1, 2) for y in (q, k, v))
+        logits = hook(p + "logits", (q @ k.transpose(-1, -2)) / math.sqrt(d // nh))
+        ctx = hook(p + "ctx", torch.softmax(logits, dim=-1) @ v)
+        ctx = ctx.transpose(1, 2).reshape(b, t, d)
+        h = hook(p + "resid1", h + _linear(ctx, blk.proj, p + "proj", wfn))
+        a = hook(p + "norm2", F.layer_norm(h, (d,), blk.norm2.weight, blk.norm2.bias, blk.norm2.eps))
+        f = hook(p + "fc1", _linear(a, blk.fc1, p + "fc1", wfn))
+        g = hook(p + "gelu", F.gelu(f))
+        h = hook(p + "resid2", h + _linear(g, blk.fc2, p + "fc2", wfn))
+    if spec.final_norm is not None:
+        n = spec.final_norm
+        h = hook("norm", F.layer_norm(h, (spec.dim,), n.weight, n.bias, n.eps))
+    if spec.head is None:
+        return h
+    return _linear(pool_tokens(spec, h), spec.head, "head", wfn)
+
+
+def quant_points(spec: ViTSpec) -> list[tuple[str, int]]:
+    """Every activation quantization point ``(name, bits)`` in forward order."""
+    pts = [("input", 8), ("embed", 16)]
+    for i in range(len(spec.blocks)):
+        p = f"blocks.{i}."
+        pts += [(p + "norm1", 8), (p + "q", 8), (p + "k", 8), (p + "v", 8), (p + "logits", 16),
+                (p + "ctx", 8), (p + "resid1", 16), (p + "norm2", 8), (p + "fc1", 8),
+                (p + "gelu", 8), (p + "resid2", 16)]
+    if spec.final_norm is not None:
+        pts.append(("norm", 8))
+    return pts
+
+
+def linear_layers(spec: ViTSpec) -> dict[str, Linear]:
+    """Every weight-bearing layer by name (the names ``wfn`` sees)."""
+    out = {"patch_embed": spec.patch_embed}
+    for i, blk in enumerate(spec.blocks):
+        for n in ("qkv", "proj", "fc1", "fc2"):
+            out[f"blocks.{i}.{n}"] = getattr(blk, n)
+    if spec.head is not None:
+        out["head"] = spec.head
+    return out

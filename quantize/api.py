@@ -1,0 +1,57 @@
+"""The Python API: ``intvit.quantize(model, calib_data, config) -> IntegerViT`` and ``intvit.load``."""
+from __future__ import annotations
+
+import copy
+
+from torch import nn
+
+from ..calibration import calibrate
+from ..models import UnsupportedModelError, find_backbones, is_supported, to_spec
+from .config import QuantConfig
+from .integer_model import IntegerViT
+from .serialize import load_integer_vit
+from .wrapper import IntegerBackbone, capture_backbone_inputs
+
+
+def quantize(model, calib_data, config: QuantConfig | None = None):
+    """Calibrate and quantize a float ViT into an integer-only ``IntegerViT``.
+
+    ``model`` is a supported Hugging Face ViT / DeiT / DINOv2 model, or a user
+    module that contains one as a submodule: then that backbone is quantized
+    and a copy of the user's module is returned with the backbone replaced by
+    an ``IntegerBackbone`` (the user's own head and pooling keep running).
+    ``calib_data`` is a DataLoader, an iterable of image tensors, a tensor or an
+    ``.npz`` path, preprocessed exactly as the float model expects.
+    """
+    config = config or QuantConfig()
+    if isinstance(model, nn.Module) and not is_supported(model):
+        found = find_backbones(model)
+        if not found:
+            to_spec(model)  # raises the error that names the model type
+        if len(found) > 1:
+            raise UnsupportedModelError(
+                f"{type(model).__name__} contains {len(found)} supported backbones "
+                f"({', '.join(p for p, _ in found)}); quantize each one separately")
+        path, backbone = found[0]
+        inputs = capture_backbone_inputs(model.eval(), backbone, calib_data, config.batch_size,
+                                         config.max_calib_images)
+        integer = quantize(backbone, inputs, config)
+        wrapped = copy.deepcopy(model)
+        _set_submodule(wrapped, path, IntegerBackbone(integer))
+        return wrapped
+    spec = to_spec(model, image_size=config.image_size)
+    state = calibrate(spec, calib_data, recipe=config.recipe, percentile=config.percentile,
+                      max_images=config.max_calib_images, batch_size=config.batch_size,
+                      progress=config.progress, cache_path=config.cache_path)
+    return IntegerViT(spec, state.amax, meta={"recipe": config.recipe, "calib_images": state.num_images})
+
+
+def _set_submodule(root: nn.Module, path: str, new: nn.Module) -> None:
+    parent_path, _, name = path.rpartition(".")
+    parent = root.get_submodule(parent_path) if parent_path else root
+    setattr(parent, name, new)
+
+
+def load(path) -> IntegerViT:
+    """Load a model saved with ``IntegerViT.save``; refuses corrupted files."""
+    return load_integer_vit(path)

@@ -1,0 +1,36 @@
+"""``QuantConfig``: what ``intvit.quantize`` does, with defaults that work."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..calibration.observers import OBSERVERS
+
+
+@dataclass
+class QuantConfig:
+    """Post-training quantization settings.
+
+    recipe:           activation range observer for 8-bit GEMM inputs:
+                      'minmax', 'percentile' or 'omse' (the 16-bit residual stream
+                      and attention logits always use min-max).
+    percentile:       the percentile for recipe='percentile'.
+    max_calib_images: images used from the calibration data (at most).
+    batch_size:       batch size when the data is one tensor or an .npz.
+    image_size:       input size to quantize for (default: the model's own).
+    cache_path:       JSON file caching calibration ranges; reused when the model,
+                      recipe and data are unchanged.
+    progress:         show a progress bar while calibrating.
+    """
+    recipe: str = "omse"
+    percentile: float = 99.99
+    max_calib_images: int = 512
+    batch_size: int = 32
+    image_size: int | tuple[int, int] | None = None
+    cache_path: str | None = None
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.recipe not in OBSERVERS:
+            raise ValueError(f"unknown recipe {self.recipe!r}; choose one of {sorted(OBSERVERS)}")
+        if self.max_calib_images < 1:
+            raise ValueError("max_calib_images must be at least 1")

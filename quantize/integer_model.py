@@ -1,0 +1,192 @@
+"""``IntegerViT``: the integer-only vision transformer, in two execution modes.
+
+* ``mode = "int"`` (default) — ``forward_int`` runs the whole network on
+  integer tensors with the kernels of ``intvit.ops``; only the input quantizer
+  (float image → int8) and the final dequantize (int32 logits → float) touch
+  floating point. This is the reference the ONNX export and the TVM module
+  must match bit for bit.
+* ``mode = "fake"`` — fake quantization for QAT: the float network
+  (``models.spec.float_forward``) with every weight and activation quant point
+  rounded to its integer grid (straight-through gradients). Its input
+  quantizer, patch-embedding GEMM and first residual stream are exactly the
+  integer mode's values times their scales; after the first nonlinearity the
+  two differ by the I-ViT approximations (ShiftGELU, Shiftmax, I-LayerNorm).
+
+The integer dataflow of one block (I-ViT Fig. 2), scales in brackets::
+
+    a  = requant(ILN(h), γ, β)                      int8  [s_norm1]
+    q,k,v = requant(a @ Wqkvᵀ + b)                   int8  [s_q, s_k, s_v]
+    l  = requant(q @ kᵀ)  (1/√d folded in)           int16 [s_logits]
+    p  = Shiftmax(l)                                 int16 [2^-15]
+    c  = requant(p @ v)                              int8  [s_ctx]
+    h  = h·(s_h/s_r1) + (c @ Woᵀ + b)·(...)          int16 [s_resid1]
+    a  = requant(ILN(h), γ, β)                      int8  [s_norm2]
+    f  = requant(a @ W1ᵀ + b)                        int8  [s_fc1]
+    g  = requant(ShiftGELU(f))                       int8  [s_gelu]
+    h  = h·(...) + (g @ W2ᵀ + b)·(...)               int16 [s_resid2]
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .. import ops
+from ..models.spec import ViTSpec, check_input, float_forward, linear_layers, pool_tokens
+from .fake_quant import fake_quant, fake_quant_weight
+from .qparams import act_scales, freeze, output_scale
+
+MODES = ("int", "fake", "float")
+
+
+class IntegerViT(nn.Module):
+    """An integer-only ViT built from a ``ViTSpec`` and calibrated clipping ranges."""
+
+    def __init__(self, spec: ViTSpec, amax: dict[str, float], meta: dict | None = None):
+        super().__init__()
+        self.spec = spec
+        self.amax = dict(amax)
+        self.meta = dict(meta or {})
+        self.mode = "int"
+        self.refreeze()
+
+    # ------------------------------------------------------------------ parameters
+    def refreeze(self) -> None:
+        """Recompute every integer tensor from the float spec and the ranges."""
+        self.scales = act_scales(self.spec, self.amax)
+        params = freeze(self.spec, self.scales)
+        for name in list(self._buffers):
+            del self._buffers[name]
+        for name, t in params.items():
+            self.register_buffer(_bufname(name), t)
+
+    def p(self, name: str) -> torch.Tensor:
+        return self._buffers[_bufname(name)]
+
+    def integer_params(self) -> dict[str, torch.Tensor]:
+        return {_paramname(k): v for k, v in self._buffers.items()}
+
+    @property
+    def has_head(self) -> bool:
+        return self.spec.head is not None
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.mode == "int":
+            return self.dequantize(self.forward_int(images))
+        if self.mode == "fake":
+            return self.forward_fake(images)
+        if self.mode == "float":
+            check_input(self.spec, images)
+            return float_forward(self.spec, images)
+        raise ValueError(f"unknown mode {self.mode!r}; choose one of {MODES}")
+
+    def quantize_input(self, images: torch.Tensor) -> torch.Tensor:
+        """The input quantizer: float image → int8 (round half to even, saturate)."""
+        check_input(self.spec, images)
+        return ops.quantize_float(images.float(), self.scales["input"], 8)
+
+    def dequantize(self, out_int: torch.Tensor) -> torch.Tensor:
+        """The final dequantize: int32 logits (or int8 tokens) → float32."""
+        if self.has_head:
+            return (out_int.to(torch.float64) * self.p("head.out_scale")).float()
+        return (out_int.to(torch.float64) * output_scale(self.spec, self.scales)).float()
+
+    @torch.no_grad()
+    def forward_int(self, images: torch.Tensor) -> torch.Tensor:
+        """Integer logits (int32 accumulators) or, without a head, int8 output tokens."""
+        return self.forward_int_core(self.quantize_input(images))
+
+    def forward_int_core(self, x: torch.Tensor) -> torch.Tensor:
+        """Everything between the input quantizer and the final dequantize: integers only."""
+        p, spec = self.p, self.spec
+        b = x.shape[0]
+        acc = ops.int_linear(ops.patchify(x, spec.patch_size), p("patch_embed.w"), p("patch_embed.b"))
+        tok = ops.rescale(acc, p("patch_embed.rq.m"), p("patch_embed.rq.e")) + p("embed.pos")
+        h = ops.saturate(torch.cat([p("embed.prefix").expand(b, -1, -1), tok], dim=1), 16)
+        for i, blk in enumerate(spec.blocks):
+            h = self._block_int(h, f"blocks.{i}.", blk.num_heads)
+        out = self._layernorm_int(h, "norm") if spec.final_norm is not None else h
+        if not self.has_head:
+            return out
+        return ops.int_linear(self._pool_int(out), p("head.w"), p("head.b"))
+
+    def _requant(self, z, name, bits, offset=None):
+        return ops.requantize(z, self.p(name + ".m"), self.p(name + ".e"), bits, offset)
+
+    def _layernorm_int(self, h, name):
+        return self._requant(ops.int_layernorm(h), name, 8, self.p(name + ".offset"))
+
+    def _linear_int(self, x, name):
+        return ops.int_linear(x, self.p(name + ".w"), self.p(name + ".b"))
+
+    def _residual_int(self, h, branch_acc, name):
+        p = self.p
+        return ops.residual_add(h, p(name + ".skip.m"), p(name + ".skip.e"),
+                                branch_acc, p(name + ".branch.m"), p(name + ".branch.e"), 16)
+
+    def _block_int(self, h, pre, heads):
+        p = self.p
+        bsz, t, d = h.shape
+        a = self._layernorm_int(h, pre + "norm1")
+        qkv = self._requant(self._linear_int(a, pre + "qkv"), pre + "qkv.rq", 8)
+        q, k, v = (y.reshape(bsz, t, heads, d // heads).transpose(1, 2) for y in qkv.split(d, dim=-1))
+        logits = self._requant(ops.int_matmul(q, k.transpose(-1, -2)), pre + "logits.rq", 16)
+        probs = ops.shiftmax(logits, int(p(pre + "softmax.x0")), out_bits=16)
+        ctx = self._requant(ops.int_matmul(probs, v), pre + "ctx.rq", 8)
+        ctx = ctx.transpose(1, 2).reshape(bsz, t, d)
+        h = self._residual_int(h, self._linear_int(ctx, pre + "proj"), pre + "resid1")
+        a = self._layernorm_int(h, pre + "norm2")
+        f = self._requant(self._linear_int(a, pre + "fc1"), pre + "fc1.rq", 8)
+        g = self._requant(ops.shift_gelu(f, int(p(pre + "gelu.x0")), out_bits=8), pre + "gelu.rq", 8)
+        return self._residual_int(h, self._linear_int(g, pre + "fc2"), pre + "resid2")
+
+    def _pool_int(self, n):
+        parts = []
+        for item in self.spec.pool:
+            if item == "cls":
+                parts.append(n[:, 0])
+            elif item.startswith("token"):
+                parts.append(n[:, int(item[5:])])
+            else:  # "mean" over patch tokens; the mean of int8 values stays in int8
+                parts.append(ops.round_mean(n[:, self.spec.num_prefix:], dim=1)[:, 0])
+        return torch.cat(parts, dim=-1)
+
+    def forward_fake(self, images: torch.Tensor) -> torch.Tensor:
+        """Fake-quantized float forward (QAT); gradients flow straight through every rounding."""
+        check_input(self.spec, images)
+        bits = dict(self.quant_point_bits())
+
+        def hook(name, x):
+            return fake_quant(x, self.scales[name], bits[name])
+
+        def wfn(name, w):
+            return fake_quant_weight(w)
+
+        return float_forward(self.spec, images, hook, wfn)
+
+    def quant_point_bits(self):
+        from ..models.spec import quant_points
+        return quant_points(self.spec)
+
+    def float_parameters(self):
+        """The float tensors of the spec (train these in fake mode, then ``refreeze``)."""
+        for lin in linear_layers(self.spec).values():
+            yield lin.weight
+            if lin.bias is not None:
+                yield lin.bias
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path) -> None:
+        from .serialize import save_integer_vit
+        save_integer_vit(self, path)
+
+
+def _bufname(name: str) -> str:
+    return name.replace(".", "__")
+
+
+def _paramname(buf: str) -> str:
+    return buf.replace("__", ".")
+
+
+__all__ = ["IntegerViT", "pool_tokens"]

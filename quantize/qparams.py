@@ -1,0 +1,137 @@
+"""Freeze a float ``ViTSpec`` plus calibrated ranges into integer parameters.
+
+Scales: an activation point of ``bits`` bits with clipping magnitude ``c``
+gets ``s = c / (2**(bits-1) - 1)``. Weights are int8 per output channel,
+symmetric: ``s_w[c] = max|W[c]| / 127``, ``W_int = clamp(round(W / s_w), ±127)``.
+Biases are int32 at the accumulator scale ``s_x · s_w[c]``. Every rescale
+between two scales is a dyadic ``(m, e)`` from ``ops.dyadic_multiplier``; the
+LayerNorm affine is a per-channel requant with ``γ`` in the multiplier and
+``β`` in the integer offset (``ops.offset_for``).
+
+Two scales are bounded below so the ShiftExp constants fit int32
+(``ops.check_shiftexp_constants``): the attention logits (``x0 >= -65535``
+with n = 15) and the GELU input (``x0 >= -255`` at ``1.702·S`` with n = 23).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .. import ops
+from ..models.spec import Linear, ViTSpec, quant_points
+
+P = dict  # name -> integer tensor
+
+
+def act_scales(spec: ViTSpec, amax: dict[str, float]) -> dict[str, float]:
+    """Scale of every activation quant point from its calibrated clipping magnitude."""
+    missing = [n for n, _ in quant_points(spec) if n not in amax]
+    if missing:
+        raise ValueError(f"calibration state lacks quant points {missing[:3]}…; recalibrate this model")
+    scales = {}
+    for name, bits in quant_points(spec):
+        c = float(amax[name])
+        if not math.isfinite(c):
+            raise ValueError(f"calibrated range of '{name}' is not finite")
+        s = max(c, 1e-8) / (2 ** (bits - 1) - 1)
+        if name.endswith("logits"):
+            s = max(s, 1.0 / 65535.0 * (1 + 1e-9))
+        if name.endswith("fc1"):
+            s = max(s, 1.0 / (255.0 * ops.GELU_SIGMOID_COEF) * (1 + 1e-9))
+        scales[name] = s
+    return scales
+
+
+def weight_scale(w: torch.Tensor) -> torch.Tensor:
+    amax = w.detach().abs().amax(dim=1).double()
+    return torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
+
+
+def quantize_weight(w: torch.Tensor, s_w: torch.Tensor) -> torch.Tensor:
+    return torch.clamp(torch.round(w.detach().double() / s_w[:, None]), -127, 127).to(torch.int64)
+
+
+def quantize_bias(lin: Linear, s_x: float, s_w: torch.Tensor, name: str) -> torch.Tensor:
+    if lin.bias is None:
+        return torch.zeros(lin.weight.shape[0], dtype=torch.int64)
+    b = torch.round(lin.bias.detach().double() / (s_x * s_w)).to(torch.int64)
+    if int(b.abs().max()) >= 2**31:
+        raise ValueError(f"bias of '{name}' does not fit int32 at scale s_x·s_w; "
+                         "the input range of this layer is too small (check calibration)")
+    return b
+
+
+def _mul(prefix: str, ratio, out: P) -> None:
+    m, e = ops.dyadic_multiplier(ratio)
+    out[prefix + ".m"], out[prefix + ".e"] = m, e
+
+
+def freeze(spec: ViTSpec, scales: dict[str, float]) -> P:
+    """All integer tensors of the integer model, by name (see ``IntegerViT.forward_int``)."""
+    p: P = {}
+    S = scales
+    d = spec.dim
+
+    def linear(name: str, lin: Linear, s_x: float) -> torch.Tensor:
+        s_w = weight_scale(lin.weight)
+        ops.check_accumulator_fits(lin.weight.shape[1])
+        p[name + ".w"] = quantize_weight(lin.weight, s_w)
+        p[name + ".b"] = quantize_bias(lin, s_x, s_w, name)
+        return s_x * s_w                                   # accumulator scale per channel
+
+    def layernorm(name: str, norm, s_out: float) -> None:
+        ratio = norm.weight.detach().double() * ops.layernorm_output_scale(d) / s_out
+        _mul(name, ratio, p)
+        p[name + ".offset"] = ops.offset_for(norm.bias.detach().double() / s_out, p[name + ".e"])
+
+    acc = linear("patch_embed", spec.patch_embed, S["input"])
+    _mul("patch_embed.rq", acc / S["embed"], p)
+    p["embed.pos"] = torch.round(spec.pos_patches.detach().double() / S["embed"]).to(torch.int64)
+    p["embed.prefix"] = ops.saturate(
+        torch.round(spec.prefix_tokens.detach().double() / S["embed"]).to(torch.int64), 16)
+
+    s_res = S["embed"]
+    for i, blk in enumerate(spec.blocks):
+        b = f"blocks.{i}."
+        dh = d // blk.num_heads
+        layernorm(b + "norm1", blk.norm1, S[b + "norm1"])
+        acc = linear(b + "qkv", blk.qkv, S[b + "norm1"])
+        s_qkv = torch.cat([torch.full((d,), S[b + n], dtype=torch.float64) for n in ("q", "k", "v")])
+        _mul(b + "qkv.rq", acc / s_qkv, p)
+        _mul(b + "logits.rq", S[b + "q"] * S[b + "k"] / (math.sqrt(dh) * S[b + "logits"]), p)
+        x0 = ops.shiftexp_x0(S[b + "logits"])
+        ops.check_shiftexp_constants(x0, ops.SHIFTMAX_N)
+        p[b + "softmax.x0"] = torch.tensor(x0)
+        _mul(b + "ctx.rq", 2.0**-15 * S[b + "v"] / S[b + "ctx"], p)
+        acc = linear(b + "proj", blk.proj, S[b + "ctx"])
+        _mul(b + "resid1.skip", s_res / S[b + "resid1"], p)
+        _mul(b + "resid1.branch", acc / S[b + "resid1"], p)
+        s_res = S[b + "resid1"]
+        layernorm(b + "norm2", blk.norm2, S[b + "norm2"])
+        acc = linear(b + "fc1", blk.fc1, S[b + "norm2"])
+        _mul(b + "fc1.rq", acc / S[b + "fc1"], p)
+        x0 = ops.shiftexp_x0(ops.GELU_SIGMOID_COEF * S[b + "fc1"])
+        ops.check_shiftexp_constants(x0, ops.SHIFTGELU_N)
+        p[b + "gelu.x0"] = torch.tensor(x0)
+        _mul(b + "gelu.rq", S[b + "fc1"] * 2.0**-7 / S[b + "gelu"], p)
+        acc = linear(b + "fc2", blk.fc2, S[b + "gelu"])
+        _mul(b + "resid2.skip", s_res / S[b + "resid2"], p)
+        _mul(b + "resid2.branch", acc / S[b + "resid2"], p)
+        s_res = S[b + "resid2"]
+
+    if spec.final_norm is not None:
+        layernorm("norm", spec.final_norm, S["norm"])
+    if spec.head is not None:
+        if spec.final_norm is None:
+            raise ValueError("a classification head needs a final LayerNorm before it "
+                             "(its int8 input); this model has none")
+        p["head.out_scale"] = linear("head", spec.head, S["norm"]).to(torch.float64)
+    return p
+
+
+def output_scale(spec: ViTSpec, scales: dict[str, float]) -> float:
+    """Scale of the token output of a headless model."""
+    if spec.final_norm is not None:
+        return scales["norm"]
+    return scales[f"blocks.{len(spec.blocks) - 1}.resid2"] if spec.blocks else scales["embed"]

@@ -1,0 +1,33 @@
+"""Shared fixtures: small real Hugging Face models with seeded random weights."""
+import pytest
+import torch
+
+
+def hf_vit(image=32, patch=8, dim=64, layers=2, heads=4, mlp=128, labels=10, channels=3, seed=0):
+    from transformers import ViTConfig, ViTForImageClassification
+    torch.manual_seed(seed)
+    cfg = ViTConfig(image_size=image, patch_size=patch, num_channels=channels, hidden_size=dim,
+                    num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=mlp,
+                    num_labels=labels)
+    return ViTForImageClassification(cfg).eval()
+
+
+def images(n, channels=3, size=32, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, channels, size, size, generator=g)
+
+
+@pytest.fixture(scope="session")
+def tiny_vit():
+    return hf_vit()
+
+
+@pytest.fixture(scope="session")
+def tiny_qvit(tiny_vit):
+    import intvit
+    return intvit.quantize(tiny_vit, images(32), intvit.QuantConfig(progress=False))
+
+
+def sqnr_db(approx, ref):
+    approx, ref = approx.detach().double(), ref.detach().double()
+    return float(10 * torch.log10((ref ** 2).sum() / ((approx - ref) ** 2).sum()))

@@ -1,0 +1,139 @@
+"""IntegerViT: accuracy against float, modes, determinism, save/load, calibration cache."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import intvit
+from intvit import ops
+from intvit.calibration import calibrate
+from intvit.models import to_spec
+from intvit.quantize.fake_quant import fake_quant, fake_quant_weight
+from conftest import hf_vit, images, sqnr_db
+
+
+def test_integer_model_tracks_float_model(tiny_vit, tiny_qvit):
+    x = images(16, seed=7)
+    ref = tiny_vit(x).logits
+    out = tiny_qvit(x)
+    assert sqnr_db(out, ref) > 15
+    assert (out.argmax(1) == ref.argmax(1)).float().mean() >= 0.75
+
+
+def test_fake_quant_mode_tracks_integer_mode_and_shares_its_grids(tiny_qvit):
+    x = images(8, seed=3)
+    q = tiny_qvit
+    q.mode = "fake"
+    fake = q(x)
+    q.mode = "int"
+    assert sqnr_db(fake, q(x)) > 15
+    # The input quantizer and the weight grids are the same in both modes, exactly.
+    s_in = q.scales["input"]
+    assert torch.equal(torch.round(fake_quant(x, s_in, 8) / s_in).to(torch.int64), q.quantize_input(x))
+    w = q.spec.blocks[0].fc1.weight
+    s_w = w.abs().amax(1, keepdim=True).double() / 127
+    assert torch.equal(torch.round(fake_quant_weight(w).double() / s_w).to(torch.int64), q.p("blocks.0.fc1.w"))
+
+
+def test_fake_quant_passes_gradients_to_weights(tiny_qvit):
+    q = tiny_qvit
+    q.mode = "fake"
+    w = q.spec.blocks[0].fc1.weight
+    w.requires_grad_(True)
+    try:
+        q(images(2)).sum().backward()
+        assert w.grad is not None and float(w.grad.abs().sum()) > 0
+    finally:
+        w.requires_grad_(False)
+        w.grad = None
+        q.mode = "int"
+
+
+def test_float_mode_is_the_source_model(tiny_vit, tiny_qvit):
+    tiny_qvit.mode = "float"
+    try:
+        x = images(3)
+        assert torch.allclose(tiny_qvit(x), tiny_vit(x).logits, atol=1e-5)
+    finally:
+        tiny_qvit.mode = "int"
+
+
+def test_integer_outputs_are_deterministic_and_survive_save_load(tiny_qvit, tmp_path):
+    x = images(6, seed=11)
+    a, b = tiny_qvit.forward_int(x), tiny_qvit.forward_int(x)
+    assert torch.equal(a, b)
+    path = tmp_path / "m.intvit.safetensors"
+    tiny_qvit.save(path)
+    loaded = intvit.load(path)
+    assert torch.equal(loaded.forward_int(x), a)
+    assert torch.equal(loaded(x), tiny_qvit(x))
+    assert loaded.scales == tiny_qvit.scales
+
+
+def test_corrupted_save_files_are_refused(tiny_qvit, tmp_path):
+    path = tmp_path / "m.safetensors"
+    tiny_qvit.save(path)
+    raw = path.read_bytes()
+    trunc = tmp_path / "trunc.safetensors"
+    trunc.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(intvit.IntegerModelFileError, match="not a readable intvit model"):
+        intvit.load(trunc)
+    # Scales altered in the header (the I-ViT issue #6 failure): refused, not run.
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+    inner = json.loads(header["__metadata__"]["header"])
+    key = next(iter(inner["amax"]))
+    inner["amax"][key] *= 1.7
+    header["__metadata__"]["header"] = json.dumps(inner)
+    hb = json.dumps(header).encode()
+    hb += b" " * (-len(hb) % 8)
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(len(hb).to_bytes(8, "little") + hb + raw[8 + n:])
+    with pytest.raises(intvit.IntegerModelFileError, match="corrupted"):
+        intvit.load(bad)
+    other = tmp_path / "other.safetensors"
+    from safetensors.torch import save_file
+    save_file({"x": torch.zeros(2)}, other)
+    with pytest.raises(intvit.IntegerModelFileError, match="not an intvit"):
+        intvit.load(other)
+    with pytest.raises(FileNotFoundError):
+        intvit.load(tmp_path / "missing.safetensors")
+
+
+def test_wrong_input_shape_and_dtype_are_clear_errors(tiny_qvit):
+    with pytest.raises(ValueError, match=r"expected images of shape \[B, 3, 32, 32\]"):
+        tiny_qvit(torch.zeros(1, 3, 64, 64))
+    with pytest.raises(TypeError, match="expected float images"):
+        tiny_qvit(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        tiny_qvit(np.zeros((1, 3, 32, 32), np.float32))
+
+
+def test_calibration_cache_is_reused(tiny_vit, tmp_path, monkeypatch):
+    spec = to_spec(tiny_vit)
+    cache = tmp_path / "calib.json"
+    first = calibrate(spec, images(8), recipe="percentile", cache_path=cache, progress=False)
+    import intvit.calibration.ptq as cal
+
+    def no_forward(*a, **k):
+        raise AssertionError("recalibrated although the cache matched")
+    monkeypatch.setattr(cal, "float_forward", no_forward)
+    again = calibrate(spec, images(8), recipe="percentile", cache_path=cache, progress=False)
+    assert again.amax == first.amax
+    with pytest.raises(AssertionError, match="recalibrated"):   # different data → recalibrates
+        calibrate(spec, images(8, seed=5), recipe="percentile", cache_path=cache, progress=False)
+
+
+@pytest.mark.parametrize("recipe", ["minmax", "percentile", "omse"])
+def test_every_recipe_quantizes(tiny_vit, recipe):
+    q = intvit.quantize(tiny_vit, images(16), intvit.QuantConfig(recipe=recipe, progress=False))
+    assert sqnr_db(q(images(8, seed=9)), tiny_vit(images(8, seed=9)).logits) > 12
+
+
+def test_requant_constants_follow_ops(tiny_qvit):
+    # The stored multipliers are exactly what ops.dyadic_multiplier gives for the scale ratios.
+    s = tiny_qvit.scales
+    m, e = ops.dyadic_multiplier(2.0**-15 * s["blocks.1.v"] / s["blocks.1.ctx"])
+    assert torch.equal(tiny_qvit.p("blocks.1.ctx.rq.m"), m) and torch.equal(tiny_qvit.p("blocks.1.ctx.rq.e"), e)
+    assert int(tiny_qvit.p("blocks.0.softmax.x0")) == ops.shiftexp_x0(s["blocks.0.logits"])
