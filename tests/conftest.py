@@ -28,6 +28,4 @@ def tiny_qvit(tiny_vit):
     return intvit.quantize(tiny_vit, images(32), intvit.QuantConfig(progress=False))
 
 
-def sqnr_db(approx, ref):
-    approx, ref = approx.detach().double(), ref.detach().double()
-    return float(10 * torch.log10((ref ** 2).sum() / ((approx - ref) ** 2).sum()))
+from intvit.quantize.evaluate import sqnr_db  # noqa: E402,F401  (one definition, shared with reports)

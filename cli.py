@@ -1,0 +1,121 @@
+"""The ``intvit`` command line (also ``python -m intvit``)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+
+def _demo(args) -> int:
+    """Quantize the embedded Fashion-MNIST ViT and report FP32 vs INT8."""
+    import torch
+
+    import intvit
+    from intvit.models import fmnist
+    from intvit.quantize.evaluate import compare
+
+    torch.set_num_threads(args.threads)
+    os.makedirs(args.out, exist_ok=True)
+    print(f"[1/4] loading the embedded model (HF ViTForImageClassification, Fashion-MNIST, "
+          f"{sum(p.numel() for p in fmnist.load_model().parameters()) / 1e6:.2f} M parameters)")
+    model = fmnist.load_model()
+    calib = fmnist.load_calibration_set(args.calib)
+    images, labels = fmnist.load_test_set(args.images)
+    print(f"[2/4] calibrating on {calib.shape[0]} training images (recipe {args.recipe}) and quantizing")
+    t0 = time.perf_counter()
+    qmodel = intvit.quantize(model, calib, intvit.QuantConfig(recipe=args.recipe, progress=not args.quiet))
+    t_quant = time.perf_counter() - t0
+    print(f"[3/4] evaluating on {images.shape[0]} test images (integer mode runs on int tensors only)")
+    report = compare(lambda x: model(x).logits, qmodel, images, labels, progress=not args.quiet)
+    report.update(recipe=args.recipe, quantize_seconds=round(t_quant, 2), model="fmnist-vit (embedded)")
+    model_path = os.path.join(args.out, "fmnist-vit.int8.safetensors")
+    report_path = os.path.join(args.out, "demo-report.json")
+    qmodel.save(model_path)
+    with open(report_path, "w") as f:
+        json.dump(report, f, indent=1)
+    print("[4/4] done\n")
+    print(f"  FP32 top-1        {100 * report['fp32_top1']:6.2f} %")
+    print(f"  INT8 top-1        {100 * report['int8_top1']:6.2f} %   (delta {100 * report['delta_top1']:+.2f} pt)")
+    print(f"  top-1 agreement   {100 * report['top1_agreement']:6.2f} %")
+    print(f"  logit SQNR        {report['sqnr_db']:6.2f} dB")
+    print(f"\n  integer model  {model_path}\n  report         {report_path}")
+    return 0
+
+
+def _quantize(args) -> int:
+    """Quantize a local Hugging Face checkpoint (or the embedded model) with a calibration .npz."""
+    import intvit
+    from intvit.models import fmnist
+
+    if args.model == "fmnist":
+        model = fmnist.load_model()
+        calib = args.calib or fmnist.load_calibration_set()
+    else:
+        if not os.path.isdir(args.model):
+            print(f"intvit quantize: {args.model} is neither 'fmnist' nor a local Hugging Face "
+                  "model directory (intvit never downloads models)", file=sys.stderr)
+            return 2
+        from transformers import AutoModel, AutoModelForImageClassification
+        try:
+            model = AutoModelForImageClassification.from_pretrained(args.model, local_files_only=True)
+        except (ValueError, OSError):
+            model = AutoModel.from_pretrained(args.model, local_files_only=True)
+        model.eval()
+        if args.calib is None:
+            print("intvit quantize: --calib FILE.npz is required for a user model "
+                  "(float32 images [N, C, H, W], normalised as the model expects)", file=sys.stderr)
+            return 2
+        calib = args.calib
+    q = intvit.quantize(model, calib, intvit.QuantConfig(recipe=args.recipe, progress=not args.quiet,
+                                                          max_calib_images=args.max_images))
+    q.save(args.output)
+    print(f"wrote {args.output}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from intvit import __version__
+    p = argparse.ArgumentParser(prog="intvit", description="Integer-only quantized inference for vision transformers.")
+    p.add_argument("--version", action="version", version=f"intvit {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    d = sub.add_parser("demo", help="quantize the embedded Fashion-MNIST ViT and print FP32 vs INT8 accuracy",
+                       description=_demo.__doc__)
+    d.add_argument("--out", default="intvit-out", help="directory for the integer model and report (default: %(default)s)")
+    d.add_argument("--recipe", default="omse", choices=["minmax", "percentile", "omse"],
+                   help="calibration recipe (default: %(default)s)")
+    d.add_argument("--images", type=int, default=None, help="test images to evaluate (default: all 2000 shipped)")
+    d.add_argument("--calib", type=int, default=512, help="calibration images (default: %(default)s)")
+    d.add_argument("--threads", type=int, default=2, help="torch threads (default: %(default)s)")
+    d.add_argument("--quiet", action="store_true", help="no progress bars")
+    d.set_defaults(func=_demo)
+
+    q = sub.add_parser("quantize", help="quantize a model to an integer-only .safetensors file",
+                       description=_quantize.__doc__)
+    q.add_argument("model", help="'fmnist' (embedded) or a local Hugging Face model directory")
+    q.add_argument("-o", "--output", required=True, help="output file, e.g. model.intvit.safetensors")
+    q.add_argument("--calib", help=".npz of float32 calibration images [N, C, H, W]")
+    q.add_argument("--recipe", default="omse", choices=["minmax", "percentile", "omse"])
+    q.add_argument("--max-images", type=int, default=512, help="calibration images to use (default: %(default)s)")
+    q.add_argument("--quiet", action="store_true", help="no progress bars")
+    q.set_defaults(func=_quantize)
+    return p
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return args.func(args)
+    except (ValueError, TypeError, FileNotFoundError, FloatingPointError) as exc:
+        print(f"intvit {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
