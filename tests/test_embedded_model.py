@@ -1,0 +1,58 @@
+"""The embedded Fashion-MNIST ViT: real weights, real images, integer-only, and the demo CLI."""
+import json
+
+import pytest
+import torch
+
+import intvit
+from intvit.cli import main
+from intvit.models import fmnist
+from test_integer_only import float_ops
+
+
+@pytest.fixture(scope="module")
+def embedded():
+    model = fmnist.load_model()
+    q = intvit.quantize(model, fmnist.load_calibration_set(256), intvit.QuantConfig(progress=False))
+    return model, q
+
+
+def test_embedded_model_int8_accuracy_close_to_fp32(embedded):
+    from intvit.quantize.evaluate import compare
+    model, q = embedded
+    images, labels = fmnist.load_test_set(1000)
+    r = compare(lambda x: model(x).logits, q, images, labels, progress=False)
+    assert r["fp32_top1"] > 0.80                   # the shipped model is a real classifier
+    assert r["int8_top1"] >= r["fp32_top1"] - 0.02
+    assert r["top1_agreement"] >= 0.95
+
+
+def test_embedded_model_is_integer_only_and_deterministic(embedded, tmp_path):
+    _, q = embedded
+    x, _ = fmnist.load_test_set(4)
+    assert float_ops(q, x)[1] == []
+    path = tmp_path / "f.safetensors"
+    q.save(path)
+    assert torch.equal(intvit.load(path).forward_int(x), q.forward_int(x))
+
+
+def test_demo_command_writes_model_and_report(tmp_path, capsys):
+    rc = main(["demo", "--images", "200", "--calib", "64", "--quiet", "--out", str(tmp_path)])
+    assert rc == 0
+    report = json.loads((tmp_path / "demo-report.json").read_text())
+    assert report["images"] == 200 and 0.7 < report["fp32_top1"] <= 1.0 and report["int8_top1"] > 0.7
+    assert (tmp_path / "fmnist-vit.int8.safetensors").exists()
+    out = capsys.readouterr().out
+    assert "INT8 top-1" in out and str(tmp_path) in out
+
+
+def test_cli_help_and_errors(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0 and "demo" in capsys.readouterr().out
+    assert main(["quantize", str(tmp_path / "nope"), "-o", str(tmp_path / "x.safetensors")]) == 2
+    assert "intvit never downloads" in capsys.readouterr().err
+    assert main(["quantize", "fmnist", "--quiet", "--max-images", "8",
+                 "-o", str(tmp_path / "missing-dir" / "x.safetensors")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "missing-dir").exists()
