@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from .. import ops
-from ..models.spec import ViTSpec, check_input, float_forward, linear_layers, pool_tokens
+from ..models.spec import ViTSpec, check_input, float_forward, linear_layers, quant_points
 from .fake_quant import fake_quant, fake_quant_weight
 from .qparams import act_scales, freeze, output_scale
 
@@ -154,7 +154,7 @@ class IntegerViT(nn.Module):
     def forward_fake(self, images: torch.Tensor) -> torch.Tensor:
         """Fake-quantized float forward (QAT); gradients flow straight through every rounding."""
         check_input(self.spec, images)
-        bits = dict(self.quant_point_bits())
+        bits = dict(quant_points(self.spec))
 
         def hook(name, x):
             return fake_quant(x, self.scales[name], bits[name])
@@ -163,10 +163,6 @@ class IntegerViT(nn.Module):
             return fake_quant_weight(w)
 
         return float_forward(self.spec, images, hook, wfn)
-
-    def quant_point_bits(self):
-        from ..models.spec import quant_points
-        return quant_points(self.spec)
 
     def float_parameters(self):
         """The float tensors of the spec (train these in fake mode, then ``refreeze``)."""
@@ -188,5 +184,3 @@ def _bufname(name: str) -> str:
 def _paramname(buf: str) -> str:
     return buf.replace("__", ".")
 
-
-__all__ = ["IntegerViT", "pool_tokens"]

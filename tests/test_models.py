@@ -28,6 +28,13 @@ def test_hf_vit_adapter_matches():
     assert torch.allclose(float_forward(to_spec(m), x), m(x).logits, atol=1e-5)
 
 
+def test_hf_vit_adapter_resolves_position_embeddings_for_another_input_size():
+    m = hf_vit(image=32, patch=8)
+    x = images(2, size=48)
+    ref = m(x, interpolate_pos_encoding=True).logits
+    assert torch.allclose(float_forward(to_spec(m, image_size=48), x), ref, atol=1e-5)
+
+
 def test_dinov2_adapter_folds_layerscale_and_interpolates_position():
     from transformers import Dinov2Config, Dinov2Model
     m = _perturbed(Dinov2Model(_cfg(Dinov2Config, layerscale_value=0.3)))
