@@ -27,6 +27,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from ..ops.gemm import patchify
+
 Hook = Callable[[str, torch.Tensor], torch.Tensor]
 WeightFn = Callable[[str, torch.Tensor], torch.Tensor]
 
@@ -101,13 +103,6 @@ def check_input(spec: ViTSpec, images: torch.Tensor) -> None:
             "this model was quantized for that input size")
 
 
-def patchify_float(images: torch.Tensor, patch: int) -> torch.Tensor:
-    """Float twin of ``ops.patchify`` (same element order)."""
-    b, c, h, w = images.shape
-    x = images.reshape(b, c, h // patch, patch, w // patch, patch).permute(0, 2, 4, 1, 3, 5)
-    return x.reshape(b, (h // patch) * (w // patch), c * patch * patch)
-
-
 def _identity(name: str, x: torch.Tensor) -> torch.Tensor:
     return x
 
@@ -139,7 +134,7 @@ def float_forward(spec: ViTSpec, images: torch.Tensor, hook: Hook = _identity,
     """Reference float forward; returns logits, or tokens ``[B, T, D]`` when there is no head."""
     b = images.shape[0]
     x = hook("input", images)
-    tok = _linear(patchify_float(x, spec.patch_size), spec.patch_embed, "patch_embed", wfn)
+    tok = _linear(patchify(x, spec.patch_size), spec.patch_embed, "patch_embed", wfn)
     tok = tok + spec.pos_patches
     h = torch.cat([spec.prefix_tokens.expand(b, -1, -1), tok], dim=1)
     h = hook("embed", h)

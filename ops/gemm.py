@@ -38,7 +38,10 @@ def check_accumulator_fits(k: int, a_bits: int = 8, b_bits: int = 8) -> None:
 
 
 def patchify(images: torch.Tensor, patch: int) -> torch.Tensor:
-    """``[B, C, H, W]`` → ``[B, (H/P)·(W/P), C·P·P]`` non-overlapping patches, row-major."""
+    """``[B, C, H, W]`` → ``[B, (H/P)·(W/P), C·P·P]`` non-overlapping patches, row-major.
+
+    A pure reordering (any dtype); the float reference forward uses it too.
+    """
     b, c, h, w = images.shape
     if h % patch or w % patch:
         raise ValueError(f"image size {h}x{w} is not a multiple of the patch size {patch}")
