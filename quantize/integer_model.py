@@ -172,6 +172,11 @@ class IntegerViT(nn.Module):
                 yield lin.bias
 
     # ------------------------------------------------------------------ persistence
+    def export_onnx(self, path, integer_input: bool = False) -> str:
+        """Write the integer ONNX graph (``quantize.onnx_export``); returns the path."""
+        from .onnx_export import export_onnx
+        return export_onnx(self, path, integer_input=integer_input)
+
     def save(self, path) -> None:
         from .serialize import save_integer_vit
         save_integer_vit(self, path)
