@@ -75,6 +75,39 @@ def _quantize(args) -> int:
     return 0
 
 
+def _export(args) -> int:
+    """Export a saved integer model (.safetensors from intvit quantize) as an integer ONNX graph."""
+    import intvit
+    model = intvit.load(args.model)
+    path = model.export_onnx(args.output, integer_input=args.int8_input)
+    print(f"wrote {path}")
+    return 0
+
+
+def _inspect(args) -> int:
+    """Summarise an ONNX file: inputs, outputs, opsets, node count per op type."""
+    from collections import Counter
+
+    import onnx
+    try:
+        proto = onnx.load(args.model)
+    except Exception as exc:  # onnx raises several unrelated types for unreadable files
+        raise ValueError(f"{args.model} is not a readable ONNX file ({type(exc).__name__})") from None
+    g = proto.graph
+    dims = lambda v: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]  # noqa: E731
+    elem = lambda v: onnx.TensorProto.DataType.Name(v.type.tensor_type.elem_type).lower()  # noqa: E731
+    print(f"{args.model}: ir_version {proto.ir_version}, opsets "
+          + ", ".join(f"{o.domain or 'ai.onnx'}={o.version}" for o in proto.opset_import))
+    for kind, vals in (("input", g.input), ("output", g.output)):
+        for v in vals:
+            print(f"  {kind:6} {v.name}: {elem(v)} {dims(v)}")
+    counts = Counter((n.domain + "::" if n.domain else "") + n.op_type for n in g.node)
+    print(f"  {len(g.node)} nodes, {len(g.initializer)} initializers, {len(proto.functions)} local functions")
+    for op, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+        print(f"    {n:5d}  {op}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from intvit import __version__
     p = argparse.ArgumentParser(prog="intvit", description="Integer-only quantized inference for vision transformers.")
@@ -101,6 +134,18 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--max-images", type=int, default=512, help="calibration images to use (default: %(default)s)")
     q.add_argument("--quiet", action="store_true", help="no progress bars")
     q.set_defaults(func=_quantize)
+
+    e = sub.add_parser("export", help="export a saved integer model as integer ONNX", description=_export.__doc__)
+    e.add_argument("model", help="integer model file written by 'intvit quantize' or IntegerViT.save")
+    e.add_argument("-o", "--output", required=True, help="output .onnx path")
+    e.add_argument("--int8-input", action="store_true",
+                   help="take int8 images as input (leave the input quantizer out)")
+    e.set_defaults(func=_export)
+
+    i = sub.add_parser("inspect", help="summarise an ONNX file (node count per op type)",
+                       description=_inspect.__doc__)
+    i.add_argument("model", help="an .onnx file")
+    i.set_defaults(func=_inspect)
     return p
 
 
@@ -112,7 +157,7 @@ def main(argv=None) -> int:
         return 0
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError, FloatingPointError) as exc:
+    except (ValueError, TypeError, OSError, FloatingPointError) as exc:
         print(f"intvit {args.command}: {exc}", file=sys.stderr)
         return 2
 

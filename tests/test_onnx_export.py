@@ -199,3 +199,21 @@ def test_export_errors_leave_no_file(tiny_vit, tiny_qvit, tmp_path):
     path = tiny_qvit.export_onnx(tmp_path / "m.onnx")
     assert onnx.load(path).graph.output[0].name == "logits"
     assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
+
+
+def test_cli_export_and_inspect(tiny_qvit, tmp_path, capsys):
+    from intvit.cli import main
+    saved = tmp_path / "m.safetensors"
+    tiny_qvit.save(saved)
+    out = tmp_path / "m.onnx"
+    assert main(["export", str(saved), "-o", str(out)]) == 0
+    x = images(2)
+    assert np.array_equal(session(onnx.load(out)).run(None, {"images": x.numpy()})[1],
+                          tiny_qvit.forward_int(x).numpy())
+    assert main(["inspect", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "intvit::Shiftmax" in text and "MatMulInteger" in text and "['batch', 10]" in text
+    assert main(["export", str(tmp_path / "none.safetensors"), "-o", str(tmp_path / "x.onnx")]) == 2
+    assert main(["inspect", str(saved)]) == 2
+    assert "not a readable ONNX file" in capsys.readouterr().err
+    assert not (tmp_path / "x.onnx").exists()
