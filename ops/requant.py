@@ -39,11 +39,13 @@ MAX_SHIFT = 62
 MAX_OFFSET = 2**60
 
 
-def dyadic_multiplier(ratio) -> tuple[torch.Tensor, torch.Tensor]:
+def dyadic_multiplier(ratio, max_shift=MAX_SHIFT) -> tuple[torch.Tensor, torch.Tensor]:
     """Return ``(m, e)`` (int64 tensors) with ``m / 2**e ≈ ratio`` elementwise.
 
     ``ratio`` is a float (or array of floats), possibly negative or zero.
-    Zero maps to ``(0, 1)``.
+    Zero maps to ``(0, 1)``. ``max_shift`` (scalar or per element, <= 62)
+    caps ``e``; a ratio that would need more shift keeps fewer mantissa bits
+    (``m = round(r · 2**max_shift)``).
     """
     r = np.asarray(torch.as_tensor(ratio, dtype=torch.float64).cpu().numpy(), dtype=np.float64)
     if not np.all(np.isfinite(r)):
@@ -57,10 +59,13 @@ def dyadic_multiplier(ratio) -> tuple[torch.Tensor, torch.Tensor]:
     if np.any((e < 1) & (m != 0)):
         worst = float(np.max(np.abs(r)))
         raise ValueError(f"requantization ratio {worst:g} is too large (must be < 2**30)")
-    # Tiny ratios: keep e <= MAX_SHIFT and drop mantissa bits instead.
-    tiny = e > MAX_SHIFT
-    m = np.where(tiny, np.sign(r) * np.floor(np.abs(r) * 2.0**MAX_SHIFT + 0.5), m)
-    e = np.where(tiny, MAX_SHIFT, e)
+    # Tiny ratios (or a tight cap): keep e <= cap and drop mantissa bits instead.
+    cap = np.minimum(np.asarray(torch.as_tensor(max_shift).cpu().numpy(), dtype=np.int64), MAX_SHIFT)
+    if np.any(cap < 1):
+        raise ValueError("max_shift must be at least 1")
+    tiny = e > cap
+    m = np.where(tiny, np.sign(r) * np.floor(np.abs(r) * np.exp2(cap.astype(np.float64)) + 0.5), m)
+    e = np.where(tiny, cap, e)
     e = np.where(m == 0, 1, e)
     return torch.from_numpy(m.astype(np.int64)), torch.from_numpy(e.astype(np.int64))
 
@@ -76,6 +81,13 @@ def offset_for(value_at_out_scale, e: torch.Tensor) -> torch.Tensor:
     off = torch.floor(v * torch.pow(2.0, e.to(torch.float64)) + 0.5).to(torch.int64)
     check_requant_bounds(off)
     return off
+
+
+def max_shift_for_offset(value_at_out_scale) -> torch.Tensor:
+    """Largest shift ``e`` (<= 62) with ``|round(v · 2**e)| <= 2**60`` for each offset value ``v``."""
+    v = np.abs(np.asarray(torch.as_tensor(value_at_out_scale, dtype=torch.float64).cpu().numpy()))
+    room = np.floor(np.log2(2.0**60 / np.maximum(v + 0.5, 1e-300)))
+    return torch.from_numpy(np.clip(room, 1, MAX_SHIFT).astype(np.int64))
 
 
 def check_requant_bounds(offset: torch.Tensor) -> None:

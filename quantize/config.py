@@ -21,7 +21,7 @@ class QuantConfig:
                       recipe and data are unchanged.
     progress:         show a progress bar while calibrating.
     """
-    recipe: str = "omse"
+    recipe: str = "minmax"
     percentile: float = 99.99
     max_calib_images: int = 512
     batch_size: int = 32

@@ -62,8 +62,8 @@ def quantize_bias(lin: Linear, s_x: float, s_w: torch.Tensor, name: str) -> torc
     return b
 
 
-def _mul(prefix: str, ratio, out: P) -> None:
-    m, e = ops.dyadic_multiplier(ratio)
+def _mul(prefix: str, ratio, out: P, max_shift=ops.requant.MAX_SHIFT) -> None:
+    m, e = ops.dyadic_multiplier(ratio, max_shift)
     out[prefix + ".m"], out[prefix + ".e"] = m, e
 
 
@@ -81,9 +81,12 @@ def freeze(spec: ViTSpec, scales: dict[str, float]) -> P:
         return s_x * s_w                                   # accumulator scale per channel
 
     def layernorm(name: str, norm, s_out: float) -> None:
+        # γ goes into the per-channel multiplier, β into the offset at scale s_out / 2**e; the
+        # shift is capped per channel so that offset stays within 2**60 (small γ, large β).
         ratio = norm.weight.detach().double() * ops.layernorm_output_scale(d) / s_out
-        _mul(name, ratio, p)
-        p[name + ".offset"] = ops.offset_for(norm.bias.detach().double() / s_out, p[name + ".e"])
+        beta = norm.bias.detach().double() / s_out
+        _mul(name, ratio, p, ops.max_shift_for_offset(beta))
+        p[name + ".offset"] = ops.offset_for(beta, p[name + ".e"])
 
     acc = linear("patch_embed", spec.patch_embed, S["input"])
     _mul("patch_embed.rq", acc / S["embed"], p)

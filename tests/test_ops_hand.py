@@ -295,3 +295,17 @@ def test_accumulator_check():
     with pytest.raises(ValueError):
         ops.check_accumulator_fits(2**17)
     assert arith.signed_range(8) == (-128, 127)
+
+
+def test_shift_cap_keeps_large_offsets_in_range():
+    # A LayerNorm channel with tiny gamma (ratio ~2**-25 -> e = 55) and beta of 32 output units:
+    # uncapped, the offset 32 * 2**55 = 2**60 would overflow the bound; the cap lowers e.
+    ratio, beta = 2.0**-25 * 1.1, 32.4
+    m, e = ops.dyadic_multiplier([ratio], ops.max_shift_for_offset([beta]))
+    off = ops.offset_for([beta], e)
+    assert abs(off.item()) <= 2**60 and e.item() < 55
+    z = t([2**30, -(2**30), 0])
+    got = ops.rescale(z, m, e, off).tolist()
+    assert got == [round(v * ratio + beta) for v in (2**30, -(2**30), 0)]
+    with pytest.raises(ValueError, match="at least 1"):
+        ops.dyadic_multiplier([0.5], 0)
