@@ -108,7 +108,8 @@ def load_integer_vit(path):
         raise IntegerModelFileError(f"{path} is not a readable intvit model file ({exc}); "
                                     "re-run intvit.quantize and save again") from None
     if meta.get("format") != FORMAT:
-        raise IntegerModelFileError(f"{path} is a safetensors file but not an intvit integer model")
+        raise IntegerModelFileError(f"{path} is a safetensors file but not an intvit integer model "
+                                    "(a float checkpoint?); quantize it first: intvit.quantize / intvit quantize")
     if meta.get("format_version") != str(FORMAT_VERSION):
         raise IntegerModelFileError(f"{path} uses format version {meta.get('format_version')}, "
                                     f"this intvit reads {FORMAT_VERSION}")

@@ -23,6 +23,14 @@ def tiny_vit():
 
 
 @pytest.fixture(scope="session")
+def deit_tiny_qvit():
+    """A DeiT-Tiny-shaped HF ViT (192-d, 3 heads, 12 layers, 224 px) with random weights, quantized."""
+    import intvit
+    model = hf_vit(image=224, patch=16, dim=192, layers=12, heads=3, mlp=768, labels=1000)
+    return intvit.quantize(model, images(8, size=224), intvit.QuantConfig(progress=False))
+
+
+@pytest.fixture(scope="session")
 def tiny_qvit(tiny_vit):
     import intvit
     return intvit.quantize(tiny_vit, images(32), intvit.QuantConfig(progress=False))

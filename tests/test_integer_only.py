@@ -2,8 +2,7 @@
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import intvit
-from conftest import hf_vit, images
+from conftest import images
 
 ALLOWED = {torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8, torch.bool}
 
@@ -34,14 +33,12 @@ def float_ops(model, x):
     return walker.ops, [(op, d) for op, d in walker.ops if not d <= ALLOWED]
 
 
-def test_deit_tiny_shaped_model_runs_integer_only_end_to_end():
-    model = hf_vit(image=224, patch=16, dim=192, layers=12, heads=3, mlp=768, labels=1000)
-    x = images(4, size=224)
-    q = intvit.quantize(model, x, intvit.QuantConfig(progress=False, recipe="minmax"))
-    ops_run, floats = float_ops(q, x[:1])
+def test_deit_tiny_shaped_model_runs_integer_only_end_to_end(deit_tiny_qvit):
+    q, x = deit_tiny_qvit, images(1, size=224)
+    ops_run, floats = float_ops(q, x)
     assert len(ops_run) > 12 * 20          # the walk really saw the whole network
     assert floats == []
-    logits = q(x[:1])
+    logits = q(x)
     assert logits.shape == (1, 1000) and logits.dtype == torch.float32
 
 

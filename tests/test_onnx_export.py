@@ -107,12 +107,15 @@ def assert_bit_exact(q, x):
     onnx.checker.check_model(proto, full_check=True)
     assert proto.ir_version <= 13 and all(o.version <= 26 for o in proto.opset_import if o.domain == "")
     s = session(proto)
+    # The integer reference is exact, so it does not depend on how the inputs are batched.
+    ref_int = torch.cat([q.forward_int(x[i:i + 8]) for i in range(0, x.shape[0], 8)])
+    ref_float = q.dequantize(ref_int).numpy()
+    ref_int = ref_int.numpy()
     for batch in (1, 8):
         for i in range(0, x.shape[0], batch):
-            xb = x[i:i + batch]
-            logits, int_logits = s.run(None, {"images": xb.numpy()})
-            assert np.array_equal(int_logits, q.forward_int(xb).numpy())
-            assert np.array_equal(logits, q(xb).numpy())
+            logits, int_logits = s.run(None, {"images": x[i:i + batch].numpy()})
+            assert np.array_equal(int_logits, ref_int[i:i + batch])
+            assert np.array_equal(logits, ref_float[i:i + batch])
 
 
 def test_tiny_vit_ort_equals_torch_integer_model(tiny_qvit):
@@ -126,6 +129,11 @@ def test_embedded_model_ort_equals_torch_integer_model():
     assert_bit_exact(q, torch.cat([x, adversarial_inputs(4, 1, 28, q.scales["input"])]))
 
 
+def test_deit_tiny_shaped_model_ort_equals_torch_integer_model(deit_tiny_qvit):
+    q = deit_tiny_qvit
+    assert_bit_exact(q, adversarial_inputs(64, 3, 224, q.scales["input"]))
+
+
 def test_other_depth_heads_and_heads_ort_equals_torch():
     from transformers import DeiTConfig, DeiTForImageClassificationWithTeacher, Dinov2Config, Dinov2Model
     torch.manual_seed(2)
@@ -133,7 +141,7 @@ def test_other_depth_heads_and_heads_ort_equals_torch():
         image_size=32, patch_size=8, hidden_size=48, num_hidden_layers=3, num_attention_heads=6,
         intermediate_size=96, num_labels=7)).eval()
     q = intvit.quantize(deit, images(16), intvit.QuantConfig(progress=False, recipe="percentile"))
-    assert_bit_exact(q, adversarial_inputs(16, 3, 32, q.scales["input"]))
+    assert_bit_exact(q, adversarial_inputs(64, 3, 32, q.scales["input"]))
     dino = Dinov2Model(Dinov2Config(image_size=28, patch_size=7, hidden_size=32, num_hidden_layers=1,
                                     num_attention_heads=2)).eval()
     q = intvit.quantize(dino, images(8, size=28), intvit.QuantConfig(progress=False))
@@ -214,6 +222,12 @@ def test_cli_export_and_inspect(tiny_qvit, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "intvit::Shiftmax" in text and "MatMulInteger" in text and "['batch', 10]" in text
     assert main(["export", str(tmp_path / "none.safetensors"), "-o", str(tmp_path / "x.onnx")]) == 2
+    assert main(["export", str(saved), "-o", str(tmp_path / "no-dir" / "x.onnx")]) == 2
+    assert "not writable" in capsys.readouterr().err
+    from safetensors.torch import save_file
+    save_file({"w": torch.zeros(2)}, tmp_path / "float.safetensors")     # a float checkpoint
+    assert main(["export", str(tmp_path / "float.safetensors"), "-o", str(tmp_path / "x.onnx")]) == 2
+    assert "quantize it first" in capsys.readouterr().err
     assert main(["inspect", str(saved)]) == 2
     assert "not a readable ONNX file" in capsys.readouterr().err
     assert not (tmp_path / "x.onnx").exists()
