@@ -1,0 +1,100 @@
+"""TVM backend (first slice): the compiled module equals the torch integer model and ORT, bit for bit."""
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper
+
+import intvit
+from intvit.quantize.onnx_export import to_onnx
+from intvit.tvm_backend.build import UnknownTargetError, compile_onnx
+from intvit.tvm_backend.importer import UnsupportedGraphError, to_relax
+from intvit.tvm_backend.inspect_ir import float_ops_in_integer_region
+from conftest import images
+from test_onnx_export import adversarial_inputs, session
+
+
+def assert_tvm_exact(q, x, batches=(1, 8)):
+    proto = to_onnx(q)
+    ort_int = np.concatenate([session(proto).run(None, {"images": x[i:i + 8].numpy()})[1]
+                              for i in range(0, x.shape[0], 8)])
+    ref_int = torch.cat([q.forward_int(x[i:i + 8]) for i in range(0, x.shape[0], 8)])
+    ref_float = q.dequantize(ref_int).numpy()
+    assert np.array_equal(ort_int, ref_int.numpy())
+    for batch in batches:
+        module = compile_onnx(proto, "llvm", batch=batch)
+        for i in range(0, x.shape[0] - x.shape[0] % batch, batch):
+            logits, int_logits = module(x[i:i + batch])
+            assert np.array_equal(int_logits, ref_int[i:i + batch].numpy())
+            assert np.array_equal(logits, ref_float[i:i + batch])
+
+
+def test_tiny_vit_tvm_equals_torch_and_ort(tiny_qvit):
+    assert_tvm_exact(tiny_qvit, adversarial_inputs(24, 3, 32, tiny_qvit.scales["input"]))
+
+
+def test_embedded_model_tvm_equals_torch_and_ort():
+    from intvit.models import fmnist
+    q = intvit.quantize(fmnist.load_model(), fmnist.load_calibration_set(128), intvit.QuantConfig(progress=False))
+    x, _ = fmnist.load_test_set(60)
+    assert_tvm_exact(q, torch.cat([x, adversarial_inputs(4, 1, 28, q.scales["input"])]), batches=(8,))
+
+
+def test_six_head_distilled_deit_tvm_equals_torch():
+    from transformers import DeiTConfig, DeiTForImageClassificationWithTeacher
+    torch.manual_seed(2)
+    deit = DeiTForImageClassificationWithTeacher(DeiTConfig(
+        image_size=32, patch_size=8, hidden_size=48, num_hidden_layers=3, num_attention_heads=6,
+        intermediate_size=96, num_labels=7)).eval()
+    q = intvit.quantize(deit, images(16), intvit.QuantConfig(progress=False))
+    assert_tvm_exact(q, adversarial_inputs(16, 3, 32, q.scales["input"]), batches=(8,))
+
+
+def test_lowered_module_is_integer_only_between_quantizer_and_dequantize(tiny_qvit):
+    assert float_ops_in_integer_region(to_relax(to_onnx(tiny_qvit), batch=2)) == []
+
+
+def test_lowered_module_check_catches_a_float_op(tiny_qvit):
+    proto = to_onnx(tiny_qvit)
+    g = proto.graph
+    idx = next(i for i, n in enumerate(g.node) if n.op_type == "Add" and "resid1" in n.name)
+    out = g.node[idx].output[0]
+    g.node.insert(idx + 1, helper.make_node("Cast", [out], ["sneaky_f"], to=TensorProto.FLOAT, name="sneaky/f"))
+    g.node.insert(idx + 2, helper.make_node("Cast", ["sneaky_f"], ["sneaky_i"], to=TensorProto.INT64, name="sneaky/i"))
+    for n in g.node[idx + 3:]:
+        for k, name in enumerate(n.input):
+            if name == out:
+                n.input[k] = "sneaky_i"
+    assert float_ops_in_integer_region(to_relax(proto, batch=1))
+
+
+def test_round_half_even_kernel_matches_torch_round():
+    import tvm
+    from tvm import relax
+    from intvit.tvm_backend.importer import _round_half_even_te
+    vals = np.array([0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 0.49999997, -0.49999997, 126.5, 127.5, -128.5,
+                     3.4999998, 1e9, -7.0], np.float32)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType([len(vals)], "float32"))
+    with bb.function("main", [x]):
+        out = bb.emit_te(_round_half_even_te, x)
+        bb.emit_func_output(out)
+    vm = relax.VirtualMachine(tvm.compile(bb.get(), target=tvm.target.Target({"kind": "llvm"})), tvm.cpu())
+    got = vm["main"](tvm.runtime.tensor(vals, tvm.cpu())).numpy()
+    assert got.tolist() == torch.round(torch.from_numpy(vals)).tolist()
+
+
+def test_errors(tiny_qvit, tmp_path):
+    proto = to_onnx(tiny_qvit)
+    with pytest.raises(UnknownTargetError, match="unknown target 'vulkan-int4'"):
+        compile_onnx(proto, "vulkan-int4")
+    plain = helper.make_model(helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])]))
+    with pytest.raises(UnsupportedGraphError, match="not an intvit integer graph"):
+        compile_onnx(plain)
+    module = compile_onnx(proto, batch=2)
+    with pytest.raises(ValueError, match="compiled for input shape \\[2, 3, 32, 32\\].*--batch 3"):
+        module(images(3))
+    with pytest.raises(ValueError, match="expected input shape"):
+        module(images(2, size=16))

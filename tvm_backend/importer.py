@@ -1,0 +1,163 @@
+"""Import intvit's integer ONNX graph (the contract) into a TVM Relax module.
+
+The graph's standard ONNX nodes map one-to-one onto Relax operators; the
+``intvit`` domain nodes (Requant, Shiftmax, ShiftGELU, IntLayerNorm, ...) map
+onto the TE kernels of ``tvm_backend.kernels`` — they are *not* inlined into
+generic ops, so each stays one kernel. The batch size is fixed at import
+(``batch``); shape computations (``Shape``, ``Reshape`` targets, ``Expand``)
+fold to constants.
+
+Semantics checked against ONNX (and held to ``ops`` by the tests): integer
+``Cast`` from float is only applied to values already rounded and clipped;
+``Round`` must be half-to-even; float ``Div`` is IEEE division.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from ..quantize.onnx_functions import DOMAIN
+
+
+class UnsupportedGraphError(ValueError):
+    """The ONNX file is not an intvit integer graph this importer can lower."""
+
+
+_DTYPES = {onnx.TensorProto.INT8: "int8", onnx.TensorProto.INT32: "int32", onnx.TensorProto.INT64: "int64",
+           onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.DOUBLE: "float64"}
+
+
+def _attrs(node) -> dict:
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def check_intvit_graph(proto: onnx.ModelProto) -> None:
+    """Refuse ONNX files that are not intvit integer graphs, with one clear message."""
+    domains = {o.domain for o in proto.opset_import}
+    names = [i.name for i in proto.graph.input]
+    if DOMAIN not in domains or proto.producer_name != "intvit" or names not in (["images"], ["images_int8"]):
+        raise UnsupportedGraphError(
+            "this ONNX file is not an intvit integer graph (no 'intvit' domain / producer); "
+            "export one with `intvit export` or IntegerViT.export_onnx")
+
+
+def to_relax(proto: onnx.ModelProto, batch: int = 1):
+    """Build a Relax ``IRModule`` with ``main(images) -> (logits, int_logits)``."""
+    import tvm
+    from tvm import relax
+
+    from .kernels import DOMAIN_KERNELS
+
+    check_intvit_graph(proto)
+    if batch < 1:
+        raise ValueError(f"batch must be at least 1, got {batch}")
+    g = proto.graph
+    inp = g.input[0]
+    in_shape = [batch] + [d.dim_value for d in inp.type.tensor_type.shape.dim[1:]]
+    in_dtype = _DTYPES[inp.type.tensor_type.elem_type]
+    consts = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    static: dict[str, np.ndarray] = dict(consts)        # values known at import time
+    bb = relax.BlockBuilder()
+    x = relax.Var(inp.name, relax.TensorType(in_shape, in_dtype))
+    env = {inp.name: x}
+
+    def val(name):
+        if name in env:
+            return env[name]
+        if name in consts:
+            env[name] = relax.const(consts[name], str(consts[name].dtype))
+            return env[name]
+        raise UnsupportedGraphError(f"value '{name}' is used before it is defined")
+
+    def shape_of(name):
+        return [int(s) for s in bb.normalize(val(name)).ty.shape]
+
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            for node in g.node:
+                a, ins, out = _attrs(node), list(node.input), node.output[0]
+                op = node.op_type
+                if node.domain == DOMAIN:
+                    if op not in DOMAIN_KERNELS:
+                        raise UnsupportedGraphError(f"intvit op '{op}' has no TVM kernel")
+                    env[out] = bb.emit_te(DOMAIN_KERNELS[op], *[val(i) for i in ins],
+                                          primfunc_name_hint=op.lower())
+                    continue
+                if node.domain:
+                    raise UnsupportedGraphError(f"node {node.name}: unknown domain '{node.domain}'")
+                if op == "Shape":
+                    full = np.array([batch] + shape_of(ins[0])[1:], dtype=np.int64)
+                    static[out] = full[a.get("start", 0):a.get("end", len(full))]
+                    env[out] = relax.const(static[out], "int64")
+                elif op == "Concat" and all(i in static for i in ins):
+                    static[out] = np.concatenate([static[i] for i in ins], axis=a["axis"])
+                    env[out] = relax.const(static[out], "int64")
+                elif op == "Concat":
+                    env[out] = bb.emit(relax.op.concat([val(i) for i in ins], axis=a["axis"]))
+                elif op == "Reshape":
+                    target = [int(v) for v in static[ins[1]]]
+                    src = shape_of(ins[0])
+                    if -1 in target:
+                        known = int(np.prod([t for t in target if t != -1]))
+                        target[target.index(-1)] = int(np.prod(src)) // known
+                    env[out] = bb.emit(relax.op.reshape(val(ins[0]), target))
+                elif op == "Transpose":
+                    env[out] = bb.emit(relax.op.permute_dims(val(ins[0]), a["perm"]))
+                elif op == "Expand":
+                    env[out] = bb.emit(relax.op.broadcast_to(val(ins[0]), [int(v) for v in static[ins[1]]]))
+                elif op == "Slice":
+                    axes = [int(v) for v in static[ins[3]]]
+                    env[out] = bb.emit(relax.op.strided_slice(val(ins[0]), axes, [int(v) for v in static[ins[1]]],
+                                                              [int(v) for v in static[ins[2]]]))
+                elif op == "Gather":
+                    idx = int(static[ins[1]])
+                    sliced = relax.op.strided_slice(val(ins[0]), [a["axis"]], [idx], [idx + 1])
+                    env[out] = bb.emit(relax.op.squeeze(sliced, [a["axis"]]))
+                elif op == "Cast":
+                    env[out] = bb.emit(relax.op.astype(val(ins[0]), _DTYPES[a["to"]]))
+                elif op in ("Add", "Mul", "Div"):
+                    fn = {"Add": relax.op.add, "Mul": relax.op.multiply, "Div": relax.op.divide}[op]
+                    env[out] = bb.emit(fn(val(ins[0]), val(ins[1])))
+                elif op == "Round":
+                    env[out] = bb.emit_te(_round_half_even_te, val(ins[0]), primfunc_name_hint="round_half_even")
+                elif op == "Clip":
+                    lo, hi = float(static[ins[1]]), float(static[ins[2]])
+                    env[out] = bb.emit(relax.op.clip(val(ins[0]), lo, hi))
+                elif op == "MatMulInteger":
+                    aa = relax.op.astype(val(ins[0]), "int32")
+                    bb_ = relax.op.astype(val(ins[1]), "int32")
+                    env[out] = bb.emit(relax.op.matmul(aa, bb_, out_dtype="int32"))
+                elif op == "MatMul":
+                    env[out] = bb.emit(relax.op.matmul(val(ins[0]), val(ins[1])))
+                elif op == "ReduceSum":
+                    axes = [int(v) for v in static[ins[1]]]
+                    env[out] = bb.emit(relax.op.sum(val(ins[0]), axes, keepdims=bool(a.get("keepdims", 1))))
+                elif op == "Identity":
+                    env[out] = val(ins[0])
+                else:
+                    raise UnsupportedGraphError(f"node {node.name}: ONNX op {op} is not supported by the TVM importer")
+            outs = bb.emit_output(relax.Tuple([val(o.name) for o in g.output]))
+        bb.emit_func_output(outs)
+    return bb.get()
+
+
+def _round_half_even_te(x):
+    """``Round`` as ONNX/torch define it: to nearest, ties to even.
+
+    ``f = v − floor(v)`` is exact in floating point, so comparing ``f`` with 0.5
+    decides the rounding without the double rounding of ``floor(v + 0.5)``
+    (which sends 0.49999997f to 1).
+    """
+    from tvm import te
+    from tvm import tirx as tir
+
+    def f(*i):
+        v = x(*i)
+        half, one, two = (tir.const(c, x.dtype) for c in (0.5, 1.0, 2.0))
+        r = tir.floor(v)
+        frac = v - r
+        odd = (r - two * tir.floor(r / two)) == one
+        up = tir.Or(frac > half, tir.And(frac == half, odd))
+        return tir.Select(up, r + one, r)
+    return te.compute(x.shape, f, name="round_half_even")

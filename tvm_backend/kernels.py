@@ -1,0 +1,135 @@
+"""TE kernels for the ``intvit`` ONNX domain ops, following ``intvit.ops`` step by step.
+
+Each function takes ``te.Tensor`` arguments (the op's data input and its
+constant inputs, as the ONNX node has them) and returns one ``te.Tensor``;
+the importer emits each as its own PrimFunc (``BlockBuilder.emit_te``), so
+every I-ViT operator is one kernel in the compiled module.
+
+TIR semantics used: ``>>`` on signed integers is an arithmetic shift (floor),
+``tir.floordiv`` is floor division, ``tir.Select`` / ``max`` / ``min`` are exact on
+int64. The exact integer square root runs as 32 per-row stages (one result
+bit each), as ``ops.isqrt``.
+"""
+from __future__ import annotations
+
+from tvm import te
+from tvm import tirx as tir
+
+from ..ops.layernorm import ISQRT_STEPS
+from ..ops.nonlinear import NORM_NUMERATOR
+
+I64 = "int64"
+
+
+def _c(v):
+    return tir.const(int(v), I64)
+
+
+def _bcast(t: te.Tensor, idx):
+    """Index ``t`` with numpy-style broadcasting against an output index ``idx``."""
+    shape = list(t.shape)
+    if not shape:
+        return t()
+    offset = len(idx) - len(shape)
+    sub = [0 if int(dim) == 1 else idx[offset + i] for i, dim in enumerate(shape)]
+    return t(*sub)
+
+
+def _ew(shape, fn, name):
+    return te.compute(shape, lambda *i: fn(i), name=name)
+
+
+def floordiv_te(x, d):
+    return _ew(x.shape, lambda i: tir.floordiv(_bcast(x, i), _bcast(d, i)), "floordiv")
+
+
+def saturate_te(x, lo, hi):
+    return _ew(x.shape, lambda i: tir.max(tir.min(_bcast(x, i), _bcast(hi, i)), _bcast(lo, i)), "saturate")
+
+
+def rescale_te(z, m, pow2e, half):
+    """``ops.rescale``: ``floor((z·m + 2**(e−1)) / 2**e)``."""
+    return _ew(z.shape, lambda i: tir.floordiv(_bcast(z, i) * _bcast(m, i) + _bcast(half, i),
+                                                _bcast(pow2e, i)), "rescale")
+
+
+def requant_te(z, m, pow2e, half, offset, lo, hi):
+    """``ops.requantize``: ``saturate(floor((z·m + offset + 2**(e−1)) / 2**e))``."""
+    def f(i):
+        v = tir.floordiv(_bcast(z, i) * _bcast(m, i) + _bcast(offset, i) + _bcast(half, i), _bcast(pow2e, i))
+        return tir.max(tir.min(v, _bcast(hi, i)), _bcast(lo, i))
+    return _ew(z.shape, f, "requant")
+
+
+def _shift_exp(x, x0, nx0, n):
+    """``ops.shift_exp`` on one element (all int64 PrimExprs)."""
+    x = x + (x >> 1) - (x >> 4)
+    x = tir.max(x, nx0)
+    q = tir.floordiv(-x, -x0)
+    r = x - q * x0
+    return ((r - 2 * x0) << (n - q)) >> 1
+
+
+def _row_reduce(x, fn, name, init_max=False):
+    *lead, cols = x.shape
+    k = te.reduce_axis((0, cols), name="k")
+    if init_max:
+        return te.compute((*lead, 1), lambda *i: te.max(fn(*i[:-1], k), axis=k), name=name)
+    return te.compute((*lead, 1), lambda *i: te.sum(fn(*i[:-1], k), axis=k), name=name)
+
+
+def shiftmax_te(x, x0, nx0, n, outdiv):
+    """``ops.shiftmax`` along the last axis."""
+    xmax = _row_reduce(x, lambda *i: x(*i), "rowmax", init_max=True)
+    e = te.compute(x.shape, lambda *i: _shift_exp(x(*i) - xmax(*i[:-1], 0), x0(), nx0(), n()), name="shiftexp")
+    total = _row_reduce(e, lambda *i: e(*i), "rowsum")
+    return te.compute(x.shape, lambda *i: tir.floordiv(
+        e(*i) * tir.floordiv(_c(NORM_NUMERATOR), total(*i[:-1], 0)), outdiv()), name="shiftmax")
+
+
+def shift_gelu_te(x, x0, nx0, n, outdiv):
+    """``ops.shift_gelu`` elementwise (reference point ``m = max(x, 0)``)."""
+    def f(*i):
+        v = x(*i)
+        m = tir.max(v, _c(0))
+        e1 = _shift_exp(v - m, x0(), nx0(), n())
+        e2 = _shift_exp(-m, x0(), nx0(), n())
+        return v * tir.floordiv(e1 * tir.floordiv(_c(NORM_NUMERATOR), e1 + e2), outdiv())
+    return te.compute(x.shape, f, name="shiftgelu")
+
+
+def _isqrt_step(v, res, b, step):
+    """One digit of ``ops.isqrt``: if v >= res + b: v -= res + b; res = res/2 + b else res = res/2."""
+    take = lambda *i: v(*i) >= res(*i) + b  # noqa: E731
+    v_next = te.compute(v.shape, lambda *i: tir.Select(take(*i), v(*i) - (res(*i) + b), v(*i)),
+                        name=f"isqrt_v{step}")
+    r_next = te.compute(v.shape, lambda *i: tir.Select(take(*i), (res(*i) >> 1) + b, res(*i) >> 1),
+                        name=f"isqrt_r{step}")
+    return v_next, r_next
+
+
+def int_layernorm_te(x):
+    """``ops.int_layernorm`` along the last axis; output at scale √D / 2**30."""
+    *lead, d = x.shape
+    total = _row_reduce(x, lambda *i: x(*i), "rowsum")
+    mean = te.compute(total.shape, lambda *i: tir.floordiv(total(*i) + d // 2, d), name="mean")
+    y = te.compute(x.shape, lambda *i: x(*i) - mean(*i[:-1], 0), name="centred")
+    v = _row_reduce(y, lambda *i: y(*i) * y(*i), "variance")
+    res = te.compute(v.shape, lambda *i: _c(0), name="isqrt_init")
+    bit = 1 << 62
+    for step in range(ISQRT_STEPS):                     # ops.isqrt: one result bit per stage
+        v, res = _isqrt_step(v, res, _c(bit), step)
+        bit >>= 2
+    return te.compute(x.shape, lambda *i: tir.floordiv(
+        y(*i) * tir.floordiv(_c(2**31 - 1), tir.max(res(*i[:-1], 0), _c(1))), _c(2)), name="ilayernorm")
+
+
+DOMAIN_KERNELS = {
+    "FloorDiv": floordiv_te,
+    "Saturate": saturate_te,
+    "Rescale": rescale_te,
+    "Requant": requant_te,
+    "Shiftmax": shiftmax_te,
+    "ShiftGELU": shift_gelu_te,
+    "IntLayerNorm": int_layernorm_te,
+}
