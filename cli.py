@@ -108,6 +108,31 @@ def _inspect(args) -> int:
     return 0
 
 
+def _compile(args) -> int:
+    """Compile an integer ONNX file (from intvit export) with TVM into model.so + model.so.json."""
+    from intvit.tvm_backend.runtime import compile_to_file
+    print(f"compiling {args.model} for {args.target}, batch {args.batch} (TVM default pipeline) ...")
+    meta = compile_to_file(args.model, args.output, target=args.target, batch=args.batch)
+    print(f"wrote {args.output} and {args.output}.json in {meta['compile_seconds']} s")
+    return 0
+
+
+def _run(args) -> int:
+    """Run a compiled module on a .npy batch (float32 images, preprocessed) and print the top-5 classes."""
+    import numpy as np
+
+    from intvit.runtime import load
+    module = load(args.model)
+    if not args.input.endswith(".npy"):
+        raise ValueError(f"--input {args.input}: give a .npy array of preprocessed images "
+                         f"of shape {module.meta['input']['shape']}")
+    logits = module(np.load(args.input))
+    for i, row in enumerate(logits):
+        top = np.argsort(-row)[:5]
+        print(f"image {i}: " + ", ".join(f"{int(c)} ({row[c]:.3f})" for c in top))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from intvit import __version__
     p = argparse.ArgumentParser(prog="intvit", description="Integer-only quantized inference for vision transformers.")
@@ -146,6 +171,19 @@ def build_parser() -> argparse.ArgumentParser:
                        description=_inspect.__doc__)
     i.add_argument("model", help="an .onnx file")
     i.set_defaults(func=_inspect)
+
+    c = sub.add_parser("compile", help="compile an integer ONNX file with TVM to model.so",
+                       description=_compile.__doc__)
+    c.add_argument("model", help="integer .onnx file from 'intvit export'")
+    c.add_argument("-o", "--output", required=True, help="output module, e.g. model.so (a .json sidecar is written beside it)")
+    c.add_argument("--target", default="llvm", help="compilation target (default: %(default)s; 'cuda' is not built yet)")
+    c.add_argument("--batch", type=int, default=1, help="batch size the module is compiled for (default: %(default)s)")
+    c.set_defaults(func=_compile)
+
+    r = sub.add_parser("run", help="run a compiled module on a .npy batch and print top-5", description=_run.__doc__)
+    r.add_argument("model", help="module written by 'intvit compile'")
+    r.add_argument("--input", required=True, help=".npy array of preprocessed float32 images")
+    r.set_defaults(func=_run)
     return p
 
 
@@ -157,7 +195,7 @@ def main(argv=None) -> int:
         return 0
     try:
         return args.func(args)
-    except (ValueError, TypeError, OSError, FloatingPointError) as exc:
+    except (ValueError, TypeError, OSError, FloatingPointError, RuntimeError) as exc:
         print(f"intvit {args.command}: {exc}", file=sys.stderr)
         return 2
 

@@ -98,3 +98,38 @@ def test_errors(tiny_qvit, tmp_path):
         module(images(3))
     with pytest.raises(ValueError, match="expected input shape"):
         module(images(2, size=16))
+
+
+def test_compile_cli_runtime_load_and_run(tiny_qvit, tmp_path, capsys):
+    import json
+
+    from intvit.cli import main
+    from intvit.runtime import ModuleMismatchError, load
+    onnx_path, so = tmp_path / "m.onnx", tmp_path / "m.so"
+    tiny_qvit.export_onnx(onnx_path)
+    assert main(["compile", str(onnx_path), "--batch", "2", "-o", str(so)]) == 0
+    module = load(so)
+    x = images(2, seed=4)
+    assert np.array_equal(module.run(x)[1], tiny_qvit.forward_int(x).numpy())
+    assert np.array_equal(module(x.numpy()), tiny_qvit(x).numpy())
+    bench = module.benchmark(repeat=3, warmup=1)
+    assert bench["batch"] == 2 and bench["median_ms"] > 0
+    np.save(tmp_path / "x.npy", x.numpy())
+    assert main(["run", str(so), "--input", str(tmp_path / "x.npy")]) == 0
+    top = int(np.argmax(tiny_qvit(x).numpy()[0]))
+    assert capsys.readouterr().out.splitlines()[-2].startswith(f"image 0: {top} (")
+    # bad inputs: wrong batch, unknown target, missing sidecar, another TVM version
+    assert main(["run", str(so), "--input", str(tmp_path / "x.npy")]) == 0
+    np.save(tmp_path / "x3.npy", images(3).numpy())
+    assert main(["run", str(so), "--input", str(tmp_path / "x3.npy")]) == 2
+    assert "--batch 3" in capsys.readouterr().err
+    assert main(["compile", str(onnx_path), "--target", "cuda-int9", "-o", str(tmp_path / "c.so")]) == 2
+    assert "unknown target" in capsys.readouterr().err and not (tmp_path / "c.so").exists()
+    meta = json.loads((tmp_path / "m.so.json").read_text())
+    meta["tvm_version"] = "0.19.0"
+    (tmp_path / "m.so.json").write_text(json.dumps(meta))
+    with pytest.raises(ModuleMismatchError, match="built with TVM 0.19.0"):
+        load(so)
+    (tmp_path / "m.so.json").unlink()
+    with pytest.raises(ModuleMismatchError, match="no sidecar"):
+        load(so)

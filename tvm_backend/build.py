@@ -35,6 +35,7 @@ class CompiledIntViT:
         import tvm
         from tvm import relax
         self.dev = tvm.cpu()
+        self.executable = executable
         self.vm = relax.VirtualMachine(executable, self.dev)
         self.batch, self.input_name = batch, input_name
         self.input_shape, self.input_dtype = tuple(input_shape), input_dtype

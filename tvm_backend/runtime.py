@@ -1,0 +1,116 @@
+"""Compiled-module files: ``model.so`` plus ``model.so.json`` (the sidecar), and loading them.
+
+The sidecar records what the module was built for — input name/shape/dtype,
+batch, target, the intvit and TVM versions, the input scale and output
+dequantize scale — and ``load`` checks it against the running TVM and
+device before running anything, with one clear error on a mismatch.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+
+from .. import __version__
+from .build import CompiledIntViT, compile_onnx
+
+SIDECAR_FORMAT = "intvit.compiled-module"
+
+
+class ModuleMismatchError(RuntimeError):
+    """The compiled module was built for another TVM version, target or device."""
+
+
+def sidecar_path(path) -> str:
+    return os.fspath(path) + ".json"
+
+
+def compile_to_file(onnx_path, output, target="llvm", batch: int = 1) -> dict:
+    """Compile an integer ONNX file and write ``output`` (.so) and its sidecar atomically."""
+    import onnx
+    import tvm
+    output = os.fspath(output)
+    parent = os.path.dirname(os.path.abspath(output))
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+        raise ValueError(f"cannot write {output}: directory {parent} does not exist or is not writable")
+    proto = onnx.load(os.fspath(onnx_path))
+    t0 = time.perf_counter()
+    compiled = compile_onnx(proto, target, batch)
+    meta = {"format": SIDECAR_FORMAT, "intvit_version": __version__, "tvm_version": tvm.__version__,
+            "target": target if isinstance(target, str) else json.dumps(target), "batch": batch,
+            "input": {"name": compiled.input_name, "shape": list(compiled.input_shape),
+                      "dtype": compiled.input_dtype},
+            "outputs": [o.name for o in proto.graph.output],
+            "source_onnx": os.path.basename(os.fspath(onnx_path)),
+            "compile_seconds": round(time.perf_counter() - t0, 2)}
+    tmp_so, tmp_js = f"{output}.tmp{os.getpid()}.so", f"{output}.tmp{os.getpid()}.json"
+    try:
+        compiled.executable.export_library(tmp_so)
+        with open(tmp_js, "w") as f:
+            json.dump(meta, f, indent=1)
+        os.replace(tmp_so, output)
+        os.replace(tmp_js, sidecar_path(output))
+    finally:
+        for p in (tmp_so, tmp_js):
+            if os.path.exists(p):
+                os.remove(p)
+    return meta
+
+
+class LoadedModule:
+    """``module(images) -> logits`` (numpy), ``module.run(images) -> (logits, int_logits)``, ``benchmark()``."""
+
+    def __init__(self, compiled: CompiledIntViT, meta: dict):
+        self.compiled, self.meta = compiled, meta
+
+    def __call__(self, images):
+        return self.compiled(images)[0]
+
+    def run(self, images):
+        return self.compiled(images)
+
+    def benchmark(self, repeat: int = 20, warmup: int = 3, seed: int = 0) -> dict:
+        """Median / p90 latency (ms) of one call on random inputs of the compiled shape."""
+        rng = np.random.default_rng(seed)
+        shape, dtype = self.compiled.input_shape, self.compiled.input_dtype
+        x = (rng.integers(-128, 128, shape) if dtype == "int8" else rng.standard_normal(shape)).astype(dtype)
+        for _ in range(warmup):
+            self.compiled(x)
+        times = []
+        for _ in range(repeat):
+            t0 = time.perf_counter_ns()
+            self.compiled(x)
+            times.append((time.perf_counter_ns() - t0) / 1e6)
+        times.sort()
+        return {"median_ms": times[len(times) // 2], "p90_ms": times[min(len(times) - 1, int(0.9 * len(times)))],
+                "batch": self.compiled.batch, "repeat": repeat}
+
+
+def load(path) -> LoadedModule:
+    """Load ``model.so`` written by ``intvit compile`` after checking its sidecar."""
+    import tvm
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no compiled module at {path}")
+    side = sidecar_path(path)
+    if not os.path.exists(side):
+        raise ModuleMismatchError(f"{path} has no sidecar {side}; recompile it with `intvit compile`")
+    with open(side) as f:
+        try:
+            meta = json.load(f)
+        except json.JSONDecodeError:
+            raise ModuleMismatchError(f"{side} is not valid JSON; recompile with `intvit compile`") from None
+    if meta.get("format") != SIDECAR_FORMAT:
+        raise ModuleMismatchError(f"{side} is not an intvit compiled-module sidecar")
+    if meta.get("tvm_version") != tvm.__version__:
+        raise ModuleMismatchError(
+            f"{path} was built with TVM {meta.get('tvm_version')}, this is TVM {tvm.__version__}; "
+            "recompile it with `intvit compile`")
+    if meta.get("target") != "llvm":
+        raise ModuleMismatchError(f"{path} was built for target {meta.get('target')!r}; this runtime runs 'llvm' "
+                                  "modules on the CPU")
+    inp = meta["input"]
+    compiled = CompiledIntViT(tvm.runtime.load_module(path), meta["batch"], inp["name"], inp["shape"], inp["dtype"])
+    return LoadedModule(compiled, meta)
