@@ -11,7 +11,8 @@ so that machine drift hits them all alike:
 * ``intvit_int8_ort`` — intvit's integer-only ONNX graph in ONNX Runtime.
 * ``intvit_int8_tvm`` — the same graph compiled by intvit's TVM backend (llvm).
 
-Every backend gets the same thread count (``--threads``; recorded). Models
+Every backend gets the same thread count (``--threads``; recorded); ORT's
+worker spinning is off so an idle backend does not steal the others' cores. Models
 with random weights are real HF architectures of the named shapes (no
 download); ``fmnist`` is the embedded trained model. Reports median and p90
 (ms), images/s, and each backend's median relative to ``intvit_int8_tvm``.
@@ -61,6 +62,9 @@ def _ort_session(path_or_bytes, threads):
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
+    # ORT's workers spin after each run by default; interleaved with other backends on a small
+    # machine that spinning steals their cores (torch FP32 at batch 1 measured 2.7x slower).
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(path_or_bytes, so, providers=["CPUExecutionProvider"])
 
 
@@ -133,7 +137,7 @@ def build_backends(name: str, batch: int, threads: int, workdir: str, progress=p
     return backends, (channels, image), {"tvm_compile_s": round(compile_s, 2), **sizes}
 
 
-def measure(backends: dict, x: np.ndarray, repeat: int, warmup: int = 1) -> dict:
+def measure(backends: dict, x: np.ndarray, repeat: int, warmup: int = 3) -> dict:
     for f in backends.values():
         for _ in range(warmup):
             f(x)
@@ -143,12 +147,11 @@ def measure(backends: dict, x: np.ndarray, repeat: int, warmup: int = 1) -> dict
             t0 = time.perf_counter_ns()
             f(x)
             times[k].append((time.perf_counter_ns() - t0) / 1e6)
+    from ..tvm_backend.runtime import latency_summary
     out = {}
     for k, ts in times.items():
-        ts = sorted(ts)
-        med = ts[len(ts) // 2]
-        out[k] = {"median_ms": med, "p90_ms": ts[min(len(ts) - 1, int(0.9 * len(ts)))],
-                  "images_per_s": x.shape[0] * 1000.0 / med}
+        out[k] = latency_summary(ts)
+        out[k]["images_per_s"] = x.shape[0] * 1000.0 / out[k]["median_ms"]
     ref = out["intvit_int8_tvm"]["median_ms"]
     for k in out:
         out[k]["vs_intvit_tvm"] = out[k]["median_ms"] / ref

@@ -59,6 +59,12 @@ def compile_to_file(onnx_path, output, target="llvm", batch: int = 1) -> dict:
     return meta
 
 
+def latency_summary(times_ms: list[float]) -> dict:
+    """Median and p90 (nearest rank) of a list of latencies in milliseconds."""
+    ts = sorted(times_ms)
+    return {"median_ms": ts[len(ts) // 2], "p90_ms": ts[min(len(ts) - 1, int(0.9 * len(ts)))]}
+
+
 class LoadedModule:
     """``module(images) -> logits`` (numpy), ``module.run(images) -> (logits, int_logits)``, ``benchmark()``."""
 
@@ -83,9 +89,7 @@ class LoadedModule:
             t0 = time.perf_counter_ns()
             self.compiled(x)
             times.append((time.perf_counter_ns() - t0) / 1e6)
-        times.sort()
-        return {"median_ms": times[len(times) // 2], "p90_ms": times[min(len(times) - 1, int(0.9 * len(times)))],
-                "batch": self.compiled.batch, "repeat": repeat}
+        return {**latency_summary(times), "batch": self.compiled.batch, "repeat": repeat}
 
 
 def load(path) -> LoadedModule:
