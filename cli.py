@@ -133,6 +133,30 @@ def _run(args) -> int:
     return 0
 
 
+def _analyze(args) -> int:
+    """Rank quant points by the output error each causes alone (fake-quantizing only that point)."""
+    import numpy as np
+    import torch
+
+    import intvit
+    from intvit.calibration.sensitivity import format_sensitivity, layer_sensitivity
+    from intvit.models import fmnist
+    model = intvit.load(args.model)
+    if args.images:
+        images = torch.from_numpy(np.load(args.images)).float()
+    elif model.spec.in_chans == 1 and model.spec.image_size == (28, 28):
+        images = fmnist.load_test_set(args.count)[0]
+    else:
+        raise ValueError("--images X.npy (float32, preprocessed as the model expects) is required for this model")
+    rows = layer_sensitivity(model, images[: args.count], progress=not args.quiet)
+    print(format_sensitivity(rows, args.top))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+        print(f"wrote {args.json}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from intvit import __version__
     p = argparse.ArgumentParser(prog="intvit", description="Integer-only quantized inference for vision transformers.")
@@ -184,6 +208,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("model", help="module written by 'intvit compile'")
     r.add_argument("--input", required=True, help=".npy array of preprocessed float32 images")
     r.set_defaults(func=_run)
+
+    a = sub.add_parser("analyze", help="per-layer sensitivity: which quant points cost the most accuracy",
+                       description=_analyze.__doc__)
+    a.add_argument("model", help="integer model file from 'intvit quantize'")
+    a.add_argument("--images", help=".npy of preprocessed float32 images (default for fmnist: its test set)")
+    a.add_argument("--count", type=int, default=64, help="images to use (default: %(default)s)")
+    a.add_argument("--top", type=int, default=15, help="rows to print (default: %(default)s)")
+    a.add_argument("--json", help="write the full ranking to this JSON file")
+    a.add_argument("--quiet", action="store_true", help="no progress bar")
+    a.set_defaults(func=_analyze)
     return p
 
 
