@@ -31,6 +31,28 @@ def deit_tiny_qvit():
 
 
 @pytest.fixture(scope="session")
+def embedded_qvit():
+    """The embedded Fashion-MNIST ViT, quantized on 128 of its calibration images."""
+    import intvit
+    from intvit.models import fmnist
+    return intvit.quantize(fmnist.load_model(), fmnist.load_calibration_set(128), intvit.QuantConfig(progress=False))
+
+
+def assert_matches_reference(q, x, make_runner, batches=(1, 8)):
+    """Every backend run ``make_runner(batch)(x_batch) -> (logits, int_logits)`` must equal the
+    torch integer model exactly (the reference is exact, so it is computed once, batched by 8)."""
+    import numpy as np
+    ref_int = torch.cat([q.forward_int(x[i:i + 8]) for i in range(0, x.shape[0], 8)])
+    ref_float, ref_int = q.dequantize(ref_int).numpy(), ref_int.numpy()
+    for batch in batches:
+        run = make_runner(batch)
+        for i in range(0, x.shape[0] - x.shape[0] % batch, batch):
+            logits, int_logits = run(x[i:i + batch])
+            assert np.array_equal(int_logits, ref_int[i:i + batch])
+            assert np.array_equal(logits, ref_float[i:i + batch])
+
+
+@pytest.fixture(scope="session")
 def tiny_qvit(tiny_vit):
     import intvit
     return intvit.quantize(tiny_vit, images(32), intvit.QuantConfig(progress=False))

@@ -12,7 +12,7 @@ import intvit
 from intvit import ops
 from intvit.quantize.onnx_export import FLOAT_NODE_PREFIXES, OnnxExportError, export_onnx, to_onnx
 from intvit.quantize.onnx_functions import DOMAIN, OPSET, all_functions
-from conftest import hf_vit, images
+from conftest import assert_matches_reference, images
 
 FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
 
@@ -107,24 +107,16 @@ def assert_bit_exact(q, x):
     onnx.checker.check_model(proto, full_check=True)
     assert proto.ir_version <= 13 and all(o.version <= 26 for o in proto.opset_import if o.domain == "")
     s = session(proto)
-    # The integer reference is exact, so it does not depend on how the inputs are batched.
-    ref_int = torch.cat([q.forward_int(x[i:i + 8]) for i in range(0, x.shape[0], 8)])
-    ref_float = q.dequantize(ref_int).numpy()
-    ref_int = ref_int.numpy()
-    for batch in (1, 8):
-        for i in range(0, x.shape[0], batch):
-            logits, int_logits = s.run(None, {"images": x[i:i + batch].numpy()})
-            assert np.array_equal(int_logits, ref_int[i:i + batch])
-            assert np.array_equal(logits, ref_float[i:i + batch])
+    assert_matches_reference(q, x, lambda batch: lambda xb: s.run(None, {"images": xb.numpy()}))
 
 
 def test_tiny_vit_ort_equals_torch_integer_model(tiny_qvit):
     assert_bit_exact(tiny_qvit, adversarial_inputs(64, 3, 32, tiny_qvit.scales["input"]))
 
 
-def test_embedded_model_ort_equals_torch_integer_model():
+def test_embedded_model_ort_equals_torch_integer_model(embedded_qvit):
     from intvit.models import fmnist
-    q = intvit.quantize(fmnist.load_model(), fmnist.load_calibration_set(128), intvit.QuantConfig(progress=False))
+    q = embedded_qvit
     x, _ = fmnist.load_test_set(60)
     assert_bit_exact(q, torch.cat([x, adversarial_inputs(4, 1, 28, q.scales["input"])]))
 

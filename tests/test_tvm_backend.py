@@ -10,32 +10,25 @@ from intvit.quantize.onnx_export import to_onnx
 from intvit.tvm_backend.build import UnknownTargetError, compile_onnx
 from intvit.tvm_backend.importer import UnsupportedGraphError, to_relax
 from intvit.tvm_backend.inspect_ir import float_ops_in_integer_region
-from conftest import images
+from conftest import assert_matches_reference, images
 from test_onnx_export import adversarial_inputs, session
 
 
 def assert_tvm_exact(q, x, batches=(1, 8)):
+    """TVM == torch integer model, and ORT == torch on the same inputs (so all three agree)."""
     proto = to_onnx(q)
-    ort_int = np.concatenate([session(proto).run(None, {"images": x[i:i + 8].numpy()})[1]
-                              for i in range(0, x.shape[0], 8)])
-    ref_int = torch.cat([q.forward_int(x[i:i + 8]) for i in range(0, x.shape[0], 8)])
-    ref_float = q.dequantize(ref_int).numpy()
-    assert np.array_equal(ort_int, ref_int.numpy())
-    for batch in batches:
-        module = compile_onnx(proto, "llvm", batch=batch)
-        for i in range(0, x.shape[0] - x.shape[0] % batch, batch):
-            logits, int_logits = module(x[i:i + batch])
-            assert np.array_equal(int_logits, ref_int[i:i + batch].numpy())
-            assert np.array_equal(logits, ref_float[i:i + batch])
+    s = session(proto)
+    assert_matches_reference(q, x, lambda batch: lambda xb: s.run(None, {"images": xb.numpy()}), (8,))
+    assert_matches_reference(q, x, lambda batch: compile_onnx(proto, "llvm", batch=batch), batches)
 
 
 def test_tiny_vit_tvm_equals_torch_and_ort(tiny_qvit):
     assert_tvm_exact(tiny_qvit, adversarial_inputs(24, 3, 32, tiny_qvit.scales["input"]))
 
 
-def test_embedded_model_tvm_equals_torch_and_ort():
+def test_embedded_model_tvm_equals_torch_and_ort(embedded_qvit):
     from intvit.models import fmnist
-    q = intvit.quantize(fmnist.load_model(), fmnist.load_calibration_set(128), intvit.QuantConfig(progress=False))
+    q = embedded_qvit
     x, _ = fmnist.load_test_set(60)
     assert_tvm_exact(q, torch.cat([x, adversarial_inputs(4, 1, 28, q.scales["input"])]), batches=(8,))
 
