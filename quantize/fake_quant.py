@@ -1,28 +1,36 @@
 """Fake quantization with straight-through estimators (for QAT in ``mode="fake"``).
 
-``fake_quant(x, s, bits) = s · clamp(round(x / s), −2**(bits−1), 2**(bits−1)−1)``
-in the forward pass; the backward pass passes the gradient through the
-rounding unchanged inside the clipping range and zeroes it outside (the STE
-of Bengio et al. 2013 as used by I-ViT's QAT).
+The forward value is the integer model's own grid, taken from the functions
+that define it — ``ops.quantize_float`` for activations and
+``qparams.quantize_weight`` for weights — times the scale, so fake-quant and
+integer mode can never round differently. The backward pass passes the
+gradient through the rounding unchanged inside the clipping range and zeroes
+it outside (the STE of Bengio et al. 2013, as in I-ViT's QAT).
 """
 from __future__ import annotations
 
 import torch
 
-from .qparams import weight_scale
+from .. import ops
+from .qparams import quantize_weight, weight_scale
 
 
-def _ste_round(x: torch.Tensor) -> torch.Tensor:
-    return x + (torch.round(x) - x).detach()
+def _straight_through(x: torch.Tensor, value: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
+    """Forward: ``value``; backward: identity where ``inside``, zero elsewhere."""
+    passed = x * inside
+    return passed + (value - passed).detach()
 
 
 def fake_quant(x: torch.Tensor, scale: float, bits: int) -> torch.Tensor:
-    lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
-    q = torch.clamp(_ste_round(x / scale), lo, hi)
-    return q * scale
+    """``scale · quantize_float(x, scale, bits)`` with a clipped straight-through gradient."""
+    lo, hi = ops.signed_range(bits)
+    q = ops.quantize_float(x.detach(), scale, bits).to(x.dtype)
+    y = x.detach() / scale
+    return _straight_through(x, q * scale, ((y >= lo) & (y <= hi)).to(x.dtype))
 
 
 def fake_quant_weight(w: torch.Tensor) -> torch.Tensor:
-    """Per-output-channel symmetric int8 weight fake quantization (±127)."""
-    s = weight_scale(w).to(w.dtype)[:, None]
-    return torch.clamp(_ste_round(w / s), -127, 127) * s
+    """Per-output-channel int8 weight grid of ``qparams`` (±127), straight-through gradient."""
+    s = weight_scale(w)
+    value = (quantize_weight(w, s).double() * s[:, None]).to(w.dtype)
+    return _straight_through(w, value, torch.ones_like(w))

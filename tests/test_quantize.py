@@ -9,6 +9,8 @@ import intvit
 from intvit import ops
 from intvit.calibration import calibrate
 from intvit.models import to_spec
+from intvit.models.spec import linear_layers
+from intvit.quantize.qparams import weight_scale
 from intvit.quantize.fake_quant import fake_quant, fake_quant_weight
 from conftest import hf_vit, images, sqnr_db
 
@@ -31,9 +33,10 @@ def test_fake_quant_mode_tracks_integer_mode_and_shares_its_grids(tiny_qvit):
     # The input quantizer and the weight grids are the same in both modes, exactly.
     s_in = q.scales["input"]
     assert torch.equal(torch.round(fake_quant(x, s_in, 8) / s_in).to(torch.int64), q.quantize_input(x))
-    w = q.spec.blocks[0].fc1.weight
-    s_w = w.abs().amax(1, keepdim=True).double() / 127
-    assert torch.equal(torch.round(fake_quant_weight(w).double() / s_w).to(torch.int64), q.p("blocks.0.fc1.w"))
+    for name, lin in linear_layers(q.spec).items():
+        s_w = weight_scale(lin.weight)[:, None]
+        assert torch.equal(torch.round(fake_quant_weight(lin.weight).double() / s_w).to(torch.int64),
+                           q.p(name + ".w"))
 
 
 def test_fake_quant_passes_gradients_to_weights(tiny_qvit):
