@@ -26,7 +26,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .. import __version__
+from .. import __version__, ops
 from .onnx_functions import DOMAIN, OPSET, all_functions
 
 IR_VERSION = 10
@@ -74,23 +74,23 @@ class _Exporter:
     def p(self, name):
         return self.m.p(name)
 
-    def requant_consts(self, name, bits, offset=None):
+    def dyadic_consts(self, name):
+        """Initializers ``m``, ``2**e`` and ``2**(e-1)`` of the dyadic pair stored under ``name``."""
         g, e = self.g, _i64(self.p(name + ".e"))
-        lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
         return [g.init(name + ".m", _i64(self.p(name + ".m"))),
                 g.init(name + ".pow2e", np.left_shift(np.int64(1), e)),
-                g.init(name + ".half", np.left_shift(np.int64(1), e - 1)),
-                g.init(name + ".offset", _i64(offset) if offset is not None else np.zeros_like(e)),
-                g.const(lo), g.const(hi)]
+                g.init(name + ".half", np.left_shift(np.int64(1), e - 1))]
+
+    def range_consts(self, bits):
+        return [self.g.const(v) for v in ops.signed_range(bits)]
 
     def requant(self, z, name, bits, offset=None):
-        return self.g.fn("Requant", z, *self.requant_consts(name, bits, offset), name=name + "/requant")
+        off = _i64(offset) if offset is not None else np.zeros_like(_i64(self.p(name + ".e")))
+        consts = self.dyadic_consts(name) + [self.g.init(name + ".offset", off)] + self.range_consts(bits)
+        return self.g.fn("Requant", z, *consts, name=name + "/requant")
 
     def rescale(self, z, name):
-        g, e = self.g, _i64(self.p(name + ".e"))
-        return g.fn("Rescale", z, g.init(name + ".m", _i64(self.p(name + ".m"))),
-                    g.init(name + ".pow2e", np.left_shift(np.int64(1), e)),
-                    g.init(name + ".half", np.left_shift(np.int64(1), e - 1)), name=name + "/rescale")
+        return self.g.fn("Rescale", z, *self.dyadic_consts(name), name=name + "/rescale")
 
     def to_int8(self, x, name):
         return self.g.op("Cast", x, to=TensorProto.INT8, name=name)
@@ -104,8 +104,7 @@ class _Exporter:
         return g.op("Add", acc, g.init(name + ".b", _i64(self.p(name + ".b"))), name=name + "/bias")
 
     def saturate(self, x, bits, name):
-        return self.g.fn("Saturate", x, self.g.const(-(1 << (bits - 1))), self.g.const((1 << (bits - 1)) - 1),
-                         name=name)
+        return self.g.fn("Saturate", x, *self.range_consts(bits), name=name)
 
     def layernorm(self, h, name):
         z = self.g.fn("IntLayerNorm", h, name=name + "/ilayernorm")
@@ -117,7 +116,6 @@ class _Exporter:
                 g.const(n), g.const(1 << (63 - out_bits))]
 
     def block(self, h, pre, heads):
-        from .. import ops
         g, spec = self.g, self.m.spec
         t, d = spec.num_tokens, spec.dim
         dh = d // heads
