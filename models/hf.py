@@ -90,13 +90,14 @@ def _blocks(layers, prefix: str, heads: int, layer_scale: bool) -> list[Block]:
 
 
 @torch.no_grad()
-def _resolved_pos(embeddings, size: tuple[int, int], n_prefix: int, interpolate) -> torch.Tensor:
+def _resolved_pos(embeddings, size: tuple[int, int], patch: int, n_prefix: int) -> torch.Tensor:
+    """Position embeddings ``[n_prefix + n_patches, D]`` for input ``size``, resampled by the
+    model's own ``interpolate_pos_encoding`` when the stored grid is another size."""
     pos = embeddings.position_embeddings.detach().float()
-    n_patches = (size[0] // embeddings.patch_size) * (size[1] // embeddings.patch_size) \
-        if hasattr(embeddings, "patch_size") else None
-    if n_patches is None or pos.shape[1] != n_patches + n_prefix:
-        dummy = torch.zeros(1, (n_patches or 0) + n_prefix, pos.shape[-1])
-        pos = interpolate(dummy, size[0], size[1]).detach().float()
+    n_patches = (size[0] // patch) * (size[1] // patch)
+    if pos.shape[1] != n_prefix + n_patches:
+        dummy = torch.zeros(1, n_prefix + n_patches, pos.shape[-1])
+        pos = embeddings.interpolate_pos_encoding(dummy, size[0], size[1]).detach().float()
     return pos[0]
 
 
@@ -134,7 +135,7 @@ def _vit_like_spec(model, base, prefix, head, n_prefix, family, image_size) -> V
     prefix_tok = [emb.cls_token.detach().float()[0, 0]]
     if n_prefix == 2:
         prefix_tok.append(emb.distillation_token.detach().float()[0, 0])
-    pos = _resolved_pos(emb, size, n_prefix, emb.interpolate_pos_encoding)
+    pos = _resolved_pos(emb, size, p, n_prefix)
     layers = base.encoder.layer if hasattr(base, "encoder") else base.layers
     layer_prefix = prefix + ("encoder.layer" if hasattr(base, "encoder") else "layers")
     return ViTSpec(
@@ -158,10 +159,7 @@ def dinov2_spec(model: nn.Module, image_size=None) -> ViTSpec:
     size = _image_size(cfg, image_size)
     emb = base.embeddings
     pe, p = _patch_linear(emb.patch_embeddings.projection, prefix + "embeddings.patch_embeddings.projection")
-    n_patches = (size[0] // p) * (size[1] // p)
-    with torch.no_grad():
-        pos = emb.interpolate_pos_encoding(torch.zeros(1, n_patches + 1, cfg.hidden_size),
-                                           size[0], size[1]).float()[0]
+    pos = _resolved_pos(emb, size, p, 1)
     head = getattr(model, "classifier", None)
     return ViTSpec(
         image_size=size, in_chans=cfg.num_channels, patch_size=p, patch_embed=pe,
