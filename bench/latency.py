@@ -98,11 +98,10 @@ def _ort_qdq(fp32_path, calib, path):
         root.setLevel(level)
 
 
-def build_backends(name: str, batch: int, threads: int, workdir: str, progress=print):
-    """Callables ``f(x) -> logits`` for every backend, plus build facts."""
+def prepare_model(name: str, threads: int, workdir: str, progress=print) -> dict:
+    """Everything that does not depend on the batch size, built once per model."""
     import intvit
     from ..quantize.onnx_export import to_onnx
-    from ..tvm_backend.build import compile_onnx
 
     torch.set_num_threads(threads)
     os.environ["TVM_NUM_THREADS"] = str(threads)
@@ -112,12 +111,8 @@ def build_backends(name: str, batch: int, threads: int, workdir: str, progress=p
     progress(f"  exporting {name} float ONNX and ORT QDQ INT8 ...")
     _export_float(model, channels, image, fp32)
     _ort_qdq(fp32, calib, qdq)
-    progress("  intvit: quantizing, exporting the integer graph, compiling with TVM ...")
-    q = intvit.quantize(model, calib, intvit.QuantConfig(progress=False))
-    proto = to_onnx(q)
-    t0 = time.perf_counter()
-    tvm_mod = compile_onnx(proto, "llvm", batch=batch)
-    compile_s = time.perf_counter() - t0
+    progress("  intvit: quantizing and exporting the integer graph ...")
+    proto = to_onnx(intvit.quantize(model, calib, intvit.QuantConfig(progress=False)))
     s_fp32, s_qdq = _ort_session(fp32, threads), _ort_session(qdq, threads)
     s_int = _ort_session(proto.SerializeToString(), threads)
 
@@ -130,11 +125,20 @@ def build_backends(name: str, batch: int, threads: int, workdir: str, progress=p
         "ort_fp32": lambda x: s_fp32.run(None, {"pixel_values": x})[0],
         "ort_int8_qdq": lambda x: s_qdq.run(None, {"pixel_values": x})[0],
         "intvit_int8_ort": lambda x: s_int.run(None, {"images": x})[0],
-        "intvit_int8_tvm": lambda x: tvm_mod(x)[0],
     }
     sizes = {"fp32_onnx_mb": os.path.getsize(fp32) / 2**20, "qdq_onnx_mb": os.path.getsize(qdq) / 2**20,
              "intvit_onnx_mb": len(proto.SerializeToString()) / 2**20}
-    return backends, (channels, image), {"tvm_compile_s": round(compile_s, 2), **sizes}
+    return {"backends": backends, "proto": proto, "input": (channels, image), "facts": sizes}
+
+
+def backends_for_batch(prepared: dict, batch: int, progress=print) -> tuple[dict, dict]:
+    """The prepared backends plus intvit's TVM module, compiled for ``batch``."""
+    from ..tvm_backend.build import compile_onnx
+    progress(f"  compiling the integer graph with TVM for batch {batch} ...")
+    t0 = time.perf_counter()
+    tvm_mod = compile_onnx(prepared["proto"], "llvm", batch=batch)
+    facts = {**prepared["facts"], "tvm_compile_s": round(time.perf_counter() - t0, 2)}
+    return {**prepared["backends"], "intvit_int8_tvm": lambda x: tvm_mod(x)[0]}, facts
 
 
 def measure(backends: dict, x: np.ndarray, repeat: int, warmup: int = 3) -> dict:
@@ -181,9 +185,12 @@ def run(models, batches, repeat, threads, out_dir=None, progress=print) -> dict:
               "repeat": repeat, "results": []}
     with tempfile.TemporaryDirectory() as work:
         for name in models:
+            progress(f"[{name}]")
+            prepared = prepare_model(name, threads, work, progress)
+            c, s = prepared["input"]
             for batch in batches:
                 progress(f"[{name}, batch {batch}]")
-                backends, (c, s), facts = build_backends(name, batch, threads, work, progress)
+                backends, facts = backends_for_batch(prepared, batch, progress)
                 x = np.random.default_rng(0).standard_normal((batch, c, s, s)).astype(np.float32)
                 progress(f"  timing {len(backends)} backends x {repeat} interleaved rounds ...")
                 res = measure(backends, x, repeat)

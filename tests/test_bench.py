@@ -6,9 +6,10 @@ from intvit.bench import latency
 
 def test_latency_bench_tiny_configuration(tmp_path):
     lines = []
-    rep = latency.run(["tiny"], [2], repeat=1, threads=1, out_dir=str(tmp_path), progress=lines.append)
+    rep = latency.run(["tiny"], [1, 2], repeat=1, threads=1, out_dir=str(tmp_path), progress=lines.append)
     saved = json.loads(open(rep["path"]).read())
-    (result,) = saved["results"]
+    assert [r["batch"] for r in saved["results"]] == [1, 2]
+    result = saved["results"][1]
     assert set(result["backends"]) == {"torch_fp32", "ort_fp32", "ort_int8_qdq", "intvit_int8_ort",
                                        "intvit_int8_tvm"}
     assert all(r["median_ms"] > 0 and r["images_per_s"] > 0 for r in result["backends"].values())
