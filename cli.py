@@ -18,9 +18,9 @@ def _demo(args) -> int:
 
     torch.set_num_threads(args.threads)
     os.makedirs(args.out, exist_ok=True)
-    print(f"[1/4] loading the embedded model (HF ViTForImageClassification, Fashion-MNIST, "
-          f"{sum(p.numel() for p in fmnist.load_model().parameters()) / 1e6:.2f} M parameters)")
     model = fmnist.load_model()
+    print(f"[1/4] loaded the embedded model (HF ViTForImageClassification, Fashion-MNIST, "
+          f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters)")
     calib = fmnist.load_calibration_set(args.calib)
     images, labels = fmnist.load_test_set(args.images)
     print(f"[2/4] calibrating on {calib.shape[0]} training images (recipe {args.recipe}) and quantizing")
