@@ -30,6 +30,27 @@ def int_linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = Non
     return acc
 
 
+UNSIGNED_SHIFT = 128
+
+
+def unsigned_shift_compensation(w: torch.Tensor) -> torch.Tensor:
+    """``−128·Σ_k w[n, k]`` per output channel (int64 ``[N]``).
+
+    x86 VNNI multiplies *unsigned* 8-bit by signed 8-bit values, so the
+    backends feed ``x + 128`` (``[0, 255]``) instead of the int8 ``x`` and add
+    this constant: ``Σ_k (x_k + 128)·w_nk − 128·Σ_k w_nk = Σ_k x_k·w_nk``
+    exactly. The shifted accumulator stays in int32 for ``K·255·127 < 2**31``,
+    i.e. ``K < 66 311``.
+    """
+    return -UNSIGNED_SHIFT * as_int64(w).sum(dim=1)
+
+
+def int_linear_unsigned(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``int_linear`` computed the VNNI way: ``(x + 128) @ wᵀ + compensation (+ bias)``; equal to it exactly."""
+    acc = int_matmul(as_int64(x) + UNSIGNED_SHIFT, as_int64(w).transpose(0, 1)) + unsigned_shift_compensation(w)
+    return acc if bias is None else acc + as_int64(bias)
+
+
 def check_accumulator_fits(k: int, a_bits: int = 8, b_bits: int = 8) -> None:
     """Refuse a reduction length whose worst-case dot product overflows int32."""
     worst = k * (1 << (a_bits - 1)) * (1 << (b_bits - 1))

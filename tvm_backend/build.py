@@ -1,8 +1,11 @@
 """Compile an intvit integer ONNX graph with TVM and run it.
 
 ``compile_onnx(path_or_proto, target="llvm", batch=1)`` → ``CompiledIntViT``.
-This first backend slice uses TVM's default Relax pipeline (no hand
-schedules yet): it is the correctness path the scheduled kernels will be held to.
+
+Pipeline: ``importer.to_relax`` → legalize → fuse (GEMM kernels are kept
+whole: they are marked opaque so ``FuseOps`` does not merge neighbours into
+them) → ``schedules.schedule_module`` (VNNI where the target CPU has it) →
+``tvm.compile``.
 """
 from __future__ import annotations
 
@@ -13,19 +16,42 @@ import onnx
 
 from .importer import to_relax
 
-TARGETS = {"llvm": {"kind": "llvm"}}
+TARGETS = ("llvm",)
+OPAQUE_PATTERN = 8          # relax OpPatternKind.kOpaque: FuseOps leaves the function alone
+GEMM_PREFIXES = ("int8_linear", "int_bmm")
 
 
 class UnknownTargetError(ValueError):
     """The target name is not one intvit can compile for."""
 
 
-def resolve_target(target):
+def resolve_target(target) -> dict:
+    """``"llvm"`` → this host's CPU (``mcpu`` from LLVM, all cores); a dict passes through."""
     if isinstance(target, dict):
         return target
     if target not in TARGETS:
-        raise UnknownTargetError(f"unknown target {target!r}; choose one of {sorted(TARGETS)}")
-    return TARGETS[target]
+        raise UnknownTargetError(f"unknown target {target!r}; choose one of {list(TARGETS)}")
+    from .x86 import host_cpu
+    return {"kind": "llvm", "mcpu": host_cpu(), "num-cores": os.cpu_count() or 1}
+
+
+def lower(mod, target, schedule: bool = True):
+    """Legalize, fuse and schedule a Relax module from ``to_relax``; returns the module ``tvm.compile`` takes."""
+    import tvm
+    from tvm import relax
+
+    from .schedules import schedule_module
+    from .x86 import target_has_vnni
+    with target:
+        mod = relax.transform.LegalizeOps()(mod)
+        mod = relax.transform.AnnotateTIROpPattern()(mod)
+        for gv, func in list(mod.functions.items()):
+            if isinstance(func, tvm.tirx.PrimFunc) and gv.name_hint.startswith(GEMM_PREFIXES):
+                mod[gv] = func.with_attr("op_pattern", OPAQUE_PATTERN)
+        mod = relax.transform.FuseOps()(mod)
+        mod = relax.transform.FuseTIR()(mod)
+        mod = relax.transform.DeadCodeElimination()(mod)
+    return schedule_module(mod, target_has_vnni(target)) if schedule else mod
 
 
 class CompiledIntViT:
@@ -55,8 +81,8 @@ class CompiledIntViT:
 def compile_onnx(model, target="llvm", batch: int = 1) -> CompiledIntViT:
     import tvm
     proto = onnx.load(os.fspath(model)) if isinstance(model, (str, os.PathLike)) else model
-    mod = to_relax(proto, batch)
-    ex = tvm.compile(mod, target=tvm.target.Target(resolve_target(target)))
+    tgt = tvm.target.Target(resolve_target(target))
+    ex = tvm.compile(lower(to_relax(proto, batch), tgt), target=tgt)
     inp = proto.graph.input[0]
     dtype = "int8" if inp.name == "images_int8" else "float32"
     shape = [batch] + [d.dim_value for d in inp.type.tensor_type.shape.dim[1:]]

@@ -16,8 +16,10 @@ from __future__ import annotations
 import numpy as np
 import onnx
 from onnx import numpy_helper
+from tvm import relax
 
 from ..quantize.onnx_functions import DOMAIN
+from .kernels import DOMAIN_KERNELS, EPILOGUE_VALUES
 
 
 class UnsupportedGraphError(ValueError):
@@ -43,12 +45,12 @@ def check_intvit_graph(proto: onnx.ModelProto) -> None:
 
 
 def to_relax(proto: onnx.ModelProto, batch: int = 1):
-    """Build a Relax ``IRModule`` with ``main(images) -> (logits, int_logits)``."""
-    import tvm
-    from tvm import relax
+    """Build a Relax ``IRModule`` with ``main(images) -> (logits, int_logits)``.
 
-    from .kernels import DOMAIN_KERNELS
-
+    Linear layers (``MatMulInteger`` on a constant weight, with the bias add
+    and requant that follow it) become one ``gemm.int8_linear_te`` kernel each;
+    attention's activation GEMMs become ``gemm.int_bmm_te`` kernels.
+    """
     check_intvit_graph(proto)
     if batch < 1:
         raise ValueError(f"batch must be at least 1, got {batch}")
@@ -73,16 +75,30 @@ def to_relax(proto: onnx.ModelProto, batch: int = 1):
     def shape_of(name):
         return [int(s) for s in bb.normalize(val(name)).ty.shape]
 
+    consumers: dict[str, list] = {}
+    for node in g.node:
+        for i in node.input:
+            consumers.setdefault(i, []).append(node)
+    fused: set[int] = set()          # ids of nodes folded into a GEMM kernel's epilogue
+
     with bb.function("main", [x]):
         with bb.dataflow():
             for node in g.node:
+                if id(node) in fused:
+                    continue
                 a, ins, out = _attrs(node), list(node.input), node.output[0]
                 op = node.op_type
                 if node.domain == DOMAIN:
                     if op not in DOMAIN_KERNELS:
                         raise UnsupportedGraphError(f"intvit op '{op}' has no TVM kernel")
-                    env[out] = bb.emit_te(DOMAIN_KERNELS[op], *[val(i) for i in ins],
-                                          primfunc_name_hint=op.lower())
+                    args = [val(ins[0])] + _kernel_args(op, ins[1:], static, val)
+                    env[out] = bb.emit_te(DOMAIN_KERNELS[op], *args, primfunc_name_hint=op.lower())
+                    continue
+                if op == "MatMulInteger" and ins[1] in consts and consts[ins[1]].ndim == 2:
+                    chain = _epilogue_chain(node, consumers, consts)
+                    fused.update(id(n) for n in chain)
+                    out = (chain[-1] if chain else node).output[0]
+                    env[out] = _emit_linear(bb, val(ins[0]), consts[ins[1]], chain, consts, static, val)
                     continue
                 if node.domain:
                     raise UnsupportedGraphError(f"node {node.name}: unknown domain '{node.domain}'")
@@ -124,12 +140,8 @@ def to_relax(proto: onnx.ModelProto, batch: int = 1):
                 elif op == "Clip":
                     lo, hi = float(static[ins[1]]), float(static[ins[2]])
                     env[out] = bb.emit(relax.op.clip(val(ins[0]), lo, hi))
-                elif op == "MatMulInteger":
-                    aa = relax.op.astype(val(ins[0]), "int32")
-                    bb_ = relax.op.astype(val(ins[1]), "int32")
-                    env[out] = bb.emit(relax.op.matmul(aa, bb_, out_dtype="int32"))
-                elif op == "MatMul":
-                    env[out] = bb.emit(relax.op.matmul(val(ins[0]), val(ins[1])))
+                elif op in ("MatMulInteger", "MatMul"):       # activation × activation (attention)
+                    env[out] = _emit_bmm(bb, val(ins[0]), val(ins[1]))
                 elif op == "ReduceSum":
                     axes = [int(v) for v in static[ins[1]]]
                     env[out] = bb.emit(relax.op.sum(val(ins[0]), axes, keepdims=bool(a.get("keepdims", 1))))
@@ -140,6 +152,87 @@ def to_relax(proto: onnx.ModelProto, batch: int = 1):
             outs = bb.emit_output(relax.Tuple([val(o.name) for o in g.output]))
         bb.emit_func_output(outs)
     return bb.get()
+
+
+def _kernel_args(op: str, names: list[str], static: dict, val) -> list:
+    """The constant inputs of a domain node as its TE kernel takes them.
+
+    A dyadic pair's ``2**e`` (input 2 of Requant/Rescale) becomes ``e``; a
+    constant whose elements are all equal becomes a Python int, which the
+    kernel compiles in as a literal.
+    """
+    args = []
+    for pos, name in enumerate(names, start=1):
+        if name not in static:
+            args.append(val(name))
+            continue
+        arr = np.asarray(static[name])
+        if op in ("Requant", "Rescale") and pos == 2:
+            e = np.log2(arr).round().astype(np.int64)
+            if not np.array_equal(np.left_shift(np.int64(1), e), arr):
+                raise UnsupportedGraphError(f"{op} input '{name}' is not a power of two")
+            arr = e
+        if arr.size and np.all(arr == arr.flat[0]):
+            args.append(int(arr.flat[0]))
+        else:
+            args.append(relax.const(arr, str(arr.dtype)))
+    return args
+
+
+def _sole_consumer(value: str, consumers: dict):
+    users = consumers.get(value, [])
+    return users[0] if len(users) == 1 else None
+
+
+def _epilogue_chain(gemm, consumers: dict, consts: dict) -> list:
+    """The ``Cast(int64) → Add(bias) → Requant|Rescale`` nodes after a linear layer's MatMulInteger.
+
+    Returns the longest prefix of that chain in which each node is the sole
+    consumer of the previous one (the exporter's ``linear`` + requant shape).
+    """
+    chain, last = [], gemm
+    steps = [lambda n: n.op_type == "Cast" and _attrs(n)["to"] == onnx.TensorProto.INT64,
+             lambda n: n.op_type == "Add" and n.input[1] in consts,
+             lambda n: n.domain == DOMAIN and n.op_type in EPILOGUE_VALUES and n.input[0] == last.output[0]]
+    for ok in steps:
+        nxt = _sole_consumer(last.output[0], consumers)
+        if nxt is None or not ok(nxt):
+            break
+        chain.append(nxt)
+        last = nxt
+    if chain and len(chain) < 2:             # an int64 cast alone is not worth a special case
+        return []
+    return chain
+
+
+def _emit_linear(bb, x, w_kn: np.ndarray, chain: list, consts: dict, static: dict, val):
+    """One kernel: u8×s8 GEMM on the packed weight + folded bias (+ the fused requant)."""
+    from .gemm import folded_bias, int8_linear_te, linear_tile, pack_linear_weight
+    n = w_kn.shape[1]
+    mr, nr = linear_tile(n)
+    bias = consts[chain[1].input[1]] if len(chain) >= 2 else None
+    wp = relax.const(pack_linear_weight(w_kn, nr), "int8")
+    fb = relax.const(folded_bias(w_kn, bias), "int64")
+    if len(chain) == 3:
+        rq = chain[2]
+        fn = EPILOGUE_VALUES[rq.op_type]
+        args = _kernel_args(rq.op_type, list(rq.input[1:]), static, val)
+        tensors = [a for a in args if not isinstance(a, int)]
+
+        def linear(xt, wpt, bt, *tens):
+            it = iter(tens)
+            bound = [a if isinstance(a, int) else next(it) for a in args]
+            return int8_linear_te(xt, wpt, bt, mr, n, epilogue=lambda z, idx: fn(z, idx, *bound))
+        return bb.emit_te(linear, x, wp, fb, *tensors, primfunc_name_hint="int8_linear_requant")
+    dtype = "int64" if chain else "int32"
+    return bb.emit_te(lambda xt, wpt, bt: int8_linear_te(xt, wpt, bt, mr, n, out_dtype=dtype),
+                      x, wp, fb, primfunc_name_hint="int8_linear")
+
+
+def _emit_bmm(bb, a, b):
+    from .gemm import bmm_tile, int_bmm_te
+    mr, nr = bmm_tile(int(bb.normalize(b).ty.shape[-1]))
+    return bb.emit_te(lambda at, bt: int_bmm_te(at, bt, mr, nr), a, b, primfunc_name_hint="int_bmm")
 
 
 def _round_half_even_te(x):

@@ -3,7 +3,10 @@
 Each function takes ``te.Tensor`` arguments (the op's data input and its
 constant inputs, as the ONNX node has them) and returns one ``te.Tensor``;
 the importer emits each as its own PrimFunc (``BlockBuilder.emit_te``), so
-every I-ViT operator is one kernel in the compiled module.
+every I-ViT operator is one kernel in the compiled module. Two import-time
+rewrites of the constants (``importer._kernel_args``): a constant whose
+elements are all equal arrives as a Python int (a compile-time constant), and
+a dyadic pair's ``2**e`` arrives as the shift ``e``.
 
 TIR semantics used: ``>>`` on signed integers is an arithmetic shift (floor),
 ``tir.floordiv`` is floor division, ``tir.Select`` / ``max`` / ``min`` are exact on
@@ -25,14 +28,24 @@ def _c(v):
     return tir.const(int(v), I64)
 
 
-def _bcast(t: te.Tensor, idx):
-    """Index ``t`` with numpy-style broadcasting against an output index ``idx``."""
+def _bcast(t, idx):
+    """Index ``t`` with numpy-style broadcasting against an output index ``idx``.
+
+    A Python int (a constant the importer folded, see ``importer``) becomes a
+    compile-time constant, so LLVM can strength-reduce divisions by it.
+    """
+    if isinstance(t, int):
+        return _c(t)
     shape = list(t.shape)
     if not shape:
         return t()
     offset = len(idx) - len(shape)
     sub = [0 if int(dim) == 1 else idx[offset + i] for i, dim in enumerate(shape)]
     return t(*sub)
+
+
+def _scalar(t):
+    return _c(t) if isinstance(t, int) else t()
 
 
 def _ew(shape, fn, name):
@@ -47,18 +60,27 @@ def saturate_te(x, lo, hi):
     return _ew(x.shape, lambda i: tir.max(tir.min(_bcast(x, i), _bcast(hi, i)), _bcast(lo, i)), "saturate")
 
 
-def rescale_te(z, m, pow2e, half):
-    """``ops.rescale``: ``floor((z·m + 2**(e−1)) / 2**e)``."""
-    return _ew(z.shape, lambda i: tir.floordiv(_bcast(z, i) * _bcast(m, i) + _bcast(half, i),
-                                                _bcast(pow2e, i)), "rescale")
+def rescale_value(z, idx, m, e, half):
+    """``ops.rescale`` of one element ``z`` at output index ``idx``: ``(z·m + 2**(e−1)) >> e``.
+
+    The ONNX node carries ``2**e``; the importer hands the kernel ``e`` so the
+    floor division is an arithmetic shift (``ops.shift_right_floor``).
+    """
+    return (z * _bcast(m, idx) + _bcast(half, idx)) >> _bcast(e, idx)
 
 
-def requant_te(z, m, pow2e, half, offset, lo, hi):
-    """``ops.requantize``: ``saturate(floor((z·m + offset + 2**(e−1)) / 2**e))``."""
-    def f(i):
-        v = tir.floordiv(_bcast(z, i) * _bcast(m, i) + _bcast(offset, i) + _bcast(half, i), _bcast(pow2e, i))
-        return tir.max(tir.min(v, _bcast(hi, i)), _bcast(lo, i))
-    return _ew(z.shape, f, "requant")
+def requant_value(z, idx, m, e, half, offset, lo, hi):
+    """``ops.requantize`` of one element: ``saturate((z·m + offset + 2**(e−1)) >> e)``."""
+    v = (z * _bcast(m, idx) + _bcast(offset, idx) + _bcast(half, idx)) >> _bcast(e, idx)
+    return tir.max(tir.min(v, _bcast(hi, idx)), _bcast(lo, idx))
+
+
+def rescale_te(z, *consts):
+    return _ew(z.shape, lambda i: rescale_value(_bcast(z, i), i, *consts), "rescale")
+
+
+def requant_te(z, *consts):
+    return _ew(z.shape, lambda i: requant_value(_bcast(z, i), i, *consts), "requant")
 
 
 def _shift_exp(x, x0, nx0, n):
@@ -80,21 +102,24 @@ def _row_reduce(x, fn, name, init_max=False):
 
 def shiftmax_te(x, x0, nx0, n, outdiv):
     """``ops.shiftmax`` along the last axis."""
+    x0, nx0, n, outdiv = (_scalar(t) for t in (x0, nx0, n, outdiv))
     xmax = _row_reduce(x, lambda *i: x(*i), "rowmax", init_max=True)
-    e = te.compute(x.shape, lambda *i: _shift_exp(x(*i) - xmax(*i[:-1], 0), x0(), nx0(), n()), name="shiftexp")
+    e = te.compute(x.shape, lambda *i: _shift_exp(x(*i) - xmax(*i[:-1], 0), x0, nx0, n), name="shiftexp")
     total = _row_reduce(e, lambda *i: e(*i), "rowsum")
-    return te.compute(x.shape, lambda *i: tir.floordiv(
-        e(*i) * tir.floordiv(_c(NORM_NUMERATOR), total(*i[:-1], 0)), outdiv()), name="shiftmax")
+    factor = te.compute(total.shape, lambda *i: tir.floordiv(_c(NORM_NUMERATOR), total(*i)), name="row_factor")
+    return te.compute(x.shape, lambda *i: tir.floordiv(e(*i) * factor(*i[:-1], 0), outdiv), name="shiftmax")
 
 
 def shift_gelu_te(x, x0, nx0, n, outdiv):
     """``ops.shift_gelu`` elementwise (reference point ``m = max(x, 0)``)."""
+    x0, nx0, n, outdiv = (_scalar(t) for t in (x0, nx0, n, outdiv))
+
     def f(*i):
         v = x(*i)
         m = tir.max(v, _c(0))
-        e1 = _shift_exp(v - m, x0(), nx0(), n())
-        e2 = _shift_exp(-m, x0(), nx0(), n())
-        return v * tir.floordiv(e1 * tir.floordiv(_c(NORM_NUMERATOR), e1 + e2), outdiv())
+        e1 = _shift_exp(v - m, x0, nx0, n)
+        e2 = _shift_exp(-m, x0, nx0, n)
+        return v * tir.floordiv(e1 * tir.floordiv(_c(NORM_NUMERATOR), e1 + e2), outdiv)
     return te.compute(x.shape, f, name="shiftgelu")
 
 
@@ -123,6 +148,8 @@ def int_layernorm_te(x):
     return te.compute(x.shape, lambda *i: tir.floordiv(
         y(*i) * tir.floordiv(_c(2**31 - 1), tir.max(res(*i[:-1], 0), _c(1))), _c(2)), name="ilayernorm")
 
+
+EPILOGUE_VALUES = {"Requant": requant_value, "Rescale": rescale_value}   # fusable into a GEMM's output stage
 
 DOMAIN_KERNELS = {
     "FloorDiv": floordiv_te,

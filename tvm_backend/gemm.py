@@ -1,0 +1,111 @@
+"""TE definitions of the integer GEMMs in the layouts the CPU schedules want.
+
+**Linear layers** (``int8_linear_te``): ``y = epilogue(x @ W + b)`` with
+``x`` int8 ``[..., rows, K]`` and a constant int8 weight, computed as
+(``ops.int_linear_unsigned``)
+
+    acc[r, n] = Σ_k (x[r, k] + 128) · Wp[n/16, k/4, n%16, k%4]        (u8 × s8 → s32)
+    y[r, n]   = epilogue(acc[r, n] + (b[n] − 128·Σ_k W[k, n]))        (int64)
+
+so the reduction is exactly the VNNI ``vpdpbusd`` form (``x86.VNNI_INTRIN``).
+The weight is packed offline into ``[N/16, K/4, 16, 4]`` panels (zero-padded
+to the tile), and the rows are padded up to a multiple of the register tile
+height by clamping the row index (``x[min(r, rows−1)]``; the extra rows are
+computed and never stored), because a predicated split breaks tensorize.
+The epilogue is the dyadic ``Requant``/``Rescale`` that follows the GEMM in
+the graph, fused into the same kernel so the int32 tile is requantized in
+registers.
+
+**Batched activation GEMMs** (``int_bmm_te``): attention's ``Q·Kᵀ`` (int8 ×
+int8) and ``A·V`` (16-bit probabilities × int8), ``C[..., i, j] = Σ_k
+a[..., i, k]·b[..., k, j]`` in int32 with both row and column indices
+clamped to the tile; no repacking of the activations.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..ops.gemm import UNSIGNED_SHIFT
+from .x86 import GROUP, LANES
+
+ACC_BLOCK = "int_gemm_acc"      # the reduction block every GEMM schedule looks for
+OUT_BLOCK = "int_gemm_out"      # its output (crop + epilogue) block
+SHIFTED_INPUT_BLOCK = "shifted_input"
+
+
+def _ceil_to(v: int, m: int) -> int:
+    return -(-v // m) * m
+
+
+def linear_tile(n: int) -> tuple[int, int]:
+    """Register tile ``(rows MR, 16-lane column vectors NR)`` for an output width ``n``.
+
+    MR·NR int32x16 accumulators plus NR weight vectors and one broadcast must
+    fit the 32 zmm registers. Prefer the NR that pads ``n`` least.
+    """
+    nr = min((4, 3, 2, 1), key=lambda r: (_ceil_to(n, LANES * r), -r))
+    return {4: 6, 3: 8, 2: 8, 1: 12}[nr], nr
+
+
+def pack_linear_weight(w_kn: np.ndarray, nr: int) -> np.ndarray:
+    """``[K, N]`` int8 → ``[Np/16, Kp/4, 16, 4]`` int8, zero-padded: ``Wp[j/16, k/4, j%16, k%4] = W[k, j]``."""
+    k, n = w_kn.shape
+    kp, np_ = _ceil_to(k, GROUP), _ceil_to(n, LANES * nr)
+    padded = np.zeros((kp, np_), np.int8)
+    padded[:k, :n] = w_kn
+    return np.ascontiguousarray(padded.T.reshape(np_ // LANES, LANES, kp // GROUP, GROUP).transpose(0, 2, 1, 3))
+
+
+def folded_bias(w_kn: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+    """``b − 128·Σ_k W[k, n]`` as int64 ``[N]`` (``ops.unsigned_shift_compensation`` plus the bias)."""
+    comp = -UNSIGNED_SHIFT * w_kn.astype(np.int64).sum(axis=0)
+    return comp if bias is None else comp + np.broadcast_to(bias.astype(np.int64), comp.shape)
+
+
+def int8_linear_te(x, wp, bias, mr: int, n: int, epilogue=None, out_dtype="int64"):
+    """``epilogue(x @ W + bias)``; ``wp`` from ``pack_linear_weight``, ``bias`` from ``folded_bias``.
+
+    ``epilogue(z, idx) -> PrimExpr`` maps the int64 accumulator-plus-bias at
+    output index ``idx`` to the output value (``None``: identity).
+    """
+    from tvm import te
+    from tvm import tirx as tir
+
+    *lead, rows, k = (int(d) for d in x.shape)
+    kp, np_ = int(wp.shape[1]) * GROUP, int(wp.shape[0]) * LANES
+    rows_p = _ceil_to(rows, mr)
+
+    def shifted(*i):
+        r, kk = tir.min(i[-2], rows - 1), i[-1]
+        v = (x(*i[:-2], r, tir.min(kk, k - 1)).astype("int32") + UNSIGNED_SHIFT).astype("uint8")
+        return v if kp == k else tir.Select(kk < k, v, tir.const(0, "uint8"))
+    au = te.compute((*lead, rows_p, kp), shifted, name=SHIFTED_INPUT_BLOCK)
+    red = te.reduce_axis((0, kp), name="k")
+    acc = te.compute((*lead, rows_p, np_), lambda *i: te.sum(
+        au(*i[:-1], red).astype("int32")
+        * wp[i[-1] // LANES, red // GROUP, i[-1] % LANES, red % GROUP].astype("int32"), axis=red), name=ACC_BLOCK)
+
+    def out(*i):
+        z = acc(*i).astype("int64") + bias[i[-1]]
+        return (z if epilogue is None else epilogue(z, i)).astype(out_dtype)
+    return te.compute((*lead, rows, n), out, name=OUT_BLOCK)
+
+
+def bmm_tile(n: int) -> tuple[int, int]:
+    """Register tile for the int32 batched GEMM (same register budget as ``linear_tile``)."""
+    return linear_tile(n)
+
+
+def int_bmm_te(a, b, mr: int, nr: int):
+    """``a @ b`` over the last two axes, int32 accumulate, for integer ``a``/``b`` of equal rank."""
+    from tvm import te
+    from tvm import tirx as tir
+
+    *lead, rows, k = (int(d) for d in a.shape)
+    n = int(b.shape[-1])
+    rows_p, cols_p = _ceil_to(rows, mr), _ceil_to(n, LANES * nr)
+    red = te.reduce_axis((0, k), name="k")
+    acc = te.compute((*lead, rows_p, cols_p), lambda *i: te.sum(
+        a(*i[:-2], tir.min(i[-2], rows - 1), red).astype("int32")
+        * b(*i[:-2], red, tir.min(i[-1], n - 1)).astype("int32"), axis=red), name=ACC_BLOCK)
+    return te.compute((*lead, rows, n), lambda *i: acc(*i), name=OUT_BLOCK)

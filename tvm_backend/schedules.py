@@ -1,0 +1,129 @@
+"""CPU schedules for the fused PrimFuncs of an intvit module.
+
+Three schedules, chosen per PrimFunc by the blocks it contains:
+
+* **GEMM with VNNI** (a ``gemm.int8_linear_te`` kernel on an AVX-512 VNNI
+  target): an ``MR × (NR·16)`` register tile; per 4-wide step of K, MR
+  broadcasts of the shifted activations, NR 64-byte weight-panel loads and
+  MR·NR ``vpdpbusd`` into zmm accumulators (``x86.VNNI_INTRIN``). The
+  bias + requant epilogue runs on the tile while it is in registers. Tiles
+  are spread over threads.
+* **GEMM without VNNI** (``int_bmm_te`` kernels, or any GEMM on a CPU without
+  VNNI): the same tiling with 16-lane int32 multiply-adds.
+* **Row-wise** (everything else: LayerNorm, Shiftmax, ShiftGELU, requant,
+  residual adds, layout changes): the output's leading axes — the rows —
+  are fused into one parallel loop and every producer block is computed
+  inside it, so a row is reduced, normalised and written while it is in cache.
+
+Each schedule only reorders, tiles and parallelises the loops of the TE
+definitions; the arithmetic is untouched, which the bit-exactness tests check.
+"""
+from __future__ import annotations
+
+from .gemm import ACC_BLOCK, OUT_BLOCK, SHIFTED_INPUT_BLOCK, linear_tile
+from .x86 import GROUP, LANES, register_vnni_intrinsic
+
+SCHEDULED_ATTR = "tirx.is_scheduled"
+
+
+def _block_names(sch) -> list[str]:
+    return [sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))]
+
+
+def _spatial_prefix(sch, block) -> list:
+    """The block's outer loops that are data-parallel (stop at the first reduction loop)."""
+    loops = sch.get_loops(block)
+    iters = sch.get(block).iter_vars
+    out = []
+    for loop, iv in zip(loops, iters):
+        if int(iv.iter_type) != 0:
+            break
+        out.append(loop)
+    return out
+
+
+def _parallel_rows(sch, block):
+    """Fuse the block's leading spatial loops (all but the innermost axis) and parallelise them."""
+    spatial = _spatial_prefix(sch, block)
+    n_loops = len(sch.get_loops(block))
+    rows = spatial[:-1] if len(spatial) == n_loops and len(spatial) > 1 else spatial
+    if not rows:
+        return None
+    loop = sch.fuse(*rows) if len(rows) > 1 else rows[0]
+    sch.parallel(loop)
+    return loop
+
+
+def schedule_gemm(func, vnni: bool):
+    """Tile and parallelise a ``gemm`` kernel; tensorize with VNNI where the kernel and target allow."""
+    from tvm import s_tir
+    sch = s_tir.Schedule(func)
+    linear = SHIFTED_INPUT_BLOCK in _block_names(sch)
+    acc, out = sch.get_sblock(ACC_BLOCK), sch.get_sblock(OUT_BLOCK)
+    *lead, i, j, k = sch.get_loops(acc)
+    n = int(sch.get(out).iter_vars[-1].dom.extent)
+    mr, nr = linear_tile(n)
+    io, ii = sch.split(i, [None, mr])
+    jo, ji, jv = sch.split(j, [None, nr, LANES])
+    if linear:
+        shifted = sch.get_sblock(SHIFTED_INPUT_BLOCK)
+        _parallel_rows(sch, shifted)
+        ko, kv = sch.split(k, [None, GROUP])
+        reduction = [ko, kv]
+    else:
+        ko, reduction = k, [k]
+    use_vnni = vnni and linear
+    if use_vnni:
+        sch.reorder(jo, io, ko, ii, ji, jv, kv)
+    else:
+        sch.reorder(jo, io, *reduction, ii, ji, jv)
+    sch.reverse_compute_at(out, io)
+    sch.parallel(sch.fuse(*lead, jo, io))
+    if use_vnni:
+        init = sch.decompose_reduction(acc, ko)
+        sch.tensorize(jv, register_vnni_intrinsic())
+        # after tensorize: the intrinsic declares its C buffer global; a global
+        # >1 KB tile would be heap-allocated on every iteration.
+        sch.set_scope(sch.get_sblock(ACC_BLOCK + "_init"), 0, "local")
+    else:
+        sch.set_scope(acc, 0, "local")
+        sch.vectorize(jv)                     # before decompose_reduction (compact dataflow)
+        init = sch.decompose_reduction(acc, ko)
+        if linear:
+            sch.unroll(kv)
+    sch.unroll(ii)
+    sch.unroll(ji)
+    sch.vectorize(sch.get_loops(init)[-1])
+    return sch.mod["main"].with_attr(SCHEDULED_ATTR, True)
+
+
+def schedule_rowwise(func):
+    """Parallelise over the output's rows and compute every producer inside the row loop."""
+    from tvm import s_tir
+    sch = s_tir.Schedule(func)
+    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    if not blocks:
+        return func
+    row_loop = _parallel_rows(sch, blocks[-1])
+    for blk in reversed(blocks[:-1]):
+        try:
+            if row_loop is None:
+                raise ValueError("no row loop")
+            sch.compute_at(blk, row_loop, preserve_unit_loops=True)
+        except Exception:                      # not row-aligned with the output: its own parallel loop
+            _parallel_rows(sch, blk)
+    return sch.mod["main"].with_attr(SCHEDULED_ATTR, True)
+
+
+def schedule_module(mod, vnni: bool):
+    """Schedule every PrimFunc of a fused module (``relax.transform.FuseTIR`` output)."""
+    import tvm
+    out = {}
+    for gv, func in mod.functions.items():
+        if not isinstance(func, tvm.tirx.PrimFunc) or (func.attrs and SCHEDULED_ATTR in func.attrs):
+            continue
+        names = _block_names(tvm.s_tir.Schedule(func))
+        out[gv] = schedule_gemm(func, vnni) if ACC_BLOCK in names else schedule_rowwise(func)
+    for gv, func in out.items():
+        mod[gv] = func
+    return mod
