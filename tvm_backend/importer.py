@@ -20,6 +20,7 @@ from tvm import relax
 
 from ..quantize.onnx_functions import DOMAIN
 from .kernels import DOMAIN_KERNELS, EPILOGUE_VALUES
+from .tabulate import MAX_TABLE, build_table, lookup_te, tabulable_chain
 
 
 class UnsupportedGraphError(ValueError):
@@ -79,7 +80,8 @@ def to_relax(proto: onnx.ModelProto, batch: int = 1):
     for node in g.node:
         for i in node.input:
             consumers.setdefault(i, []).append(node)
-    fused: set[int] = set()          # ids of nodes folded into a GEMM kernel's epilogue
+    fused: set[int] = set()          # ids of nodes folded into a GEMM epilogue or a lookup table
+    ranges: dict[str, tuple[int, int]] = {}   # [lo, hi] of values a saturation bounds
 
     with bb.function("main", [x]):
         with bb.dataflow():
@@ -91,14 +93,25 @@ def to_relax(proto: onnx.ModelProto, batch: int = 1):
                 if node.domain == DOMAIN:
                     if op not in DOMAIN_KERNELS:
                         raise UnsupportedGraphError(f"intvit op '{op}' has no TVM kernel")
+                    chain = _table_chain(node, ranges, consumers, static)
+                    if chain:
+                        fused.update(id(n) for n in chain)
+                        lo, hi = ranges[ins[0]]
+                        table = relax.const(build_table(chain, static, lo, hi))
+                        env[chain[-1].output[0]] = bb.emit_te(lookup_te, val(ins[0]), table, lo,
+                                                              primfunc_name_hint=op.lower() + "_table")
+                        continue
                     args = [val(ins[0])] + _kernel_args(op, ins[1:], static, val)
                     env[out] = bb.emit_te(DOMAIN_KERNELS[op], *args, primfunc_name_hint=op.lower())
+                    _note_range(node, out, ranges, static)
                     continue
                 if op == "MatMulInteger" and ins[1] in consts and consts[ins[1]].ndim == 2:
                     chain = _epilogue_chain(node, consumers, consts)
                     fused.update(id(n) for n in chain)
                     out = (chain[-1] if chain else node).output[0]
                     env[out] = _emit_linear(bb, val(ins[0]), consts[ins[1]], chain, consts, static, val)
+                    if chain:
+                        _note_range(chain[-1], out, ranges, static)
                     continue
                 if node.domain:
                     raise UnsupportedGraphError(f"node {node.name}: unknown domain '{node.domain}'")
@@ -132,6 +145,8 @@ def to_relax(proto: onnx.ModelProto, batch: int = 1):
                     env[out] = bb.emit(relax.op.squeeze(sliced, [a["axis"]]))
                 elif op == "Cast":
                     env[out] = bb.emit(relax.op.astype(val(ins[0]), _DTYPES[a["to"]]))
+                    if a["to"] == onnx.TensorProto.INT8:
+                        ranges[out] = (-128, 127)
                 elif op in ("Add", "Mul", "Div"):
                     fn = {"Add": relax.op.add, "Mul": relax.op.multiply, "Div": relax.op.divide}[op]
                     env[out] = bb.emit(fn(val(ins[0]), val(ins[1])))
@@ -177,6 +192,22 @@ def _kernel_args(op: str, names: list[str], static: dict, val) -> list:
         else:
             args.append(relax.const(arr, str(arr.dtype)))
     return args
+
+
+def _note_range(node, out: str, ranges: dict, static: dict) -> None:
+    """Record ``[lo, hi]`` for the output of a Requant/Saturate with per-tensor bounds."""
+    if node.domain == DOMAIN and node.op_type in ("Requant", "Saturate"):
+        lo, hi = (np.asarray(static.get(n, [np.nan])) for n in node.input[-2:])
+        if lo.size == 1 and hi.size == 1 and not np.isnan(lo).any() and not np.isnan(hi).any():
+            ranges[out] = (int(lo.reshape(())), int(hi.reshape(())))
+
+
+def _table_chain(node, ranges: dict, consumers: dict, static: dict) -> list:
+    """A ShiftGELU (and the elementwise nodes after it) on an input of at most ``MAX_TABLE`` values."""
+    lo_hi = ranges.get(node.input[0])
+    if node.op_type != "ShiftGELU" or lo_hi is None or lo_hi[1] - lo_hi[0] + 1 > MAX_TABLE:
+        return []
+    return tabulable_chain(node, consumers, static)
 
 
 def _sole_consumer(value: str, consumers: dict):
