@@ -62,18 +62,55 @@ def folded_bias(w_kn: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
     return comp if bias is None else comp + np.broadcast_to(bias.astype(np.int64), comp.shape)
 
 
+def pack_panels_te(b):
+    """``pack_linear_weight`` for an activation: ``[..., N, K]`` int8 → ``[..., Np/16, Kp/4, 16, 4]``.
+
+    Used for attention's keys (``Q·Kᵀ`` multiplies by ``K`` read as ``[N=keys, K=dh]``).
+    """
+    from tvm import te
+    from tvm import tirx as tir
+    *lead, n, k = (int(d) for d in b.shape)
+    _, nr = linear_tile(n)
+    np_, kp = _ceil_to(n, LANES * nr), _ceil_to(k, GROUP)
+
+    def f(*i):
+        j, kk = i[-4] * LANES + i[-2], i[-3] * GROUP + i[-1]
+        v = b(*i[:-4], tir.min(j, n - 1), tir.min(kk, k - 1))
+        return tir.Select(tir.all(j < n, kk < k), v, tir.const(0, b.dtype))
+    return te.compute((*lead, np_ // LANES, kp // GROUP, LANES, GROUP), f, name="pack_panels")
+
+
+def panel_compensation_te(b):
+    """``folded_bias`` for an activation ``[..., N, K]``: ``−128·Σ_k b[..., j, k]`` (int64 ``[..., Np]``, 0 past N)."""
+    from tvm import te
+    from tvm import tirx as tir
+    *lead, n, k = (int(d) for d in b.shape)
+    _, nr = linear_tile(n)
+    np_ = _ceil_to(n, LANES * nr)
+    red = te.reduce_axis((0, k), name="k")
+    total = te.compute((*lead, np_), lambda *i: te.sum(
+        b(*i[:-1], tir.min(i[-1], n - 1), red).astype("int64"), axis=red), name="panel_sum")
+    return te.compute((*lead, np_), lambda *i: tir.Select(
+        i[-1] < n, total(*i) * -UNSIGNED_SHIFT, tir.const(0, "int64")), name="panel_compensation")
+
+
 def int8_linear_te(x, wp, bias, mr: int, n: int, epilogue=None, out_dtype="int64"):
     """``epilogue(x @ W + bias)``; ``wp`` from ``pack_linear_weight``, ``bias`` from ``folded_bias``.
 
-    ``epilogue(z, idx) -> PrimExpr`` maps the int64 accumulator-plus-bias at
-    output index ``idx`` to the output value (``None``: identity).
+    ``wp``/``bias`` are either shared (``[Np/16, Kp/4, 16, 4]`` / ``[N]``) or
+    batched like ``x`` (``[..., Np/16, Kp/4, 16, 4]`` / ``[..., Np]``, from
+    ``pack_panels_te`` / ``panel_compensation_te``). ``epilogue(z, idx) ->
+    PrimExpr`` maps the int64 accumulator-plus-bias at output index ``idx`` to
+    the output value (``None``: identity).
     """
     from tvm import te
     from tvm import tirx as tir
 
     *lead, rows, k = (int(d) for d in x.shape)
-    kp, np_ = int(wp.shape[1]) * GROUP, int(wp.shape[0]) * LANES
+    kp, np_ = int(wp.shape[-3]) * GROUP, int(wp.shape[-4]) * LANES
     rows_p = _ceil_to(rows, mr)
+    w_lead = len(wp.shape) - 4                 # 0: one weight for all rows; len(lead): one per batch item
+    b_lead = len(bias.shape) - 1
 
     def shifted(*i):
         r, kk = tir.min(i[-2], rows - 1), i[-1]
@@ -83,10 +120,11 @@ def int8_linear_te(x, wp, bias, mr: int, n: int, epilogue=None, out_dtype="int64
     red = te.reduce_axis((0, kp), name="k")
     acc = te.compute((*lead, rows_p, np_), lambda *i: te.sum(
         au(*i[:-1], red).astype("int32")
-        * wp[i[-1] // LANES, red // GROUP, i[-1] % LANES, red % GROUP].astype("int32"), axis=red), name=ACC_BLOCK)
+        * wp(*i[:w_lead], i[-1] // LANES, red // GROUP, i[-1] % LANES, red % GROUP).astype("int32"),
+        axis=red), name=ACC_BLOCK)
 
     def out(*i):
-        z = acc(*i).astype("int64") + bias[i[-1]]
+        z = acc(*i).astype("int64") + bias(*i[:b_lead], i[-1])
         return (z if epilogue is None else epilogue(z, i)).astype(out_dtype)
     return te.compute((*lead, rows, n), out, name=OUT_BLOCK)
 

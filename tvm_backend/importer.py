@@ -77,6 +77,7 @@ def to_relax(proto: onnx.ModelProto, batch: int = 1):
         return [int(s) for s in bb.normalize(val(name)).ty.shape]
 
     consumers: dict[str, list] = {}
+    producers = {o: node for node in g.node for o in node.output}
     for node in g.node:
         for i in node.input:
             consumers.setdefault(i, []).append(node)
@@ -110,6 +111,15 @@ def to_relax(proto: onnx.ModelProto, batch: int = 1):
                     fused.update(id(n) for n in chain)
                     out = (chain[-1] if chain else node).output[0]
                     env[out] = _emit_linear(bb, val(ins[0]), consts[ins[1]], chain, consts, static, val)
+                    if chain:
+                        _note_range(chain[-1], out, ranges, static)
+                    continue
+                keys = _transposed_source(ins[1], producers) if op == "MatMulInteger" else None
+                if keys is not None and str(bb.normalize(val(keys)).ty.dtype) == "int8":
+                    chain = _epilogue_chain(node, consumers, consts)
+                    fused.update(id(n) for n in chain)
+                    out = (chain[-1] if chain else node).output[0]
+                    env[out] = _emit_activation_gemm(bb, val(ins[0]), val(keys), chain, static, val)
                     if chain:
                         _note_range(chain[-1], out, ranges, static)
                     continue
@@ -216,48 +226,73 @@ def _sole_consumer(value: str, consumers: dict):
 
 
 def _epilogue_chain(gemm, consumers: dict, consts: dict) -> list:
-    """The ``Cast(int64) → Add(bias) → Requant|Rescale`` nodes after a linear layer's MatMulInteger.
+    """The ``Cast(int64) [→ Add(bias)] [→ Requant|Rescale]`` nodes after a MatMulInteger.
 
-    Returns the longest prefix of that chain in which each node is the sole
-    consumer of the previous one (the exporter's ``linear`` + requant shape).
+    Each node must be the sole consumer of the previous one (the exporter's
+    ``linear`` + requant shape, and attention's ``Q·Kᵀ`` + requant). Empty
+    when there is no int64 cast or nothing after it.
     """
-    chain, last = [], gemm
-    steps = [lambda n: n.op_type == "Cast" and _attrs(n)["to"] == onnx.TensorProto.INT64,
-             lambda n: n.op_type == "Add" and n.input[1] in consts,
-             lambda n: n.domain == DOMAIN and n.op_type in EPILOGUE_VALUES and n.input[0] == last.output[0]]
-    for ok in steps:
-        nxt = _sole_consumer(last.output[0], consumers)
-        if nxt is None or not ok(nxt):
-            break
-        chain.append(nxt)
-        last = nxt
-    if chain and len(chain) < 2:             # an int64 cast alone is not worth a special case
+    cast = _sole_consumer(gemm.output[0], consumers)
+    if cast is None or cast.op_type != "Cast" or _attrs(cast)["to"] != onnx.TensorProto.INT64:
         return []
-    return chain
+    chain = [cast]
+    nxt = _sole_consumer(cast.output[0], consumers)
+    if nxt is not None and nxt.op_type == "Add" and nxt.input[0] == cast.output[0] and nxt.input[1] in consts:
+        chain.append(nxt)
+        nxt = _sole_consumer(nxt.output[0], consumers)
+    if nxt is not None and nxt.domain == DOMAIN and nxt.op_type in EPILOGUE_VALUES and nxt.input[0] == chain[-1].output[0]:
+        chain.append(nxt)
+    return chain if len(chain) > 1 else []
+
+
+def _emit_gemm(bb, x, wp, fb, n: int, chain: list, static: dict, val):
+    """One kernel: u8×s8 GEMM on packed panels + folded bias (+ the chain's requant as epilogue)."""
+    from .gemm import int8_linear_te, linear_tile
+    mr, _ = linear_tile(n)
+    rq = chain[-1] if chain and chain[-1].domain == DOMAIN else None
+    if rq is None:
+        dtype = "int64" if chain else "int32"
+        return bb.emit_te(lambda xt, wpt, bt: int8_linear_te(xt, wpt, bt, mr, n, out_dtype=dtype),
+                          x, wp, fb, primfunc_name_hint="int8_linear")
+    fn = EPILOGUE_VALUES[rq.op_type]
+    args = _kernel_args(rq.op_type, list(rq.input[1:]), static, val)
+    tensors = [a for a in args if not isinstance(a, int)]
+
+    def gemm(xt, wpt, bt, *tens):
+        it = iter(tens)
+        bound = [a if isinstance(a, int) else next(it) for a in args]
+        return int8_linear_te(xt, wpt, bt, mr, n, epilogue=lambda z, idx: fn(z, idx, *bound))
+    return bb.emit_te(gemm, x, wp, fb, *tensors, primfunc_name_hint="int8_linear_requant")
 
 
 def _emit_linear(bb, x, w_kn: np.ndarray, chain: list, consts: dict, static: dict, val):
-    """One kernel: u8×s8 GEMM on the packed weight + folded bias (+ the fused requant)."""
-    from .gemm import folded_bias, int8_linear_te, linear_tile, pack_linear_weight
+    """A linear layer: the weight packed offline, the bias folded with the +128 compensation."""
+    from .gemm import folded_bias, linear_tile, pack_linear_weight
     n = w_kn.shape[1]
-    mr, nr = linear_tile(n)
-    bias = consts[chain[1].input[1]] if len(chain) >= 2 else None
-    wp = relax.const(pack_linear_weight(w_kn, nr), "int8")
+    add = next((c for c in chain if c.op_type == "Add"), None)
+    bias = consts[add.input[1]] if add is not None else None
+    wp = relax.const(pack_linear_weight(w_kn, linear_tile(n)[1]), "int8")
     fb = relax.const(folded_bias(w_kn, bias), "int64")
-    if len(chain) == 3:
-        rq = chain[2]
-        fn = EPILOGUE_VALUES[rq.op_type]
-        args = _kernel_args(rq.op_type, list(rq.input[1:]), static, val)
-        tensors = [a for a in args if not isinstance(a, int)]
+    return _emit_gemm(bb, x, wp, fb, n, chain, static, val)
 
-        def linear(xt, wpt, bt, *tens):
-            it = iter(tens)
-            bound = [a if isinstance(a, int) else next(it) for a in args]
-            return int8_linear_te(xt, wpt, bt, mr, n, epilogue=lambda z, idx: fn(z, idx, *bound))
-        return bb.emit_te(linear, x, wp, fb, *tensors, primfunc_name_hint="int8_linear_requant")
-    dtype = "int64" if chain else "int32"
-    return bb.emit_te(lambda xt, wpt, bt: int8_linear_te(xt, wpt, bt, mr, n, out_dtype=dtype),
-                      x, wp, fb, primfunc_name_hint="int8_linear")
+
+def _emit_activation_gemm(bb, x, b_nk, chain: list, static: dict, val):
+    """``x @ bᵀ`` for an int8 activation ``b`` (attention's keys), packed in-graph into VNNI panels."""
+    from .gemm import pack_panels_te, panel_compensation_te
+    wp = bb.emit_te(pack_panels_te, b_nk, primfunc_name_hint="pack_panels")
+    fb = bb.emit_te(panel_compensation_te, b_nk, primfunc_name_hint="panel_compensation")
+    n = int(bb.normalize(b_nk).ty.shape[-2])
+    return _emit_gemm(bb, x, wp, fb, n, chain, static, val)
+
+
+def _transposed_source(name: str, producers: dict):
+    """If ``name`` is ``Transpose(t)`` swapping the last two axes, return ``t``'s name."""
+    node = producers.get(name)
+    if node is None or node.op_type != "Transpose":
+        return None
+    perm = list(_attrs(node)["perm"])
+    rank = len(perm)
+    return node.input[0] if perm == list(range(rank - 2)) + [rank - 1, rank - 2] else None
 
 
 def _emit_bmm(bb, a, b):
