@@ -2,8 +2,9 @@
 
     python -m intvit.bench.latency --model deit_small --batch 1,8 --repeat 10
 
-Backends, measured in interleaved rounds (one call of each backend per round)
-so that machine drift hits them all alike:
+Backends, measured in interleaved rounds (per round: one untimed call of each
+backend, then ``per_round`` timed calls) so that machine drift hits them all
+alike and no backend pays for the previous one's spinning worker threads:
 
 * ``torch_fp32``      — the float Hugging Face model, eager.
 * ``ort_fp32``        — the float model exported to ONNX, ONNX Runtime.
@@ -141,16 +142,24 @@ def backends_for_batch(prepared: dict, batch: int, progress=print) -> tuple[dict
     return {**prepared["backends"], "intvit_int8_tvm": lambda x: tvm_mod(x)[0]}, facts
 
 
-def measure(backends: dict, x: np.ndarray, repeat: int, warmup: int = 3) -> dict:
+def measure(backends: dict, x: np.ndarray, repeat: int, warmup: int = 3, per_round: int = 3) -> dict:
+    """Median/p90 per backend over ``repeat`` rounds of ``per_round`` timed calls each.
+
+    Within a round each backend first gets one untimed call: the previous
+    backend's worker threads (OpenMP, ORT, TVM pools) spin for a while after
+    its last call and would otherwise be billed to the next one.
+    """
     for f in backends.values():
         for _ in range(warmup):
             f(x)
     times = {k: [] for k in backends}
-    for _ in range(repeat):                       # interleaved: one call of each backend per round
+    for _ in range(repeat):                       # interleaved rounds: drift hits every backend alike
         for k, f in backends.items():
-            t0 = time.perf_counter_ns()
             f(x)
-            times[k].append((time.perf_counter_ns() - t0) / 1e6)
+            for _ in range(per_round):
+                t0 = time.perf_counter_ns()
+                f(x)
+                times[k].append((time.perf_counter_ns() - t0) / 1e6)
     from ..tvm_backend.runtime import latency_summary
     out = {}
     for k, ts in times.items():
@@ -180,9 +189,20 @@ def machine_facts(threads: int) -> dict:
             "torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "tvm": tvm.__version__}
 
 
-def run(models, batches, repeat, threads, out_dir=None, progress=print) -> dict:
+ALL_BACKENDS = ("torch_fp32", "ort_fp32", "ort_int8_qdq", "intvit_int8_ort", "intvit_int8_tvm")
+# intvit's graph in ORT runs the integer nonlinears as generic int64 ONNX ops: a
+# correctness reference 10-25x slower than the rest, timed only when asked for.
+DEFAULT_BACKENDS = tuple(b for b in ALL_BACKENDS if b != "intvit_int8_ort")
+
+
+def run(models, batches, repeat, threads, out_dir=None, progress=print, backends=DEFAULT_BACKENDS,
+        per_round: int = 3) -> dict:
+    unknown = set(backends) - set(ALL_BACKENDS)
+    if unknown or "intvit_int8_tvm" not in backends:
+        raise ValueError(f"backends must include intvit_int8_tvm and come from {list(ALL_BACKENDS)}; "
+                         f"got {list(backends)}")
     report = {"date": dt.datetime.now().isoformat(timespec="seconds"), "machine": machine_facts(threads),
-              "repeat": repeat, "results": []}
+              "repeat": repeat, "per_round": per_round, "results": []}
     with tempfile.TemporaryDirectory() as work:
         for name in models:
             progress(f"[{name}]")
@@ -190,10 +210,11 @@ def run(models, batches, repeat, threads, out_dir=None, progress=print) -> dict:
             c, s = prepared["input"]
             for batch in batches:
                 progress(f"[{name}, batch {batch}]")
-                backends, facts = backends_for_batch(prepared, batch, progress)
+                fns, facts = backends_for_batch(prepared, batch, progress)
+                fns = {k: fns[k] for k in ALL_BACKENDS if k in backends}
                 x = np.random.default_rng(0).standard_normal((batch, c, s, s)).astype(np.float32)
-                progress(f"  timing {len(backends)} backends x {repeat} interleaved rounds ...")
-                res = measure(backends, x, repeat)
+                progress(f"  timing {len(fns)} backends x {repeat} interleaved rounds x {per_round} calls ...")
+                res = measure(fns, x, repeat, per_round=per_round)
                 report["results"].append({"model": name, "batch": batch, **facts, "backends": res})
                 progress(format_table(name, batch, res))
     if out_dir:
@@ -219,10 +240,14 @@ def main(argv=None) -> int:
                                                           "(comma-separated for several)")
     p.add_argument("--batch", default="1,8", help="comma-separated batch sizes (default: %(default)s)")
     p.add_argument("--repeat", type=int, default=10, help="interleaved timing rounds (default: %(default)s)")
+    p.add_argument("--per-round", type=int, default=3, help="timed calls per backend per round (default: %(default)s)")
+    p.add_argument("--backends", default=",".join(DEFAULT_BACKENDS),
+                   help=f"comma-separated, from {','.join(ALL_BACKENDS)} (default: %(default)s)")
     p.add_argument("--threads", type=int, default=2, help="threads for every backend (default: %(default)s)")
     p.add_argument("--out", default="bench/results", help="directory for the JSON report (default: %(default)s)")
     a = p.parse_args(argv)
-    rep = run(a.model.split(","), [int(b) for b in a.batch.split(",")], a.repeat, a.threads, a.out)
+    rep = run(a.model.split(","), [int(b) for b in a.batch.split(",")], a.repeat, a.threads, a.out,
+              backends=tuple(a.backends.split(",")), per_round=a.per_round)
     print(f"wrote {rep['path']}")
     return 0
 

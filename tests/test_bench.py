@@ -6,7 +6,8 @@ from intvit.bench import latency
 
 def test_latency_bench_tiny_configuration(tmp_path):
     lines = []
-    rep = latency.run(["tiny"], [1, 2], repeat=1, threads=1, out_dir=str(tmp_path), progress=lines.append)
+    rep = latency.run(["tiny"], [1, 2], repeat=1, threads=1, out_dir=str(tmp_path), progress=lines.append,
+                      backends=latency.ALL_BACKENDS, per_round=1)
     saved = json.loads(open(rep["path"]).read())
     assert [r["batch"] for r in saved["results"]] == [1, 2]
     result = saved["results"][1]
@@ -18,7 +19,9 @@ def test_latency_bench_tiny_configuration(tmp_path):
     assert any("intvit_int8_tvm" in line for line in lines)
 
 
-def test_latency_bench_rejects_unknown_model():
+def test_latency_bench_rejects_unknown_model_and_backend():
     import pytest
     with pytest.raises(ValueError, match="unknown model 'resnet'"):
         latency.build_model("resnet")
+    with pytest.raises(ValueError, match="backends must include intvit_int8_tvm"):
+        latency.run(["tiny"], [1], repeat=1, threads=1, backends=("torch_fp32", "tensorrt"))
