@@ -41,10 +41,12 @@ def linear_tile(n: int) -> tuple[int, int]:
     """Register tile ``(rows MR, 16-lane column vectors NR)`` for an output width ``n``.
 
     MR·NR int32x16 accumulators plus NR weight vectors and one broadcast must
-    fit the 32 zmm registers. Prefer the NR that pads ``n`` least.
+    fit the 32 zmm registers, and the tile must stay under TVM's 1 KB stack
+    allocation limit (a larger one is heap-allocated per tile): MR·NR ≤ 15.
+    Prefer the NR that pads ``n`` least.
     """
-    nr = min((4, 3, 2, 1), key=lambda r: (_ceil_to(n, LANES * r), -r))
-    return {4: 6, 3: 8, 2: 8, 1: 12}[nr], nr
+    nr = min((3, 2, 1), key=lambda r: (_ceil_to(n, LANES * r), -r))
+    return {3: 5, 2: 7, 1: 15}[nr], nr
 
 
 def pack_linear_weight(w_kn: np.ndarray, nr: int) -> np.ndarray:

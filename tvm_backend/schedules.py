@@ -82,28 +82,53 @@ def schedule_gemm(func, vnni: bool):
     if use_vnni:
         init = sch.decompose_reduction(acc, ko)
         sch.tensorize(jv, register_vnni_intrinsic())
-        # after tensorize: the intrinsic declares its C buffer global; a global
-        # >1 KB tile would be heap-allocated on every iteration.
-        sch.set_scope(sch.get_sblock(ACC_BLOCK + "_init"), 0, "local")
     else:
-        sch.set_scope(acc, 0, "local")
         sch.vectorize(jv)                     # before decompose_reduction (compact dataflow)
         init = sch.decompose_reduction(acc, ko)
         if linear:
             sch.unroll(kv)
     sch.unroll(ii)
     sch.unroll(ji)
+    # The accumulator tile stays in "global" scope: TVM 0.27 puts a global
+    # allocation under 1 KB on the stack (LLVM then keeps it in registers), but
+    # heap-allocates any "local" one per tile (see gemm.linear_tile).
     sch.vectorize(sch.get_loops(init)[-1])
     return sch.mod["main"].with_attr(SCHEDULED_ATTR, True)
 
 
+def _numel(sch, block) -> int:
+    n = 1
+    for d in sch.get(block).writes[0].source.shape:
+        n *= int(d)
+    return n
+
+
+def _is_reduction(sch, block) -> bool:
+    return any(int(iv.iter_type) != 0 for iv in sch.get(block).iter_vars)
+
+
 def schedule_rowwise(func):
-    """Parallelise over the output's rows and compute every producer inside the row loop."""
+    """Parallelise over the output's rows; inline full-size elementwise producers, compute row-level
+    ones (reductions, per-row scalars such as the isqrt stages) inside the row loop.
+
+    Inlining a full-size intermediate recomputes a few integer ops instead of
+    storing it: a stored row would be a heap workspace allocated per row (TVM
+    puts only buffers under 1 KB on the stack).
+    """
     from tvm import s_tir
     sch = s_tir.Schedule(func)
     blocks = sch.get_child_blocks(sch.get_sblock("root"))
     if not blocks:
         return func
+    out = blocks[-1]
+    full = _numel(sch, out)
+    for blk in blocks[:-1]:
+        if not _is_reduction(sch, blk) and _numel(sch, blk) >= full:
+            try:
+                sch.compute_inline(blk)
+            except Exception:                  # e.g. read by a reduction in a way inlining cannot express
+                pass
+    blocks = sch.get_child_blocks(sch.get_sblock("root"))
     row_loop = _parallel_rows(sch, blocks[-1])
     for blk in reversed(blocks[:-1]):
         try:

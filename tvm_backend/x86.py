@@ -73,12 +73,13 @@ def register_vnni_intrinsic() -> str:
         with T.sblock("root"):
             T.reads(c[0:16], a[0:4], b[0:16, 0:4])
             T.writes(c[0:16])
-            a_group = T.reinterpret(a.vload([0], "uint8x4"), dtype="int32")
-            a_bytes = T.reinterpret(T.broadcast(a_group, 16), dtype="int8x64")
-            b_bytes = b.vload([0, 0], dtype="int8x64")
+            # one expression: named temporaries here would become a heap workspace per call
             c[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
                 T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
-                c.vload([0], dtype="int32x16"), a_bytes, b_bytes, dtype="int32x16")
+                c.vload([0], dtype="int32x16"),
+                T.reinterpret(T.broadcast(T.reinterpret(a.vload([0], "uint8x4"), dtype="int32"), 16),
+                              dtype="int8x64"),
+                b.vload([0, 0], dtype="int8x64"), dtype="int32x16")
 
     TensorIntrin.register(VNNI_INTRIN, desc, impl, override=True)
     return VNNI_INTRIN
