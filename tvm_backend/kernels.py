@@ -22,6 +22,7 @@ from ..ops.layernorm import ISQRT_STEPS
 from ..ops.nonlinear import NORM_NUMERATOR
 
 I64 = "int64"
+MATERIALIZE = "intvit.materialize"   # block annotation: keep this stage's row in a buffer (schedules.py)
 
 
 def _c(v):
@@ -84,12 +85,26 @@ def requant_te(z, *consts):
 
 
 def _shift_exp(x, x0, nx0, n):
-    """``ops.shift_exp`` on one element (all int64 PrimExprs)."""
+    """``ops.shift_exp`` on one int64 element ``x <= 0``.
+
+    With compile-time constants (Python ints) the tail runs in 32 bits, which
+    LLVM vectorizes (a 64-bit division by a constant it cannot):
+    ``ops.check_shiftexp_constants`` guarantees ``−x0·2**n <= 2**31 − 1``, so
+    after the clamp ``x ∈ [n·x0, 0]`` fits int32, ``q = floor(x / x0) ∈ [0, n]``,
+    ``r − 2·x0 ∈ (−x0, −2·x0]`` and ``(r − 2·x0)·2**(n−q) <= 2·(2**31 − 1)``
+    fits uint32; halving it gives the int32 result.
+    """
     x = x + (x >> 1) - (x >> 4)
-    x = tir.max(x, nx0)
-    q = tir.floordiv(-x, -x0)
-    r = x - q * x0
-    return ((r - 2 * x0) << (n - q)) >> 1
+    if not all(isinstance(c, int) for c in (x0, nx0, n)):
+        x = tir.max(x, _scalar(nx0))
+        q = tir.floordiv(-x, -_scalar(x0))
+        r = x - q * _scalar(x0)
+        return ((r - 2 * _scalar(x0)) << (_scalar(n) - q)) >> 1
+    xc = tir.max(x, _c(nx0)).astype("int32")
+    q = tir.floordiv(-xc, tir.const(-x0, "int32"))
+    r = xc - q * tir.const(x0, "int32")
+    v = (r - tir.const(2 * x0, "int32")).astype("uint32") << (tir.const(n, "int32") - q).astype("uint32")
+    return (v >> tir.const(1, "uint32")).astype(I64)
 
 
 def _row_reduce(x, fn, name, init_max=False):
@@ -102,17 +117,20 @@ def _row_reduce(x, fn, name, init_max=False):
 
 def shiftmax_te(x, x0, nx0, n, outdiv):
     """``ops.shiftmax`` along the last axis."""
-    x0, nx0, n, outdiv = (_scalar(t) for t in (x0, nx0, n, outdiv))
+    outdiv = _scalar(outdiv)
     xmax = _row_reduce(x, lambda *i: x(*i), "rowmax", init_max=True)
-    e = te.compute(x.shape, lambda *i: _shift_exp(x(*i) - xmax(*i[:-1], 0), x0, nx0, n), name="shiftexp")
-    total = _row_reduce(e, lambda *i: e(*i), "rowsum")
+    # 0 <= e <= 2**n < 2**31: an int32 row buffer (half the bytes; a 197-token row fits the stack)
+    e = te.compute(x.shape, lambda *i: _shift_exp(x(*i) - xmax(*i[:-1], 0), x0, nx0, n).astype("int32"),
+                   name="shiftexp", attrs={MATERIALIZE: 1})
+    total = _row_reduce(e, lambda *i: e(*i).astype(I64), "rowsum")
     factor = te.compute(total.shape, lambda *i: tir.floordiv(_c(NORM_NUMERATOR), total(*i)), name="row_factor")
-    return te.compute(x.shape, lambda *i: tir.floordiv(e(*i) * factor(*i[:-1], 0), outdiv), name="shiftmax")
+    return te.compute(x.shape, lambda *i: tir.floordiv(e(*i).astype(I64) * factor(*i[:-1], 0), outdiv),
+                      name="shiftmax")
 
 
 def shift_gelu_te(x, x0, nx0, n, outdiv):
     """``ops.shift_gelu`` elementwise (reference point ``m = max(x, 0)``)."""
-    x0, nx0, n, outdiv = (_scalar(t) for t in (x0, nx0, n, outdiv))
+    outdiv = _scalar(outdiv)
 
     def f(*i):
         v = x(*i)

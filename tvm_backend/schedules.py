@@ -20,6 +20,7 @@ definitions; the arithmetic is untouched, which the bit-exactness tests check.
 """
 from __future__ import annotations
 
+from .kernels import MATERIALIZE
 from .gemm import ACC_BLOCK, OUT_BLOCK, SHIFTED_INPUT_BLOCK, linear_tile
 from .x86 import GROUP, LANES, register_vnni_intrinsic
 
@@ -113,7 +114,8 @@ def schedule_rowwise(func):
 
     Inlining a full-size intermediate recomputes a few integer ops instead of
     storing it: a stored row would be a heap workspace allocated per row (TVM
-    puts only buffers under 1 KB on the stack).
+    puts only buffers under 1 KB on the stack). Stages annotated
+    ``kernels.MATERIALIZE`` (Shiftmax's exponentials, read twice) keep their row.
     """
     from tvm import s_tir
     sch = s_tir.Schedule(func)
@@ -123,7 +125,8 @@ def schedule_rowwise(func):
     out = blocks[-1]
     full = _numel(sch, out)
     for blk in blocks[:-1]:
-        if not _is_reduction(sch, blk) and _numel(sch, blk) >= full:
+        keep = MATERIALIZE in sch.get(blk).annotations
+        if not keep and not _is_reduction(sch, blk) and _numel(sch, blk) >= full:
             try:
                 sch.compute_inline(blk)
             except Exception:                  # e.g. read by a reduction in a way inlining cannot express
