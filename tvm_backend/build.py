@@ -18,7 +18,7 @@ from .importer import to_relax
 
 TARGETS = ("llvm",)
 OPAQUE_PATTERN = 8          # relax OpPatternKind.kOpaque: FuseOps leaves the function alone
-GEMM_PREFIXES = ("int8_linear", "int_bmm")
+GEMM_PREFIXES = ("int8_linear", "int16_gemm", "int_bmm")
 
 
 class UnknownTargetError(ValueError):

@@ -1,13 +1,13 @@
 """TE definitions of the integer GEMMs in the layouts the CPU schedules want.
 
-**Linear layers** (``int8_linear_te``): ``y = epilogue(x @ W + b)`` with
+**Linear layers** (``packed_gemm_te``): ``y = epilogue(x @ W + b)`` with
 ``x`` int8 ``[..., rows, K]`` and a constant int8 weight, computed as
 (``ops.int_linear_unsigned``)
 
     acc[r, n] = Σ_k (x[r, k] + 128) · Wp[n/16, k/4, n%16, k%4]        (u8 × s8 → s32)
     y[r, n]   = epilogue(acc[r, n] + (b[n] − 128·Σ_k W[k, n]))        (int64)
 
-so the reduction is exactly the VNNI ``vpdpbusd`` form (``x86.VNNI_INTRIN``).
+so the reduction is exactly the VNNI ``vpdpbusd`` form (``x86.VPDPBUSD``).
 The weight is packed offline into ``[N/16, K/4, 16, 4]`` panels (zero-padded
 to the tile), and the rows are padded up to a multiple of the register tile
 height by clamping the row index (``x[min(r, rows−1)]``; the extra rows are
@@ -16,17 +16,21 @@ The epilogue is the dyadic ``Requant``/``Rescale`` that follows the GEMM in
 the graph, fused into the same kernel so the int32 tile is requantized in
 registers.
 
-**Batched activation GEMMs** (``int_bmm_te``): attention's ``Q·Kᵀ`` (int8 ×
-int8) and ``A·V`` (16-bit probabilities × int8), ``C[..., i, j] = Σ_k
-a[..., i, k]·b[..., k, j]`` in int32 with both row and column indices
-clamped to the tile; no repacking of the activations.
+**Attention** uses the same kernel with panels packed in-graph
+(``pack_panels_te``): ``Q·Kᵀ`` packs the int8 keys for ``vpdpbusd`` (with a
+per-key compensation, ``panel_compensation_te``); ``A·V`` packs the values as
+int16 for ``vpdpwssd`` and feeds the 16-bit probabilities unshifted.
+
+**Any other activation GEMM** (``int_bmm_te``): ``C[..., i, j] = Σ_k
+a[..., i, k]·b[..., k, j]`` in int32, row and column indices clamped to the
+tile, no repacking.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ..ops.gemm import UNSIGNED_SHIFT
-from .x86 import GROUP, LANES
+from .x86 import LANES, VPDPBUSD, DotInstruction
 
 ACC_BLOCK = "int_gemm_acc"      # the reduction block every GEMM schedule looks for
 OUT_BLOCK = "int_gemm_out"      # its output (crop + epilogue) block
@@ -49,13 +53,13 @@ def linear_tile(n: int) -> tuple[int, int]:
     return {3: 5, 2: 7, 1: 15}[nr], nr
 
 
-def pack_linear_weight(w_kn: np.ndarray, nr: int) -> np.ndarray:
-    """``[K, N]`` int8 → ``[Np/16, Kp/4, 16, 4]`` int8, zero-padded: ``Wp[j/16, k/4, j%16, k%4] = W[k, j]``."""
+def pack_linear_weight(w_kn: np.ndarray, nr: int, group: int = VPDPBUSD.group) -> np.ndarray:
+    """``[K, N]`` → ``[Np/16, Kp/g, 16, g]``, zero-padded: ``Wp[j/16, k/g, j%16, k%g] = W[k, j]``."""
     k, n = w_kn.shape
-    kp, np_ = _ceil_to(k, GROUP), _ceil_to(n, LANES * nr)
-    padded = np.zeros((kp, np_), np.int8)
+    kp, np_ = _ceil_to(k, group), _ceil_to(n, LANES * nr)
+    padded = np.zeros((kp, np_), w_kn.dtype)
     padded[:k, :n] = w_kn
-    return np.ascontiguousarray(padded.T.reshape(np_ // LANES, LANES, kp // GROUP, GROUP).transpose(0, 2, 1, 3))
+    return np.ascontiguousarray(padded.T.reshape(np_ // LANES, LANES, kp // group, group).transpose(0, 2, 1, 3))
 
 
 def folded_bias(w_kn: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
@@ -64,22 +68,23 @@ def folded_bias(w_kn: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
     return comp if bias is None else comp + np.broadcast_to(bias.astype(np.int64), comp.shape)
 
 
-def pack_panels_te(b):
-    """``pack_linear_weight`` for an activation: ``[..., N, K]`` int8 → ``[..., Np/16, Kp/4, 16, 4]``.
-
-    Used for attention's keys (``Q·Kᵀ`` multiplies by ``K`` read as ``[N=keys, K=dh]``).
-    """
+def pack_panels_te(b, layout: str, dot: DotInstruction = VPDPBUSD):
+    """``pack_linear_weight`` for an activation, in-graph: ``b`` is ``[..., N, K]`` (``layout="nk"``,
+    attention's keys for ``Q·Kᵀ``) or ``[..., K, N]`` (``"kn"``, the values for ``A·V``)."""
     from tvm import te
     from tvm import tirx as tir
-    *lead, n, k = (int(d) for d in b.shape)
+    *lead, d0, d1 = (int(d) for d in b.shape)
+    n, k = (d0, d1) if layout == "nk" else (d1, d0)
     _, nr = linear_tile(n)
-    np_, kp = _ceil_to(n, LANES * nr), _ceil_to(k, GROUP)
+    g = dot.group
+    np_, kp = _ceil_to(n, LANES * nr), _ceil_to(k, g)
 
     def f(*i):
-        j, kk = i[-4] * LANES + i[-2], i[-3] * GROUP + i[-1]
-        v = b(*i[:-4], tir.min(j, n - 1), tir.min(kk, k - 1))
-        return tir.Select(tir.all(j < n, kk < k), v, tir.const(0, b.dtype))
-    return te.compute((*lead, np_ // LANES, kp // GROUP, LANES, GROUP), f, name="pack_panels")
+        j, kk = i[-4] * LANES + i[-2], i[-3] * g + i[-1]
+        jc, kc = tir.min(j, n - 1), tir.min(kk, k - 1)
+        v = b(*i[:-4], jc, kc) if layout == "nk" else b(*i[:-4], kc, jc)
+        return tir.Select(tir.all(j < n, kk < k), v.astype(dot.b_dtype), tir.const(0, dot.b_dtype))
+    return te.compute((*lead, np_ // LANES, kp // g, LANES, g), f, name="pack_panels")
 
 
 def panel_compensation_te(b):
@@ -96,37 +101,43 @@ def panel_compensation_te(b):
         i[-1] < n, total(*i) * -UNSIGNED_SHIFT, tir.const(0, "int64")), name="panel_compensation")
 
 
-def int8_linear_te(x, wp, bias, mr: int, n: int, epilogue=None, out_dtype="int64"):
-    """``epilogue(x @ W + bias)``; ``wp`` from ``pack_linear_weight``, ``bias`` from ``folded_bias``.
+def packed_gemm_te(x, wp, bias, mr: int, n: int, dot: DotInstruction = VPDPBUSD, epilogue=None,
+                   out_dtype="int64"):
+    """``epilogue(x @ W + bias)`` on packed panels ``wp``.
 
-    ``wp``/``bias`` are either shared (``[Np/16, Kp/4, 16, 4]`` / ``[N]``) or
-    batched like ``x`` (``[..., Np/16, Kp/4, 16, 4]`` / ``[..., Np]``, from
-    ``pack_panels_te`` / ``panel_compensation_te``). ``epilogue(z, idx) ->
-    PrimExpr`` maps the int64 accumulator-plus-bias at output index ``idx`` to
-    the output value (``None``: identity).
+    ``dot`` fixes the operand form: ``VPDPBUSD`` feeds ``x + 128`` as uint8
+    (``bias`` must carry the compensation, ``folded_bias`` /
+    ``panel_compensation_te``); ``VPDPWSSD`` feeds ``x`` as int16 (values must
+    fit). ``wp``/``bias`` are shared (``[Np/16, Kp/g, 16, g]`` / ``[N]``) or
+    batched like ``x`` (``[..., Np/16, Kp/g, 16, g]`` / ``[..., Np]``); ``bias``
+    may be None. ``epilogue(z, idx) -> PrimExpr`` maps the int64
+    accumulator-plus-bias at output index ``idx`` to the output value.
     """
     from tvm import te
     from tvm import tirx as tir
 
     *lead, rows, k = (int(d) for d in x.shape)
-    kp, np_ = int(wp.shape[-3]) * GROUP, int(wp.shape[-4]) * LANES
+    g = dot.group
+    kp, np_ = int(wp.shape[-3]) * g, int(wp.shape[-4]) * LANES
     rows_p = _ceil_to(rows, mr)
     w_lead = len(wp.shape) - 4                 # 0: one weight for all rows; len(lead): one per batch item
-    b_lead = len(bias.shape) - 1
+    shift = UNSIGNED_SHIFT if dot is VPDPBUSD else 0
 
-    def shifted(*i):
+    def operand(*i):
         r, kk = tir.min(i[-2], rows - 1), i[-1]
-        v = (x(*i[:-2], r, tir.min(kk, k - 1)).astype("int32") + UNSIGNED_SHIFT).astype("uint8")
-        return v if kp == k else tir.Select(kk < k, v, tir.const(0, "uint8"))
-    au = te.compute((*lead, rows_p, kp), shifted, name=SHIFTED_INPUT_BLOCK)
+        v = (x(*i[:-2], r, tir.min(kk, k - 1)).astype("int32") + shift).astype(dot.a_dtype)
+        return v if kp == k else tir.Select(kk < k, v, tir.const(0, dot.a_dtype))
+    au = te.compute((*lead, rows_p, kp), operand, name=SHIFTED_INPUT_BLOCK)
     red = te.reduce_axis((0, kp), name="k")
     acc = te.compute((*lead, rows_p, np_), lambda *i: te.sum(
         au(*i[:-1], red).astype("int32")
-        * wp(*i[:w_lead], i[-1] // LANES, red // GROUP, i[-1] % LANES, red % GROUP).astype("int32"),
+        * wp(*i[:w_lead], i[-1] // LANES, red // g, i[-1] % LANES, red % g).astype("int32"),
         axis=red), name=ACC_BLOCK)
 
     def out(*i):
-        z = acc(*i).astype("int64") + bias(*i[:b_lead], i[-1])
+        z = acc(*i).astype("int64")
+        if bias is not None:
+            z = z + bias(*i[:len(bias.shape) - 1], i[-1])
         return (z if epilogue is None else epilogue(z, i)).astype(out_dtype)
     return te.compute((*lead, rows, n), out, name=OUT_BLOCK)
 

@@ -49,8 +49,9 @@ def to_relax(proto: onnx.ModelProto, batch: int = 1):
     """Build a Relax ``IRModule`` with ``main(images) -> (logits, int_logits)``.
 
     Linear layers (``MatMulInteger`` on a constant weight, with the bias add
-    and requant that follow it) become one ``gemm.int8_linear_te`` kernel each;
-    attention's activation GEMMs become ``gemm.int_bmm_te`` kernels.
+    and requant that follow it) become one ``gemm.packed_gemm_te`` kernel each,
+    and so do attention's ``Q·Kᵀ`` and ``A·V`` with their operands packed
+    in-graph; other activation GEMMs become ``gemm.int_bmm_te`` kernels.
     """
     check_intvit_graph(proto)
     if batch < 1:
@@ -165,7 +166,17 @@ def to_relax(proto: onnx.ModelProto, batch: int = 1):
                 elif op == "Clip":
                     lo, hi = float(static[ins[1]]), float(static[ins[2]])
                     env[out] = bb.emit(relax.op.clip(val(ins[0]), lo, hi))
-                elif op in ("MatMulInteger", "MatMul"):       # activation × activation (attention)
+                elif op == "MatMul" and _int16_source(ins[0], producers, ranges) \
+                        and _int16_source(ins[1], producers, ranges):   # A·V: probabilities × values
+                    chain = _epilogue_chain(node, consumers, consts)
+                    fused.update(id(n) for n in chain)
+                    out = (chain[-1] if chain else node).output[0]
+                    env[out] = _emit_probs_values_gemm(
+                        bb, val(_int16_source(ins[0], producers, ranges)),
+                        val(_int16_source(ins[1], producers, ranges)), chain, static, val)
+                    if chain:
+                        _note_range(chain[-1], out, ranges, static)
+                elif op in ("MatMulInteger", "MatMul"):       # any other activation × activation
                     env[out] = _emit_bmm(bb, val(ins[0]), val(ins[1]))
                 elif op == "ReduceSum":
                     axes = [int(v) for v in static[ins[1]]]
@@ -174,9 +185,14 @@ def to_relax(proto: onnx.ModelProto, batch: int = 1):
                     env[out] = val(ins[0])
                 else:
                     raise UnsupportedGraphError(f"node {node.name}: ONNX op {op} is not supported by the TVM importer")
+                if op in _VALUE_PRESERVING and ins[0] in ranges:     # moves values, keeps their range
+                    ranges[out] = ranges[ins[0]]
             outs = bb.emit_output(relax.Tuple([val(o.name) for o in g.output]))
         bb.emit_func_output(outs)
     return bb.get()
+
+
+_VALUE_PRESERVING = ("Reshape", "Transpose", "Slice", "Gather", "Expand", "Identity")
 
 
 def _kernel_args(op: str, names: list[str], static: dict, val) -> list:
@@ -205,7 +221,14 @@ def _kernel_args(op: str, names: list[str], static: dict, val) -> list:
 
 
 def _note_range(node, out: str, ranges: dict, static: dict) -> None:
-    """Record ``[lo, hi]`` for the output of a Requant/Saturate with per-tensor bounds."""
+    """Record ``[lo, hi]`` for the output of a Requant/Saturate with per-tensor bounds, or a Shiftmax.
+
+    Shiftmax gives ``floor(e·floor((2**62−1)/Σe) / 2**(63−b)) ∈ [0, 2**(b−1) − 1]``
+    (``ops.shiftmax``; ``e <= Σe``), with ``2**(63−b)`` its last input.
+    """
+    if node.domain == DOMAIN and node.op_type == "Shiftmax" and node.input[-1] in static:
+        outdiv = int(np.asarray(static[node.input[-1]]).reshape(-1)[0])
+        ranges[out] = (0, ((1 << 62) - 1) // outdiv)
     if node.domain == DOMAIN and node.op_type in ("Requant", "Saturate"):
         lo, hi = (np.asarray(static.get(n, [np.nan])) for n in node.input[-2:])
         if lo.size == 1 and hi.size == 1 and not np.isnan(lo).any() and not np.isnan(hi).any():
@@ -245,24 +268,27 @@ def _epilogue_chain(gemm, consumers: dict, consts: dict) -> list:
     return chain if len(chain) > 1 else []
 
 
-def _emit_gemm(bb, x, wp, fb, n: int, chain: list, static: dict, val):
-    """One kernel: u8×s8 GEMM on packed panels + folded bias (+ the chain's requant as epilogue)."""
-    from .gemm import int8_linear_te, linear_tile
+def _emit_gemm(bb, x, wp, fb, n: int, chain: list, static: dict, val, dot=None):
+    """One kernel: GEMM on packed panels + folded bias (+ the chain's requant as epilogue)."""
+    from .gemm import linear_tile, packed_gemm_te
+    from .x86 import VPDPBUSD
+    dot = dot or VPDPBUSD
     mr, _ = linear_tile(n)
     rq = chain[-1] if chain and chain[-1].domain == DOMAIN else None
-    if rq is None:
-        dtype = "int64" if chain else "int32"
-        return bb.emit_te(lambda xt, wpt, bt: int8_linear_te(xt, wpt, bt, mr, n, out_dtype=dtype),
-                          x, wp, fb, primfunc_name_hint="int8_linear")
-    fn = EPILOGUE_VALUES[rq.op_type]
-    args = _kernel_args(rq.op_type, list(rq.input[1:]), static, val)
+    args = _kernel_args(rq.op_type, list(rq.input[1:]), static, val) if rq is not None else []
     tensors = [a for a in args if not isinstance(a, int)]
+    bias = [] if fb is None else [fb]
 
-    def gemm(xt, wpt, bt, *tens):
+    def gemm(xt, wpt, *rest):
+        bt, tens = (rest[0], rest[1:]) if fb is not None else (None, rest)
+        if rq is None:
+            return packed_gemm_te(xt, wpt, bt, mr, n, dot, out_dtype="int64" if chain else "int32")
         it = iter(tens)
         bound = [a if isinstance(a, int) else next(it) for a in args]
-        return int8_linear_te(xt, wpt, bt, mr, n, epilogue=lambda z, idx: fn(z, idx, *bound))
-    return bb.emit_te(gemm, x, wp, fb, *tensors, primfunc_name_hint="int8_linear_requant")
+        fn = EPILOGUE_VALUES[rq.op_type]
+        return packed_gemm_te(xt, wpt, bt, mr, n, dot, epilogue=lambda z, idx: fn(z, idx, *bound))
+    name = "int8_linear" if dot is VPDPBUSD else "int16_gemm"
+    return bb.emit_te(gemm, x, wp, *bias, *tensors, primfunc_name_hint=name + ("_requant" if rq else ""))
 
 
 def _emit_linear(bb, x, w_kn: np.ndarray, chain: list, consts: dict, static: dict, val):
@@ -279,10 +305,28 @@ def _emit_linear(bb, x, w_kn: np.ndarray, chain: list, consts: dict, static: dic
 def _emit_activation_gemm(bb, x, b_nk, chain: list, static: dict, val):
     """``x @ bᵀ`` for an int8 activation ``b`` (attention's keys), packed in-graph into VNNI panels."""
     from .gemm import pack_panels_te, panel_compensation_te
-    wp = bb.emit_te(pack_panels_te, b_nk, primfunc_name_hint="pack_panels")
+    wp = bb.emit_te(pack_panels_te, b_nk, "nk", primfunc_name_hint="pack_panels")
     fb = bb.emit_te(panel_compensation_te, b_nk, primfunc_name_hint="panel_compensation")
     n = int(bb.normalize(b_nk).ty.shape[-2])
     return _emit_gemm(bb, x, wp, fb, n, chain, static, val)
+
+
+def _emit_probs_values_gemm(bb, probs, values, chain: list, static: dict, val):
+    """``A·V``: 16-bit probabilities × int8 values on ``vpdpwssd``, values packed in-graph as int16."""
+    from .gemm import pack_panels_te
+    from .x86 import VPDPWSSD
+    vp = bb.emit_te(lambda v: pack_panels_te(v, "kn", VPDPWSSD), values, primfunc_name_hint="pack_values")
+    n = int(bb.normalize(values).ty.shape[-1])
+    return _emit_gemm(bb, probs, vp, None, n, chain, static, val, dot=VPDPWSSD)
+
+
+def _int16_source(name: str, producers: dict, ranges: dict):
+    """If ``name`` is ``Cast(t)`` of a value ``t`` known to fit int16, return ``t``'s name."""
+    node = producers.get(name)
+    if node is None or node.op_type != "Cast":
+        return None
+    lo_hi = ranges.get(node.input[0])
+    return node.input[0] if lo_hi is not None and -(1 << 15) <= lo_hi[0] and lo_hi[1] < (1 << 15) else None
 
 
 def _transposed_source(name: str, producers: dict):

@@ -2,10 +2,10 @@
 
 Three schedules, chosen per PrimFunc by the blocks it contains:
 
-* **GEMM with VNNI** (a ``gemm.int8_linear_te`` kernel on an AVX-512 VNNI
-  target): an ``MR × (NR·16)`` register tile; per 4-wide step of K, MR
-  broadcasts of the shifted activations, NR 64-byte weight-panel loads and
-  MR·NR ``vpdpbusd`` into zmm accumulators (``x86.VNNI_INTRIN``). The
+* **GEMM with VNNI** (a ``gemm.packed_gemm_te`` kernel on an AVX-512 VNNI
+  target): an ``MR × (NR·16)`` register tile; per 4-wide (2-wide) step of K,
+  MR broadcasts of the activations, NR 64-byte panel loads and MR·NR
+  ``vpdpbusd`` (``vpdpwssd``) into zmm accumulators (``x86.DOT_INSTRUCTIONS``). The
   bias + requant epilogue runs on the tile while it is in registers. Tiles
   are spread over threads.
 * **GEMM without VNNI** (``int_bmm_te`` kernels, or any GEMM on a CPU without
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from .kernels import MATERIALIZE
 from .gemm import ACC_BLOCK, OUT_BLOCK, SHIFTED_INPUT_BLOCK, linear_tile
-from .x86 import GROUP, LANES, register_vnni_intrinsic
+from .x86 import DOT_INSTRUCTIONS, LANES, register_dot_intrinsic
 
 SCHEDULED_ATTR = "tirx.is_scheduled"
 
@@ -68,8 +68,9 @@ def schedule_gemm(func, vnni: bool):
     jo, ji, jv = sch.split(j, [None, nr, LANES])
     if linear:
         shifted = sch.get_sblock(SHIFTED_INPUT_BLOCK)
+        dot = DOT_INSTRUCTIONS[str(sch.get(shifted).writes[0].source.dtype)]
         _parallel_rows(sch, shifted)
-        ko, kv = sch.split(k, [None, GROUP])
+        ko, kv = sch.split(k, [None, dot.group])
         reduction = [ko, kv]
     else:
         ko, reduction = k, [k]
@@ -82,7 +83,7 @@ def schedule_gemm(func, vnni: bool):
     sch.parallel(sch.fuse(*lead, jo, io))
     if use_vnni:
         init = sch.decompose_reduction(acc, ko)
-        sch.tensorize(jv, register_vnni_intrinsic())
+        sch.tensorize(jv, register_dot_intrinsic(dot))
     else:
         sch.vectorize(jv)                     # before decompose_reduction (compact dataflow)
         init = sch.decompose_reduction(acc, ko)

@@ -1,24 +1,25 @@
-"""x86 host detection and the AVX-512 VNNI tensor intrinsic intvit's int8 GEMM schedule uses.
+"""x86 host detection and the AVX-512 VNNI tensor intrinsics intvit's GEMM schedules use.
 
-``vpdpbusd`` (AVX-512 VNNI) computes, for 16 int32 lanes ``i``,
-``C[i] += Σ_{k<4} A[k]·B[i, k]`` with ``A`` *unsigned* 8-bit (one 4-byte group
-broadcast to every lane) and ``B`` signed 8-bit: 64 multiply-adds per
-instruction. That is why activations enter the GEMM as ``x + 128`` (see
-``ops.unsigned_shift_compensation``) and weights are packed as
-``[N/16, K/4, 16, 4]`` panels.
+``vpdpbusd`` computes, for 16 int32 lanes ``i``, ``C[i] += Σ_{k<4} A[k]·B[i, k]``
+with ``A`` *unsigned* 8-bit (one 4-byte group broadcast to every lane) and
+``B`` signed 8-bit: 64 multiply-adds per instruction. That is why int8
+activations enter the GEMM as ``x + 128`` (see ``ops.unsigned_shift_compensation``)
+and weights are packed as ``[N/16, K/4, 16, 4]`` panels. ``vpdpwssd`` is the
+signed 16-bit form (``k < 2``, 32 multiply-adds): attention's 16-bit
+probabilities times the values.
 
 TVM 0.27 ships a ``dot_16x4_vnni`` intrinsic, but it passes ``<16 x i32>``
 operands to ``llvm.x86.avx512.vpdpbusd.512``, which the wheel's LLVM 22
 declares with ``<64 x i8>`` operands (verifier error). We register our own
-with byte-vector operands. We also avoid importing
+with byte/word-vector operands. We also avoid importing
 ``tvm.s_tir.tensor_intrin`` (15–30 s of TVMScript parsing at import).
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 
-VNNI_INTRIN = "intvit_dot_16x4_u8s8s32_vnni"
-LANES, GROUP = 16, 4          # int32 output lanes per instruction, bytes per lane
+LANES = 16          # int32 output lanes per instruction
 
 
 @functools.lru_cache(maxsize=None)
@@ -49,37 +50,61 @@ def target_has_vnni(target) -> bool:
     return bool(mcpu) and has_features(mcpu, "avx512vnni", "avx512bw")
 
 
+@dataclasses.dataclass(frozen=True)
+class DotInstruction:
+    """One AVX-512 VNNI dot-product instruction as a 16-lane tensor intrinsic.
+
+    ``C[i] += Σ_{k<group} A[k]·B[i, k]`` for ``i < 16``: ``A`` is one
+    ``group``-element operand broadcast to every int32 lane, ``B`` a
+    ``[16, group]`` panel.
+    """
+    name: str
+    llvm: str
+    group: int
+    a_dtype: str
+    b_dtype: str
+    operand_vector: str      # how LLVM 22 declares the byte/word operands
+
+
+VPDPBUSD = DotInstruction("intvit_dot_16x4_u8s8s32", "llvm.x86.avx512.vpdpbusd.512", 4, "uint8", "int8", "int8x64")
+VPDPWSSD = DotInstruction("intvit_dot_16x2_s16s16s32", "llvm.x86.avx512.vpdpwssd.512", 2, "int16", "int16",
+                          "int16x32")
+DOT_INSTRUCTIONS = {d.a_dtype: d for d in (VPDPBUSD, VPDPWSSD)}     # by the activation operand's dtype
+
+
 @functools.lru_cache(maxsize=None)
-def register_vnni_intrinsic() -> str:
-    """Register (once) the ``C[16] += A[4]·B[16, 4]`` u8×s8→s32 VNNI intrinsic; returns its name."""
+def register_dot_intrinsic(dot: DotInstruction) -> str:
+    """Register (once) ``dot`` as a TVM tensor intrinsic; returns its name."""
     from tvm.s_tir import TensorIntrin
     from tvm.script import tirx as T
 
+    g, a_dt, b_dt, vec, llvm = dot.group, dot.a_dtype, dot.b_dtype, dot.operand_vector, dot.llvm
+    a_group = f"{a_dt}x{g}"
+
     @T.prim_func(s_tir=True)
-    def desc(a: T.Buffer((4,), "uint8", offset_factor=1), b: T.Buffer((16, 4), "int8", offset_factor=1),
+    def desc(a: T.Buffer((g,), a_dt, offset_factor=1), b: T.Buffer((16, g), b_dt, offset_factor=1),
              c: T.Buffer((16,), "int32", offset_factor=1)) -> None:
         with T.sblock("root"):
-            T.reads(c[0:16], a[0:4], b[0:16, 0:4])
+            T.reads(c[0:16], a[0:g], b[0:16, 0:g])
             T.writes(c[0:16])
             for i in T.serial(0, 16):
-                for k in T.serial(0, 4):
+                for k in T.serial(0, g):
                     with T.sblock("update"):
                         vi, vk = T.axis.remap("SR", [i, k])
                         c[vi] = c[vi] + T.cast(a[vk], "int32") * T.cast(b[vi, vk], "int32")
 
     @T.prim_func(s_tir=True)
-    def impl(a: T.Buffer((4,), "uint8", offset_factor=1), b: T.Buffer((16, 4), "int8", offset_factor=1),
+    def impl(a: T.Buffer((g,), a_dt, offset_factor=1), b: T.Buffer((16, g), b_dt, offset_factor=1),
              c: T.Buffer((16,), "int32", offset_factor=1)) -> None:
         with T.sblock("root"):
-            T.reads(c[0:16], a[0:4], b[0:16, 0:4])
+            T.reads(c[0:16], a[0:g], b[0:16, 0:g])
             T.writes(c[0:16])
             # one expression: named temporaries here would become a heap workspace per call
             c[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
+                T.llvm_lookup_intrinsic_id(llvm),
                 c.vload([0], dtype="int32x16"),
-                T.reinterpret(T.broadcast(T.reinterpret(a.vload([0], "uint8x4"), dtype="int32"), 16),
-                              dtype="int8x64"),
-                b.vload([0, 0], dtype="int8x64"), dtype="int32x16")
+                T.reinterpret(T.broadcast(T.reinterpret(a.vload([0], a_group), dtype="int32"), 16), dtype=vec),
+                T.reinterpret(b.vload([0, 0], dtype=vec), dtype=vec), dtype="int32x16")
 
-    TensorIntrin.register(VNNI_INTRIN, desc, impl, override=True)
-    return VNNI_INTRIN
+    TensorIntrin.register(dot.name, desc, impl, override=True)
+    return dot.name
