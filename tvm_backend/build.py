@@ -18,7 +18,9 @@ from .importer import to_relax
 
 TARGETS = ("llvm",)
 OPAQUE_PATTERN = 8          # relax OpPatternKind.kOpaque: FuseOps leaves the function alone
+INJECTIVE_PATTERN = 2       # kInjective: FuseOps may merge it with the layout ops that feed it
 GEMM_PREFIXES = ("int8_linear", "int16_gemm", "int_bmm")
+PACK_PREFIXES = ("pack_panels", "pack_values")    # index arithmetic hides that they are injective
 
 
 class UnknownTargetError(ValueError):
@@ -43,11 +45,16 @@ def lower(mod, target, schedule: bool = True):
     from .schedules import schedule_module
     from .x86 import target_has_vnni
     with target:
+        # first drop what the importer bypassed (casts in front of fused GEMMs), so that
+        # FuseOps sees single-consumer chains
+        mod = relax.transform.DeadCodeElimination()(mod)
         mod = relax.transform.LegalizeOps()(mod)
         mod = relax.transform.AnnotateTIROpPattern()(mod)
         for gv, func in list(mod.functions.items()):
             if isinstance(func, tvm.tirx.PrimFunc) and gv.name_hint.startswith(GEMM_PREFIXES):
                 mod[gv] = func.with_attr("op_pattern", OPAQUE_PATTERN)
+            elif isinstance(func, tvm.tirx.PrimFunc) and gv.name_hint.startswith(PACK_PREFIXES):
+                mod[gv] = func.with_attr("op_pattern", INJECTIVE_PATTERN)
         mod = relax.transform.FuseOps()(mod)
         mod = relax.transform.FuseTIR()(mod)
         mod = relax.transform.DeadCodeElimination()(mod)

@@ -35,6 +35,7 @@ from .x86 import LANES, VPDPBUSD, DotInstruction
 ACC_BLOCK = "int_gemm_acc"      # the reduction block every GEMM schedule looks for
 OUT_BLOCK = "int_gemm_out"      # its output (crop + epilogue) block
 SHIFTED_INPUT_BLOCK = "shifted_input"
+PACK_BLOCK = "pack_panels"      # in-graph panel packing of an activation (schedules.schedule_rowwise)
 
 
 def _ceil_to(v: int, m: int) -> int:
@@ -84,7 +85,7 @@ def pack_panels_te(b, layout: str, dot: DotInstruction = VPDPBUSD):
         jc, kc = tir.min(j, n - 1), tir.min(kk, k - 1)
         v = b(*i[:-4], jc, kc) if layout == "nk" else b(*i[:-4], kc, jc)
         return tir.Select(tir.all(j < n, kk < k), v.astype(dot.b_dtype), tir.const(0, dot.b_dtype))
-    return te.compute((*lead, np_ // LANES, kp // g, LANES, g), f, name="pack_panels")
+    return te.compute((*lead, np_ // LANES, kp // g, LANES, g), f, name=PACK_BLOCK)
 
 
 def panel_compensation_te(b):

@@ -21,7 +21,7 @@ definitions; the arithmetic is untouched, which the bit-exactness tests check.
 from __future__ import annotations
 
 from .kernels import MATERIALIZE
-from .gemm import ACC_BLOCK, OUT_BLOCK, SHIFTED_INPUT_BLOCK, linear_tile
+from .gemm import ACC_BLOCK, OUT_BLOCK, PACK_BLOCK, SHIFTED_INPUT_BLOCK, linear_tile
 from .x86 import DOT_INSTRUCTIONS, LANES, register_dot_intrinsic
 
 SCHEDULED_ATTR = "tirx.is_scheduled"
@@ -123,17 +123,21 @@ def schedule_rowwise(func):
     blocks = sch.get_child_blocks(sch.get_sblock("root"))
     if not blocks:
         return func
-    out = blocks[-1]
-    full = _numel(sch, out)
+    full = max(_numel(sch, b) for b in blocks)       # the function's full-size tensors
     for blk in blocks[:-1]:
         keep = MATERIALIZE in sch.get(blk).annotations
-        if not keep and not _is_reduction(sch, blk) and _numel(sch, blk) >= full:
+        # full-size (a per-row value is a row length smaller; inlining those, e.g. the
+        # 32 isqrt stages that each read the previous one twice, would blow up): inline
+        if not keep and not _is_reduction(sch, blk) and 2 * _numel(sch, blk) > full:
             try:
                 sch.compute_inline(blk)
             except Exception:                  # e.g. read by a reduction in a way inlining cannot express
                 pass
     blocks = sch.get_child_blocks(sch.get_sblock("root"))
-    row_loop = _parallel_rows(sch, blocks[-1])
+    if sch.get(blocks[-1]).name_hint == PACK_BLOCK:
+        row_loop = _schedule_pack(sch, blocks[-1])
+    else:
+        row_loop = _parallel_rows(sch, blocks[-1])
     for blk in reversed(blocks[:-1]):
         try:
             if row_loop is None:
@@ -142,6 +146,18 @@ def schedule_rowwise(func):
         except Exception:                      # not row-aligned with the output: its own parallel loop
             _parallel_rows(sch, blk)
     return sch.mod["main"].with_attr(SCHEDULED_ATTR, True)
+
+
+def _schedule_pack(sch, block):
+    """Panels ``[..., N/16, K/g, 16, g]``: one task per batch item and head, panel columns innermost so a
+    16-wide run of the source row is read and a 16·g-element run of the panel written together."""
+    *lead, jo, ko, ji, ki = sch.get_loops(block)
+    sch.reorder(ko, jo, ji, ki)
+    if not lead:
+        return None
+    loop = sch.fuse(*lead) if len(lead) > 1 else lead[0]
+    sch.parallel(loop)
+    return loop
 
 
 def schedule_module(mod, vnni: bool):
