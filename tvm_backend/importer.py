@@ -84,6 +84,7 @@ def to_relax(proto: onnx.ModelProto, batch: int = 1):
             consumers.setdefault(i, []).append(node)
     fused: set[int] = set()          # ids of nodes folded into a GEMM epilogue or a lookup table
     ranges: dict[str, tuple[int, int]] = {}   # [lo, hi] of values a saturation bounds
+    narrowed: set[str] = set()       # int64 in the graph, stored narrower (a GEMM's saturated output)
 
     with bb.function("main", [x]):
         with bb.dataflow():
@@ -112,6 +113,7 @@ def to_relax(proto: onnx.ModelProto, batch: int = 1):
                     fused.update(id(n) for n in chain)
                     out = (chain[-1] if chain else node).output[0]
                     env[out] = _emit_linear(bb, val(ins[0]), consts[ins[1]], chain, consts, static, val)
+                    _note_narrowed(bb, env, out, narrowed)
                     if chain:
                         _note_range(chain[-1], out, ranges, static)
                     continue
@@ -121,11 +123,17 @@ def to_relax(proto: onnx.ModelProto, batch: int = 1):
                     fused.update(id(n) for n in chain)
                     out = (chain[-1] if chain else node).output[0]
                     env[out] = _emit_activation_gemm(bb, val(ins[0]), val(keys), chain, static, val)
+                    _note_narrowed(bb, env, out, narrowed)
                     if chain:
                         _note_range(chain[-1], out, ranges, static)
                     continue
                 if node.domain:
                     raise UnsupportedGraphError(f"node {node.name}: unknown domain '{node.domain}'")
+                if op not in _VALUE_PRESERVING + ("Cast",):       # arithmetic: restore the graph's int64
+                    for i in ins:
+                        if i in narrowed:
+                            env[i] = bb.emit(relax.op.astype(env[i], "int64"))
+                            narrowed.discard(i)
                 if op == "Shape":
                     full = np.array([batch] + shape_of(ins[0])[1:], dtype=np.int64)
                     static[out] = full[a.get("start", 0):a.get("end", len(full))]
@@ -174,6 +182,7 @@ def to_relax(proto: onnx.ModelProto, batch: int = 1):
                     env[out] = _emit_probs_values_gemm(
                         bb, val(_int16_source(ins[0], producers, ranges)),
                         val(_int16_source(ins[1], producers, ranges)), chain, static, val)
+                    _note_narrowed(bb, env, out, narrowed)
                     if chain:
                         _note_range(chain[-1], out, ranges, static)
                 elif op in ("MatMulInteger", "MatMul"):       # any other activation × activation
@@ -187,6 +196,8 @@ def to_relax(proto: onnx.ModelProto, batch: int = 1):
                     raise UnsupportedGraphError(f"node {node.name}: ONNX op {op} is not supported by the TVM importer")
                 if op in _VALUE_PRESERVING and ins[0] in ranges:     # moves values, keeps their range
                     ranges[out] = ranges[ins[0]]
+                if op in _VALUE_PRESERVING and ins[0] in narrowed:
+                    narrowed.add(out)
             outs = bb.emit_output(relax.Tuple([val(o.name) for o in g.output]))
         bb.emit_func_output(outs)
     return bb.get()
@@ -278,6 +289,9 @@ def _emit_gemm(bb, x, wp, fb, n: int, chain: list, static: dict, val, dot=None):
     args = _kernel_args(rq.op_type, list(rq.input[1:]), static, val) if rq is not None else []
     tensors = [a for a in args if not isinstance(a, int)]
     bias = [] if fb is None else [fb]
+    # a saturating requant's output is stored in the narrowest type that holds it (int8 for
+    # 8-bit activations: an eighth of the memory traffic of int64) and widened by its readers
+    store = _narrowest_int(args[-2], args[-1]) if rq is not None and rq.op_type == "Requant" else "int64"
 
     def gemm(xt, wpt, *rest):
         bt, tens = (rest[0], rest[1:]) if fb is not None else (None, rest)
@@ -286,9 +300,24 @@ def _emit_gemm(bb, x, wp, fb, n: int, chain: list, static: dict, val, dot=None):
         it = iter(tens)
         bound = [a if isinstance(a, int) else next(it) for a in args]
         fn = EPILOGUE_VALUES[rq.op_type]
-        return packed_gemm_te(xt, wpt, bt, mr, n, dot, epilogue=lambda z, idx: fn(z, idx, *bound))
+        return packed_gemm_te(xt, wpt, bt, mr, n, dot, epilogue=lambda z, idx: fn(z, idx, *bound),
+                              out_dtype=store)
     name = "int8_linear" if dot is VPDPBUSD else "int16_gemm"
     return bb.emit_te(gemm, x, wp, *bias, *tensors, primfunc_name_hint=name + ("_requant" if rq else ""))
+
+
+def _note_narrowed(bb, env: dict, name: str, narrowed: set) -> None:
+    if str(bb.normalize(env[name]).ty.dtype) != "int64":
+        narrowed.add(name)
+
+
+def _narrowest_int(lo, hi) -> str:
+    """The narrowest signed integer dtype holding ``[lo, hi]`` (int64 unless both are known ints)."""
+    if isinstance(lo, int) and isinstance(hi, int):
+        for bits in (8, 16, 32):
+            if -(1 << (bits - 1)) <= lo and hi < (1 << (bits - 1)):
+                return f"int{bits}"
+    return "int64"
 
 
 def _emit_linear(bb, x, w_kn: np.ndarray, chain: list, consts: dict, static: dict, val):

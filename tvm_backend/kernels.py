@@ -38,11 +38,14 @@ def _bcast(t, idx):
     if isinstance(t, int):
         return _c(t)
     shape = list(t.shape)
-    if not shape:
-        return t()
     offset = len(idx) - len(shape)
-    sub = [0 if int(dim) == 1 else idx[offset + i] for i, dim in enumerate(shape)]
-    return t(*sub)
+    return _wide(t, [0 if int(dim) == 1 else idx[offset + i] for i, dim in enumerate(shape)])
+
+
+def _wide(t: te.Tensor, idx):
+    """``t[idx]`` as int64: data may be stored narrower (``importer`` keeps 8-bit activations in int8)."""
+    v = t(*idx)
+    return v if t.dtype == I64 else v.astype(I64)
 
 
 def _scalar(t):
@@ -118,9 +121,9 @@ def _row_reduce(x, fn, name, init_max=False):
 def shiftmax_te(x, x0, nx0, n, outdiv):
     """``ops.shiftmax`` along the last axis."""
     outdiv = _scalar(outdiv)
-    xmax = _row_reduce(x, lambda *i: x(*i), "rowmax", init_max=True)
+    xmax = _row_reduce(x, lambda *i: _wide(x, i), "rowmax", init_max=True)
     # 0 <= e <= 2**n < 2**31: an int32 row buffer (half the bytes; a 197-token row fits the stack)
-    e = te.compute(x.shape, lambda *i: _shift_exp(x(*i) - xmax(*i[:-1], 0), x0, nx0, n).astype("int32"),
+    e = te.compute(x.shape, lambda *i: _shift_exp(_wide(x, i) - xmax(*i[:-1], 0), x0, nx0, n).astype("int32"),
                    name="shiftexp", attrs={MATERIALIZE: 1})
     total = _row_reduce(e, lambda *i: e(*i).astype(I64), "rowsum")
     factor = te.compute(total.shape, lambda *i: tir.floordiv(_c(NORM_NUMERATOR), total(*i)), name="row_factor")
@@ -133,7 +136,7 @@ def shift_gelu_te(x, x0, nx0, n, outdiv):
     outdiv = _scalar(outdiv)
 
     def f(*i):
-        v = x(*i)
+        v = _wide(x, i)
         m = tir.max(v, _c(0))
         e1 = _shift_exp(v - m, x0, nx0, n)
         e2 = _shift_exp(-m, x0, nx0, n)
@@ -154,9 +157,9 @@ def _isqrt_step(v, res, b, step):
 def int_layernorm_te(x):
     """``ops.int_layernorm`` along the last axis; output at scale √D / 2**30."""
     *lead, d = x.shape
-    total = _row_reduce(x, lambda *i: x(*i), "rowsum")
+    total = _row_reduce(x, lambda *i: _wide(x, i), "rowsum")
     mean = te.compute(total.shape, lambda *i: tir.floordiv(total(*i) + d // 2, d), name="mean")
-    y = te.compute(x.shape, lambda *i: x(*i) - mean(*i[:-1], 0), name="centred")
+    y = te.compute(x.shape, lambda *i: _wide(x, i) - mean(*i[:-1], 0), name="centred")
     v = _row_reduce(y, lambda *i: y(*i) * y(*i), "variance")
     res = te.compute(v.shape, lambda *i: _c(0), name="isqrt_init")
     bit = 1 << 62

@@ -103,4 +103,4 @@ def build_table(chain: list, static: dict, lo: int, hi: int) -> np.ndarray:
 def lookup_te(x, table, lo: int):
     """``y = table[x − lo]`` elementwise."""
     from tvm import te
-    return te.compute(x.shape, lambda *i: table[(x(*i) - lo).astype("int32")], name="table_lookup")
+    return te.compute(x.shape, lambda *i: table[x(*i).astype("int32") - lo], name="table_lookup")
