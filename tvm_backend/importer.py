@@ -110,11 +110,13 @@ def to_relax(proto: onnx.ModelProto, batch: int = 1):
                     continue
                 if op == "MatMulInteger" and ins[1] in consts and consts[ins[1]].ndim == 2:
                     chain = _epilogue_chain(node, consumers, consts)
-                    fused.update(id(n) for n in chain)
-                    out = (chain[-1] if chain else node).output[0]
-                    env[out] = _emit_linear(bb, val(ins[0]), consts[ins[1]], chain, consts, static, val)
+                    table = _table_after(chain, consumers, static)
+                    fused.update(id(n) for n in chain + (table[0] if table else []))
+                    out = (table[0][-1] if table else chain[-1] if chain else node).output[0]
+                    env[out] = _emit_linear(bb, val(ins[0]), consts[ins[1]], chain, consts, static, val,
+                                            table[1:] if table else None)
                     _note_narrowed(bb, env, out, narrowed)
-                    if chain:
+                    if chain and not table:
                         _note_range(chain[-1], out, ranges, static)
                     continue
                 keys = _transposed_source(ins[1], producers) if op == "MatMulInteger" else None
@@ -279,8 +281,23 @@ def _epilogue_chain(gemm, consumers: dict, consts: dict) -> list:
     return chain if len(chain) > 1 else []
 
 
-def _emit_gemm(bb, x, wp, fb, n: int, chain: list, static: dict, val, dot=None):
-    """One kernel: GEMM on packed panels + folded bias (+ the chain's requant as epilogue)."""
+def _table_after(chain: list, consumers: dict, static: dict):
+    """``(nodes, table, lo)`` when a tabulable ShiftGELU chain reads a GEMM's saturating requant."""
+    if not chain or chain[-1].op_type != "Requant":
+        return None
+    nxt = _sole_consumer(chain[-1].output[0], consumers)
+    ranges: dict = {}
+    _note_range(chain[-1], chain[-1].output[0], ranges, static)
+    nodes = _table_chain(nxt, ranges, consumers, static) if nxt is not None else []
+    if not nodes:
+        return None
+    lo, hi = ranges[chain[-1].output[0]]
+    return nodes, build_table(nodes, static, lo, hi), lo
+
+
+def _emit_gemm(bb, x, wp, fb, n: int, chain: list, static: dict, val, dot=None, table=None):
+    """One kernel: GEMM on packed panels + folded bias (+ the chain's requant as epilogue, and then
+    ``table[v − lo]`` when ``table = (values, lo)``)."""
     from .gemm import linear_tile, packed_gemm_te
     from .x86 import VPDPBUSD
     dot = dot or VPDPBUSD
@@ -292,6 +309,9 @@ def _emit_gemm(bb, x, wp, fb, n: int, chain: list, static: dict, val, dot=None):
     # a saturating requant's output is stored in the narrowest type that holds it (int8 for
     # 8-bit activations: an eighth of the memory traffic of int64) and widened by its readers
     store = _narrowest_int(args[-2], args[-1]) if rq is not None and rq.op_type == "Requant" else "int64"
+    if table is not None:      # int32 entries: the lookup vectorizes as a 16-lane gather
+        tensors.append(relax.const(table[0].astype(np.int32)))
+        store = str(table[0].dtype)
 
     def gemm(xt, wpt, *rest):
         bt, tens = (rest[0], rest[1:]) if fb is not None else (None, rest)
@@ -300,10 +320,15 @@ def _emit_gemm(bb, x, wp, fb, n: int, chain: list, static: dict, val, dot=None):
         it = iter(tens)
         bound = [a if isinstance(a, int) else next(it) for a in args]
         fn = EPILOGUE_VALUES[rq.op_type]
-        return packed_gemm_te(xt, wpt, bt, mr, n, dot, epilogue=lambda z, idx: fn(z, idx, *bound),
-                              out_dtype=store)
+        if table is None:
+            epilogue = lambda z, idx: fn(z, idx, *bound)  # noqa: E731
+        else:
+            lut = next(it)
+            epilogue = lambda z, idx: lut[(fn(z, idx, *bound) - table[1]).astype("int32")]  # noqa: E731
+        return packed_gemm_te(xt, wpt, bt, mr, n, dot, epilogue=epilogue, out_dtype=store)
     name = "int8_linear" if dot is VPDPBUSD else "int16_gemm"
-    return bb.emit_te(gemm, x, wp, *bias, *tensors, primfunc_name_hint=name + ("_requant" if rq else ""))
+    suffix = "_requant" + ("_table" if table is not None else "") if rq else ""
+    return bb.emit_te(gemm, x, wp, *bias, *tensors, primfunc_name_hint=name + suffix)
 
 
 def _note_narrowed(bb, env: dict, name: str, narrowed: set) -> None:
@@ -320,7 +345,7 @@ def _narrowest_int(lo, hi) -> str:
     return "int64"
 
 
-def _emit_linear(bb, x, w_kn: np.ndarray, chain: list, consts: dict, static: dict, val):
+def _emit_linear(bb, x, w_kn: np.ndarray, chain: list, consts: dict, static: dict, val, table=None):
     """A linear layer: the weight packed offline, the bias folded with the +128 compensation."""
     from .gemm import folded_bias, linear_tile, pack_linear_weight
     n = w_kn.shape[1]
@@ -328,7 +353,7 @@ def _emit_linear(bb, x, w_kn: np.ndarray, chain: list, consts: dict, static: dic
     bias = consts[add.input[1]] if add is not None else None
     wp = relax.const(pack_linear_weight(w_kn, linear_tile(n)[1]), "int8")
     fb = relax.const(folded_bias(w_kn, bias), "int64")
-    return _emit_gemm(bb, x, wp, fb, n, chain, static, val)
+    return _emit_gemm(bb, x, wp, fb, n, chain, static, val, table=table)
 
 
 def _emit_activation_gemm(bb, x, b_nk, chain: list, static: dict, val):
