@@ -105,8 +105,13 @@ def to_relax(proto: onnx.ModelProto, batch: int = 1):
                                                               primfunc_name_hint=op.lower() + "_table")
                         continue
                     args = [val(ins[0])] + _kernel_args(op, ins[1:], static, val)
-                    env[out] = bb.emit_te(DOMAIN_KERNELS[op], *args, primfunc_name_hint=op.lower())
+                    kernel = DOMAIN_KERNELS[op]
                     _note_range(node, out, ranges, static)
+                    if op == "Shiftmax" and out in ranges:        # probabilities: stored as int16
+                        store = _narrowest_int(*ranges[out])
+                        kernel = lambda *a, k=kernel, s=store: k(*a, out_dtype=s)  # noqa: E731
+                    env[out] = bb.emit_te(kernel, *args, primfunc_name_hint=op.lower())
+                    _note_narrowed(bb, env, out, narrowed)
                     continue
                 if op == "MatMulInteger" and ins[1] in consts and consts[ins[1]].ndim == 2:
                     chain = _epilogue_chain(node, consumers, consts)

@@ -88,7 +88,7 @@ def requant_te(z, *consts):
 
 
 def _shift_exp(x, x0, nx0, n):
-    """``ops.shift_exp`` on one int64 element ``x <= 0``.
+    """``ops.shift_exp`` on one element ``x <= 0`` (int64, or int32 when ``|x| < 2**30``).
 
     With compile-time constants (Python ints) the tail runs in 32 bits, which
     LLVM vectorizes (a 64-bit division by a constant it cannot):
@@ -103,7 +103,7 @@ def _shift_exp(x, x0, nx0, n):
         q = tir.floordiv(-x, -_scalar(x0))
         r = x - q * _scalar(x0)
         return ((r - 2 * _scalar(x0)) << (_scalar(n) - q)) >> 1
-    xc = tir.max(x, _c(nx0)).astype("int32")
+    xc = tir.max(x, tir.const(nx0, str(x.ty.dtype))).astype("int32")
     q = tir.floordiv(-xc, tir.const(-x0, "int32"))
     r = xc - q * tir.const(x0, "int32")
     v = (r - tir.const(2 * x0, "int32")).astype("uint32") << (tir.const(n, "int32") - q).astype("uint32")
@@ -118,17 +118,19 @@ def _row_reduce(x, fn, name, init_max=False):
     return te.compute((*lead, 1), lambda *i: te.sum(fn(*i[:-1], k), axis=k), name=name)
 
 
-def shiftmax_te(x, x0, nx0, n, outdiv):
-    """``ops.shiftmax`` along the last axis."""
+def shiftmax_te(x, x0, nx0, n, outdiv, out_dtype=I64):
+    """``ops.shiftmax`` along the last axis (``out_dtype`` may be any type holding ``[0, 2**(b−1))``)."""
     outdiv = _scalar(outdiv)
-    xmax = _row_reduce(x, lambda *i: _wide(x, i), "rowmax", init_max=True)
+    # 16-bit logits (the usual case): x − max ∈ [−2**16, 0] and every ShiftExp step fits int32
+    work = "int32" if x.dtype in ("int8", "int16") and isinstance(nx0, int) else I64
+    xmax = _row_reduce(x, lambda *i: x(*i).astype(work), "rowmax", init_max=True)
     # 0 <= e <= 2**n < 2**31: an int32 row buffer (half the bytes; a 197-token row fits the stack)
-    e = te.compute(x.shape, lambda *i: _shift_exp(_wide(x, i) - xmax(*i[:-1], 0), x0, nx0, n).astype("int32"),
-                   name="shiftexp", attrs={MATERIALIZE: 1})
+    e = te.compute(x.shape, lambda *i: _shift_exp(x(*i).astype(work) - xmax(*i[:-1], 0), x0, nx0, n)
+                   .astype("int32"), name="shiftexp", attrs={MATERIALIZE: 1})
     total = _row_reduce(e, lambda *i: e(*i).astype(I64), "rowsum")
     factor = te.compute(total.shape, lambda *i: tir.floordiv(_c(NORM_NUMERATOR), total(*i)), name="row_factor")
-    return te.compute(x.shape, lambda *i: tir.floordiv(e(*i).astype(I64) * factor(*i[:-1], 0), outdiv),
-                      name="shiftmax")
+    return te.compute(x.shape, lambda *i: tir.floordiv(e(*i).astype(I64) * factor(*i[:-1], 0), outdiv)
+                      .astype(out_dtype), name="shiftmax")
 
 
 def shift_gelu_te(x, x0, nx0, n, outdiv):
