@@ -39,8 +39,8 @@ def unsigned_shift_compensation(w: torch.Tensor) -> torch.Tensor:
     x86 VNNI multiplies *unsigned* 8-bit by signed 8-bit values, so the
     backends feed ``x + 128`` (``[0, 255]``) instead of the int8 ``x`` and add
     this constant: ``Σ_k (x_k + 128)·w_nk − 128·Σ_k w_nk = Σ_k x_k·w_nk``
-    exactly. The shifted accumulator stays in int32 for ``K·255·127 < 2**31``,
-    i.e. ``K < 66 311``.
+    exactly. The shifted accumulator stays in int32 for ``K·255·128 < 2**31``,
+    i.e. ``K < 65 793``.
     """
     return -UNSIGNED_SHIFT * as_int64(w).sum(dim=1)
 
