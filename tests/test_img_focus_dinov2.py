@@ -149,3 +149,24 @@ def test_probe_features_and_linear_probe(model):
     with torch.no_grad():
         acc = (h1(torch.from_numpy(feats)).argmax(1).numpy() == y).mean()
     assert acc > 0.98
+
+
+def test_real_dinov2_small_tvm_equals_torch_integer_model_and_ort(model):
+    """The scheduled TVM backend on real pretrained weights: patch 14, 65 tokens at 112 px, headless
+    (token outputs), LayerScale folded — TVM == torch integer mode == ONNX Runtime, element for element."""
+    import onnxruntime as ort
+
+    import intvit
+    from intvit.quantize.onnx_export import to_onnx
+    from intvit.tvm_backend.build import compile_onnx
+    g = torch.Generator().manual_seed(0)
+    q = intvit.quantize(model, torch.randn(8, 3, 112, 112, generator=g),
+                        intvit.QuantConfig(progress=False, image_size=112))
+    proto = to_onnx(q)
+    x = torch.randn(4, 3, 112, 112, generator=g) * 1.5
+    ref = q.forward_int(x).numpy()
+    module = compile_onnx(proto, "llvm", batch=2)
+    got = np.concatenate([module(x[i:i + 2].numpy())[1] for i in (0, 2)])
+    assert got.shape == (4, 65, 384) and np.array_equal(got, ref)
+    ort_out = ort.InferenceSession(proto.SerializeToString()).run(None, {"images": x.numpy()})[1]
+    assert np.array_equal(ort_out, ref)
