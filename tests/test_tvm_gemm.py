@@ -130,3 +130,16 @@ def test_lowered_and_scheduled_module_is_integer_only_and_stores_activations_nar
     assert any(name.endswith("_table") for name in gemms)                # ShiftGELU folded into fc1
     out_dtypes = {str(f.params[-1].ty.dtype) for name, f in gemms.items() if "_requant" in name}
     assert "int8" in out_dtypes and "int64" in out_dtypes                # qkv/fc1 int8; residual branches int64
+
+
+def test_plain_batched_gemm_for_other_activation_products():
+    """``int_bmm_te``, the kernel for activation GEMMs that match neither attention pattern."""
+    from tvm import te
+    rng = np.random.default_rng(3)
+    a = rng.integers(-2**15, 2**15, (3, 11, 37)).astype(np.int32)
+    b = rng.integers(-128, 128, (3, 37, 21)).astype(np.int32)
+    mr, nr = gemm.bmm_tile(21)
+    at, bt = te.placeholder(a.shape, "int32", name="a"), te.placeholder(b.shape, "int32", name="b")
+    func = schedules.schedule_gemm(te.create_prim_func([at, bt, gemm.int_bmm_te(at, bt, mr, nr)]), vnni=True)
+    got = _run_prim(func, resolve_target("llvm"), a, b, out_shape=(3, 11, 21), out_dtype="int32")
+    assert np.array_equal(got, a.astype(np.int64) @ b.astype(np.int64))

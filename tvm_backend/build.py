@@ -37,7 +37,7 @@ def resolve_target(target) -> dict:
     return {"kind": "llvm", "mcpu": host_cpu(), "num-cores": os.cpu_count() or 1}
 
 
-def lower(mod, target, schedule: bool = True):
+def lower(mod, target):
     """Legalize, fuse and schedule a Relax module from ``to_relax``; returns the module ``tvm.compile`` takes."""
     import tvm
     from tvm import relax
@@ -58,7 +58,7 @@ def lower(mod, target, schedule: bool = True):
         mod = relax.transform.FuseOps()(mod)
         mod = relax.transform.FuseTIR()(mod)
         mod = relax.transform.DeadCodeElimination()(mod)
-    return schedule_module(mod, target_has_vnni(target)) if schedule else mod
+    return schedule_module(mod, target_has_vnni(target))
 
 
 class CompiledIntViT:

@@ -43,16 +43,20 @@ def _spatial_prefix(sch, block) -> list:
     return out
 
 
+def _fused_parallel(sch, loops: list):
+    """Fuse ``loops`` into one parallel loop (None when there are none)."""
+    if not loops:
+        return None
+    loop = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+    sch.parallel(loop)
+    return loop
+
+
 def _parallel_rows(sch, block):
     """Fuse the block's leading spatial loops (all but the innermost axis) and parallelise them."""
     spatial = _spatial_prefix(sch, block)
     n_loops = len(sch.get_loops(block))
-    rows = spatial[:-1] if len(spatial) == n_loops and len(spatial) > 1 else spatial
-    if not rows:
-        return None
-    loop = sch.fuse(*rows) if len(rows) > 1 else rows[0]
-    sch.parallel(loop)
-    return loop
+    return _fused_parallel(sch, spatial[:-1] if len(spatial) == n_loops and len(spatial) > 1 else spatial)
 
 
 def schedule_gemm(func, vnni: bool):
@@ -153,11 +157,7 @@ def _schedule_pack(sch, block):
     16-wide run of the source row is read and a 16·g-element run of the panel written together."""
     *lead, jo, ko, ji, ki = sch.get_loops(block)
     sch.reorder(ko, jo, ji, ki)
-    if not lead:
-        return None
-    loop = sch.fuse(*lead) if len(lead) > 1 else lead[0]
-    sch.parallel(loop)
-    return loop
+    return _fused_parallel(sch, lead)
 
 
 def schedule_module(mod, vnni: bool):
