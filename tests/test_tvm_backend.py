@@ -119,6 +119,10 @@ def test_compile_cli_runtime_load_and_run(tiny_qvit, tmp_path, capsys):
     assert main(["compile", str(onnx_path), "--target", "cuda-int9", "-o", str(tmp_path / "c.so")]) == 2
     assert "unknown target" in capsys.readouterr().err and not (tmp_path / "c.so").exists()
     meta = json.loads((tmp_path / "m.so.json").read_text())
+    assert meta["mcpu"] and "avx2" in meta["cpu_features"]
+    (tmp_path / "m.so.json").write_text(json.dumps({**meta, "cpu_features": ["avx2", "intvit-unknown-isa"]}))
+    with pytest.raises(ModuleMismatchError, match="uses intvit-unknown-isa, which this CPU .* lacks"):
+        load(so)
     meta["tvm_version"] = "0.19.0"
     (tmp_path / "m.so.json").write_text(json.dumps(meta))
     with pytest.raises(ModuleMismatchError, match="built with TVM 0.19.0"):

@@ -1,9 +1,10 @@
 """Compiled-module files: ``model.so`` plus ``model.so.json`` (the sidecar), and loading them.
 
 The sidecar records what the module was built for — input name/shape/dtype,
-batch, target, the intvit and TVM versions, the input scale and output
-dequantize scale — and ``load`` checks it against the running TVM and
-device before running anything, with one clear error on a mismatch.
+batch, target, the CPU model and the x86 extensions its code may use
+(AVX-512, VNNI, ...), the intvit and TVM versions — and ``load`` checks it
+against the running TVM and this CPU before running anything, with one clear
+error on a mismatch (instead of an illegal-instruction crash).
 """
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ import time
 import numpy as np
 
 from .. import __version__
-from .build import CompiledIntViT, compile_onnx
+from .build import CompiledIntViT, compile_onnx, resolve_target
+from .x86 import has_features, host_cpu, isa_features
 
 SIDECAR_FORMAT = "intvit.compiled-module"
 
@@ -38,8 +40,10 @@ def compile_to_file(onnx_path, output, target="llvm", batch: int = 1) -> dict:
     proto = onnx.load(os.fspath(onnx_path))
     t0 = time.perf_counter()
     compiled = compile_onnx(proto, target, batch)
+    resolved = resolve_target(target)
     meta = {"format": SIDECAR_FORMAT, "intvit_version": __version__, "tvm_version": tvm.__version__,
             "target": target if isinstance(target, str) else json.dumps(target), "batch": batch,
+            "mcpu": resolved.get("mcpu", ""), "cpu_features": isa_features(resolved.get("mcpu", "")),
             "input": {"name": compiled.input_name, "shape": list(compiled.input_shape),
                       "dtype": compiled.input_dtype},
             "outputs": [o.name for o in proto.graph.output],
@@ -115,6 +119,11 @@ def load(path) -> LoadedModule:
     if meta.get("target") != "llvm":
         raise ModuleMismatchError(f"{path} was built for target {meta.get('target')!r}; this runtime runs 'llvm' "
                                   "modules on the CPU")
+    missing = [f for f in meta.get("cpu_features", []) if not has_features(host_cpu(), f)]
+    if missing:
+        raise ModuleMismatchError(
+            f"{path} was built for CPU {meta.get('mcpu')!r} and uses {', '.join(missing)}, which this CPU "
+            f"({host_cpu()}) lacks; recompile it here with `intvit compile`")
     inp = meta["input"]
     compiled = CompiledIntViT(tvm.runtime.load_module(path), meta["batch"], inp["name"], inp["shape"], inp["dtype"])
     return LoadedModule(compiled, meta)

@@ -41,6 +41,14 @@ def has_features(mcpu: str, *features: str) -> bool:
         return False
 
 
+ISA_FEATURES = ("sse4.2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512vnni")
+
+
+def isa_features(mcpu: str) -> list[str]:
+    """The x86 extensions LLVM may use when compiling for ``mcpu`` (what a host must have to run it)."""
+    return [f for f in ISA_FEATURES if has_features(mcpu, f)]
+
+
 def target_has_vnni(target) -> bool:
     """True when ``target`` (a ``tvm.target.Target`` of kind llvm) may emit AVX-512 VNNI."""
     mcpu = str(target.attrs.get("mcpu", "")) if "mcpu" in target.attrs else ""
