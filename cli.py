@@ -200,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description=_compile.__doc__)
     c.add_argument("model", help="integer .onnx file from 'intvit export'")
     c.add_argument("-o", "--output", required=True, help="output module, e.g. model.so (a .json sidecar is written beside it)")
-    c.add_argument("--target", default="llvm", help="compilation target (default: %(default)s; 'cuda' is not built yet)")
+    c.add_argument("--target", default="llvm", help="compilation target (default: %(default)s = this CPU, with AVX-512 VNNI kernels "
+                        "where it has them and a portable schedule otherwise; 'cuda' is not built yet)")
     c.add_argument("--batch", type=int, default=1, help="batch size the module is compiled for (default: %(default)s)")
     c.set_defaults(func=_compile)
 
