@@ -143,11 +143,6 @@ def packed_gemm_te(x, wp, bias, mr: int, n: int, dot: DotInstruction = VPDPBUSD,
     return te.compute((*lead, rows, n), out, name=OUT_BLOCK)
 
 
-def bmm_tile(n: int) -> tuple[int, int]:
-    """Register tile for the int32 batched GEMM (same register budget as ``linear_tile``)."""
-    return linear_tile(n)
-
-
 def int_bmm_te(a, b, mr: int, nr: int):
     """``a @ b`` over the last two axes, int32 accumulate, for integer ``a``/``b`` of equal rank."""
     from tvm import te

@@ -86,6 +86,18 @@ def to_relax(proto: onnx.ModelProto, batch: int = 1):
     ranges: dict[str, tuple[int, int]] = {}   # [lo, hi] of values a saturation bounds
     narrowed: set[str] = set()       # int64 in the graph, stored narrower (a GEMM's saturated output)
 
+    def emit_fused_gemm(gemm, emit):
+        """Emit a GEMM with the epilogue nodes after it (requant, then a tabulated ShiftGELU chain)
+        folded in; ``emit(chain, table) -> relax value`` builds the kernel."""
+        chain = _epilogue_chain(gemm, consumers, consts)
+        table = _table_after(chain, consumers, static)
+        fused.update(id(n) for n in chain + (table[0] if table else []))
+        out = (table[0][-1] if table else chain[-1] if chain else gemm).output[0]
+        env[out] = emit(chain, table[1:] if table else None)
+        _note_narrowed(bb, env, out, narrowed)
+        if chain and not table:
+            _note_range(chain[-1], out, ranges, static)
+
     with bb.function("main", [x]):
         with bb.dataflow():
             for node in g.node:
@@ -114,25 +126,13 @@ def to_relax(proto: onnx.ModelProto, batch: int = 1):
                     _note_narrowed(bb, env, out, narrowed)
                     continue
                 if op == "MatMulInteger" and ins[1] in consts and consts[ins[1]].ndim == 2:
-                    chain = _epilogue_chain(node, consumers, consts)
-                    table = _table_after(chain, consumers, static)
-                    fused.update(id(n) for n in chain + (table[0] if table else []))
-                    out = (table[0][-1] if table else chain[-1] if chain else node).output[0]
-                    env[out] = _emit_linear(bb, val(ins[0]), consts[ins[1]], chain, consts, static, val,
-                                            table[1:] if table else None)
-                    _note_narrowed(bb, env, out, narrowed)
-                    if chain and not table:
-                        _note_range(chain[-1], out, ranges, static)
+                    emit_fused_gemm(node, lambda chain, table: _emit_linear(
+                        bb, val(ins[0]), consts[ins[1]], chain, consts, static, val, table))
                     continue
                 keys = _transposed_source(ins[1], producers) if op == "MatMulInteger" else None
                 if keys is not None and str(bb.normalize(val(keys)).ty.dtype) == "int8":
-                    chain = _epilogue_chain(node, consumers, consts)
-                    fused.update(id(n) for n in chain)
-                    out = (chain[-1] if chain else node).output[0]
-                    env[out] = _emit_activation_gemm(bb, val(ins[0]), val(keys), chain, static, val)
-                    _note_narrowed(bb, env, out, narrowed)
-                    if chain:
-                        _note_range(chain[-1], out, ranges, static)
+                    emit_fused_gemm(node, lambda chain, table: _emit_activation_gemm(
+                        bb, val(ins[0]), val(keys), chain, static, val, table))
                     continue
                 if node.domain:
                     raise UnsupportedGraphError(f"node {node.name}: unknown domain '{node.domain}'")
@@ -183,15 +183,9 @@ def to_relax(proto: onnx.ModelProto, batch: int = 1):
                     env[out] = bb.emit(relax.op.clip(val(ins[0]), lo, hi))
                 elif op == "MatMul" and _int16_source(ins[0], producers, ranges) \
                         and _int16_source(ins[1], producers, ranges):   # A·V: probabilities × values
-                    chain = _epilogue_chain(node, consumers, consts)
-                    fused.update(id(n) for n in chain)
-                    out = (chain[-1] if chain else node).output[0]
-                    env[out] = _emit_probs_values_gemm(
-                        bb, val(_int16_source(ins[0], producers, ranges)),
-                        val(_int16_source(ins[1], producers, ranges)), chain, static, val)
-                    _note_narrowed(bb, env, out, narrowed)
-                    if chain:
-                        _note_range(chain[-1], out, ranges, static)
+                    probs, values = (_int16_source(i, producers, ranges) for i in ins)
+                    emit_fused_gemm(node, lambda chain, table: _emit_probs_values_gemm(
+                        bb, val(probs), val(values), chain, static, val, table))
                 elif op in ("MatMulInteger", "MatMul"):       # any other activation × activation
                     env[out] = _emit_bmm(bb, val(ins[0]), val(ins[1]))
                 elif op == "ReduceSum":
@@ -361,22 +355,22 @@ def _emit_linear(bb, x, w_kn: np.ndarray, chain: list, consts: dict, static: dic
     return _emit_gemm(bb, x, wp, fb, n, chain, static, val, table=table)
 
 
-def _emit_activation_gemm(bb, x, b_nk, chain: list, static: dict, val):
+def _emit_activation_gemm(bb, x, b_nk, chain: list, static: dict, val, table=None):
     """``x @ bᵀ`` for an int8 activation ``b`` (attention's keys), packed in-graph into VNNI panels."""
     from .gemm import pack_panels_te, panel_compensation_te
     wp = bb.emit_te(pack_panels_te, b_nk, "nk", primfunc_name_hint="pack_panels")
     fb = bb.emit_te(panel_compensation_te, b_nk, primfunc_name_hint="panel_compensation")
     n = int(bb.normalize(b_nk).ty.shape[-2])
-    return _emit_gemm(bb, x, wp, fb, n, chain, static, val)
+    return _emit_gemm(bb, x, wp, fb, n, chain, static, val, table=table)
 
 
-def _emit_probs_values_gemm(bb, probs, values, chain: list, static: dict, val):
+def _emit_probs_values_gemm(bb, probs, values, chain: list, static: dict, val, table=None):
     """``A·V``: 16-bit probabilities × int8 values on ``vpdpwssd``, values packed in-graph as int16."""
     from .gemm import pack_panels_te
     from .x86 import VPDPWSSD
     vp = bb.emit_te(lambda v: pack_panels_te(v, "kn", VPDPWSSD), values, primfunc_name_hint="pack_values")
     n = int(bb.normalize(values).ty.shape[-1])
-    return _emit_gemm(bb, probs, vp, None, n, chain, static, val, dot=VPDPWSSD)
+    return _emit_gemm(bb, probs, vp, None, n, chain, static, val, dot=VPDPWSSD, table=table)
 
 
 def _int16_source(name: str, producers: dict, ranges: dict):
@@ -399,8 +393,8 @@ def _transposed_source(name: str, producers: dict):
 
 
 def _emit_bmm(bb, a, b):
-    from .gemm import bmm_tile, int_bmm_te
-    mr, nr = bmm_tile(int(bb.normalize(b).ty.shape[-1]))
+    from .gemm import int_bmm_te, linear_tile
+    mr, nr = linear_tile(int(bb.normalize(b).ty.shape[-1]))
     return bb.emit_te(lambda at, bt: int_bmm_te(at, bt, mr, nr), a, b, primfunc_name_hint="int_bmm")
 
 
