@@ -86,6 +86,11 @@ def test_errors(tiny_qvit, tmp_path):
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])]))
     with pytest.raises(UnsupportedGraphError, match="not an intvit integer graph"):
         compile_onnx(plain)
+    tampered = to_onnx(tiny_qvit)
+    pow2e = next(t for t in tampered.graph.initializer if t.name.endswith("qkv.rq.pow2e"))
+    pow2e.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(pow2e) + 1, pow2e.name))
+    with pytest.raises(UnsupportedGraphError, match="must hold powers of two"):
+        compile_onnx(tampered)
     module = compile_onnx(proto, batch=2)
     with pytest.raises(ValueError, match="compiled for input shape \\[2, 3, 32, 32\\].*--batch 3"):
         module(images(3))

@@ -20,7 +20,7 @@ from tvm import relax
 
 from ..quantize.onnx_functions import DOMAIN
 from .kernels import DOMAIN_KERNELS, EPILOGUE_VALUES
-from .tabulate import MAX_TABLE, build_table, lookup_te, tabulable_chain
+from .tabulate import MAX_TABLE, build_table, exact_log2, lookup_te, tabulable_chain
 
 
 class UnsupportedGraphError(ValueError):
@@ -221,10 +221,11 @@ def _kernel_args(op: str, names: list[str], static: dict, val) -> list:
             continue
         arr = np.asarray(static[name])
         if op in ("Requant", "Rescale") and pos == 2:
-            e = np.log2(arr).round().astype(np.int64)
-            if not np.array_equal(np.left_shift(np.int64(1), e), arr):
-                raise UnsupportedGraphError(f"{op} input '{name}' is not a power of two")
-            arr = e
+            try:
+                arr = exact_log2(arr)
+            except ValueError:
+                raise UnsupportedGraphError(f"{op} input '{name}' must hold powers of two (2**e); "
+                                            "re-export the model with `intvit export`") from None
         if arr.size and np.all(arr == arr.flat[0]):
             args.append(int(arr.flat[0]))
         else:

@@ -24,12 +24,21 @@ MAX_TABLE = 1 << 16          # tabulate only inputs with at most this many value
 INT_CASTS = {onnx.TensorProto.INT8: np.int8, onnx.TensorProto.INT32: np.int32, onnx.TensorProto.INT64: np.int64}
 
 
-def _log2(v) -> int:
-    v = int(np.asarray(v).reshape(-1)[0])
-    k = v.bit_length() - 1
-    if v != 1 << k:
-        raise ValueError(f"{v} is not a power of two")
+def exact_log2(values) -> np.ndarray:
+    """``e`` with ``2**e == values`` elementwise (int64); ValueError unless every value is a power of two.
+
+    The ONNX graph carries dyadic shifts and output ranges as powers of two
+    (``pow2e``, ``outdiv``); the backends need the exponents.
+    """
+    a = np.asarray(values, dtype=np.int64)
+    k = np.array([int(v).bit_length() - 1 for v in a.reshape(-1)], dtype=np.int64).reshape(a.shape)
+    if (a <= 0).any() or not np.array_equal(np.left_shift(np.int64(1), k), a):
+        raise ValueError(f"{a.reshape(-1)[:4].tolist()}... are not all powers of two")
     return k
+
+
+def _log2(v) -> int:
+    return int(exact_log2(np.asarray(v).reshape(-1)[:1])[0])
 
 
 def _bits(lo, hi) -> int:
