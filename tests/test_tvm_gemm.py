@@ -142,3 +142,53 @@ def test_plain_batched_gemm_for_other_activation_products():
     func = schedules.schedule_gemm(te.create_prim_func([at, bt, gemm.int_bmm_te(at, bt, mr, nr)]), vnni=True)
     got = _run_prim(func, resolve_target("llvm"), a, b, out_shape=(3, 11, 21), out_dtype="int32")
     assert np.array_equal(got, a.astype(np.int64) @ b.astype(np.int64))
+
+
+def _run_te(build, inputs):
+    """Compile ``build(*placeholders)`` for the host and run it on numpy ``inputs``."""
+    import tvm
+    from tvm import te
+    holders = [te.placeholder(a.shape, str(a.dtype), name=f"in{i}") for i, a in enumerate(inputs)]
+    out = build(*holders)
+    func = te.create_prim_func(holders + [out])
+    return _run_prim(func, resolve_target("llvm"), *inputs, out_shape=[int(d) for d in out.shape],
+                     out_dtype=str(out.dtype))
+
+
+@pytest.mark.parametrize("compile_time_constants", [True, False])
+def test_shiftmax_and_shift_gelu_kernels_equal_ops_on_both_shiftexp_paths(compile_time_constants):
+    """Whole models now reach Shiftmax only with int16 logits and constants as literals, and ShiftGELU only
+    as a table; the int64 ShiftExp path (constants as tensors, int64 logits) and the plain ShiftGELU
+    kernel are held to ``ops`` here, at extreme logits."""
+    from intvit.tvm_backend import kernels
+    x0, n = ops.shiftexp_x0(2**-6), ops.SHIFTMAX_N
+    ops.check_shiftexp_constants(x0, n)
+    rng = np.random.default_rng(1)
+    logits = rng.integers(-2**15, 2**15, (3, 5, 40)).astype(np.int64)
+    logits[0, 0], logits[0, 1, :3] = 2**15 - 1, -2**15
+    consts = [x0, n * x0, n, 1 << (63 - 16)]
+    for dtype in ("int64", "int16"):
+        x = logits.astype(dtype)
+        if compile_time_constants:
+            got = _run_te(lambda t: kernels.shiftmax_te(t, *consts), [x])
+        else:
+            arrs = [np.array(c, np.int64) for c in consts]
+            got = _run_te(lambda t, *c: kernels.shiftmax_te(t, *c), [x] + arrs)
+        assert np.array_equal(got, ops.shiftmax(torch.from_numpy(logits), x0, 16, n).numpy())
+
+    gx0 = ops.shiftexp_x0(1.702 * 2**-4)
+    acts = np.arange(-128, 128, dtype=np.int64).reshape(4, 64)
+    gconsts = [gx0, ops.SHIFTGELU_N * gx0, ops.SHIFTGELU_N, 1 << (63 - 8)]
+    if compile_time_constants:
+        got = _run_te(lambda t: kernels.shift_gelu_te(t, *gconsts), [acts])
+    else:
+        got = _run_te(lambda t, *c: kernels.shift_gelu_te(t, *c), [acts] + [np.array(c, np.int64) for c in gconsts])
+    assert np.array_equal(got, ops.shift_gelu(torch.from_numpy(acts), gx0, 8).numpy())
+
+
+def test_table_lookup_kernel_reads_narrow_inputs():
+    from intvit.tvm_backend.tabulate import lookup_te
+    table = np.arange(256, dtype=np.int32)[::-1].copy() - 100
+    x = np.arange(-128, 128, dtype=np.int8).reshape(16, 16)
+    got = _run_te(lambda t, tab: lookup_te(t, tab, -128), [x, table])
+    assert np.array_equal(got, table[x.astype(np.int64) + 128])
