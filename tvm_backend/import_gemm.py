@@ -1,0 +1,128 @@
+"""The importer's GEMM patterns: each integer GEMM of the graph, with its epilogue, as one kernel.
+
+Four patterns (found by ``importer.to_relax``), each in one of two forms:
+
+* ``"vnni"`` (x86, ``gemm``): operands in ``[N/16, K/g, 16, g]`` panels for
+  ``vpdpbusd``/``vpdpwssd``; int8 activations enter shifted by +128 with the
+  ``−128·Σw`` compensation folded into the bias;
+* ``"tiled"`` (CUDA, ``gpu_gemm``): plain ``[N, K]`` operands padded to
+  whole thread-block tiles, signed int8 straight into ``__dp4a``.
+
+| pattern | graph | vnni | tiled |
+|---|---|---|---|
+| ``linear`` | ``MatMulInteger(x, W const)`` | W packed offline, bias folded | W transposed + padded offline |
+| ``keys`` | ``MatMulInteger(q, Transpose(k))`` | keys packed in-graph + compensation | keys read as ``[N, K]`` |
+| ``probs_values`` | ``MatMul(Cast(p16), Cast(v))`` | values packed as int16 (``vpdpwssd``) | int32 multiply-adds |
+| ``bmm`` | any other activation GEMM | ``gemm.int_bmm_te`` | ``tiled_gemm_te`` (``"kn"``) |
+
+The epilogue (``Cast → [Add bias] → [Requant|Rescale]``, then possibly a
+tabulated ShiftGELU chain) is the same for both forms: ``make_epilogue``.
+"""
+from __future__ import annotations
+
+import numpy as np
+from tvm import relax
+
+from ..quantize.onnx_functions import DOMAIN
+from .graph_facts import kernel_args, narrowest_int
+from .kernels import EPILOGUE_VALUES
+
+GEMM_FORMS = ("vnni", "tiled")
+
+
+class GemmEmitter:
+    """Emit the GEMM patterns into ``bb`` in one ``form``; ``static``/``val`` are the importer's constants and values."""
+
+    def __init__(self, bb, form: str, static: dict, val):
+        if form not in GEMM_FORMS:
+            raise ValueError(f"unknown GEMM form {form!r}; choose one of {GEMM_FORMS}")
+        self.bb, self.form, self.static, self.val = bb, form, static, val
+
+    # -- the four patterns -------------------------------------------------------------------
+    def linear(self, x, w_kn: np.ndarray, chain: list, consts: dict, table=None):
+        """``x @ W (+ b)``: W constant ``[K, N]``."""
+        n = w_kn.shape[1]
+        add = next((c for c in chain if c.op_type == "Add"), None)
+        bias = consts[add.input[1]] if add is not None else None
+        if self.form == "vnni":
+            from .gemm import folded_bias, linear_tile, pack_linear_weight
+            wp = relax.const(pack_linear_weight(w_kn, linear_tile(n)[1]), "int8")
+            fb = relax.const(folded_bias(w_kn, bias), "int64")
+            return self._vnni(x, wp, fb, n, chain, table)
+        from .gpu_gemm import pad_weight
+        b = None if bias is None else relax.const(np.broadcast_to(bias.astype(np.int64), (n,)).copy(), "int64")
+        return self._tiled(x, relax.const(pad_weight(w_kn), "int8"), b, "nk", chain, table, n=n)
+
+    def keys(self, x, keys_nk, chain: list, table=None):
+        """``x @ keysᵀ`` for an int8 activation ``keys`` ``[..., N, K]`` (attention's ``Q·Kᵀ``)."""
+        if self.form == "tiled":
+            return self._tiled(x, keys_nk, None, "nk", chain, table)
+        from .gemm import pack_panels_te, panel_compensation_te
+        wp = self.bb.emit_te(pack_panels_te, keys_nk, "nk", primfunc_name_hint="pack_panels")
+        fb = self.bb.emit_te(panel_compensation_te, keys_nk, primfunc_name_hint="panel_compensation")
+        return self._vnni(x, wp, fb, int(self.bb.normalize(keys_nk).ty.shape[-2]), chain, table)
+
+    def probs_values(self, probs, values, chain: list, table=None):
+        """``A·V``: 16-bit probabilities ``[..., T, T]`` × int8 values ``[..., T, N]``."""
+        if self.form == "tiled":
+            return self._tiled(probs, values, None, "kn", chain, table)
+        from .gemm import pack_panels_te
+        from .x86 import VPDPWSSD
+        vp = self.bb.emit_te(lambda v: pack_panels_te(v, "kn", VPDPWSSD), values, primfunc_name_hint="pack_values")
+        return self._vnni(probs, vp, None, int(self.bb.normalize(values).ty.shape[-1]), chain, table, dot=VPDPWSSD)
+
+    def bmm(self, a, b):
+        """``a @ b`` over the last two axes, int32, no epilogue."""
+        if self.form == "tiled":
+            from .gpu_gemm import tiled_gemm_te
+            return self.bb.emit_te(lambda at, bt: tiled_gemm_te(at, bt, None, "kn", out_dtype="int32"), a, b,
+                                   primfunc_name_hint="int_bmm")
+        from .gemm import int_bmm_te, linear_tile
+        mr, nr = linear_tile(int(self.bb.normalize(b).ty.shape[-1]))
+        return self.bb.emit_te(lambda at, bt: int_bmm_te(at, bt, mr, nr), a, b, primfunc_name_hint="int_bmm")
+
+    # -- shared plumbing ---------------------------------------------------------------------
+    def _vnni(self, x, wp, fb, n: int, chain: list, table, dot=None):
+        from .gemm import linear_tile, packed_gemm_te
+        from .x86 import VPDPBUSD
+        dot = dot or VPDPBUSD
+        mr, _ = linear_tile(n)
+        name = "int8_linear" if dot is VPDPBUSD else "int16_gemm"
+        return self._emit(x, wp, fb, chain, table, name,
+                          lambda xt, wt, bt, ep, od: packed_gemm_te(xt, wt, bt, mr, n, dot, epilogue=ep, out_dtype=od))
+
+    def _tiled(self, x, w, bias, layout: str, chain: list, table, n=None):
+        from .gpu_gemm import tiled_gemm_te
+        int8 = str(self.bb.normalize(x).ty.dtype) == "int8"
+        return self._emit(x, w, bias, chain, table, "int8_linear" if int8 else "int16_gemm",
+                          lambda xt, wt, bt, ep, od: tiled_gemm_te(xt, wt, bt, layout, ep, od, n=n))
+
+    def _emit(self, x, w, bias, chain: list, table, name: str, make):
+        """One kernel: ``make(x, w, bias, epilogue, out_dtype)`` with the chain's requant (and the
+        ``table = (values, lo)`` lookup ``table[v − lo]`` after it) as the epilogue."""
+        rq = chain[-1] if chain and chain[-1].domain == DOMAIN else None
+        args = kernel_args(rq.op_type, list(rq.input[1:]), self.static, self.val) if rq is not None else []
+        tensors = [a for a in args if not isinstance(a, int)]
+        # a saturating requant's output is stored in the narrowest type that holds it (int8 for
+        # 8-bit activations: an eighth of the memory traffic of int64) and widened by its readers
+        store = narrowest_int(args[-2], args[-1]) if rq is not None and rq.op_type == "Requant" else "int64"
+        if table is not None:      # int32 entries: on x86 the lookup vectorizes as a 16-lane gather
+            tensors.append(relax.const(table[0].astype(np.int32)))
+            store = str(table[0].dtype)
+        extra = [] if bias is None else [bias]
+
+        def kernel(xt, wt, *rest):
+            bt, tens = (rest[0], rest[1:]) if bias is not None else (None, rest)
+            if rq is None:
+                return make(xt, wt, bt, None, "int64" if chain else "int32")
+            it = iter(tens)
+            bound = [a if isinstance(a, int) else next(it) for a in args]
+            fn = EPILOGUE_VALUES[rq.op_type]
+            if table is None:
+                epilogue = lambda z, idx: fn(z, idx, *bound)  # noqa: E731
+            else:
+                lut = next(it)
+                epilogue = lambda z, idx: lut[(fn(z, idx, *bound) - table[1]).astype("int32")]  # noqa: E731
+            return make(xt, wt, bt, epilogue, store)
+        suffix = "_requant" + ("_table" if table is not None else "") if rq else ""
+        return self.bb.emit_te(kernel, x, w, *extra, *tensors, primfunc_name_hint=name + suffix)
