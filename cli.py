@@ -111,9 +111,11 @@ def _inspect(args) -> int:
 def _compile(args) -> int:
     """Compile an integer ONNX file (from intvit export) with TVM into model.so + model.so.json."""
     from intvit.tvm_backend.runtime import compile_to_file
-    print(f"compiling {args.model} for {args.target}, batch {args.batch} (TVM default pipeline) ...")
-    meta = compile_to_file(args.model, args.output, target=args.target, batch=args.batch)
-    print(f"wrote {args.output} and {args.output}.json in {meta['compile_seconds']} s")
+    where = f"{args.target} {args.arch}" if args.arch else args.target
+    print(f"compiling {args.model} for {where}, batch {args.batch} ...")
+    meta = compile_to_file(args.model, args.output, target=args.target, batch=args.batch, arch=args.arch)
+    built = f"CUDA {meta['arch']}, device code embedded" if meta.get("arch") else f"CPU {meta['mcpu']}"
+    print(f"wrote {args.output} and {args.output}.json ({built}) in {meta['compile_seconds']} s")
     return 0
 
 
@@ -200,8 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
                        description=_compile.__doc__)
     c.add_argument("model", help="integer .onnx file from 'intvit export'")
     c.add_argument("-o", "--output", required=True, help="output module, e.g. model.so (a .json sidecar is written beside it)")
-    c.add_argument("--target", default="llvm", help="compilation target (default: %(default)s = this CPU, with AVX-512 VNNI kernels "
-                        "where it has them and a portable schedule otherwise; 'cuda' is not built yet)")
+    c.add_argument("--target", default="llvm",
+                   help="'llvm' (default): this CPU, with AVX-512 VNNI kernels where it has them and a portable "
+                        "schedule otherwise; 'cuda': NVIDIA GPUs (int8 GEMMs on __dp4a, device code compiled by "
+                        "nvcc now and embedded in the module; builds without a GPU)")
+    c.add_argument("--arch", help="CUDA arch for --target cuda, e.g. sm_90 (H100/H200) or sm_80 (A100); "
+                                  "default: this machine's GPU")
     c.add_argument("--batch", type=int, default=1, help="batch size the module is compiled for (default: %(default)s)")
     c.set_defaults(func=_compile)
 

@@ -4,8 +4,12 @@
 
 Pipeline: ``importer.to_relax`` → legalize → fuse (GEMM kernels are kept
 whole: they are marked opaque so ``FuseOps`` does not merge neighbours into
-them) → ``schedules.schedule_module`` (VNNI where the target CPU has it) →
-``tvm.compile``.
+them) → schedules → ``tvm.compile``. Targets:
+
+* ``"llvm"``: this CPU; ``schedules.schedule_module`` (VNNI where the CPU has it);
+* ``"cuda"`` (with an ``arch`` such as ``sm_90``, or the GPU's own when one is
+  present): ``gpu_schedules.schedule_module_gpu``, device code compiled by
+  nvcc at build time and embedded (``cuda``).
 """
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ import onnx
 
 from .importer import to_relax
 
-TARGETS = ("llvm",)
+TARGETS = ("llvm", "cuda")
 OPAQUE_PATTERN = 8          # relax OpPatternKind.kOpaque: FuseOps leaves the function alone
 INJECTIVE_PATTERN = 2       # kInjective: FuseOps may merge it with the layout ops that feed it
 GEMM_PREFIXES = ("int8_linear", "int16_gemm", "int_bmm")
@@ -27,14 +31,36 @@ class UnknownTargetError(ValueError):
     """The target name is not one intvit can compile for."""
 
 
-def resolve_target(target) -> dict:
-    """``"llvm"`` → this host's CPU (``mcpu`` from LLVM, all cores); a dict passes through."""
+def resolve_target(target, arch: str | None = None) -> dict:
+    """``"llvm"`` → this host's CPU (``mcpu`` from LLVM, all cores); ``"cuda"`` → ``{"kind": "cuda",
+    "arch": arch}`` (``arch`` checked against nvcc; default: this machine's GPU); a dict passes through."""
     if isinstance(target, dict):
         return target
     if target not in TARGETS:
         raise UnknownTargetError(f"unknown target {target!r}; choose one of {list(TARGETS)}")
+    if target == "cuda":
+        from .cuda import check_arch, detect_arch
+        arch = arch or detect_arch()
+        if arch is None:
+            raise UnknownTargetError("no NVIDIA GPU is visible to detect the CUDA arch from; "
+                                     "name it, e.g. --arch sm_90 (H100/H200) or --arch sm_80 (A100)")
+        return {"kind": "cuda", "arch": check_arch(arch)}
+    if arch is not None:
+        raise UnknownTargetError(f"--arch {arch} applies to --target cuda, not {target!r}")
     from .x86 import host_cpu
     return {"kind": "llvm", "mcpu": host_cpu(), "num-cores": os.cpu_count() or 1}
+
+
+def make_target(resolved: dict):
+    """A ``tvm.target.Target`` for a ``resolve_target`` dict (CUDA gets this CPU as its host)."""
+    import tvm
+    if resolved["kind"] == "cuda":
+        return tvm.target.Target(resolved, host=resolve_target("llvm"))
+    return tvm.target.Target(resolved)
+
+
+def is_cuda(target) -> bool:
+    return str(target.kind.name) == "cuda"
 
 
 def lower(mod, target):
@@ -42,8 +68,6 @@ def lower(mod, target):
     import tvm
     from tvm import relax
 
-    from .schedules import schedule_module
-    from .x86 import target_has_vnni
     with target:
         # first drop what the importer bypassed (casts in front of fused GEMMs), so that
         # FuseOps sees single-consumer chains
@@ -58,20 +82,50 @@ def lower(mod, target):
         mod = relax.transform.FuseOps()(mod)
         mod = relax.transform.FuseTIR()(mod)
         mod = relax.transform.DeadCodeElimination()(mod)
+    if is_cuda(target):
+        from .gpu_schedules import schedule_module_gpu
+        return schedule_module_gpu(mod)
+    from .schedules import schedule_module
+    from .x86 import target_has_vnni
     return schedule_module(mod, target_has_vnni(target))
 
 
-class CompiledIntViT:
-    """A compiled integer ViT: ``model(images) -> (logits, int_logits)`` as numpy arrays."""
+class NoDeviceError(RuntimeError):
+    """The module was compiled for a device this machine does not have."""
 
-    def __init__(self, executable, batch: int, input_name: str, input_shape, input_dtype):
-        import tvm
-        from tvm import relax
-        self.dev = tvm.cpu()
-        self.executable = executable
-        self.vm = relax.VirtualMachine(executable, self.dev)
+
+class CompiledIntViT:
+    """A compiled integer ViT: ``model(images) -> (logits, int_logits)`` as numpy arrays.
+
+    ``device`` is ``"cpu"`` or ``"cuda"``; the virtual machine is created on
+    the first call, so a CUDA module can be built and exported on a machine
+    without a GPU.
+    """
+
+    def __init__(self, executable, batch: int, input_name: str, input_shape, input_dtype, device: str = "cpu"):
+        self.executable, self.device = executable, device
         self.batch, self.input_name = batch, input_name
         self.input_shape, self.input_dtype = tuple(input_shape), input_dtype
+        self._vm = None
+
+    @property
+    def dev(self):
+        import tvm
+        dev = tvm.cuda(0) if self.device == "cuda" else tvm.cpu()
+        if not dev.exist:
+            raise NoDeviceError("this module was compiled for an NVIDIA GPU (--target cuda) and this machine has "
+                                "none TVM can use; run it on a GPU machine, or compile for --target llvm")
+        return dev
+
+    @property
+    def vm(self):
+        if self._vm is None:
+            from tvm import relax
+            if self.device == "cuda":
+                from .cuda import install_loader
+                install_loader()
+            self._vm = relax.VirtualMachine(self.executable, self.dev)
+        return self._vm
 
     def __call__(self, images):
         import tvm
@@ -85,12 +139,24 @@ class CompiledIntViT:
         return out[0].numpy(), out[1].numpy()
 
 
-def compile_onnx(model, target="llvm", batch: int = 1) -> CompiledIntViT:
+def compile_onnx(model, target="llvm", batch: int = 1, arch: str | None = None) -> CompiledIntViT:
+    """Compile an intvit integer ONNX graph (a path or a ``ModelProto``) for ``target`` at a fixed ``batch``."""
+    import contextlib
+
     import tvm
     proto = onnx.load(os.fspath(model)) if isinstance(model, (str, os.PathLike)) else model
-    tgt = tvm.target.Target(resolve_target(target))
-    ex = tvm.compile(lower(to_relax(proto, batch), tgt), target=tgt)
+    resolved = resolve_target(target, arch)
+    tgt = make_target(resolved)
+    cuda = is_cuda(tgt)
+    mod = lower(to_relax(proto, batch, gemm_form="tiled" if cuda else "vnni"), tgt)
+    if cuda:
+        from .cuda import embedding
+        build_scope = embedding(resolved["arch"])
+    else:
+        build_scope = contextlib.nullcontext()
+    with build_scope:
+        ex = tvm.compile(mod, target=tgt)
     inp = proto.graph.input[0]
     dtype = "int8" if inp.name == "images_int8" else "float32"
     shape = [batch] + [d.dim_value for d in inp.type.tensor_type.shape.dim[1:]]
-    return CompiledIntViT(ex, batch, inp.name, shape, dtype)
+    return CompiledIntViT(ex, batch, inp.name, shape, dtype, device="cuda" if cuda else "cpu")

@@ -2,9 +2,10 @@
 
 The sidecar records what the module was built for — input name/shape/dtype,
 batch, target, the CPU model and the x86 extensions its code may use
-(AVX-512, VNNI, ...), the intvit and TVM versions — and ``load`` checks it
-against the running TVM and this CPU before running anything, with one clear
-error on a mismatch (instead of an illegal-instruction crash).
+(AVX-512, VNNI, ...) or the CUDA arch, the intvit and TVM versions — and
+``load`` checks it against the running TVM, this CPU and this GPU before
+running anything, with one clear error on a mismatch (instead of an
+illegal-instruction crash or a CUDA "no kernel image" failure).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import time
 import numpy as np
 
 from .. import __version__
-from .build import CompiledIntViT, compile_onnx, resolve_target
+from .build import CompiledIntViT, NoDeviceError, compile_onnx, resolve_target
 from .x86 import has_features, host_cpu, isa_features
 
 SIDECAR_FORMAT = "intvit.compiled-module"
@@ -29,7 +30,7 @@ def sidecar_path(path) -> str:
     return os.fspath(path) + ".json"
 
 
-def compile_to_file(onnx_path, output, target="llvm", batch: int = 1) -> dict:
+def compile_to_file(onnx_path, output, target="llvm", batch: int = 1, arch: str | None = None) -> dict:
     """Compile an integer ONNX file and write ``output`` (.so) and its sidecar atomically."""
     import onnx
     import tvm
@@ -39,11 +40,13 @@ def compile_to_file(onnx_path, output, target="llvm", batch: int = 1) -> dict:
         raise ValueError(f"cannot write {output}: directory {parent} does not exist or is not writable")
     proto = onnx.load(os.fspath(onnx_path))
     t0 = time.perf_counter()
-    compiled = compile_onnx(proto, target, batch)
-    resolved = resolve_target(target)
+    resolved = resolve_target(target, arch)
+    compiled = compile_onnx(proto, target, batch, arch=resolved.get("arch"))
+    host = resolved if resolved["kind"] == "llvm" else resolve_target("llvm")
     meta = {"format": SIDECAR_FORMAT, "intvit_version": __version__, "tvm_version": tvm.__version__,
             "target": target if isinstance(target, str) else json.dumps(target), "batch": batch,
-            "mcpu": resolved.get("mcpu", ""), "cpu_features": isa_features(resolved.get("mcpu", "")),
+            "arch": resolved.get("arch"),
+            "mcpu": host.get("mcpu", ""), "cpu_features": isa_features(host.get("mcpu", "")),
             "input": {"name": compiled.input_name, "shape": list(compiled.input_shape),
                       "dtype": compiled.input_dtype},
             "outputs": [o.name for o in proto.graph.output],
@@ -116,14 +119,32 @@ def load(path) -> LoadedModule:
         raise ModuleMismatchError(
             f"{path} was built with TVM {meta.get('tvm_version')}, this is TVM {tvm.__version__}; "
             "recompile it with `intvit compile`")
-    if meta.get("target") != "llvm":
-        raise ModuleMismatchError(f"{path} was built for target {meta.get('target')!r}; this runtime runs 'llvm' "
-                                  "modules on the CPU")
+    if meta.get("target") not in ("llvm", "cuda"):
+        raise ModuleMismatchError(f"{path} was built for target {meta.get('target')!r}; this runtime runs "
+                                  "'llvm' (CPU) and 'cuda' (NVIDIA GPU) modules")
+    if meta["target"] == "cuda":
+        _check_gpu(path, meta.get("arch") or "")
     missing = [f for f in meta.get("cpu_features", []) if not has_features(host_cpu(), f)]
     if missing:
         raise ModuleMismatchError(
             f"{path} was built for CPU {meta.get('mcpu')!r} and uses {', '.join(missing)}, which this CPU "
             f"({host_cpu()}) lacks; recompile it here with `intvit compile`")
     inp = meta["input"]
-    compiled = CompiledIntViT(tvm.runtime.load_module(path), meta["batch"], inp["name"], inp["shape"], inp["dtype"])
+    if meta["target"] == "cuda":
+        from .cuda import install_loader
+        install_loader()              # before loading: the module's device code is read at load time
+    compiled = CompiledIntViT(tvm.runtime.load_module(path), meta["batch"], inp["name"], inp["shape"], inp["dtype"],
+                              device="cuda" if meta["target"] == "cuda" else "cpu")
     return LoadedModule(compiled, meta)
+
+
+def _check_gpu(path: str, arch: str) -> None:
+    """A CUDA module needs a GPU whose arch is at least the one it was built for (its PTX JITs forward)."""
+    from .cuda import detect_arch
+    here = detect_arch()
+    if here is None:
+        raise NoDeviceError(f"{path} was compiled for an NVIDIA GPU ({arch}) and this machine has none TVM can "
+                            "use; run it on a GPU machine, or recompile with --target llvm")
+    if int(here[3:].rstrip("abcdefghijklmnopqrstuvwxyz")) < int(arch[3:].rstrip("abcdefghijklmnopqrstuvwxyz")):
+        raise ModuleMismatchError(f"{path} was compiled for {arch}; this GPU is {here}; recompile it with "
+                                  f"`intvit compile --target cuda --arch {here}`")

@@ -1,0 +1,91 @@
+"""TE definitions of the integer GEMMs in the layout the CUDA schedule wants.
+
+``tiled_gemm_te`` computes ``y = epilogue(a @ bᵀ + bias)`` for an activation
+``a`` ``[..., rows, K]`` and a right operand ``b`` ``[..., N, K]`` (``"nk"``:
+a linear layer's weight, attention's keys) or ``[..., K, N]`` (``"kn"``: the
+values of ``A·V``):
+
+    lhs[r, k] = a[min(r, rows−1), k]      (0 for k ≥ K)          int8 or int16
+    rhs[j, k] = b[min(j, N−1), k]         (0 for k ≥ K)
+    acc[r, j] = Σ_k lhs[r, k] · rhs[j, k]                          int32
+    y[r, j]   = epilogue(acc[r, j] + bias[j])                      r < rows, j < N
+
+Both operands are padded to whole ``TILE_M × TILE_N × TILE_K`` tiles (the
+clamped rows/columns are computed and never stored; the zero K tail adds
+nothing), so the schedule needs no predicates inside the tile, which the
+``dp4a`` tensorization requires. With two int8 operands the reduction is
+exactly the ``__dp4a`` form (``cuda_intrin.DP4A``): signed bytes, no offset
+shift or Σw compensation (unlike the x86 ``vpdpbusd`` path). The int32
+accumulator cannot overflow: ``|Σ| ≤ K·2**14`` for int8 × int8 (K < 2**17),
+and for A·V ``|Σ_t p_t·v_t| ≤ 128·Σ_t p_t < 2**22`` because a Shiftmax row
+sums to less than ``2**(b−1)`` (``ops.shiftmax``), the CPU ``vpdpwssd`` bound.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .gemm import ACC_BLOCK, OUT_BLOCK
+
+TILE_M, TILE_N, TILE_K = 64, 64, 32      # one thread block's output tile and K step (gpu_schedules)
+LHS_BLOCK = "gemm_lhs"
+RHS_BLOCK = "gemm_rhs"
+
+
+def _ceil_to(v: int, m: int) -> int:
+    return -(-v // m) * m
+
+
+def pad_weight(w_kn: np.ndarray) -> np.ndarray:
+    """A linear layer's ``[K, N]`` weight as the ``[Np, Kp]`` rhs (transposed, zero-padded to whole tiles)."""
+    k, n = w_kn.shape
+    out = np.zeros((_ceil_to(n, TILE_N), _ceil_to(k, TILE_K)), w_kn.dtype)
+    out[:n, :k] = w_kn.T
+    return out
+
+
+def _padded(t, rows_p: int, k_p: int, layout: str, name: str):
+    """``[..., rows_p, k_p]``: ``t`` (``[..., R, K]`` for ``"nk"``, ``[..., K, R]`` for ``"kn"``), rows clamped, K zero-padded."""
+    from tvm import te
+    from tvm import tirx as tir
+    *lead, d0, d1 = (int(d) for d in t.shape)
+    r_n, k = (d0, d1) if layout == "nk" else (d1, d0)
+
+    def f(*i):
+        r, kk = tir.min(i[-2], r_n - 1), i[-1]
+        v = t(*i[:-2], r, tir.min(kk, k - 1)) if layout == "nk" else t(*i[:-2], tir.min(kk, k - 1), r)
+        return v if k_p == k else tir.Select(kk < k, v, tir.const(0, t.dtype))
+    return te.compute((*lead, rows_p, k_p), f, name=name)
+
+
+def tiled_gemm_te(a, b, bias=None, layout: str = "nk", epilogue=None, out_dtype="int64", n: int | None = None):
+    """``epilogue(a @ bᵀ + bias)`` (``layout="nk"``) or ``epilogue(a @ b + bias)`` (``"kn"``).
+
+    ``b`` is either shared by every row block (a constant, already
+    ``pad_weight``-ed: ``[Np, Kp]``, give the true width ``n``) or batched like
+    ``a``. ``bias`` is int64 ``[N]`` or None; ``epilogue(z, idx) -> PrimExpr``
+    maps the int64 ``acc + bias`` at output index ``idx`` to the output value.
+    """
+    from tvm import te
+
+    *lead, rows, k = (int(d) for d in a.shape)
+    prepadded = n is not None
+    if prepadded:
+        np_, kp = (int(d) for d in b.shape)
+    else:
+        n = int(b.shape[-2] if layout == "nk" else b.shape[-1])
+        np_, kp = _ceil_to(n, TILE_N), _ceil_to(k, TILE_K)
+    rows_p = _ceil_to(rows, TILE_M)
+    lhs = _padded(a, rows_p, kp, "nk", LHS_BLOCK)
+    rhs = b if prepadded else _padded(b, np_, kp, layout, RHS_BLOCK)
+    b_lead = len(rhs.shape) - 2
+    red = te.reduce_axis((0, kp), name="k")
+    acc = te.compute((*lead, rows_p, np_), lambda *i: te.sum(
+        lhs(*i[:-1], red).astype("int32") * rhs(*i[:b_lead], i[-1], red).astype("int32"), axis=red),
+        name=ACC_BLOCK)
+
+    def out(*i):
+        z = acc(*i).astype("int64")
+        if bias is not None:
+            z = z + bias(i[-1])
+        return (z if epilogue is None else epilogue(z, i)).astype(out_dtype)
+    return te.compute((*lead, rows, n), out, name=OUT_BLOCK)
