@@ -25,11 +25,13 @@ def _demo(args) -> int:
     images, labels = fmnist.load_test_set(args.images)
     print(f"[2/4] calibrating on {calib.shape[0]} training images (recipe {args.recipe}) and quantizing")
     t0 = time.perf_counter()
-    qmodel = intvit.quantize(model, calib, intvit.QuantConfig(recipe=args.recipe, progress=not args.quiet))
+    qmodel = intvit.quantize(model, calib, intvit.QuantConfig(
+        recipe=args.recipe, progress=not args.quiet, attention_temperature=args.atm, output_balance=args.ohb))
     t_quant = time.perf_counter() - t0
     print(f"[3/4] evaluating on {images.shape[0]} test images (integer mode runs on int tensors only)")
     report = compare(lambda x: model(x).logits, qmodel, images, labels, progress=not args.quiet)
-    report.update(recipe=args.recipe, quantize_seconds=round(t_quant, 2), model="fmnist-vit (embedded)")
+    report.update(recipe=args.recipe + "+ATM" * args.atm + "+OHB" * args.ohb, quantize_seconds=round(t_quant, 2),
+                  model="fmnist-vit (embedded)")
     model_path = os.path.join(args.out, "fmnist-vit.int8.safetensors")
     report_path = os.path.join(args.out, "demo-report.json")
     qmodel.save(model_path)
@@ -69,7 +71,8 @@ def _quantize(args) -> int:
             return 2
         calib = args.calib
     q = intvit.quantize(model, calib, intvit.QuantConfig(recipe=args.recipe, progress=not args.quiet,
-                                                          max_calib_images=args.max_images))
+                                                          max_calib_images=args.max_images,
+                                                          attention_temperature=args.atm, output_balance=args.ohb))
     q.save(args.output)
     print(f"wrote {args.output}")
     return 0
@@ -159,6 +162,14 @@ def _analyze(args) -> int:
     return 0
 
 
+
+def _add_scale_matching_flags(parser) -> None:
+    parser.add_argument("--atm", action="store_true",
+                        help="attention temperature matching: per-head Q·Kᵀ requant matched to the float logits' spread")
+    parser.add_argument("--ohb", action="store_true",
+                        help="output head balancing: per-block residual-branch requant matched to the float branch RMS")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from intvit import __version__
     p = argparse.ArgumentParser(prog="intvit", description="Integer-only quantized inference for vision transformers.")
@@ -173,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--images", type=int, default=None, help="test images to evaluate (default: all 2000 shipped)")
     d.add_argument("--calib", type=int, default=512, help="calibration images (default: %(default)s)")
     d.add_argument("--threads", type=int, default=2, help="torch threads (default: %(default)s)")
+    _add_scale_matching_flags(d)
     d.add_argument("--quiet", action="store_true", help="no progress bars")
     d.set_defaults(func=_demo)
 
@@ -183,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--calib", help=".npz of float32 calibration images [N, C, H, W]")
     q.add_argument("--recipe", default="minmax", choices=["minmax", "percentile", "omse"])
     q.add_argument("--max-images", type=int, default=512, help="calibration images to use (default: %(default)s)")
+    _add_scale_matching_flags(q)
     q.add_argument("--quiet", action="store_true", help="no progress bars")
     q.set_defaults(func=_quantize)
 
@@ -225,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--json", help="write the full ranking to this JSON file")
     a.add_argument("--quiet", action="store_true", help="no progress bar")
     a.set_defaults(func=_analyze)
+
     return p
 
 

@@ -43,7 +43,15 @@ def quantize(model, calib_data, config: QuantConfig | None = None):
     state = calibrate(spec, calib_data, recipe=config.recipe, percentile=config.percentile,
                       max_images=config.max_calib_images, batch_size=config.batch_size,
                       progress=config.progress, cache_path=config.cache_path)
-    return IntegerViT(spec, state.amax, meta={"recipe": config.recipe, "calib_images": state.num_images})
+    qmodel = IntegerViT(spec, state.amax, meta={"recipe": config.recipe, "calib_images": state.num_images})
+    if config.attention_temperature or config.output_balance:
+        from ..calibration.scale_matching import balance_output_heads, match_attention_temperature
+        n = min(config.matching_images, config.max_calib_images)
+        if config.attention_temperature:          # QuantVLA's order: temperatures first, then balance
+            match_attention_temperature(qmodel, calib_data, max_images=n, batch_size=config.batch_size)
+        if config.output_balance:
+            balance_output_heads(qmodel, calib_data, max_images=n, batch_size=config.batch_size)
+    return qmodel
 
 
 def _set_submodule(root: nn.Module, path: str, new: nn.Module) -> None:

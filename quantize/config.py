@@ -20,6 +20,12 @@ class QuantConfig:
     cache_path:       JSON file caching calibration ranges; reused when the model,
                       recipe and data are unchanged.
     progress:         show a progress bar while calibrating.
+    attention_temperature: QuantVLA attention temperature matching (ATM): per head, scale
+                      the Q·Kᵀ requant so the integer logits' spread matches the float
+                      model's (``calibration.scale_matching``).
+    output_balance:   QuantVLA output head balancing (OHB): per block, scale each residual
+                      branch's requant so its RMS matches the float model's.
+    matching_images:  calibration images ATM/OHB measure on (at most).
     """
     recipe: str = "minmax"
     percentile: float = 99.99
@@ -28,6 +34,9 @@ class QuantConfig:
     image_size: int | tuple[int, int] | None = None
     cache_path: str | None = None
     progress: bool = True
+    attention_temperature: bool = False
+    output_balance: bool = False
+    matching_images: int = 128
 
     def __post_init__(self):
         if self.recipe not in OBSERVERS:

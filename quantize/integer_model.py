@@ -53,7 +53,7 @@ class IntegerViT(nn.Module):
     def refreeze(self) -> None:
         """Recompute every integer tensor from the float spec and the ranges."""
         self.scales = act_scales(self.spec, self.amax)
-        params = freeze(self.spec, self.scales)
+        params = freeze(self.spec, self.scales, self.meta.get("temperatures"), self.meta.get("balance"))
         for name in list(self._buffers):
             del self._buffers[name]
         for name, t in params.items():
@@ -96,15 +96,20 @@ class IntegerViT(nn.Module):
         """Integer logits (int32 accumulators) or, without a head, int8 output tokens."""
         return self.forward_int_core(self.quantize_input(images))
 
-    def forward_int_core(self, x: torch.Tensor) -> torch.Tensor:
-        """Everything between the input quantizer and the final dequantize: integers only."""
+    def forward_int_core(self, x: torch.Tensor, taps: dict | None = None) -> torch.Tensor:
+        """Everything between the input quantizer and the final dequantize: integers only.
+
+        ``taps``, when given, receives each block's integer attention logits
+        (``"blocks.i.logits"``, ``[B, H, T, T]``) and residual-branch
+        accumulators (``"blocks.i.proj"``, ``"blocks.i.fc2"``) for scale matching.
+        """
         p, spec = self.p, self.spec
         b = x.shape[0]
         acc = ops.int_linear(ops.patchify(x, spec.patch_size), p("patch_embed.w"), p("patch_embed.b"))
         tok = ops.rescale(acc, p("patch_embed.rq.m"), p("patch_embed.rq.e")) + p("embed.pos")
         h = ops.saturate(torch.cat([p("embed.prefix").expand(b, -1, -1), tok], dim=1), 16)
         for i, blk in enumerate(spec.blocks):
-            h = self._block_int(h, f"blocks.{i}.", blk.num_heads)
+            h = self._block_int(h, f"blocks.{i}.", blk.num_heads, taps)
         out = self._layernorm_int(h, "norm") if spec.final_norm is not None else h
         if not self.has_head:
             return out
@@ -124,21 +129,27 @@ class IntegerViT(nn.Module):
         return ops.residual_add(h, p(name + ".skip.m"), p(name + ".skip.e"),
                                 branch_acc, p(name + ".branch.m"), p(name + ".branch.e"), 16)
 
-    def _block_int(self, h, pre, heads):
+    def _block_int(self, h, pre, heads, taps=None):
         p = self.p
+        tap = taps.__setitem__ if taps is not None else (lambda name, value: None)
         bsz, t, d = h.shape
         a = self._layernorm_int(h, pre + "norm1")
         qkv = self._requant(self._linear_int(a, pre + "qkv"), pre + "qkv.rq", 8)
         q, k, v = (y.reshape(bsz, t, heads, d // heads).transpose(1, 2) for y in qkv.split(d, dim=-1))
         logits = self._requant(ops.int_matmul(q, k.transpose(-1, -2)), pre + "logits.rq", 16)
+        tap(pre + "logits", logits)
         probs = ops.shiftmax(logits, int(p(pre + "softmax.x0")), out_bits=16)
         ctx = self._requant(ops.int_matmul(probs, v), pre + "ctx.rq", 8)
         ctx = ctx.transpose(1, 2).reshape(bsz, t, d)
-        h = self._residual_int(h, self._linear_int(ctx, pre + "proj"), pre + "resid1")
+        branch = self._linear_int(ctx, pre + "proj")
+        tap(pre + "proj", branch)
+        h = self._residual_int(h, branch, pre + "resid1")
         a = self._layernorm_int(h, pre + "norm2")
         f = self._requant(self._linear_int(a, pre + "fc1"), pre + "fc1.rq", 8)
         g = self._requant(ops.shift_gelu(f, int(p(pre + "gelu.x0")), out_bits=8), pre + "gelu.rq", 8)
-        return self._residual_int(h, self._linear_int(g, pre + "fc2"), pre + "resid2")
+        branch = self._linear_int(g, pre + "fc2")
+        tap(pre + "fc2", branch)
+        return self._residual_int(h, branch, pre + "resid2")
 
     def _pool_int(self, n):
         parts = []

@@ -67,8 +67,18 @@ def _mul(prefix: str, ratio, out: P, max_shift=ops.requant.MAX_SHIFT) -> None:
     out[prefix + ".m"], out[prefix + ".e"] = m, e
 
 
-def freeze(spec: ViTSpec, scales: dict[str, float]) -> P:
-    """All integer tensors of the integer model, by name (see ``IntegerViT.forward_int``)."""
+def freeze(spec: ViTSpec, scales: dict[str, float], temperatures: dict | None = None,
+           balance: dict | None = None) -> P:
+    """All integer tensors of the integer model, by name (see ``IntegerViT.forward_int``).
+
+    ``temperatures`` (``{"blocks.i": [α_h per head]}``) and ``balance``
+    (``{"blocks.i.resid1": β, ...}``) are the QuantVLA-style corrections of
+    ``calibration.scale_matching``, folded into the dyadic multipliers: α_h
+    scales head h's ``Q·Kᵀ`` requant (which then holds one multiplier per
+    head, shape ``[H, 1, 1]``), β the residual branch's requant. Absent
+    entries mean 1; the graph's ops are the same either way.
+    """
+    temperatures, balance = temperatures or {}, balance or {}
     p: P = {}
     S = scales
     d = spec.dim
@@ -102,14 +112,20 @@ def freeze(spec: ViTSpec, scales: dict[str, float]) -> P:
         acc = linear(b + "qkv", blk.qkv, S[b + "norm1"])
         s_qkv = torch.cat([torch.full((d,), S[b + n], dtype=torch.float64) for n in ("q", "k", "v")])
         _mul(b + "qkv.rq", acc / s_qkv, p)
-        _mul(b + "logits.rq", S[b + "q"] * S[b + "k"] / (math.sqrt(dh) * S[b + "logits"]), p)
+        ratio = S[b + "q"] * S[b + "k"] / (math.sqrt(dh) * S[b + "logits"])
+        alpha = temperatures.get(f"blocks.{i}")
+        if alpha is not None:
+            if len(alpha) != blk.num_heads:
+                raise ValueError(f"blocks.{i}: {len(alpha)} attention temperatures for {blk.num_heads} heads")
+            ratio = ratio * torch.tensor(alpha, dtype=torch.float64).reshape(-1, 1, 1)
+        _mul(b + "logits.rq", ratio, p)
         x0 = ops.shiftexp_x0(S[b + "logits"])
         ops.check_shiftexp_constants(x0, ops.SHIFTMAX_N)
         p[b + "softmax.x0"] = torch.tensor(x0)
         _mul(b + "ctx.rq", 2.0**-15 * S[b + "v"] / S[b + "ctx"], p)
         acc = linear(b + "proj", blk.proj, S[b + "ctx"])
         _mul(b + "resid1.skip", s_res / S[b + "resid1"], p)
-        _mul(b + "resid1.branch", acc / S[b + "resid1"], p)
+        _mul(b + "resid1.branch", acc * balance.get(b + "resid1", 1.0) / S[b + "resid1"], p)
         s_res = S[b + "resid1"]
         layernorm(b + "norm2", blk.norm2, S[b + "norm2"])
         acc = linear(b + "fc1", blk.fc1, S[b + "norm2"])
@@ -120,7 +136,7 @@ def freeze(spec: ViTSpec, scales: dict[str, float]) -> P:
         _mul(b + "gelu.rq", S[b + "fc1"] * 2.0**-7 / S[b + "gelu"], p)
         acc = linear(b + "fc2", blk.fc2, S[b + "gelu"])
         _mul(b + "resid2.skip", s_res / S[b + "resid2"], p)
-        _mul(b + "resid2.branch", acc / S[b + "resid2"], p)
+        _mul(b + "resid2.branch", acc * balance.get(b + "resid2", 1.0) / S[b + "resid2"], p)
         s_res = S[b + "resid2"]
 
     if spec.final_norm is not None:
