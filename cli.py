@@ -163,6 +163,37 @@ def _analyze(args) -> int:
 
 
 
+def _eval(args) -> int:
+    """FP32 vs INT8 accuracy of the embedded Fashion-MNIST ViT for every recipe x scale-matching variant."""
+    import torch
+
+    from intvit.models import fmnist
+    from intvit.quantize.evaluate import evaluate_recipes, format_recipe_table
+    torch.set_num_threads(args.threads)
+    recipes, matching = _csv(args.recipes), _csv(args.matching)
+    model = fmnist.load_model()
+    calib = fmnist.load_calibration_set(args.calib)
+    images, labels = fmnist.load_test_set(args.images)
+    print(f"evaluating {len(recipes) * len(matching)} integer models of the embedded Fashion-MNIST ViT on "
+          f"{images.shape[0]} test images ({calib.shape[0]} calibration images)")
+    rows = evaluate_recipes(model, calib, images, labels, recipes, matching,
+                            progress=None if args.quiet else (lambda line: print("  " + line, flush=True)))
+    print("\n" + format_recipe_table(rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"model": "fmnist-vit (embedded)", "test_images": int(images.shape[0]),
+                       "calib_images": int(calib.shape[0]), "rows": rows}, f, indent=1)
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+def _csv(text: str) -> list[str]:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise ValueError(f"expected a comma-separated list, got {text!r}")
+    return items
+
+
 def _add_scale_matching_flags(parser) -> None:
     parser.add_argument("--atm", action="store_true",
                         help="attention temperature matching: per-head Q·Kᵀ requant matched to the float logits' spread")
@@ -228,6 +259,18 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("model", help="module written by 'intvit compile'")
     r.add_argument("--input", required=True, help=".npy array of preprocessed float32 images")
     r.set_defaults(func=_run)
+
+    v = sub.add_parser("eval", help="FP32 vs INT8 top-1 of the embedded model for each recipe and scale matching",
+                       description=_eval.__doc__)
+    v.add_argument("--recipes", default="minmax,percentile,omse", help="comma-separated (default: %(default)s)")
+    v.add_argument("--matching", default="ptq,atm,ohb,atm+ohb",
+                   help="comma-separated scale-matching variants: ptq (none), atm, ohb, atm+ohb (default: %(default)s)")
+    v.add_argument("--images", type=int, default=None, help="test images (default: all 2000 shipped)")
+    v.add_argument("--calib", type=int, default=512, help="calibration images (default: %(default)s)")
+    v.add_argument("--threads", type=int, default=2, help="torch threads (default: %(default)s)")
+    v.add_argument("--json", help="also write the table to this JSON file")
+    v.add_argument("--quiet", action="store_true", help="print only the final table")
+    v.set_defaults(func=_eval)
 
     a = sub.add_parser("analyze", help="per-layer sensitivity: which quant points cost the most accuracy",
                        description=_analyze.__doc__)
