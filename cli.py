@@ -144,7 +144,7 @@ def _analyze(args) -> int:
     import torch
 
     import intvit
-    from intvit.calibration.sensitivity import format_sensitivity, layer_sensitivity
+    from intvit.calibration.sensitivity import format_sensitivity, layer_sensitivity, plot_sensitivity
     from intvit.models import fmnist
     model = intvit.load(args.model)
     if args.images:
@@ -159,8 +159,15 @@ def _analyze(args) -> int:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
         print(f"wrote {args.json}")
+    if args.png:
+        print(f"wrote {plot_sensitivity(rows, args.png, args.top)}")
     return 0
 
+
+def _bench(args) -> int:
+    """Latency of intvit INT8 against FP32 and INT8 baselines, one process, interleaved (see intvit.bench)."""
+    from intvit.bench.command import run_command
+    return run_command(args)
 
 
 def _eval(args) -> int:
@@ -279,9 +286,15 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--count", type=int, default=64, help="images to use (default: %(default)s)")
     a.add_argument("--top", type=int, default=15, help="rows to print (default: %(default)s)")
     a.add_argument("--json", help="write the full ranking to this JSON file")
+    a.add_argument("--png", help="write a bar chart of the --top most sensitive points to this PNG file")
     a.add_argument("--quiet", action="store_true", help="no progress bar")
     a.set_defaults(func=_analyze)
 
+    from intvit.bench.command import DESCRIPTION, add_arguments
+    b = sub.add_parser("bench", help="latency of intvit INT8 vs FP32/INT8 baselines: table, JSON and PNG chart",
+                       description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(b)
+    b.set_defaults(func=_bench)
     return p
 
 

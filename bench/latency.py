@@ -1,255 +1,246 @@
-"""INT8 vs FP32 latency, side by side in one process (first slice of ``intvit bench``).
+"""Time the backends of ``bench.backends`` side by side in one process: the measuring half of ``intvit bench``.
 
-    python -m intvit.bench.latency --model deit_small --batch 1,8 --repeat 10
+    intvit bench --model deit_small --batch 1,8 --repeat 10
+    python -m intvit.bench.latency ...          (the same command)
 
-Backends, measured in interleaved rounds (per round: one untimed call of each
-backend, then ``per_round`` timed calls) so that machine drift hits them all
-alike and no backend pays for the previous one's spinning worker threads:
+How it measures, per model and batch size:
 
-* ``torch_fp32``      — the float Hugging Face model, eager.
-* ``ort_fp32``        — the float model exported to ONNX, ONNX Runtime.
-* ``ort_int8_qdq``    — ORT's own static INT8 (QDQ, per-channel weights) of that ONNX.
-* ``intvit_int8_ort`` — intvit's integer-only ONNX graph in ONNX Runtime.
-* ``intvit_int8_tvm`` — the same graph compiled by intvit's TVM backend (llvm).
+* **Peak memory** (``peak_mib``, Linux): each backend's first call at this
+  batch size — on a module or ONNX Runtime session built for it, that had not
+  run yet (``torch.compile``: the first call after its compiling call) — runs
+  with the process's RSS high-water mark reset (``5`` to
+  ``/proc/self/clear_refs``, after ``malloc_trim`` so that glibc's cached free
+  memory does not hide new allocations); ``VmHWM`` minus the RSS just before
+  the call, in MiB, is the working memory an inference at this batch size
+  needs on top of the loaded model: activations, workspaces, and the pools
+  that ONNX Runtime (its arena) and TVM (its VM storage) allocate on a first
+  call and keep. The weights are not in it: ``size_bytes`` is their side.
+* **Warm-up**: then every backend runs ``warmup`` untimed calls (JIT, caches,
+  thread pools).
+* **Interleaved rounds**: ``repeat`` rounds; in each, every backend in turn gets
+  one untimed call and then ``per_round`` timed ones. Machine drift (other
+  load, clock changes) hits all backends alike, and the untimed call keeps one
+  backend's still-spinning worker threads from being billed to the next.
+* **Clock**: ``time.perf_counter_ns`` around one call (input already in memory,
+  output converted to numpy), in milliseconds.
+* **Statistics** over the ``repeat × per_round`` samples: median, p90, p99
+  (nearest rank: with fewer than 100 samples p99 is the slowest call), mean,
+  min; images/s = batch / median; ``vs_intvit_tvm`` = the backend's median /
+  intvit INT8 (TVM)'s median (above 1: slower than intvit).
+* **Threads**: every backend gets ``threads`` (torch and inductor kernels via
+  ``torch.set_num_threads``, ORT intra-op threads, ``TVM_NUM_THREADS``); the
+  number is in the report.
 
-Every backend gets the same thread count (``--threads``; recorded); ORT's
-worker spinning is off so an idle backend does not steal the others' cores. Models
-with random weights are real HF architectures of the named shapes (no
-download); ``fmnist`` is the embedded trained model. Reports median and p90
-(ms), images/s, and each backend's median relative to ``intvit_int8_tvm``.
-Tests run it in a tiny configuration; they never assert a timing.
+No test asserts a timing: tests run this in a tiny configuration so the code
+path stays alive.
 """
 from __future__ import annotations
 
-import argparse
+import contextlib
+import ctypes
 import datetime as dt
-import json
+import gc
+import math
 import os
-import platform
-import socket
+import statistics
 import tempfile
 import time
 
 import numpy as np
 import torch
 
-SHAPES = {  # name: (image, patch, dim, layers, heads, mlp, labels)
-    "tiny": (32, 8, 64, 2, 4, 128, 10),
-    "deit_tiny": (224, 16, 192, 12, 3, 768, 1000),
-    "deit_small": (224, 16, 384, 12, 6, 1536, 1000),
-    "vit_base": (224, 16, 768, 12, 12, 3072, 1000),
-}
+from .backends import ALL_BACKENDS, DEFAULT_BACKENDS, REFERENCE, ModelBackends, check_backends
+from .models import build_model, check_model_name
+from .targets import check_target
+
+__all__ = ["ALL_BACKENDS", "DEFAULT_BACKENDS", "REFERENCE", "measure", "parse_batches", "run", "summarize"]
 
 
-def build_model(name: str):
-    """(float HF model, calibration images, channels, image size)."""
-    if name == "fmnist":
-        from ..models import fmnist
-        return fmnist.load_model(), fmnist.load_calibration_set(64), 1, 28
-    from transformers import ViTConfig, ViTForImageClassification
-    if name not in SHAPES:
-        raise ValueError(f"unknown model {name!r}; choose fmnist or one of {sorted(SHAPES)}")
-    image, patch, dim, layers, heads, mlp, labels = SHAPES[name]
-    torch.manual_seed(0)
-    model = ViTForImageClassification(ViTConfig(
-        image_size=image, patch_size=patch, hidden_size=dim, num_hidden_layers=layers,
-        num_attention_heads=heads, intermediate_size=mlp, num_labels=labels)).eval()
-    calib = torch.randn(16, 3, image, image, generator=torch.Generator().manual_seed(1))
-    return model, calib, 3, image
+class BenchArgumentError(ValueError):
+    """A batch list, repeat count or thread count that is not a positive integer."""
 
 
-def _ort_session(path_or_bytes, threads):
-    import onnxruntime as ort
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    # ORT's workers spin after each run by default; interleaved with other backends on a small
-    # machine that spinning steals their cores (torch FP32 at batch 1 measured 2.7x slower).
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(path_or_bytes, so, providers=["CPUExecutionProvider"])
-
-
-def _export_float(model, channels, image, path):
-    import warnings
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.zeros(1, channels, image, image),), path, dynamo=False,
-                          input_names=["pixel_values"], output_names=["logits"], opset_version=17,
-                          dynamic_axes={"pixel_values": {0: "batch"}, "logits": {0: "batch"}})
-
-
-def _ort_qdq(fp32_path, calib, path):
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.items = iter([{"pixel_values": calib[i:i + 1].numpy()} for i in range(calib.shape[0])])
-
-        def get_next(self):
-            return next(self.items, None)
-
-    import logging
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)          # ORT's quantizer logs advice on the root logger
+def parse_batches(text: str) -> list[int]:
+    """``"1,8,32"`` → ``[1, 8, 32]``; anything but distinct positive integers raises ``BenchArgumentError``."""
+    parts = [p.strip() for p in str(text).split(",")]
     try:
-        quantize_static(fp32_path, path, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-    finally:
-        root.setLevel(level)
+        batches = [int(p) for p in parts]
+    except ValueError:
+        batches = []
+    if not batches or any(b <= 0 for b in batches) or len(set(batches)) != len(batches):
+        raise BenchArgumentError(f"--batch {text!r}: give distinct positive integers separated by commas, e.g. 1,8,32")
+    return batches
 
 
-def prepare_model(name: str, threads: int, workdir: str, progress=print) -> dict:
-    """Everything that does not depend on the batch size, built once per model."""
-    import intvit
-    from ..quantize.onnx_export import to_onnx
-
-    torch.set_num_threads(threads)
-    os.environ["TVM_NUM_THREADS"] = str(threads)
-    model, calib, channels, image = build_model(name)
-    fp32 = os.path.join(workdir, f"{name}-fp32.onnx")
-    qdq = os.path.join(workdir, f"{name}-qdq.onnx")
-    progress(f"  exporting {name} float ONNX and ORT QDQ INT8 ...")
-    _export_float(model, channels, image, fp32)
-    _ort_qdq(fp32, calib, qdq)
-    progress("  intvit: quantizing and exporting the integer graph ...")
-    proto = to_onnx(intvit.quantize(model, calib, intvit.QuantConfig(progress=False)))
-    s_fp32, s_qdq = _ort_session(fp32, threads), _ort_session(qdq, threads)
-    s_int = _ort_session(proto.SerializeToString(), threads)
-
-    def torch_fp32(x):
-        with torch.no_grad():
-            return model(torch.from_numpy(x)).logits.numpy()
-
-    backends = {
-        "torch_fp32": torch_fp32,
-        "ort_fp32": lambda x: s_fp32.run(None, {"pixel_values": x})[0],
-        "ort_int8_qdq": lambda x: s_qdq.run(None, {"pixel_values": x})[0],
-        "intvit_int8_ort": lambda x: s_int.run(None, {"images": x})[0],
-    }
-    sizes = {"fp32_onnx_mb": os.path.getsize(fp32) / 2**20, "qdq_onnx_mb": os.path.getsize(qdq) / 2**20,
-             "intvit_onnx_mb": len(proto.SerializeToString()) / 2**20}
-    return {"backends": backends, "proto": proto, "input": (channels, image), "facts": sizes}
+def _positive(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise BenchArgumentError(f"{name} must be a positive integer, got {value!r}")
+    return value
 
 
-def backends_for_batch(prepared: dict, batch: int, progress=print) -> tuple[dict, dict]:
-    """The prepared backends plus intvit's TVM module, compiled for ``batch``."""
-    from ..tvm_backend.build import compile_onnx
-    progress(f"  compiling the integer graph with TVM for batch {batch} ...")
-    t0 = time.perf_counter()
-    tvm_mod = compile_onnx(prepared["proto"], "llvm", batch=batch)
-    facts = {**prepared["facts"], "tvm_compile_s": round(time.perf_counter() - t0, 2)}
-    return {**prepared["backends"], "intvit_int8_tvm": lambda x: tvm_mod(x)[0]}, facts
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile ``q`` (0-100] of an ascending list."""
+    return sorted_values[max(0, math.ceil(q / 100 * len(sorted_values)) - 1)]
 
 
-def measure(backends: dict, x: np.ndarray, repeat: int, warmup: int = 3, per_round: int = 3) -> dict:
-    """Median/p90 per backend over ``repeat`` rounds of ``per_round`` timed calls each.
+def summarize(times_ms: list[float], batch: int) -> dict:
+    ts = sorted(times_ms)
+    median = statistics.median(ts)
+    return {"median_ms": median, "p90_ms": percentile(ts, 90), "p99_ms": percentile(ts, 99),
+            "mean_ms": statistics.fmean(ts), "min_ms": ts[0], "samples": len(ts),
+            "images_per_s": batch * 1000.0 / median}
 
-    Within a round each backend first gets one untimed call: the previous
-    backend's worker threads (OpenMP, ORT, TVM pools) spin for a while after
-    its last call and would otherwise be billed to the next one.
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise OSError(f"{field} not in /proc/self/status")
+
+
+def _malloc_trim() -> None:
+    """Hand glibc's cached free memory back to the OS, so that a call's allocations show up in the RSS."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):     # not glibc
+        pass
+
+
+def call_peak_mib(fn, x) -> float | None:
+    """MiB one call of ``fn(x)`` adds to the process's resident set at its peak (Linux; None elsewhere)."""
+    gc.collect()
+    _malloc_trim()
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")                     # reset VmHWM to the current RSS
+        before = _status_kib("VmRSS")
+    except OSError:
+        return None
+    fn(x)
+    return max(0, _status_kib("VmHWM") - before) / 1024
+
+
+def measure(fns: dict, x: np.ndarray, repeat: int, warmup: int = 3, per_round: int = 3, progress=None) -> dict:
+    """Latency statistics and peak memory per backend (see the module docstring for the method).
+
+    ``progress``, if given, hears about finished rounds at most every 15 s.
     """
-    for f in backends.values():
+    peaks = {k: call_peak_mib(f, x) for k, f in fns.items()}      # each backend's first call at this batch
+    for f in fns.values():
         for _ in range(warmup):
             f(x)
-    times = {k: [] for k in backends}
-    for _ in range(repeat):                       # interleaved rounds: drift hits every backend alike
-        for k, f in backends.items():
+    times = {k: [] for k in fns}
+    last = time.perf_counter()
+    for i in range(repeat):                       # interleaved rounds: drift hits every backend alike
+        for k, f in fns.items():
             f(x)
             for _ in range(per_round):
                 t0 = time.perf_counter_ns()
                 f(x)
                 times[k].append((time.perf_counter_ns() - t0) / 1e6)
-    from ..tvm_backend.runtime import latency_summary
-    out = {}
-    for k, ts in times.items():
-        out[k] = latency_summary(ts)
-        out[k]["images_per_s"] = x.shape[0] * 1000.0 / out[k]["median_ms"]
-    ref = out["intvit_int8_tvm"]["median_ms"]
-    for k in out:
-        out[k]["vs_intvit_tvm"] = out[k]["median_ms"] / ref
-    return out
+        if progress and time.perf_counter() - last > 15 and i + 1 < repeat:
+            progress(f"  round {i + 1}/{repeat}")
+            last = time.perf_counter()
+    return {k: {**summarize(ts, x.shape[0]), "peak_mib": peaks[k]} for k, ts in times.items()}
 
 
-def machine_facts(threads: int) -> dict:
-    import onnxruntime
-    import tvm
-    flags = ""
+@contextlib.contextmanager
+def _threads(n: int):
+    """Every backend's thread count set to ``n`` for the run, torch's restored after."""
+    before, env = torch.get_num_threads(), os.environ.get("TVM_NUM_THREADS")
+    torch.set_num_threads(n)
+    os.environ["TVM_NUM_THREADS"] = str(n)      # read when TVM's thread pool starts
     try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = " ".join(x for x in line.split() if x.startswith(("avx512", "avx2", "avx_vnni")))
-                    break
-    except OSError:
-        pass
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
-               platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
-    return {"host": socket.gethostname(), "cpu": cpu, "cpu_flags": flags, "threads": threads,
-            "torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "tvm": tvm.__version__}
+        yield
+    finally:
+        torch.set_num_threads(before)
+        if env is None:
+            os.environ.pop("TVM_NUM_THREADS", None)
+        else:
+            os.environ["TVM_NUM_THREADS"] = env
 
 
-ALL_BACKENDS = ("torch_fp32", "ort_fp32", "ort_int8_qdq", "intvit_int8_ort", "intvit_int8_tvm")
-# intvit's graph in ORT runs the integer nonlinears as generic int64 ONNX ops: a
-# correctness reference 10-25x slower than the rest, timed only when asked for.
-DEFAULT_BACKENDS = tuple(b for b in ALL_BACKENDS if b != "intvit_int8_ort")
+def _backend_entry(backend, stats: dict | None) -> dict:
+    if backend.unavailable:
+        return {"available": False, "reason": backend.unavailable}
+    return {"available": True, **stats, "size_bytes": backend.size_bytes, "size_mb": backend.size_bytes / 1e6,
+            "artifact": backend.artifact, "build_s": round(backend.build_s, 2)}
 
 
-def run(models, batches, repeat, threads, out_dir=None, progress=print, backends=DEFAULT_BACKENDS,
-        per_round: int = 3) -> dict:
-    unknown = set(backends) - set(ALL_BACKENDS)
-    if unknown or "intvit_int8_tvm" not in backends:
-        raise ValueError(f"backends must include intvit_int8_tvm and come from {list(ALL_BACKENDS)}; "
-                         f"got {list(backends)}")
-    report = {"date": dt.datetime.now().isoformat(timespec="seconds"), "machine": machine_facts(threads),
-              "repeat": repeat, "per_round": per_round, "results": []}
-    with tempfile.TemporaryDirectory() as work:
-        for name in models:
-            progress(f"[{name}]")
-            prepared = prepare_model(name, threads, work, progress)
-            c, s = prepared["input"]
+def run(models, batches, repeat: int, threads: int, out_dir=None, progress=print, backends=DEFAULT_BACKENDS,
+        per_round: int = 3, warmup: int = 3, target: str = "llvm", chart: bool = True, command: str = "") -> dict:
+    """Benchmark ``backends`` for each model and batch size; returns the report (see ``bench.report``).
+
+    Every argument is checked before anything is built, and nothing is written
+    unless the whole run succeeds: then ``out_dir/<host>-<date>.json`` and (if
+    ``chart``) the ``.png`` beside it, whose paths are in ``report["path"]`` and
+    ``report["chart"]``.
+    """
+    from . import report as rep
+    from .machine import machine_facts
+
+    check_target(target)
+    backends = check_backends(backends)
+    batches = [_positive("each batch size", b) for b in batches]
+    repeat, per_round, threads = (_positive(n, v) for n, v in
+                                  (("--repeat", repeat), ("--per-round", per_round), ("--threads", threads)))
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise BenchArgumentError(f"--warmup must be a non-negative integer, got {warmup!r}")
+    for name in models:
+        check_model_name(name)
+    t_start = time.perf_counter()
+    say = lambda msg: progress(f"[{time.perf_counter() - t_start:6.1f} s] {msg}")  # noqa: E731
+    built = [build_model(name) for name in models]        # an .onnx that is not a float ViT fails here
+    for bm in built:
+        if bm.fixed_batch and any(b != bm.fixed_batch for b in batches):
+            raise BenchArgumentError(f"{bm.name} has a fixed batch size of {bm.fixed_batch}; run it with "
+                                     f"--batch {bm.fixed_batch} or export it with a dynamic batch axis")
+    report = {"format": rep.FORMAT, "date": dt.datetime.now().isoformat(timespec="seconds"), "command": command,
+              "target": target, "machine": machine_facts(threads), "repeat": repeat, "per_round": per_round,
+              "warmup": warmup, "backends": list(backends), "method": rep.METHOD, "models": {}, "results": []}
+    with _threads(threads), tempfile.TemporaryDirectory(prefix="intvit-bench-") as work:
+        for bm in built:
+            say(f"{bm.label}: {bm.description}")
+            report["models"][bm.label] = {"description": bm.description,
+                                          "parameters": sum(p.numel() for p in bm.model.parameters())}
+            prepared = ModelBackends(bm, backends, threads, work, say)
             for batch in batches:
-                progress(f"[{name}, batch {batch}]")
-                fns, facts = backends_for_batch(prepared, batch, progress)
-                fns = {k: fns[k] for k in ALL_BACKENDS if k in backends}
-                x = np.random.default_rng(0).standard_normal((batch, c, s, s)).astype(np.float32)
-                progress(f"  timing {len(fns)} backends x {repeat} interleaved rounds x {per_round} calls ...")
-                res = measure(fns, x, repeat, per_round=per_round)
-                report["results"].append({"model": name, "batch": batch, **facts, "backends": res})
-                progress(format_table(name, batch, res))
+                say(f"{bm.label}, batch {batch}: building the batch-specific backends")
+                ready = prepared.for_batch(batch)
+                fns = {k: b.run for k, b in ready.items() if not b.unavailable}
+                x = np.random.default_rng(0).standard_normal((batch, bm.channels, bm.image, bm.image)) \
+                    .astype(np.float32)
+                say(f"{bm.label}, batch {batch}: timing {len(fns)} backends: a first call each (peak memory), "
+                    f"{warmup} warm-up calls, {repeat} interleaved rounds of 1 untimed + {per_round} timed calls")
+                stats = measure(fns, x, repeat, warmup=warmup, per_round=per_round, progress=say)
+                ref = stats[REFERENCE]["median_ms"]
+                for s in stats.values():
+                    s["vs_intvit_tvm"] = s["median_ms"] / ref
+                result = {"model": bm.label, "batch": batch, **prepared.facts,
+                          "backends": {k: _backend_entry(b, stats.get(k)) for k, b in ready.items()}}
+                report["results"].append(result)
+                ready = fns = None          # let this batch's modules and sessions go before the next are built
+                say(f"{bm.label}, batch {batch}: done")
+    report["wall_s"] = round(time.perf_counter() - t_start, 1)
     if out_dir:
-        os.makedirs(out_dir, exist_ok=True)
-        path = os.path.join(out_dir, f"{socket.gethostname()}-{dt.date.today().isoformat()}.json")
-        with open(path, "w") as f:
-            json.dump(report, f, indent=1)
-        report["path"] = path
+        report["path"], report["chart"] = rep.write(report, out_dir, chart=chart)
     return report
 
 
-def format_table(name, batch, res) -> str:
-    lines = [f"  {name} batch {batch}: {'backend':18} {'median ms':>10} {'p90 ms':>9} {'img/s':>8} {'x intvit-tvm':>12}"]
-    for k, r in res.items():
-        lines.append(f"  {'':{len(name) + 9}}  {k:18} {r['median_ms']:10.2f} {r['p90_ms']:9.2f} "
-                     f"{r['images_per_s']:8.1f} {r['vs_intvit_tvm']:12.3f}")
-    return "\n".join(lines)
-
-
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="deit_small", help="fmnist, tiny, deit_tiny, deit_small or vit_base "
-                                                          "(comma-separated for several)")
-    p.add_argument("--batch", default="1,8", help="comma-separated batch sizes (default: %(default)s)")
-    p.add_argument("--repeat", type=int, default=10, help="interleaved timing rounds (default: %(default)s)")
-    p.add_argument("--per-round", type=int, default=3, help="timed calls per backend per round (default: %(default)s)")
-    p.add_argument("--backends", default=",".join(DEFAULT_BACKENDS),
-                   help=f"comma-separated, from {','.join(ALL_BACKENDS)} (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=2, help="threads for every backend (default: %(default)s)")
-    p.add_argument("--out", default="bench/results", help="directory for the JSON report (default: %(default)s)")
-    a = p.parse_args(argv)
-    rep = run(a.model.split(","), [int(b) for b in a.batch.split(",")], a.repeat, a.threads, a.out,
-              backends=tuple(a.backends.split(",")), per_round=a.per_round)
-    print(f"wrote {rep['path']}")
-    return 0
+    """``python -m intvit.bench.latency``: the same command as ``intvit bench``."""
+    import argparse
+    import sys
+
+    from .command import add_arguments, run_command
+    parser = argparse.ArgumentParser(prog="python -m intvit.bench.latency", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    try:
+        return run_command(parser.parse_args(argv))
+    except (ValueError, OSError, RuntimeError) as exc:
+        print(f"intvit bench: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

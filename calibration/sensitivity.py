@@ -47,3 +47,21 @@ def format_sensitivity(rows: list[dict], top: int = 15) -> str:
         agree = f"{100 * r['top1_agreement']:.1f} %" if "top1_agreement" in r else "-"
         lines.append(f"{i:4d}  {r['name']:28} {r['kind']:10} {r['bits']:4d} {r['sqnr_db']:8.2f}  {agree}")
     return "\n".join(lines)
+
+
+def plot_sensitivity(rows: list[dict], path, top: int = 15) -> str:
+    """Horizontal bar chart of the ``top`` most sensitive points' SQNR (lower = more sensitive) as a PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    shown = rows[:top][::-1]
+    fig, ax = plt.subplots(figsize=(8, 0.32 * len(shown) + 1.2))
+    colors = ["tab:red" if r["kind"] == "activation" else "tab:blue" for r in shown]
+    ax.barh([f"{r['name']} ({r['kind'][0]}{r['bits']})" for r in shown], [r["sqnr_db"] for r in shown], color=colors)
+    ax.set_xlabel("output SQNR (dB) with only this point quantized — lower is more sensitive")
+    ax.set_title(f"intvit analyze: {len(shown)} most sensitive quant points (red: activation, blue: weight)",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return str(path)

@@ -22,7 +22,10 @@ def test_analyze_cli_on_the_embedded_model(tmp_path, capsys):
     from intvit.cli import main
     assert main(["quantize", "fmnist", "--quiet", "--max-images", "64", "-o", str(tmp_path / "f.safetensors")]) == 0
     out = tmp_path / "s.json"
-    assert main(["analyze", str(tmp_path / "f.safetensors"), "--count", "16", "--quiet", "--json", str(out)]) == 0
+    png = tmp_path / "s.png"
+    assert main(["analyze", str(tmp_path / "f.safetensors"), "--count", "16", "--quiet", "--json", str(out),
+                 "--top", "6", "--png", str(png)]) == 0
     rows = json.loads(out.read_text())
     assert rows and "rank" in capsys.readouterr().out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 2000
     assert main(["analyze", str(tmp_path / "f.safetensors"), "--images", str(tmp_path / "none.npy")]) == 2

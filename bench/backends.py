@@ -1,0 +1,283 @@
+"""The backends ``intvit bench`` times on the CPU, each built for one model and batch size.
+
+===================== =====================================================================
+``intvit_int8_tvm``   intvit's integer-only graph compiled by intvit's TVM backend (the reference)
+``torch_fp32``        the float HF model, PyTorch eager
+``torch_compile_fp32`` the same module through ``torch.compile`` (inductor, full graph, static shapes)
+``ort_fp32``          the float ONNX in ONNX Runtime
+``ort_int8_qdq``      ORT's own static INT8 of that ONNX (``quantize_static``: QDQ, per-channel weights)
+``intvit_int8_ort``   intvit's integer graph in ONNX Runtime (a correctness reference: generic int64 ops)
+``tvm_fp32``          the float ONNX through ``tvm.relax.frontend.onnx`` and ``tvm.compile`` for the
+                      same llvm target as intvit — *unscheduled*: TVM 0.27 has no CPU schedules for
+                      float models, so this is TVM's default lowering, not a tuned FP32 baseline
+===================== =====================================================================
+
+Every backend is a function ``images [N, C, H, W] float32 → logits`` (numpy)
+plus the size of the artifact it runs (``size_bytes``): the ONNX file for the
+ORT backends, the exported ``.so`` for the TVM ones, the parameters and
+buffers for the torch ones. All get the same thread count; ORT's worker
+spinning is off so that an idle backend does not steal the others' cores.
+``torch_compile_fp32`` and ``tvm_fp32`` depend on a toolchain (a C++ compiler
+for inductor; TVM's ONNX importer for the user's graph): if building one
+fails it is reported unavailable with the reason instead of stopping the run.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import sys
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .models import BenchModel
+
+REFERENCE = "intvit_int8_tvm"
+ALL_BACKENDS = ("intvit_int8_tvm", "torch_fp32", "torch_compile_fp32", "ort_fp32", "ort_int8_qdq",
+                "intvit_int8_ort", "tvm_fp32")
+# intvit_int8_ort runs the integer nonlinears as generic int64 ONNX ops (10-25x slower than the
+# rest) and tvm_fp32 is unscheduled (seconds per image): both only when asked for.
+DEFAULT_BACKENDS = ("intvit_int8_tvm", "torch_fp32", "torch_compile_fp32", "ort_fp32", "ort_int8_qdq")
+OPTIONAL = ("torch_compile_fp32", "tvm_fp32")     # may be unavailable on a machine: recorded, not fatal
+
+
+class UnknownBackendError(ValueError):
+    """A backend name outside ``ALL_BACKENDS``, or a set without the reference."""
+
+
+def check_backends(names) -> tuple[str, ...]:
+    names = tuple(names)
+    unknown = [n for n in names if n not in ALL_BACKENDS]
+    if unknown or REFERENCE not in names or len(set(names)) != len(names):
+        raise UnknownBackendError(
+            (f"unknown backend(s) {unknown}; " if unknown else "") +
+            f"backends must include {REFERENCE} (every ratio is against it), each once, from {list(ALL_BACKENDS)}; "
+            f"got {list(names)}")
+    return tuple(n for n in ALL_BACKENDS if n in names)
+
+
+@dataclasses.dataclass
+class Backend:
+    name: str
+    run: Callable[[np.ndarray], np.ndarray] | None
+    size_bytes: int | None = None
+    artifact: str = ""                  # what size_bytes counts
+    build_s: float = 0.0                # quantize / compile seconds (torch.compile: compile and first call)
+    unavailable: str | None = None      # why it cannot run here; None when it runs
+
+
+def _reason(exc: BaseException) -> str:
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {first}"[:300]
+
+
+@contextlib.contextmanager
+def _quiet_native_stderr():
+    """Silence C++ warnings written straight to fd 2 (TVM prints one per constant on export)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _export_size(executable, path: str) -> int:
+    with _quiet_native_stderr():
+        executable.export_library(path)
+    return os.path.getsize(path)
+
+
+def _ort_session(path_or_bytes, threads: int):
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    # ORT's workers spin after each run by default; interleaved with other backends on a small
+    # machine that spinning steals their cores (torch FP32 at batch 1 measured 2.7x slower).
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(path_or_bytes, so, providers=["CPUExecutionProvider"])
+
+
+def export_float_onnx(model, channels: int, image: int, path: str) -> None:
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.zeros(1, channels, image, image),), path, dynamo=False,
+                          input_names=["pixel_values"], output_names=["logits"], opset_version=17,
+                          dynamic_axes={"pixel_values": {0: "batch"}, "logits": {0: "batch"}})
+
+
+def quantize_qdq(fp32_path: str, input_name: str, calib: torch.Tensor, path: str) -> None:
+    """ORT's static INT8: QDQ format, per-channel int8 weights, uint8 activations, min-max calibration."""
+    import logging
+
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.items = iter([{input_name: calib[i:i + 1].numpy()} for i in range(calib.shape[0])])
+
+        def get_next(self):
+            return next(self.items, None)
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)          # ORT's quantizer logs advice on the root logger
+    try:
+        quantize_static(fp32_path, path, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    finally:
+        root.setLevel(level)
+
+
+def torch_bytes(model: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+
+
+class ModelBackends:
+    """The requested backends for one model.
+
+    What does not depend on the batch size (ONNX exports, ORT's quantization,
+    intvit's quantization) is built once here; ``for_batch`` adds what is
+    compiled for a fixed batch (intvit's TVM module, TVM FP32, ``torch.compile``)
+    and opens fresh ONNX Runtime sessions.
+    """
+
+    def __init__(self, bm: BenchModel, names, threads: int, workdir: str, progress=print):
+        import intvit
+        from ..quantize.onnx_export import to_onnx
+
+        self.bm, self.names, self.threads, self.workdir, self.progress = bm, tuple(names), threads, workdir, progress
+        self.fixed: dict[str, Backend] = {}
+        self._failed: dict[str, str] = {}         # optional backends that could not be built: name -> reason
+        model = bm.model
+
+        if any(n in self.names for n in ("ort_fp32", "ort_int8_qdq", "tvm_fp32")):
+            if bm.onnx_path:
+                self.fp32_path = bm.onnx_path
+            else:
+                self.fp32_path = os.path.join(workdir, f"{bm.label}-fp32.onnx")
+                self._step(f"exporting {bm.label} to float ONNX", export_float_onnx, model, bm.channels, bm.image,
+                           self.fp32_path)
+        t0 = time.perf_counter()
+        self.proto = to_onnx(self._step(f"intvit: calibrating on {bm.calib.shape[0]} images and quantizing",
+                                         intvit.quantize, model, bm.calib, intvit.QuantConfig(progress=False)))
+        self.facts = {"intvit_quantize_s": round(time.perf_counter() - t0, 2)}
+        self.proto_bytes = self.proto.SerializeToString()
+
+        def torch_fp32(x):
+            with torch.no_grad():
+                return model(torch.from_numpy(x)).logits.numpy()
+
+        if "torch_fp32" in self.names:
+            self.fixed["torch_fp32"] = Backend("torch_fp32", torch_fp32, torch_bytes(model), "parameters + buffers")
+        # ONNX Runtime: the files here, a fresh session per batch size in for_batch (so that each batch's
+        # first call allocates its own arena, which is what peak memory measures)
+        self.ort_files: dict[str, tuple] = {}     # name -> (path or bytes, input name, size, artifact, build_s)
+        if "ort_fp32" in self.names:
+            self.ort_files["ort_fp32"] = (self.fp32_path, bm.input_name, os.path.getsize(self.fp32_path),
+                                          "float ONNX file", 0.0)
+        if "ort_int8_qdq" in self.names:
+            qdq = os.path.join(workdir, f"{bm.label}-qdq.onnx")
+            t0 = time.perf_counter()
+            self._step("ONNX Runtime: quantize_static (QDQ INT8)", quantize_qdq, self.fp32_path, bm.input_name,
+                       bm.calib, qdq)
+            self.ort_files["ort_int8_qdq"] = (qdq, bm.input_name, os.path.getsize(qdq), "QDQ ONNX file",
+                                              time.perf_counter() - t0)
+        if "intvit_int8_ort" in self.names:
+            self.ort_files["intvit_int8_ort"] = (self.proto_bytes, self.proto.graph.input[0].name,
+                                                 len(self.proto_bytes), "integer ONNX file", 0.0)
+
+    def _step(self, what: str, fn, *args):
+        self.progress(f"  {what} ...")
+        t0 = time.perf_counter()
+        out = fn(*args)
+        self.progress(f"  {what}: {time.perf_counter() - t0:.1f} s")
+        return out
+
+    def _ort(self, name: str) -> Backend:
+        source, input_name, size, artifact, build_s = self.ort_files[name]
+        session = _ort_session(source, self.threads)
+        return Backend(name, lambda x: session.run(None, {input_name: x})[0], size, artifact, build_s)
+
+    def for_batch(self, batch: int) -> dict[str, Backend]:
+        """Every requested backend, ready to run ``[batch, C, H, W]`` images, in ``ALL_BACKENDS`` order.
+
+        Nothing here has run on ``batch`` yet except ``torch.compile``'s compiling call.
+        """
+        built = {**self.fixed, **{name: self._ort(name) for name in self.ort_files}}
+        built[REFERENCE] = self._intvit_tvm(batch)
+        if "tvm_fp32" in self.names:
+            built["tvm_fp32"] = self._optional("tvm_fp32", self._tvm_fp32, batch)
+        if "torch_compile_fp32" in self.names:
+            built["torch_compile_fp32"] = self._optional("torch_compile_fp32", self._torch_compile, batch)
+        return {n: built[n] for n in ALL_BACKENDS if n in built}
+
+    def _optional(self, name: str, build, batch: int) -> Backend:
+        """``build(batch)``, or the backend marked unavailable with the reason (not tried again for other batches)."""
+        if name not in self._failed:
+            try:
+                return build(batch)
+            except Exception as exc:      # a missing compiler or an unsupported op: report it, keep going
+                self._failed[name] = _reason(exc)
+                self.progress(f"  {name} is unavailable here: {self._failed[name]}")
+        return Backend(name, None, unavailable=self._failed[name])
+
+    def _intvit_tvm(self, batch: int) -> Backend:
+        from ..tvm_backend.build import compile_onnx
+        t0 = time.perf_counter()
+        module = self._step(f"intvit: compiling the integer graph with TVM for batch {batch}",
+                            compile_onnx, self.proto, "llvm", batch)
+        build_s = time.perf_counter() - t0
+        size = _export_size(module.executable, os.path.join(self.workdir, f"intvit-int8-b{batch}.so"))
+        return Backend(REFERENCE, lambda x: module(x)[0], size, "compiled .so", build_s)
+
+    def _tvm_fp32(self, batch: int) -> Backend:
+        import onnx
+        import tvm
+        from tvm import relax
+        from tvm.relax.frontend.onnx import from_onnx
+
+        from ..tvm_backend.build import resolve_target
+        bm = self.bm
+        t0 = time.perf_counter()
+
+        def build():
+            mod = from_onnx(onnx.load(self.fp32_path), keep_params_in_input=False,
+                            shape_dict={bm.input_name: [batch, bm.channels, bm.image, bm.image]})
+            target = tvm.target.Target(resolve_target("llvm"))
+            return tvm.compile(mod, target=target)
+
+        executable = self._step(f"TVM FP32: importing the float ONNX and compiling for batch {batch} (unscheduled)",
+                                build)
+        build_s = time.perf_counter() - t0
+        vm, dev = relax.VirtualMachine(executable, tvm.cpu()), tvm.cpu()
+
+        def run(x):
+            out = vm["main"](tvm.runtime.tensor(x, dev))
+            return (out if hasattr(out, "numpy") else out[0]).numpy()     # one output, or a tuple
+
+        size = _export_size(executable, os.path.join(self.workdir, f"tvm-fp32-b{batch}.so"))
+        return Backend("tvm_fp32", run, size, "compiled .so", build_s)
+
+    def _torch_compile(self, batch: int) -> Backend:
+        bm = self.bm
+        torch._dynamo.reset()       # the previous batch's graphs are done with; no recompile limit to hit
+        compiled = torch.compile(bm.model, backend="inductor", fullgraph=True, dynamic=False)
+
+        def run(x):
+            with torch.no_grad():
+                return compiled(torch.from_numpy(x)).logits.numpy()
+
+        t0 = time.perf_counter()
+        self._step(f"torch.compile (inductor): compiling for batch {batch}", run,     # compiles on the first call
+                   np.zeros((batch, bm.channels, bm.image, bm.image), np.float32))
+        return Backend("torch_compile_fp32", run, torch_bytes(bm.model), "parameters + buffers",
+                       time.perf_counter() - t0)

@@ -1,0 +1,116 @@
+"""What ``intvit bench`` writes: the stdout table, ``<host>-<date>.json`` and a PNG chart beside it.
+
+JSON layout (``format`` = ``FORMAT``): ``machine`` (``bench.machine``), the run's
+settings (``target``, ``repeat``, ``per_round``, ``warmup``, ``backends``,
+``command``), ``method`` (how each number is measured, in words), ``models``,
+and ``results``: one entry per model and batch size, whose ``backends`` map
+each backend to either ``{"available": false, "reason": ...}`` or its numbers
+(``median_ms``, ``p90_ms``, ``p99_ms``, ``mean_ms``, ``min_ms``, ``samples``,
+``images_per_s``, ``peak_mib``, ``size_bytes``, ``size_mb``, ``artifact``,
+``build_s``, ``vs_intvit_tvm``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+
+from .backends import ALL_BACKENDS, REFERENCE
+
+FORMAT = "intvit.bench/2"
+METHOD = {
+    "clock": "time.perf_counter_ns around one call (numpy in, numpy logits out), in ms",
+    "schedule": "warm-up calls per backend, then interleaved rounds: each backend in turn gets 1 untimed "
+                "call and per_round timed calls",
+    "statistics": "median; p90 and p99 by nearest rank over repeat*per_round samples (p99 is the slowest call "
+                  "when there are fewer than 100); images_per_s = batch / median; vs_intvit_tvm = median / "
+                  "intvit_int8_tvm median (above 1: slower than intvit INT8)",
+    "peak_mib": "Linux: VmHWM minus VmRSS just before the call, over each backend's first call at this batch size "
+                "(fresh module or ORT session; torch.compile: the first call after compiling), the high-water mark "
+                "reset through /proc/self/clear_refs after malloc_trim: the working memory on top of the loaded "
+                "model (activations, workspaces, the pools ORT and TVM allocate on a first call and keep); "
+                "weights are not in it",
+    "size_mb": "bytes of the artifact the backend runs / 1e6: the ONNX file (ORT), the exported .so (TVM), "
+               "parameters + buffers (torch, torch.compile)",
+    "tvm_fp32": "TVM's default lowering of the float ONNX: unscheduled (TVM 0.27 has no CPU schedules for it), "
+                "not a tuned FP32 baseline",
+}
+COLUMNS = f"  {'backend':20} {'median ms':>10} {'p90 ms':>9} {'p99 ms':>9} {'img/s':>8} {'peak MiB':>9} " \
+          f"{'size MB':>8} {'x intvit':>9}"
+LEGEND = (f"x intvit = median / {REFERENCE} median (above 1: slower than intvit INT8). peak MiB = memory the "
+          "first call at this batch size adds on top of the loaded model (activations, workspaces, runtime pools; "
+          "not the weights). size MB = the artifact each backend runs (ONNX file, compiled .so, or torch "
+          "parameters).")
+
+
+def format_table(result: dict, machine: dict) -> str:
+    """One model and batch size: a row per backend, intvit INT8 first."""
+    lines = [f"{result['model']}, batch {result['batch']} ({machine['cpu']}, {machine['threads']} threads)", COLUMNS]
+    for name, r in result["backends"].items():
+        if not r["available"]:
+            lines.append(f"  {name:20} unavailable: {r['reason']}")
+            continue
+        peak = "n/a" if r["peak_mib"] is None else f"{r['peak_mib']:.1f}"
+        lines.append(f"  {name:20} {r['median_ms']:10.2f} {r['p90_ms']:9.2f} {r['p99_ms']:9.2f} "
+                     f"{r['images_per_s']:8.1f} {peak:>9} {r['size_mb']:8.1f} {r['vs_intvit_tvm']:9.2f}")
+    return "\n".join(lines)
+
+
+def format_report(report: dict) -> str:
+    tables = [format_table(r, report["machine"]) for r in report["results"]]
+    return "\n\n".join(tables + [LEGEND])
+
+
+def output_stem(report: dict, out_dir: str) -> str:
+    """``out_dir/<host>-<date>`` (the host name reduced to file-name-safe characters)."""
+    host = re.sub(r"[^A-Za-z0-9._-]", "_", report["machine"]["host"]) or "host"
+    return os.path.join(out_dir, f"{host}-{report['date'][:10]}")
+
+
+def write(report: dict, out_dir: str, chart: bool = True) -> tuple[str, str | None]:
+    """Write the JSON report (and the chart); returns their paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    stem = output_stem(report, out_dir)
+    with open(stem + ".json", "w") as f:
+        json.dump({k: v for k, v in report.items() if k not in ("path", "chart")}, f, indent=1)
+    png = None
+    if chart:
+        png = stem + ".png"
+        write_chart(report, png)
+    return stem + ".json", png
+
+
+def write_chart(report: dict, path: str) -> None:
+    """Median latency (log scale) against batch size, one line per backend, one panel per model."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, NullLocator
+
+    models = list(dict.fromkeys(r["model"] for r in report["results"]))
+    fig = Figure(figsize=(7 * len(models), 5), layout="constrained")
+    FigureCanvasAgg(fig)
+    m = report["machine"]
+    fig.suptitle(f"{m['cpu']} ({m['llvm_mcpu']}), {m['threads']} threads, {report['date'][:10]}", fontsize=10)
+    for i, model in enumerate(models):
+        ax = fig.add_subplot(1, len(models), i + 1)
+        rows = [r for r in report["results"] if r["model"] == model]
+        batches = [r["batch"] for r in rows]
+        for name in ALL_BACKENDS:
+            pts = [(r["batch"], r["backends"][name]["median_ms"]) for r in rows
+                   if r["backends"].get(name, {}).get("available")]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", linewidth=2.5 if name == REFERENCE else 1.2,
+                        label=name + (" (unscheduled)" if name == "tvm_fp32" else ""))
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xticks(batches, [str(b) for b in batches])
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("median latency per batch (ms)")
+        ax.set_title(f"{model}: latency by batch size")
+        ax.grid(True, which="major", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.savefig(path, dpi=110)
