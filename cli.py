@@ -123,19 +123,54 @@ def _compile(args) -> int:
 
 
 def _run(args) -> int:
-    """Run a compiled module on a .npy batch (float32 images, preprocessed) and print the top-5 classes."""
+    """Run a compiled module on a .npy batch (float32 images, preprocessed) or one image file, print the top-5."""
     import numpy as np
 
     from intvit.runtime import load
     module = load(args.model)
-    if not args.input.endswith(".npy"):
-        raise ValueError(f"--input {args.input}: give a .npy array of preprocessed images "
-                         f"of shape {module.meta['input']['shape']}")
-    logits = module(np.load(args.input))
-    for i, row in enumerate(logits):
+    shape = module.meta["input"]["shape"]
+    if args.input.lower().endswith(IMAGE_SUFFIXES):
+        images = _load_image(args.input, shape, _floats(args.mean), _floats(args.std))
+        print(f"{args.input}: resized to {shape[2]}x{shape[3]}, {shape[1]} channel(s), "
+              f"(x/255 - {args.mean}) / {args.std}")
+        count = 1
+        images = np.repeat(images, shape[0], axis=0)      # fill the compiled batch; report the one image
+    elif args.input.endswith(".npy"):
+        images = np.load(args.input)
+        count = images.shape[0]
+    else:
+        raise ValueError(f"--input {args.input}: give an image ({', '.join(IMAGE_SUFFIXES)}) or a .npy array of "
+                         f"preprocessed float32 images of shape {shape}")
+    logits = module(images)
+    for i, row in enumerate(logits[:count]):
         top = np.argsort(-row)[:5]
         print(f"image {i}: " + ", ".join(f"{int(c)} ({row[c]:.3f})" for c in top))
     return 0
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(t) for t in text.split(",")]
+    except ValueError:
+        raise ValueError(f"expected a number or comma-separated numbers per channel, got {text!r}") from None
+
+
+def _load_image(path: str, shape, mean: list[float], std: list[float]):
+    """One image file as a ``[1, C, H, W]`` float32 batch: resized (bilinear), ``(x/255 − mean) / std``."""
+    import numpy as np
+    from PIL import Image
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no image at {path}")
+    channels, height, width = shape[1:]
+    if len(mean) not in (1, channels) or len(std) not in (1, channels):
+        raise ValueError(f"--mean/--std need 1 or {channels} values")
+    img = Image.open(path).convert("L" if channels == 1 else "RGB").resize((width, height), Image.BILINEAR)
+    x = np.asarray(img, dtype=np.float32).reshape(height, width, -1).transpose(2, 0, 1) / 255.0
+    x = (x - np.float32(mean).reshape(-1, 1, 1)) / np.float32(std).reshape(-1, 1, 1)
+    return x[None].astype(np.float32)
 
 
 def _analyze(args) -> int:
@@ -262,9 +297,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--batch", type=int, default=1, help="batch size the module is compiled for (default: %(default)s)")
     c.set_defaults(func=_compile)
 
-    r = sub.add_parser("run", help="run a compiled module on a .npy batch and print top-5", description=_run.__doc__)
+    r = sub.add_parser("run", help="run a compiled module on an image or a .npy batch and print top-5",
+                       description=_run.__doc__)
     r.add_argument("model", help="module written by 'intvit compile'")
-    r.add_argument("--input", required=True, help=".npy array of preprocessed float32 images")
+    r.add_argument("--input", required=True, help="an image (.png/.jpg/.bmp) or a .npy array of preprocessed float32 images")
+    r.add_argument("--mean", default="0.5", help="per-channel mean for an image input, after /255 "
+                                                 "(default: %(default)s, Hugging Face ViT's; fmnist: 0.286)")
+    r.add_argument("--std", default="0.5", help="per-channel std for an image input (default: %(default)s; fmnist: 0.353)")
     r.set_defaults(func=_run)
 
     v = sub.add_parser("eval", help="FP32 vs INT8 top-1 of the embedded model for each recipe and scale matching",

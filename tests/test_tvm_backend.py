@@ -116,6 +116,17 @@ def test_compile_cli_runtime_load_and_run(tiny_qvit, tmp_path, capsys):
     assert main(["run", str(so), "--input", str(tmp_path / "x.npy")]) == 0
     top = int(np.argmax(tiny_qvit(x).numpy()[0]))
     assert capsys.readouterr().out.splitlines()[-2].startswith(f"image 0: {top} (")
+    # one image file: converted, scaled (x/255 − mean)/std, repeated to fill the compiled batch
+    from PIL import Image
+    pixels = np.random.default_rng(7).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "img.png")
+    assert main(["run", str(so), "--input", str(tmp_path / "img.png"), "--mean", "0.5", "--std", "0.25"]) == 0
+    x_png = torch.from_numpy(((pixels.astype(np.float32) / 255 - 0.5) / 0.25).transpose(2, 0, 1)[None].copy())
+    top = int(np.argmax(tiny_qvit(x_png).numpy()[0]))
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[-1].startswith(f"image 0: {top} (") and not any(line.startswith("image 1") for line in printed)
+    assert main(["run", str(so), "--input", str(tmp_path / "missing.png")]) == 2
+    assert "no image at" in capsys.readouterr().err
     # bad inputs: wrong batch, unknown target, missing sidecar, another TVM version
     assert main(["run", str(so), "--input", str(tmp_path / "x.npy")]) == 0
     np.save(tmp_path / "x3.npy", images(3).numpy())
