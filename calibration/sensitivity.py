@@ -22,7 +22,7 @@ def layer_sensitivity(qmodel, images: torch.Tensor, progress: bool = True) -> li
     """Ranked list of ``{"name", "kind", "bits", "sqnr_db", "top1_agreement"}``, worst first."""
     spec, scales = qmodel.spec, qmodel.scales
     ref = float_forward(spec, images)
-    bits = dict(quant_points(spec))
+    bits = getattr(qmodel, "bits", None) or dict(quant_points(spec))    # the model's layout (quantize.layout)
     candidates = [("activation", n) for n in bits] + [("weight", n) for n in linear_layers(spec)]
     rows = []
     for kind, name in tqdm(candidates, desc="sensitivity", unit="point", disable=not progress, leave=False):

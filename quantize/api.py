@@ -43,7 +43,15 @@ def quantize(model, calib_data, config: QuantConfig | None = None):
     state = calibrate(spec, calib_data, recipe=config.recipe, percentile=config.percentile,
                       max_images=config.max_calib_images, batch_size=config.batch_size,
                       progress=config.progress, cache_path=config.cache_path)
-    qmodel = IntegerViT(spec, state.amax, meta={"recipe": config.recipe, "calib_images": state.num_images})
+    meta = {"recipe": config.recipe, "calib_images": state.num_images}
+    if config.int16:
+        from .layout import resolve_layout
+        meta["layout"] = resolve_layout(spec, config.int16)
+    qmodel = IntegerViT(spec, state.amax, meta=meta)
+    if config.auto_int16:
+        from .layout import widen_most_sensitive
+        widen_most_sensitive(qmodel, calib_data, config.auto_int16, min(config.matching_images, config.max_calib_images),
+                             config.batch_size)
     if config.attention_temperature or config.output_balance:
         from ..calibration.scale_matching import balance_output_heads, match_attention_temperature
         n = min(config.matching_images, config.max_calib_images)

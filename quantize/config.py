@@ -26,6 +26,11 @@ class QuantConfig:
     output_balance:   QuantVLA output head balancing (OHB): per block, scale each residual
                       branch's requant so its RMS matches the float model's.
     matching_images:  calibration images ATM/OHB measure on (at most).
+    int16:            glob patterns of activation points to keep at 16 bits instead of 8
+                      (``quantize.layout``), e.g. ``("blocks.0.*", "norm")``; each pattern
+                      must match a widenable point.
+    auto_int16:       additionally widen the k most sensitive widenable points, ranked by
+                      ``calibration.sensitivity`` on up to ``matching_images`` calibration images.
     """
     recipe: str = "minmax"
     percentile: float = 99.99
@@ -37,9 +42,15 @@ class QuantConfig:
     attention_temperature: bool = False
     output_balance: bool = False
     matching_images: int = 128
+    int16: tuple[str, ...] = ()
+    auto_int16: int = 0
 
     def __post_init__(self):
         if self.recipe not in OBSERVERS:
             raise ValueError(f"unknown recipe {self.recipe!r}; choose one of {sorted(OBSERVERS)}")
+        if isinstance(self.int16, str):
+            self.int16 = (self.int16,)
+        if self.auto_int16 < 0:
+            raise ValueError("auto_int16 must be 0 or more")
         if self.max_calib_images < 1:
             raise ValueError("max_calib_images must be at least 1")

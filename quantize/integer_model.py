@@ -31,8 +31,9 @@ import torch
 from torch import nn
 
 from .. import ops
-from ..models.spec import ViTSpec, check_input, float_forward, linear_layers, quant_points
+from ..models.spec import ViTSpec, check_input, float_forward, linear_layers
 from .fake_quant import fake_quant, fake_quant_weight
+from .layout import point_bits
 from .qparams import act_scales, freeze, output_scale
 
 MODES = ("int", "fake", "float")
@@ -52,8 +53,9 @@ class IntegerViT(nn.Module):
     # ------------------------------------------------------------------ parameters
     def refreeze(self) -> None:
         """Recompute every integer tensor from the float spec and the ranges."""
-        self.scales = act_scales(self.spec, self.amax)
-        params = freeze(self.spec, self.scales, self.meta.get("temperatures"), self.meta.get("balance"))
+        self.bits = point_bits(self.spec, self.meta.get("layout"))
+        self.scales = act_scales(self.spec, self.amax, self.bits)
+        params = freeze(self.spec, self.scales, self.meta.get("temperatures"), self.meta.get("balance"), self.bits)
         for name in list(self._buffers):
             del self._buffers[name]
         for name, t in params.items():
@@ -119,7 +121,7 @@ class IntegerViT(nn.Module):
         return ops.requantize(z, self.p(name + ".m"), self.p(name + ".e"), bits, offset)
 
     def _layernorm_int(self, h, name):
-        return self._requant(ops.int_layernorm(h), name, 8, self.p(name + ".offset"))
+        return self._requant(ops.int_layernorm(h), name, self.bits[name], self.p(name + ".offset"))
 
     def _linear_int(self, x, name):
         return ops.int_linear(x, self.p(name + ".w"), self.p(name + ".b"))
@@ -139,14 +141,15 @@ class IntegerViT(nn.Module):
         logits = self._requant(ops.int_matmul(q, k.transpose(-1, -2)), pre + "logits.rq", 16)
         tap(pre + "logits", logits)
         probs = ops.shiftmax(logits, int(p(pre + "softmax.x0")), out_bits=16)
-        ctx = self._requant(ops.int_matmul(probs, v), pre + "ctx.rq", 8)
+        ctx = self._requant(ops.int_matmul(probs, v), pre + "ctx.rq", self.bits[pre + "ctx"])
         ctx = ctx.transpose(1, 2).reshape(bsz, t, d)
         branch = self._linear_int(ctx, pre + "proj")
         tap(pre + "proj", branch)
         h = self._residual_int(h, branch, pre + "resid1")
         a = self._layernorm_int(h, pre + "norm2")
         f = self._requant(self._linear_int(a, pre + "fc1"), pre + "fc1.rq", 8)
-        g = self._requant(ops.shift_gelu(f, int(p(pre + "gelu.x0")), out_bits=8), pre + "gelu.rq", 8)
+        g = self._requant(ops.shift_gelu(f, int(p(pre + "gelu.x0")), out_bits=8), pre + "gelu.rq",
+                          self.bits[pre + "gelu"])
         branch = self._linear_int(g, pre + "fc2")
         tap(pre + "fc2", branch)
         return self._residual_int(h, branch, pre + "resid2")
@@ -165,7 +168,7 @@ class IntegerViT(nn.Module):
     def forward_fake(self, images: torch.Tensor) -> torch.Tensor:
         """Fake-quantized float forward (QAT); gradients flow straight through every rounding."""
         check_input(self.spec, images)
-        bits = dict(quant_points(self.spec))
+        bits = self.bits
 
         def hook(name, x):
             return fake_quant(x, self.scales[name], bits[name])

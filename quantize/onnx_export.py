@@ -95,12 +95,22 @@ class _Exporter:
     def to_int8(self, x, name):
         return self.g.op("Cast", x, to=TensorProto.INT8, name=name)
 
-    def linear(self, x8, name):
-        """int8 activations × int8 weights → int32 (MatMulInteger) → int64 + int32 bias."""
+    def linear_from(self, x, point, name, cast_name=None):
+        """The linear layer ``name`` on the activation of quant point ``point``: cast to int8, or, when the
+        layout widens the point to 16 bits (``quantize.layout``), left int64 for an int64 ``MatMul``."""
+        wide = self.m.bits[point] > 8
+        return self.linear(x if wide else self.to_int8(x, cast_name or point + "/int8"), name, wide)
+
+    def linear(self, x, name, wide=False):
+        """int8 activations × int8 weights → int32 (MatMulInteger) → int64 + int32 bias; a ``wide``
+        (int64-typed, 16-bit valued) input multiplies int64 weights in a ``MatMul`` instead."""
         g = self.g
-        w = g.init(name + ".wT", _i64(self.p(name + ".w")).T.copy(), np.int8)
-        acc = g.op("MatMulInteger", x8, w, name=name + "/gemm")
-        acc = g.op("Cast", acc, to=TensorProto.INT64, name=name + "/acc")
+        w = _i64(self.p(name + ".w")).T.copy()
+        if wide:
+            acc = g.op("MatMul", x, g.init(name + ".wT", w), name=name + "/gemm")
+        else:
+            acc = g.op("MatMulInteger", x, g.init(name + ".wT", w, np.int8), name=name + "/gemm")
+            acc = g.op("Cast", acc, to=TensorProto.INT64, name=name + "/acc")
         return g.op("Add", acc, g.init(name + ".b", _i64(self.p(name + ".b"))), name=name + "/bias")
 
     def saturate(self, x, bits, name):
@@ -108,7 +118,7 @@ class _Exporter:
 
     def layernorm(self, h, name):
         z = self.g.fn("IntLayerNorm", h, name=name + "/ilayernorm")
-        return self.requant(z, name, 8, self.p(name + ".offset"))
+        return self.requant(z, name, self.m.bits[name], self.p(name + ".offset"))
 
     def nonlinear_consts(self, x0, n, out_bits, name):
         g = self.g
@@ -119,8 +129,8 @@ class _Exporter:
         g, spec = self.g, self.m.spec
         t, d = spec.num_tokens, spec.dim
         dh = d // heads
-        a = self.to_int8(self.layernorm(h, pre + "norm1"), pre + "norm1/int8")
-        qkv = self.requant(self.linear(a, pre + "qkv"), pre + "qkv.rq", 8)
+        qkv = self.requant(self.linear_from(self.layernorm(h, pre + "norm1"), pre + "norm1", pre + "qkv"),
+                           pre + "qkv.rq", 8)
         q, k, v = (g.op("Transpose", g.op("Reshape", part, g.const([-1, t, heads, dh]), name=pre + nm + "/heads"),
                         perm=[0, 2, 1, 3], name=pre + nm + "/split_heads")
                    for nm, part in zip("qkv", self._split3(qkv, d, pre)))
@@ -134,18 +144,19 @@ class _Exporter:
                      name=pre + "softmax/shiftmax")
         av = g.op("MatMul", g.op("Cast", probs, to=TensorProto.INT32, name=pre + "probs/int32"),
                   g.op("Cast", v, to=TensorProto.INT32, name=pre + "v/int32"), name=pre + "av/gemm")
-        ctx = self.requant(g.op("Cast", av, to=TensorProto.INT64, name=pre + "av/acc"), pre + "ctx.rq", 8)
+        ctx = self.requant(g.op("Cast", av, to=TensorProto.INT64, name=pre + "av/acc"), pre + "ctx.rq",
+                           self.m.bits[pre + "ctx"])
         ctx = g.op("Reshape", g.op("Transpose", ctx, perm=[0, 2, 1, 3], name=pre + "ctx/merge"),
                    g.const([-1, t, d]), name=pre + "ctx/merge_heads")
-        branch = self.linear(self.to_int8(ctx, pre + "ctx/int8"), pre + "proj")
+        branch = self.linear_from(ctx, pre + "ctx", pre + "proj")
         h = self.residual(h, branch, pre + "resid1")
-        a = self.to_int8(self.layernorm(h, pre + "norm2"), pre + "norm2/int8")
-        f = self.requant(self.linear(a, pre + "fc1"), pre + "fc1.rq", 8)
+        f = self.requant(self.linear_from(self.layernorm(h, pre + "norm2"), pre + "norm2", pre + "fc1"),
+                         pre + "fc1.rq", 8)
         x0 = int(self.p(pre + "gelu.x0"))
         gl = g.fn("ShiftGELU", f, *self.nonlinear_consts(x0, ops.SHIFTGELU_N, 8, pre + "gelu"),
                   name=pre + "gelu/shiftgelu")
-        gl = self.requant(gl, pre + "gelu.rq", 8)
-        branch = self.linear(self.to_int8(gl, pre + "gelu/int8"), pre + "fc2")
+        gl = self.requant(gl, pre + "gelu.rq", self.m.bits[pre + "gelu"])
+        branch = self.linear_from(gl, pre + "gelu", pre + "fc2")
         return self.residual(h, branch, pre + "resid2")
 
     def _split3(self, x, d, pre):
@@ -202,7 +213,7 @@ class _Exporter:
             h = self.block(h, f"blocks.{i}.", blk.num_heads)
         out = self.layernorm(h, "norm") if spec.final_norm is not None else h
         if m.has_head:
-            out = self.linear(self.to_int8(self.pool(out), "head/int8_in"), "head")
+            out = self.linear_from(self.pool(out), "norm", "head", cast_name="head/int8_in")
             scale = g.init("head.out_scale", m.p("head.out_scale").numpy().astype(np.float64))
         else:
             from .qparams import output_scale

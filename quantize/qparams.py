@@ -24,13 +24,17 @@ from ..models.spec import Linear, ViTSpec, quant_points
 P = dict  # name -> integer tensor
 
 
-def act_scales(spec: ViTSpec, amax: dict[str, float]) -> dict[str, float]:
-    """Scale of every activation quant point from its calibrated clipping magnitude."""
+def act_scales(spec: ViTSpec, amax: dict[str, float], bits: dict[str, int] | None = None) -> dict[str, float]:
+    """Scale of every activation quant point from its calibrated clipping magnitude.
+
+    ``bits`` overrides the points' widths (a ``quantize.layout``); default ``quant_points``.
+    """
     missing = [n for n, _ in quant_points(spec) if n not in amax]
     if missing:
         raise ValueError(f"calibration state lacks quant points {missing[:3]}…; recalibrate this model")
+    widths = dict(quant_points(spec)) | dict(bits or {})
     scales = {}
-    for name, bits in quant_points(spec):
+    for name, bits in widths.items():
         c = float(amax[name])
         if not math.isfinite(c):
             raise ValueError(f"calibrated range of '{name}' is not finite")
@@ -52,12 +56,14 @@ def quantize_weight(w: torch.Tensor, s_w: torch.Tensor) -> torch.Tensor:
     return torch.clamp(torch.round(w.detach().double() / s_w[:, None]), -127, 127).to(torch.int64)
 
 
-def quantize_bias(lin: Linear, s_x: float, s_w: torch.Tensor, name: str) -> torch.Tensor:
+def quantize_bias(lin: Linear, s_x: float, s_w: torch.Tensor, name: str, acc_bits: int = 32) -> torch.Tensor:
+    """The bias at the accumulator scale ``s_x·s_w``; it must fit the accumulator (int32, or int64 for
+    a 16-bit input, ``quantize.layout``)."""
     if lin.bias is None:
         return torch.zeros(lin.weight.shape[0], dtype=torch.int64)
     b = torch.round(lin.bias.detach().double() / (s_x * s_w)).to(torch.int64)
-    if int(b.abs().max()) >= 2**31:
-        raise ValueError(f"bias of '{name}' does not fit int32 at scale s_x·s_w; "
+    if int(b.abs().max()) >= 2**(acc_bits - 1):
+        raise ValueError(f"bias of '{name}' does not fit int{acc_bits} at scale s_x·s_w; "
                          "the input range of this layer is too small (check calibration)")
     return b
 
@@ -68,7 +74,7 @@ def _mul(prefix: str, ratio, out: P, max_shift=ops.requant.MAX_SHIFT) -> None:
 
 
 def freeze(spec: ViTSpec, scales: dict[str, float], temperatures: dict | None = None,
-           balance: dict | None = None) -> P:
+           balance: dict | None = None, bits: dict[str, int] | None = None) -> P:
     """All integer tensors of the integer model, by name (see ``IntegerViT.forward_int``).
 
     ``temperatures`` (``{"blocks.i": [α_h per head]}``) and ``balance``
@@ -79,15 +85,18 @@ def freeze(spec: ViTSpec, scales: dict[str, float], temperatures: dict | None = 
     entries mean 1; the graph's ops are the same either way.
     """
     temperatures, balance = temperatures or {}, balance or {}
+    wide = {n for n, b in (bits or {}).items() if b > 8}      # linears whose input is 16-bit
     p: P = {}
     S = scales
     d = spec.dim
 
-    def linear(name: str, lin: Linear, s_x: float) -> torch.Tensor:
+    def linear(name: str, lin: Linear, s_x: float, input_point: str = "") -> torch.Tensor:
         s_w = weight_scale(lin.weight)
-        ops.check_accumulator_fits(lin.weight.shape[1])
+        acc_bits = 64 if input_point in wide else 32
+        if acc_bits == 32:
+            ops.check_accumulator_fits(lin.weight.shape[1])
         p[name + ".w"] = quantize_weight(lin.weight, s_w)
-        p[name + ".b"] = quantize_bias(lin, s_x, s_w, name)
+        p[name + ".b"] = quantize_bias(lin, s_x, s_w, name, acc_bits)
         return s_x * s_w                                   # accumulator scale per channel
 
     def layernorm(name: str, norm, s_out: float) -> None:
@@ -109,7 +118,7 @@ def freeze(spec: ViTSpec, scales: dict[str, float], temperatures: dict | None = 
         b = f"blocks.{i}."
         dh = d // blk.num_heads
         layernorm(b + "norm1", blk.norm1, S[b + "norm1"])
-        acc = linear(b + "qkv", blk.qkv, S[b + "norm1"])
+        acc = linear(b + "qkv", blk.qkv, S[b + "norm1"], b + "norm1")
         s_qkv = torch.cat([torch.full((d,), S[b + n], dtype=torch.float64) for n in ("q", "k", "v")])
         _mul(b + "qkv.rq", acc / s_qkv, p)
         ratio = S[b + "q"] * S[b + "k"] / (math.sqrt(dh) * S[b + "logits"])
@@ -123,18 +132,18 @@ def freeze(spec: ViTSpec, scales: dict[str, float], temperatures: dict | None = 
         ops.check_shiftexp_constants(x0, ops.SHIFTMAX_N)
         p[b + "softmax.x0"] = torch.tensor(x0)
         _mul(b + "ctx.rq", 2.0**-15 * S[b + "v"] / S[b + "ctx"], p)
-        acc = linear(b + "proj", blk.proj, S[b + "ctx"])
+        acc = linear(b + "proj", blk.proj, S[b + "ctx"], b + "ctx")
         _mul(b + "resid1.skip", s_res / S[b + "resid1"], p)
         _mul(b + "resid1.branch", acc * balance.get(b + "resid1", 1.0) / S[b + "resid1"], p)
         s_res = S[b + "resid1"]
         layernorm(b + "norm2", blk.norm2, S[b + "norm2"])
-        acc = linear(b + "fc1", blk.fc1, S[b + "norm2"])
+        acc = linear(b + "fc1", blk.fc1, S[b + "norm2"], b + "norm2")
         _mul(b + "fc1.rq", acc / S[b + "fc1"], p)
         x0 = ops.shiftexp_x0(ops.GELU_SIGMOID_COEF * S[b + "fc1"])
         ops.check_shiftexp_constants(x0, ops.SHIFTGELU_N)
         p[b + "gelu.x0"] = torch.tensor(x0)
         _mul(b + "gelu.rq", S[b + "fc1"] * 2.0**-7 / S[b + "gelu"], p)
-        acc = linear(b + "fc2", blk.fc2, S[b + "gelu"])
+        acc = linear(b + "fc2", blk.fc2, S[b + "gelu"], b + "gelu")
         _mul(b + "resid2.skip", s_res / S[b + "resid2"], p)
         _mul(b + "resid2.branch", acc * balance.get(b + "resid2", 1.0) / S[b + "resid2"], p)
         s_res = S[b + "resid2"]
@@ -145,7 +154,7 @@ def freeze(spec: ViTSpec, scales: dict[str, float], temperatures: dict | None = 
         if spec.final_norm is None:
             raise ValueError("a classification head needs a final LayerNorm before it "
                              "(its int8 input); this model has none")
-        p["head.out_scale"] = linear("head", spec.head, S["norm"]).to(torch.float64)
+        p["head.out_scale"] = linear("head", spec.head, S["norm"], "norm").to(torch.float64)
     return p
 
 

@@ -23,7 +23,7 @@ from .importer import to_relax
 TARGETS = ("llvm", "cuda")
 OPAQUE_PATTERN = 8          # relax OpPatternKind.kOpaque: FuseOps leaves the function alone
 INJECTIVE_PATTERN = 2       # kInjective: FuseOps may merge it with the layout ops that feed it
-GEMM_PREFIXES = ("int8_linear", "int16_gemm", "int_bmm")
+GEMM_PREFIXES = ("int8_linear", "int16_gemm", "int16_linear", "int_bmm")
 PACK_PREFIXES = ("pack_panels", "pack_values")    # index arithmetic hides that they are injective
 
 

@@ -57,13 +57,15 @@ def _padded(t, rows_p: int, k_p: int, layout: str, name: str):
     return te.compute((*lead, rows_p, k_p), f, name=name)
 
 
-def tiled_gemm_te(a, b, bias=None, layout: str = "nk", epilogue=None, out_dtype="int64", n: int | None = None):
+def tiled_gemm_te(a, b, bias=None, layout: str = "nk", epilogue=None, out_dtype="int64", n: int | None = None,
+                  acc_dtype: str = "int32"):
     """``epilogue(a @ bᵀ + bias)`` (``layout="nk"``) or ``epilogue(a @ b + bias)`` (``"kn"``).
 
     ``b`` is either shared by every row block (a constant, already
     ``pad_weight``-ed: ``[Np, Kp]``, give the true width ``n``) or batched like
     ``a``. ``bias`` is int64 ``[N]`` or None; ``epilogue(z, idx) -> PrimExpr``
-    maps the int64 ``acc + bias`` at output index ``idx`` to the output value.
+    maps the int64 ``acc + bias`` at output index ``idx`` to the output value. ``acc_dtype="int64"``
+    is for 16-bit activations × int8 weights (``quantize.layout``: ``|acc| <= K·2**22``).
     """
     from tvm import te
 
@@ -80,7 +82,7 @@ def tiled_gemm_te(a, b, bias=None, layout: str = "nk", epilogue=None, out_dtype=
     b_lead = len(rhs.shape) - 2
     red = te.reduce_axis((0, kp), name="k")
     acc = te.compute((*lead, rows_p, np_), lambda *i: te.sum(
-        lhs(*i[:-1], red).astype("int32") * rhs(*i[:b_lead], i[-1], red).astype("int32"), axis=red),
+        lhs(*i[:-1], red).astype(acc_dtype) * rhs(*i[:b_lead], i[-1], red).astype(acc_dtype), axis=red),
         name=ACC_BLOCK)
 
     def out(*i):

@@ -79,24 +79,29 @@ def sole_consumer(value: str, consumers: dict):
     return users[0] if len(users) == 1 else None
 
 
-def epilogue_chain(gemm, consumers: dict, consts: dict) -> list:
+def epilogue_chain(gemm, consumers: dict, consts: dict, widened: bool = False) -> list:
     """The ``Cast(int64) [→ Add(bias)] [→ Requant|Rescale]`` nodes after a MatMulInteger.
 
     Each node must be the sole consumer of the previous one (the exporter's
     ``linear`` + requant shape, and attention's ``Q·Kᵀ`` + requant). Empty
-    when there is no int64 cast or nothing after it.
+    when there is no int64 cast or nothing after it. A ``widened`` GEMM (an
+    int64 ``MatMul`` of a 16-bit layer, ``quantize.layout``) has no cast:
+    its chain starts at the bias ``Add``.
     """
-    cast = sole_consumer(gemm.output[0], consumers)
-    if cast is None or cast.op_type != "Cast" or attrs(cast)["to"] != onnx.TensorProto.INT64:
-        return []
-    chain = [cast]
-    nxt = sole_consumer(cast.output[0], consumers)
-    if nxt is not None and nxt.op_type == "Add" and nxt.input[0] == cast.output[0] and nxt.input[1] in consts:
+    if widened:
+        chain, last = [], gemm.output[0]
+    else:
+        cast = sole_consumer(gemm.output[0], consumers)
+        if cast is None or cast.op_type != "Cast" or attrs(cast)["to"] != onnx.TensorProto.INT64:
+            return []
+        chain, last = [cast], cast.output[0]
+    nxt = sole_consumer(last, consumers)
+    if nxt is not None and nxt.op_type == "Add" and nxt.input[0] == last and nxt.input[1] in consts:
         chain.append(nxt)
         nxt = sole_consumer(nxt.output[0], consumers)
     if nxt is not None and nxt.domain == DOMAIN and nxt.op_type in EPILOGUE_VALUES and nxt.input[0] == chain[-1].output[0]:
         chain.append(nxt)
-    return chain if len(chain) > 1 else []
+    return chain if len(chain) > (0 if widened else 1) else []
 
 
 def table_after(chain: list, consumers: dict, static: dict):

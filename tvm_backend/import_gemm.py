@@ -53,6 +53,19 @@ class GemmEmitter:
         b = None if bias is None else relax.const(np.broadcast_to(bias.astype(np.int64), (n,)).copy(), "int64")
         return self._tiled(x, relax.const(pad_weight(w_kn), "int8"), b, "nk", chain, table, n=n)
 
+    def wide_linear(self, x, w_kn: np.ndarray, chain: list, consts: dict, table=None):
+        """``x @ W (+ b)`` for a 16-bit activation (int64-typed) of a widened layer (``quantize.layout``):
+        int64 accumulation in the tiled form on every target (no int8 dot-product instruction applies)."""
+        from .gpu_gemm import pad_weight, tiled_gemm_te
+        n = w_kn.shape[1]
+        add = next((c for c in chain if c.op_type == "Add"), None)
+        bias = consts[add.input[1]] if add is not None else None
+        b = None if bias is None else relax.const(np.broadcast_to(bias.astype(np.int64), (n,)).copy(), "int64")
+        w = relax.const(pad_weight(w_kn.astype(np.int64)), "int64")
+        return self._emit(x, w, b, chain, table, "int16_linear",
+                          lambda xt, wt, bt, ep, od: tiled_gemm_te(xt, wt, bt, "nk", ep, od, n=n, acc_dtype="int64"),
+                          plain_dtype="int64")
+
     def keys(self, x, keys_nk, chain: list, table=None):
         """``x @ keysᵀ`` for an int8 activation ``keys`` ``[..., N, K]`` (attention's ``Q·Kᵀ``)."""
         if self.form == "tiled":
@@ -97,7 +110,7 @@ class GemmEmitter:
         return self._emit(x, w, bias, chain, table, "int8_linear" if int8 else "int16_gemm",
                           lambda xt, wt, bt, ep, od: tiled_gemm_te(xt, wt, bt, layout, ep, od, n=n))
 
-    def _emit(self, x, w, bias, chain: list, table, name: str, make):
+    def _emit(self, x, w, bias, chain: list, table, name: str, make, plain_dtype=None):
         """One kernel: ``make(x, w, bias, epilogue, out_dtype)`` with the chain's requant (and the
         ``table = (values, lo)`` lookup ``table[v − lo]`` after it) as the epilogue."""
         rq = chain[-1] if chain and chain[-1].domain == DOMAIN else None
@@ -114,7 +127,7 @@ class GemmEmitter:
         def kernel(xt, wt, *rest):
             bt, tens = (rest[0], rest[1:]) if bias is not None else (None, rest)
             if rq is None:
-                return make(xt, wt, bt, None, "int64" if chain else "int32")
+                return make(xt, wt, bt, None, plain_dtype or ("int64" if chain else "int32"))
             it = iter(tens)
             bound = [a if isinstance(a, int) else next(it) for a in args]
             fn = EPILOGUE_VALUES[rq.op_type]

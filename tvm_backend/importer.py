@@ -84,10 +84,10 @@ def to_relax(proto: onnx.ModelProto, batch: int = 1, gemm_form: str = "vnni"):
     ranges: dict[str, tuple[int, int]] = {}   # [lo, hi] of values a saturation bounds
     narrowed: set[str] = set()       # int64 in the graph, stored narrower (a GEMM's saturated output)
 
-    def emit_fused_gemm(gemm, emit):
+    def emit_fused_gemm(gemm, emit, widened=False):
         """Emit a GEMM with the epilogue nodes after it (requant, then a tabulated ShiftGELU chain)
         folded in; ``emit(chain, table) -> relax value`` builds the kernel."""
-        chain = epilogue_chain(gemm, consumers, consts)
+        chain = epilogue_chain(gemm, consumers, consts, widened)
         table = table_after(chain, consumers, static)
         fused.update(id(n) for n in chain + (table[0] if table else []))
         out = (table[0][-1] if table else chain[-1] if chain else gemm).output[0]
@@ -182,6 +182,9 @@ def to_relax(proto: onnx.ModelProto, batch: int = 1, gemm_form: str = "vnni"):
                         and int16_source(ins[1], producers, ranges):   # A·V: probabilities × values
                     probs, values = (int16_source(i, producers, ranges) for i in ins)
                     emit_fused_gemm(node, lambda chain, table: gemms.probs_values(val(probs), val(values), chain, table))
+                elif op == "MatMul" and ins[1] in consts and consts[ins[1]].ndim == 2:   # a widened (16-bit) linear
+                    emit_fused_gemm(node, lambda chain, table: gemms.wide_linear(
+                        val(ins[0]), consts[ins[1]], chain, consts, table), widened=True)
                 elif op in ("MatMulInteger", "MatMul"):       # any other activation × activation
                     env[out] = gemms.bmm(val(ins[0]), val(ins[1]))
                 elif op == "ReduceSum":

@@ -25,7 +25,6 @@ def _is_float(dtype: str) -> bool:
 
 def float_ops_in_integer_region(mod) -> list[str]:
     """Names of bindings / PrimFuncs that use floats inside the integer region (empty = integer-only)."""
-    import tvm
     from tvm import relax
 
     lowered = relax.transform.LegalizeOps()(mod)

@@ -22,9 +22,11 @@ from __future__ import annotations
 
 from .kernels import MATERIALIZE
 from .gemm import ACC_BLOCK, OUT_BLOCK, PACK_BLOCK, SHIFTED_INPUT_BLOCK, linear_tile
+from .gpu_gemm import LHS_BLOCK, RHS_BLOCK
 from .x86 import DOT_INSTRUCTIONS, LANES, register_dot_intrinsic
 
 SCHEDULED_ATTR = "tirx.is_scheduled"
+TILED_ROWS = 8                  # rows per parallel task of a tiled (int64) GEMM; divides TILE_M
 
 
 def _block_names(sch) -> list[str]:
@@ -102,6 +104,23 @@ def schedule_gemm(func, vnni: bool):
     return sch.mod["main"].with_attr(SCHEDULED_ATTR, True)
 
 
+def schedule_tiled_gemm(func):
+    """A ``gpu_gemm.tiled_gemm_te`` kernel on the CPU (the int64 GEMMs of 16-bit layers,
+    ``quantize.layout``): operand padding inlined, parallel over 8-row slabs, epilogue per slab."""
+    from tvm import s_tir
+    sch = s_tir.Schedule(func)
+    names = _block_names(sch)
+    for producer in (LHS_BLOCK, RHS_BLOCK):
+        if producer in names:
+            sch.compute_inline(sch.get_sblock(producer))
+    acc, out = sch.get_sblock(ACC_BLOCK), sch.get_sblock(OUT_BLOCK)
+    *lead, i, _, _ = sch.get_loops(acc)
+    io, _ = sch.split(i, [None, TILED_ROWS])
+    sch.reverse_compute_at(out, io)
+    sch.parallel(sch.fuse(*lead, io) if lead else io)
+    return sch.mod["main"].with_attr(SCHEDULED_ATTR, True)
+
+
 def _numel(sch, block) -> int:
     n = 1
     for d in sch.get(block).writes[0].source.shape:
@@ -168,7 +187,10 @@ def schedule_module(mod, vnni: bool):
         if not isinstance(func, tvm.tirx.PrimFunc) or (func.attrs and SCHEDULED_ATTR in func.attrs):
             continue
         names = _block_names(tvm.s_tir.Schedule(func))
-        out[gv] = schedule_gemm(func, vnni) if ACC_BLOCK in names else schedule_rowwise(func)
+        if LHS_BLOCK in names:
+            out[gv] = schedule_tiled_gemm(func)
+        else:
+            out[gv] = schedule_gemm(func, vnni) if ACC_BLOCK in names else schedule_rowwise(func)
     for gv, func in out.items():
         mod[gv] = func
     return mod

@@ -1,0 +1,90 @@
+"""Selective quantization layout: which activation points run at 16 bits instead of 8.
+
+The I-ViT layout keeps every GEMM input at int8. Some points of a real model
+lose too much there (``intvit analyze`` ranks them); a layout widens chosen
+points to int16 — still integer-only, so the graph stays integer end to end:
+
+* widenable points are the int8 inputs of the linear layers that a
+  requant produces: per block ``norm1`` (qkv input), ``ctx`` (proj input),
+  ``norm2`` (fc1 input), ``gelu`` (fc2 input), and the final ``norm`` (head
+  input). The input quantizer, ``q``/``k``/``v`` and the GELU input ``fc1``
+  stay 8-bit (their consumers' constants and kernels assume it);
+* a widened linear multiplies int16 × int8 with an int64 accumulator
+  (``ops.int_linear``: ``|acc| <= K·2**22``), exported as an int64 ``MatMul``
+  instead of ``MatMulInteger`` and compiled as a plain integer GEMM.
+
+``QuantConfig(int16=("blocks.0.*", "norm"))`` selects points by glob
+pattern over their names; ``QuantConfig(auto_int16=k)`` widens the ``k`` most
+sensitive widenable points (``calibration.sensitivity``). The layout is
+stored in the model (``meta["layout"]``) and saved with it.
+"""
+from __future__ import annotations
+
+import fnmatch
+
+from ..models.spec import ViTSpec, quant_points
+
+WIDE_BITS = 16
+BLOCK_WIDENABLE = ("norm1", "ctx", "norm2", "gelu")
+
+
+def widenable_points(spec: ViTSpec) -> list[str]:
+    """The activation points a layout may widen to 16 bits, in forward order."""
+    names = [f"blocks.{i}.{p}" for i in range(len(spec.blocks)) for p in BLOCK_WIDENABLE]
+    return names + (["norm"] if spec.final_norm is not None and spec.head is not None else [])
+
+
+def resolve_layout(spec: ViTSpec, patterns) -> dict[str, int]:
+    """``{point: 16}`` for every widenable point matching one of the glob ``patterns``.
+
+    A pattern that matches no widenable point is an error naming the ones that exist.
+    """
+    if isinstance(patterns, str):
+        patterns = (patterns,)
+    points = widenable_points(spec)
+    layout = {}
+    for pat in patterns:
+        hits = [p for p in points if fnmatch.fnmatchcase(p, pat)]
+        if not hits:
+            raise ValueError(f"int16 pattern {pat!r} matches no widenable quant point; the widenable points are "
+                             f"{', '.join(points[:6])}, … {points[-1]} (per block norm1, ctx, norm2, gelu, and "
+                             "the final norm; the input, q/k/v and fc1 stay 8-bit)")
+        layout.update({p: WIDE_BITS for p in hits})
+    return layout
+
+
+def widen_most_sensitive(qmodel, data, k: int, max_images: int = 128, batch_size: int = 32) -> list[str]:
+    """Widen the ``k`` widenable points whose quantization alone costs the most output SQNR
+    (``calibration.sensitivity.layer_sensitivity``); refreezes ``qmodel``; returns their names."""
+    import torch
+
+    from ..calibration.data import iter_batches
+    from ..calibration.sensitivity import layer_sensitivity
+    images, n = [], 0
+    for b in iter_batches(data, batch_size):
+        images.append(b[:max_images - n])
+        n += images[-1].shape[0]
+        if n >= max_images:
+            break
+    if not images:
+        raise ValueError("auto_int16 needs calibration images to rank the quant points; the data set is empty")
+    widenable = set(widenable_points(qmodel.spec))
+    rows = layer_sensitivity(qmodel, torch.cat(images), progress=False)
+    chosen = [r["name"] for r in rows if r["kind"] == "activation" and r["name"] in widenable
+              and qmodel.bits[r["name"]] == 8][:k]
+    qmodel.meta["layout"] = {**qmodel.meta.get("layout", {}), **{name: WIDE_BITS for name in chosen}}
+    qmodel.meta["auto_int16"] = chosen
+    qmodel.refreeze()
+    return chosen
+
+
+def point_bits(spec: ViTSpec, layout: dict | None) -> dict[str, int]:
+    """Bit width of every activation point under ``layout`` (``quant_points`` defaults otherwise)."""
+    bits = dict(quant_points(spec))
+    for name, b in (layout or {}).items():
+        if name not in widenable_points(spec):
+            raise ValueError(f"layout widens {name!r}, which is not a widenable quant point")
+        if b not in (8, WIDE_BITS):
+            raise ValueError(f"layout gives {name!r} {b} bits; a point is 8 or {WIDE_BITS} bits")
+        bits[name] = b
+    return bits
