@@ -26,7 +26,8 @@ def _demo(args) -> int:
     print(f"[2/4] calibrating on {calib.shape[0]} training images (recipe {args.recipe}) and quantizing")
     t0 = time.perf_counter()
     qmodel = intvit.quantize(model, calib, intvit.QuantConfig(
-        recipe=args.recipe, progress=not args.quiet, attention_temperature=args.atm, output_balance=args.ohb))
+        recipe=args.recipe, progress=not args.quiet, attention_temperature=args.atm, output_balance=args.ohb,
+        int16=_patterns(args.int16), auto_int16=args.auto_int16))
     t_quant = time.perf_counter() - t0
     print(f"[3/4] evaluating on {images.shape[0]} test images (integer mode runs on int tensors only)")
     report = compare(lambda x: model(x).logits, qmodel, images, labels, progress=not args.quiet)
@@ -72,7 +73,8 @@ def _quantize(args) -> int:
         calib = args.calib
     q = intvit.quantize(model, calib, intvit.QuantConfig(recipe=args.recipe, progress=not args.quiet,
                                                           max_calib_images=args.max_images,
-                                                          attention_temperature=args.atm, output_balance=args.ohb))
+                                                          attention_temperature=args.atm, output_balance=args.ohb,
+                                                          int16=_patterns(args.int16), auto_int16=args.auto_int16))
     q.save(args.output)
     print(f"wrote {args.output}")
     return 0
@@ -236,11 +238,19 @@ def _csv(text: str) -> list[str]:
     return items
 
 
+def _patterns(text: str | None) -> tuple[str, ...]:
+    return tuple(p.strip() for p in (text or "").split(",") if p.strip())
+
+
 def _add_scale_matching_flags(parser) -> None:
     parser.add_argument("--atm", action="store_true",
                         help="attention temperature matching: per-head Q·Kᵀ requant matched to the float logits' spread")
     parser.add_argument("--ohb", action="store_true",
                         help="output head balancing: per-block residual-branch requant matched to the float branch RMS")
+    parser.add_argument("--int16", metavar="PATTERNS",
+                        help="comma-separated globs of GEMM-input points kept at int16, e.g. 'blocks.0.*,norm'")
+    parser.add_argument("--auto-int16", type=int, default=0, metavar="K",
+                        help="also keep the K most sensitive widenable points at int16 (default: %(default)s)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -56,3 +56,14 @@ def test_layout_errors(tiny_vit):
     q.meta["layout"] = {"blocks.1.fc1": 16}
     with pytest.raises(ValueError, match="'blocks.1.fc1', which is not a widenable quant point"):
         q.refreeze()
+
+
+def test_quantize_cli_layout_flags(tmp_path, capsys):
+    from intvit.cli import main
+    out = tmp_path / "f.safetensors"
+    assert main(["quantize", "fmnist", "--quiet", "--max-images", "32", "--int16", "blocks.0.*,norm", "-o", str(out)]) == 0
+    assert set(intvit.load(out).meta["layout"]) == {f"blocks.0.{p}" for p in ("norm1", "ctx", "norm2", "gelu")} | {"norm"}
+    assert main(["quantize", "fmnist", "--quiet", "--max-images", "32", "--int16", "block.0.*",
+                 "-o", str(tmp_path / "g.safetensors")]) == 2
+    assert "int16 pattern 'block.0.*' matches no widenable" in capsys.readouterr().err
+    assert not (tmp_path / "g.safetensors").exists()
