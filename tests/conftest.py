@@ -59,3 +59,23 @@ def tiny_qvit(tiny_vit):
 
 
 from intvit.quantize.evaluate import sqnr_db  # noqa: E402,F401  (one definition, shared with reports)
+
+
+def assert_exact_in_ort_tvm_and_file(q, x, path):
+    """``q``'s integer outputs on ``x`` equal ONNX Runtime on its export, the TVM module (llvm) and the
+    model reloaded from ``path``; returns ``(onnx proto, reloaded model)``."""
+    import numpy as np
+    import onnxruntime as ort
+
+    import intvit
+    from intvit.quantize.onnx_export import to_onnx
+    from intvit.tvm_backend.build import compile_onnx
+    ref = q.forward_int(x).numpy()
+    proto = to_onnx(q)
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert np.array_equal(sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[1], ref)
+    assert np.array_equal(compile_onnx(proto, "llvm", batch=x.shape[0])(x)[1], ref)
+    q.save(path)
+    again = intvit.load(path)
+    assert np.array_equal(again.forward_int(x).numpy(), ref)
+    return proto, again

@@ -1,12 +1,9 @@
 """Selective 16-bit layout: chosen GEMM inputs at int16, still integer-only and bit-exact in torch, ORT, TVM."""
-import numpy as np
-import onnxruntime as ort
 import pytest
 
 import intvit
 from intvit.quantize.layout import resolve_layout, widenable_points
-from intvit.quantize.onnx_export import to_onnx
-from conftest import images
+from conftest import assert_exact_in_ort_tvm_and_file, images
 
 
 @pytest.fixture(scope="module")
@@ -28,22 +25,13 @@ def test_layout_patterns_and_auto_widening(wide_qvit):
 
 
 def test_wide_layout_is_bit_exact_in_ort_and_tvm_and_reloads(wide_qvit, tmp_path):
-    from intvit.tvm_backend.build import compile_onnx
     from intvit.tvm_backend.inspect_ir import float_ops_in_integer_region
     from intvit.tvm_backend.importer import to_relax
-    proto = to_onnx(wide_qvit)
+    proto, again = assert_exact_in_ort_tvm_and_file(wide_qvit, images(8, seed=5), tmp_path / "w.safetensors")
     ops = [n.op_type for n in proto.graph.node]
     assert ops.count("MatMul") >= 5 + 2          # 4 widened linears in block 0 + the head, A·V per block
-    x = images(8, seed=5)
-    ref = wide_qvit.forward_int(x).numpy()
-    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    assert np.array_equal(sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[1], ref)
-    assert np.array_equal(compile_onnx(proto, "llvm", batch=8)(x)[1], ref)
     assert float_ops_in_integer_region(to_relax(proto, batch=2)) == []
-    wide_qvit.save(tmp_path / "w.safetensors")
-    again = intvit.load(tmp_path / "w.safetensors")
     assert again.meta["layout"] == wide_qvit.meta["layout"]
-    assert np.array_equal(again.forward_int(x).numpy(), ref)
 
 
 def test_layout_errors(tiny_vit):
