@@ -239,7 +239,7 @@ def _csv(text: str) -> list[str]:
 
 
 def _patterns(text: str | None) -> tuple[str, ...]:
-    return tuple(p.strip() for p in (text or "").split(",") if p.strip())
+    return tuple(_csv(text)) if text else ()
 
 
 def _add_scale_matching_flags(parser) -> None:

@@ -76,6 +76,20 @@ def iter_batches(data, batch_size: int = 32) -> Iterator[torch.Tensor]:
         yield t
 
 
+def take_batches(data, max_images: int, batch_size: int = 32, purpose: str = "calibration") -> list[torch.Tensor]:
+    """The first ``max_images`` images of ``data`` as a list of batches (``iter_batches``); an empty
+    source is a ``CalibrationDataError`` that says what needed the images."""
+    out, n = [], 0
+    for b in iter_batches(data, batch_size):
+        if n >= max_images:
+            break
+        out.append(b[:max_images - n])
+        n += out[-1].shape[0]
+    if not out:
+        raise CalibrationDataError(f"{purpose} needs calibration images; the data set is empty")
+    return out
+
+
 def validate_batch(batch: torch.Tensor, want: tuple[int, int, int]) -> None:
     if batch.dim() != 4 or tuple(batch.shape[1:]) != tuple(want):
         raise CalibrationDataError(

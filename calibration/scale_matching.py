@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from ..models.spec import float_forward
 from ..quantize.qparams import weight_scale
-from .data import iter_batches
+from .data import take_batches
 
 ATM_RANGE, ATM_NEUTRAL = (0.7, 1.4), 0.02
 OHB_LOG_LIMIT, OHB_NEUTRAL = 0.3, 0.03
@@ -122,8 +122,7 @@ def _student_stats(model, batches) -> dict[str, _Moments]:
 
 def match_attention_temperature(model, data, max_images: int = 64, batch_size: int = 16) -> dict[str, list[float]]:
     """ATM: measure α per block and head, fold it into ``model`` (refreeze); returns the new factors."""
-    batches = list(iter_batches(data, batch_size))
-    batches = _limit(batches, max_images)
+    batches = take_batches(data, max_images, batch_size, "attention temperature matching")
     teacher, student = _teacher_stats(model, batches), _student_stats(model, batches)
     temps = dict(model.meta.get("temperatures", {}))
     for i, blk in enumerate(model.spec.blocks):
@@ -138,7 +137,7 @@ def match_attention_temperature(model, data, max_images: int = 64, batch_size: i
 
 def balance_output_heads(model, data, max_images: int = 64, batch_size: int = 16) -> dict[str, float]:
     """OHB: measure β per block and branch, fold it into ``model`` (refreeze); returns the new factors."""
-    batches = _limit(list(iter_batches(data, batch_size)), max_images)
+    batches = take_batches(data, max_images, batch_size, "output head balancing")
     teacher, student = _teacher_stats(model, batches), _student_stats(model, batches)
     bal = dict(model.meta.get("balance", {}))
     for i in range(len(model.spec.blocks)):
@@ -151,14 +150,3 @@ def balance_output_heads(model, data, max_images: int = 64, batch_size: int = 16
     model.refreeze()
     return bal
 
-
-def _limit(batches: list[torch.Tensor], max_images: int) -> list[torch.Tensor]:
-    out, n = [], 0
-    for b in batches:
-        if n >= max_images:
-            break
-        out.append(b[:max_images - n])
-        n += out[-1].shape[0]
-    if not out:
-        raise ValueError("scale matching needs calibration images; the data set is empty")
-    return out

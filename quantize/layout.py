@@ -58,16 +58,9 @@ def widen_most_sensitive(qmodel, data, k: int, max_images: int = 128, batch_size
     (``calibration.sensitivity.layer_sensitivity``); refreezes ``qmodel``; returns their names."""
     import torch
 
-    from ..calibration.data import iter_batches
+    from ..calibration.data import take_batches
     from ..calibration.sensitivity import layer_sensitivity
-    images, n = [], 0
-    for b in iter_batches(data, batch_size):
-        images.append(b[:max_images - n])
-        n += images[-1].shape[0]
-        if n >= max_images:
-            break
-    if not images:
-        raise ValueError("auto_int16 needs calibration images to rank the quant points; the data set is empty")
+    images = take_batches(data, max_images, batch_size, "auto_int16 (ranking the quant points)")
     widenable = set(widenable_points(qmodel.spec))
     rows = layer_sensitivity(qmodel, torch.cat(images), progress=False)
     chosen = [r["name"] for r in rows if r["kind"] == "activation" and r["name"] in widenable

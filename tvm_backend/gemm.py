@@ -38,7 +38,7 @@ SHIFTED_INPUT_BLOCK = "shifted_input"
 PACK_BLOCK = "pack_panels"      # in-graph panel packing of an activation (schedules.schedule_rowwise)
 
 
-def _ceil_to(v: int, m: int) -> int:
+def ceil_to(v: int, m: int) -> int:
     return -(-v // m) * m
 
 
@@ -50,14 +50,14 @@ def linear_tile(n: int) -> tuple[int, int]:
     allocation limit (a larger one is heap-allocated per tile): MR·NR ≤ 15.
     Prefer the NR that pads ``n`` least.
     """
-    nr = min((3, 2, 1), key=lambda r: (_ceil_to(n, LANES * r), -r))
+    nr = min((3, 2, 1), key=lambda r: (ceil_to(n, LANES * r), -r))
     return {3: 5, 2: 7, 1: 15}[nr], nr
 
 
 def pack_linear_weight(w_kn: np.ndarray, nr: int, group: int = VPDPBUSD.group) -> np.ndarray:
     """``[K, N]`` → ``[Np/16, Kp/g, 16, g]``, zero-padded: ``Wp[j/16, k/g, j%16, k%g] = W[k, j]``."""
     k, n = w_kn.shape
-    kp, np_ = _ceil_to(k, group), _ceil_to(n, LANES * nr)
+    kp, np_ = ceil_to(k, group), ceil_to(n, LANES * nr)
     padded = np.zeros((kp, np_), w_kn.dtype)
     padded[:k, :n] = w_kn
     return np.ascontiguousarray(padded.T.reshape(np_ // LANES, LANES, kp // group, group).transpose(0, 2, 1, 3))
@@ -78,7 +78,7 @@ def pack_panels_te(b, layout: str, dot: DotInstruction = VPDPBUSD):
     n, k = (d0, d1) if layout == "nk" else (d1, d0)
     _, nr = linear_tile(n)
     g = dot.group
-    np_, kp = _ceil_to(n, LANES * nr), _ceil_to(k, g)
+    np_, kp = ceil_to(n, LANES * nr), ceil_to(k, g)
 
     def f(*i):
         j, kk = i[-4] * LANES + i[-2], i[-3] * g + i[-1]
@@ -94,7 +94,7 @@ def panel_compensation_te(b):
     from tvm import tirx as tir
     *lead, n, k = (int(d) for d in b.shape)
     _, nr = linear_tile(n)
-    np_ = _ceil_to(n, LANES * nr)
+    np_ = ceil_to(n, LANES * nr)
     red = te.reduce_axis((0, k), name="k")
     total = te.compute((*lead, np_), lambda *i: te.sum(
         b(*i[:-1], tir.min(i[-1], n - 1), red).astype("int64"), axis=red), name="panel_sum")
@@ -120,7 +120,7 @@ def packed_gemm_te(x, wp, bias, mr: int, n: int, dot: DotInstruction = VPDPBUSD,
     *lead, rows, k = (int(d) for d in x.shape)
     g = dot.group
     kp, np_ = int(wp.shape[-3]) * g, int(wp.shape[-4]) * LANES
-    rows_p = _ceil_to(rows, mr)
+    rows_p = ceil_to(rows, mr)
     w_lead = len(wp.shape) - 4                 # 0: one weight for all rows; len(lead): one per batch item
     shift = UNSIGNED_SHIFT if dot is VPDPBUSD else 0
 
@@ -150,7 +150,7 @@ def int_bmm_te(a, b, mr: int, nr: int):
 
     *lead, rows, k = (int(d) for d in a.shape)
     n = int(b.shape[-1])
-    rows_p, cols_p = _ceil_to(rows, mr), _ceil_to(n, LANES * nr)
+    rows_p, cols_p = ceil_to(rows, mr), ceil_to(n, LANES * nr)
     red = te.reduce_axis((0, k), name="k")
     acc = te.compute((*lead, rows_p, cols_p), lambda *i: te.sum(
         a(*i[:-2], tir.min(i[-2], rows - 1), red).astype("int32")

@@ -24,21 +24,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from .gemm import ACC_BLOCK, OUT_BLOCK
+from .gemm import ACC_BLOCK, OUT_BLOCK, ceil_to
 
 TILE_M, TILE_N, TILE_K = 64, 64, 32      # one thread block's output tile and K step (gpu_schedules)
 LHS_BLOCK = "gemm_lhs"
 RHS_BLOCK = "gemm_rhs"
 
 
-def _ceil_to(v: int, m: int) -> int:
-    return -(-v // m) * m
-
-
 def pad_weight(w_kn: np.ndarray) -> np.ndarray:
     """A linear layer's ``[K, N]`` weight as the ``[Np, Kp]`` rhs (transposed, zero-padded to whole tiles)."""
     k, n = w_kn.shape
-    out = np.zeros((_ceil_to(n, TILE_N), _ceil_to(k, TILE_K)), w_kn.dtype)
+    out = np.zeros((ceil_to(n, TILE_N), ceil_to(k, TILE_K)), w_kn.dtype)
     out[:n, :k] = w_kn.T
     return out
 
@@ -75,8 +71,8 @@ def tiled_gemm_te(a, b, bias=None, layout: str = "nk", epilogue=None, out_dtype=
         np_, kp = (int(d) for d in b.shape)
     else:
         n = int(b.shape[-2] if layout == "nk" else b.shape[-1])
-        np_, kp = _ceil_to(n, TILE_N), _ceil_to(k, TILE_K)
-    rows_p = _ceil_to(rows, TILE_M)
+        np_, kp = ceil_to(n, TILE_N), ceil_to(k, TILE_K)
+    rows_p = ceil_to(rows, TILE_M)
     lhs = _padded(a, rows_p, kp, "nk", LHS_BLOCK)
     rhs = b if prepadded else _padded(b, np_, kp, layout, RHS_BLOCK)
     b_lead = len(rhs.shape) - 2
