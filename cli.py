@@ -55,6 +55,11 @@ def _quantize(args) -> int:
     if args.model == "fmnist":
         model = fmnist.load_model()
         calib = args.calib or fmnist.load_calibration_set()
+        if args.calib and os.path.isdir(args.calib):
+            from intvit.calibration import load_image_folder
+            calib = load_image_folder(args.calib, 1, (28, 28), fmnist.MEAN, fmnist.STD, args.max_images)
+            print(f"calibration: {calib.shape[0]} images from {args.calib} (28x28 grey, the embedded model's "
+                  "normalisation)")
     else:
         if not os.path.isdir(args.model):
             print(f"intvit quantize: {args.model} is neither 'fmnist' nor a local Hugging Face "
@@ -67,10 +72,12 @@ def _quantize(args) -> int:
             model = AutoModel.from_pretrained(args.model, local_files_only=True)
         model.eval()
         if args.calib is None:
-            print("intvit quantize: --calib FILE.npz is required for a user model "
-                  "(float32 images [N, C, H, W], normalised as the model expects)", file=sys.stderr)
+            print("intvit quantize: --calib FILE.npz or --calib FOLDER is required for a user model "
+                  "(float32 images [N, C, H, W] normalised as the model expects, or image files)", file=sys.stderr)
             return 2
         calib = args.calib
+        if os.path.isdir(calib):
+            calib = _folder_for_hf_model(args.model, model, calib, args.max_images)
     q = intvit.quantize(model, calib, intvit.QuantConfig(recipe=args.recipe, progress=not args.quiet,
                                                           max_calib_images=args.max_images,
                                                           attention_temperature=args.atm, output_balance=args.ohb,
@@ -78,6 +85,26 @@ def _quantize(args) -> int:
     q.save(args.output)
     print(f"wrote {args.output}")
     return 0
+
+
+def _folder_for_hf_model(model_dir: str, model, folder: str, max_images: int):
+    """Image files of ``folder`` normalised as the Hugging Face model in ``model_dir`` expects (its
+    ``preprocessor_config.json``; without one, its config's image size and mean = std = 0.5)."""
+    from intvit.calibration import load_image_folder
+    cfg = model.config
+    size = getattr(cfg, "image_size", 224)
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    mean, std, source = [0.5], [0.5], "mean = std = 0.5 (no preprocessor_config.json)"
+    pre = os.path.join(model_dir, "preprocessor_config.json")
+    if os.path.exists(pre):
+        with open(pre) as f:
+            p = json.load(f)
+        mean, std = p.get("image_mean", mean), p.get("image_std", std)
+        source = "preprocessor_config.json"
+    images = load_image_folder(folder, getattr(cfg, "num_channels", 3), size, mean, std, max_images)
+    print(f"calibration: {images.shape[0]} images from {folder}, resized to {size[0]}x{size[1]}, "
+          f"normalised with {source}")
+    return images
 
 
 def _export(args) -> int:
@@ -128,11 +155,12 @@ def _run(args) -> int:
     """Run a compiled module on a .npy batch (float32 images, preprocessed) or one image file, print the top-5."""
     import numpy as np
 
+    from intvit.calibration.data import IMAGE_SUFFIXES, load_image
     from intvit.runtime import load
     module = load(args.model)
     shape = module.meta["input"]["shape"]
     if args.input.lower().endswith(IMAGE_SUFFIXES):
-        images = _load_image(args.input, shape, _floats(args.mean), _floats(args.std))
+        images = load_image(args.input, shape[1], tuple(shape[2:]), _floats(args.mean), _floats(args.std)).numpy()
         print(f"{args.input}: resized to {shape[2]}x{shape[3]}, {shape[1]} channel(s), "
               f"(x/255 - {args.mean}) / {args.std}")
         count = 1
@@ -150,29 +178,11 @@ def _run(args) -> int:
     return 0
 
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
-
-
 def _floats(text: str) -> list[float]:
     try:
         return [float(t) for t in text.split(",")]
     except ValueError:
         raise ValueError(f"expected a number or comma-separated numbers per channel, got {text!r}") from None
-
-
-def _load_image(path: str, shape, mean: list[float], std: list[float]):
-    """One image file as a ``[1, C, H, W]`` float32 batch: resized (bilinear), ``(x/255 − mean) / std``."""
-    import numpy as np
-    from PIL import Image
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no image at {path}")
-    channels, height, width = shape[1:]
-    if len(mean) not in (1, channels) or len(std) not in (1, channels):
-        raise ValueError(f"--mean/--std need 1 or {channels} values")
-    img = Image.open(path).convert("L" if channels == 1 else "RGB").resize((width, height), Image.BILINEAR)
-    x = np.asarray(img, dtype=np.float32).reshape(height, width, -1).transpose(2, 0, 1) / 255.0
-    x = (x - np.float32(mean).reshape(-1, 1, 1)) / np.float32(std).reshape(-1, 1, 1)
-    return x[None].astype(np.float32)
 
 
 def _analyze(args) -> int:
@@ -275,7 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description=_quantize.__doc__)
     q.add_argument("model", help="'fmnist' (embedded) or a local Hugging Face model directory")
     q.add_argument("-o", "--output", required=True, help="output file, e.g. model.intvit.safetensors")
-    q.add_argument("--calib", help=".npz of float32 calibration images [N, C, H, W]")
+    q.add_argument("--calib", help=".npz of float32 calibration images [N, C, H, W], or a folder of image files "
+                                    "(normalised with the model's preprocessor_config.json)")
     q.add_argument("--recipe", default="minmax", choices=["minmax", "percentile", "omse"])
     q.add_argument("--max-images", type=int, default=512, help="calibration images to use (default: %(default)s)")
     _add_scale_matching_flags(q)

@@ -1,8 +1,11 @@
-"""Calibration data sources: a DataLoader, any iterable of tensors, a tensor, or an ``.npz``.
+"""Calibration data sources: a DataLoader, any iterable of tensors, a tensor, an ``.npz``, or a folder of images.
 
 Every source is normalised to an iterator of float ``[B, C, H, W]`` tensors.
 Items may be tensors, numpy arrays, ``(images, labels)`` pairs or dicts with
-``pixel_values``. Errors name what was wrong and what to pass instead.
+``pixel_values``. A folder of image files becomes a tensor with
+``load_image_folder`` (resize, ``(x/255 − mean)/std``: the normalisation is the
+model's, so the caller names it). Errors name what was wrong and what to pass
+instead.
 """
 from __future__ import annotations
 
@@ -53,12 +56,44 @@ def load_npz(path: str | os.PathLike, key: str | None = None) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr)).float()
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+def load_image(path, channels: int, size: tuple[int, int], mean, std) -> torch.Tensor:
+    """One image file as float32 ``[1, C, H, W]``: resized (bilinear) to ``size``, ``(x/255 − mean) / std``."""
+    from PIL import Image
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no image at {path}")
+    mean, std = (np.asarray(v, np.float32).reshape(-1) for v in (mean, std))
+    if mean.size not in (1, channels) or std.size not in (1, channels):
+        raise CalibrationDataError(f"mean/std need 1 or {channels} values, got {mean.size} and {std.size}")
+    height, width = size
+    img = Image.open(path).convert("L" if channels == 1 else "RGB").resize((width, height), Image.BILINEAR)
+    x = np.asarray(img, dtype=np.float32).reshape(height, width, -1).transpose(2, 0, 1) / 255.0
+    return torch.from_numpy(((x - mean.reshape(-1, 1, 1)) / std.reshape(-1, 1, 1))[None].astype(np.float32))
+
+
+def load_image_folder(folder, channels: int, size: tuple[int, int], mean, std,
+                      max_images: int | None = None) -> torch.Tensor:
+    """Every image file in ``folder`` (sorted by name, at most ``max_images``) through ``load_image``."""
+    if not os.path.isdir(folder):
+        raise CalibrationDataError(f"calibration folder {folder} does not exist")
+    files = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_SUFFIXES))[:max_images]
+    if not files:
+        raise CalibrationDataError(f"calibration folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    return torch.cat([load_image(os.path.join(folder, f), channels, size, mean, std) for f in files])
+
+
 def iter_batches(data, batch_size: int = 32) -> Iterator[torch.Tensor]:
     """Yield float image batches from any supported source."""
     if data is None:
         raise CalibrationDataError(
             "no calibration data given: pass a DataLoader, an iterable of image tensors, "
             "a [N, C, H, W] tensor or the path of an .npz file")
+    if isinstance(data, (str, os.PathLike)) and os.path.isdir(data):
+        raise CalibrationDataError(
+            f"{data} is a folder: load its images with intvit.calibration.load_image_folder(folder, channels, "
+            "size, mean, std) using your model's normalisation (or `intvit quantize --calib FOLDER`)")
     if isinstance(data, (str, os.PathLike)):
         data = load_npz(data)
     if isinstance(data, np.ndarray):
