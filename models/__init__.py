@@ -8,12 +8,20 @@ from .spec import ViTSpec, float_forward
 
 
 def _adapters():
-    from . import hf
-    return hf.ADAPTERS
+    from . import hf, timm_tv
+    return {**hf.ADAPTERS, **timm_tv.ADAPTERS}
+
+
+def _key(model) -> str:
+    """Hugging Face classes by name; timm/torchvision ones (both have a ``VisionTransformer``) by
+    ``library.ClassName``."""
+    library = type(model).__module__.split(".")[0]
+    name = type(model).__name__
+    return f"{library}.{name}" if library in ("timm", "torchvision") else name
 
 
 def is_supported(model: nn.Module) -> bool:
-    return type(model).__name__ in _adapters()
+    return _key(model) in _adapters()
 
 
 def to_spec(model: nn.Module, image_size=None) -> ViTSpec:
@@ -22,7 +30,7 @@ def to_spec(model: nn.Module, image_size=None) -> ViTSpec:
         return model
     if not isinstance(model, nn.Module):
         raise UnsupportedModelError(f"expected a torch.nn.Module, got {type(model).__name__}")
-    adapter = _adapters().get(type(model).__name__)
+    adapter = _adapters().get(_key(model))
     if adapter is None:
         found = find_backbones(model)
         hint = (f"; it contains a supported backbone at '{found[0][0]}' — pass the wrapper to "

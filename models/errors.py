@@ -10,7 +10,7 @@ class UnsupportedModelError(ValueError):
 
 # Leaf modules an adapter maps onto the integer graph (or that are no-ops at inference).
 SUPPORTED_LEAVES = (nn.Linear, nn.Conv2d, nn.LayerNorm, nn.Dropout, nn.Identity, nn.GELU)
-SUPPORTED_LEAF_NAMES = {"GELUActivation", "Dinov2LayerScale", "Dinov2DropPath", "DropPath"}
+SUPPORTED_LEAF_NAMES = {"GELUActivation", "Dinov2LayerScale", "Dinov2DropPath", "DropPath", "LayerScale"}
 
 
 def check_leaf_modules(model: nn.Module, skip: tuple[str, ...] = ()) -> None:

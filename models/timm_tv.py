@@ -1,0 +1,125 @@
+"""Adapters from timm and torchvision vision transformers to ``ViTSpec``.
+
+Supported:
+
+* timm ``VisionTransformer`` (ViT, DeiT, and LayerScale variants: ``ls1``/``ls2``
+  ``γ`` folded into ``proj``/``fc2`` as for DINOv2), with ``global_pool``
+  ``'token'`` or ``'avg'`` (without ``fc_norm``), and
+  ``VisionTransformerDistilled`` (DeiT distilled: the two heads averaged, as
+  timm does at inference, folded into one head over ``[cls ; dist]``);
+* torchvision ``VisionTransformer`` (``vit_b_16`` style: ``conv_proj``,
+  ``encoder.layers[i]`` with ``nn.MultiheadAttention``, ``heads.head``).
+
+Neither library is a dependency: the adapters read the modules' attributes
+and never import timm or torchvision. Both need the model's own input size
+(the position embeddings are used as stored).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .errors import UnsupportedModelError, check_leaf_modules
+from .hf import _lin, _norm, _patch_linear, _scaled
+from .spec import Block, Linear, ViTSpec
+
+
+def _native_size(size, image_size, path: str) -> tuple[int, int]:
+    size = (size, size) if isinstance(size, int) else tuple(int(s) for s in size)
+    if image_size is not None:
+        want = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        if tuple(want) != size:
+            raise UnsupportedModelError(f"{path}: this adapter uses the model's own input size {size}, "
+                                        f"not {tuple(want)}; quantize at {size}")
+    return size
+
+
+def _layer_scale(ls: nn.Module):
+    return getattr(ls, "gamma", None) if not isinstance(ls, nn.Identity) else None
+
+
+def timm_vit_spec(model: nn.Module, image_size=None) -> ViTSpec:
+    """timm ``VisionTransformer`` / ``VisionTransformerDistilled`` → ``ViTSpec``."""
+    name = type(model).__name__
+    if getattr(model, "attn_pool", None) is not None or model.global_pool not in ("token", "avg"):
+        raise UnsupportedModelError(f"{name}: global_pool={model.global_pool!r} is not supported "
+                                    "(use 'token' or 'avg')")
+    if not isinstance(getattr(model, "fc_norm", nn.Identity()), nn.Identity):
+        raise UnsupportedModelError(f"fc_norm ({type(model.fc_norm).__name__}): a norm after pooling is not "
+                                    "supported; use a model with the final norm before pooling")
+    if getattr(model, "no_embed_class", False) or getattr(model, "num_reg_tokens", 0):
+        raise UnsupportedModelError(f"{name}: position embeddings without the class token / register tokens "
+                                    "are not supported")
+    for i, blk in enumerate(model.blocks):
+        if not isinstance(blk.attn.q_norm, nn.Identity) or not isinstance(getattr(blk.mlp, "norm", nn.Identity()),
+                                                                          nn.Identity):
+            raise UnsupportedModelError(f"blocks.{i}: QK-norm / MLP norm layers are not supported")
+        if not isinstance(blk.mlp.act, nn.GELU) or getattr(blk.mlp.act, "approximate", "none") != "none":
+            raise UnsupportedModelError(f"blocks.{i}.mlp.act ({type(blk.mlp.act).__name__}): only exact GELU is "
+                                        "supported (intvit implements it as ShiftGELU)")
+    check_leaf_modules(model)
+    size = _native_size(model.patch_embed.img_size, image_size, "patch_embed")
+    pe, p = _patch_linear(model.patch_embed.proj, "patch_embed.proj")
+    n_prefix = model.num_prefix_tokens
+    pos = model.pos_embed.detach().float()[0]
+    tokens = [model.cls_token.detach().float()[0, 0]]
+    dist = getattr(model, "dist_token", None)
+    if dist is not None:
+        tokens.append(dist.detach().float()[0, 0])
+    blocks = [Block(norm1=_norm(b.norm1), qkv=_lin(b.attn.qkv), proj=_scaled(_lin(b.attn.proj), _layer_scale(b.ls1)),
+                    norm2=_norm(b.norm2), fc1=_lin(b.mlp.fc1), fc2=_scaled(_lin(b.mlp.fc2), _layer_scale(b.ls2)),
+                    num_heads=b.attn.num_heads, source=f"blocks.{i}") for i, b in enumerate(model.blocks)]
+    head, pool = (_lin(model.head) if isinstance(model.head, nn.Linear) else None), \
+        (("cls",) if model.global_pool == "token" else ("mean",))
+    if dist is not None and isinstance(getattr(model, "head_dist", None), nn.Linear) and head is not None:
+        d = _lin(model.head_dist)
+        head = Linear(torch.cat([head.weight, d.weight], dim=1) / 2, (head.bias + d.bias) / 2)
+        pool = ("token0", "token1")
+    return ViTSpec(
+        image_size=size, in_chans=model.patch_embed.proj.in_channels, patch_size=p, patch_embed=pe,
+        prefix_tokens=torch.stack(tokens) + pos[:n_prefix], pos_patches=pos[n_prefix:].clone(),
+        blocks=blocks, final_norm=_norm(model.norm), pool=pool, head=head,
+        family="timm-deit-distilled" if dist is not None else "timm-vit", source_class=name)
+
+
+def _split_mha(mha: nn.MultiheadAttention) -> tuple[Linear, Linear]:
+    if not getattr(mha, "_qkv_same_embed_dim", True) or not mha.batch_first:
+        raise UnsupportedModelError("MultiheadAttention with separate q/k/v weights or batch_first=False "
+                                    "is not supported")
+    qkv = Linear(mha.in_proj_weight.detach().float().clone(),
+                 mha.in_proj_bias.detach().float().clone() if mha.in_proj_bias is not None else None)
+    return qkv, _lin(mha.out_proj)
+
+
+def torchvision_vit_spec(model: nn.Module, image_size=None) -> ViTSpec:
+    """torchvision ``VisionTransformer`` (``vit_b_16`` etc.) → ``ViTSpec``."""
+    if getattr(model, "representation_size", None):
+        raise UnsupportedModelError("heads.pre_logits (representation_size): a tanh pre-logits layer is "
+                                    "not supported")
+    check_leaf_modules(model)
+    size = _native_size(model.image_size, image_size, "image_size")
+    pe, p = _patch_linear(model.conv_proj, "conv_proj")
+    pos = model.encoder.pos_embedding.detach().float()[0]
+    blocks = []
+    for i, layer in enumerate(model.encoder.layers):
+        qkv, proj = _split_mha(layer.self_attention)
+        fc1, act, fc2 = layer.mlp[0], layer.mlp[1], layer.mlp[3]
+        if not isinstance(act, nn.GELU):
+            raise UnsupportedModelError(f"encoder.layers.{i}.mlp.1 ({type(act).__name__}): only GELU is supported")
+        blocks.append(Block(norm1=_norm(layer.ln_1), qkv=qkv, proj=proj, norm2=_norm(layer.ln_2),
+                            fc1=_lin(fc1), fc2=_lin(fc2), num_heads=layer.self_attention.num_heads,
+                            source=f"encoder.layers.{i}"))
+    head = model.heads.head if hasattr(model.heads, "head") else None
+    return ViTSpec(
+        image_size=size, in_chans=model.conv_proj.in_channels, patch_size=p, patch_embed=pe,
+        prefix_tokens=(model.class_token.detach().float()[0, 0] + pos[0])[None], pos_patches=pos[1:].clone(),
+        blocks=blocks, final_norm=_norm(model.encoder.ln), pool=("cls",),
+        head=_lin(head) if isinstance(head, nn.Linear) else None,
+        family="torchvision-vit", source_class=type(model).__name__)
+
+
+ADAPTERS = {
+    "timm.VisionTransformer": timm_vit_spec,
+    "timm.VisionTransformerDistilled": timm_vit_spec,
+    "torchvision.VisionTransformer": torchvision_vit_spec,
+}
