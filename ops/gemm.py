@@ -23,7 +23,8 @@ def int_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def int_linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``x @ wᵀ (+ bias)`` exactly, int64 result (int32 range)."""
+    """``x @ wᵀ (+ bias)`` exactly, int64 result: int32 range for int8 ``x`` (``check_accumulator_fits``),
+    ``|acc| <= K·2**22`` for the int16 ``x`` of a widened layer (``quantize.layout``)."""
     acc = int_matmul(x, as_int64(w).transpose(0, 1))
     if bias is not None:
         acc = acc + as_int64(bias)
