@@ -1,7 +1,6 @@
 """Hand-worked examples and property tests for intvit.ops."""
 import math
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st

@@ -12,7 +12,7 @@ from intvit.models import to_spec
 from intvit.models.spec import linear_layers
 from intvit.quantize.qparams import weight_scale
 from intvit.quantize.fake_quant import fake_quant, fake_quant_weight
-from conftest import hf_vit, images, sqnr_db
+from conftest import images, sqnr_db
 
 
 def test_integer_model_tracks_float_model(tiny_vit, tiny_qvit):

@@ -146,7 +146,6 @@ def test_plain_batched_gemm_for_other_activation_products():
 
 def _run_te(build, inputs):
     """Compile ``build(*placeholders)`` for the host and run it on numpy ``inputs``."""
-    import tvm
     from tvm import te
     holders = [te.placeholder(a.shape, str(a.dtype), name=f"in{i}") for i, a in enumerate(inputs)]
     out = build(*holders)
