@@ -71,6 +71,11 @@ def widen_most_sensitive(qmodel, data, k: int, max_images: int = 128, batch_size
     return chosen
 
 
+def auto_exclude(qmodel, data, budget: int, max_images: int = 128) -> list[str]:
+    """Keep the ``budget`` most sensitive quant points out of int8 (at int16): ``widen_most_sensitive``."""
+    return widen_most_sensitive(qmodel, data, budget, max_images)
+
+
 def point_bits(spec: ViTSpec, layout: dict | None) -> dict[str, int]:
     """Bit width of every activation point under ``layout`` (``quant_points`` defaults otherwise)."""
     bits = dict(quant_points(spec))

@@ -55,3 +55,13 @@ def test_quantize_cli_layout_flags(tmp_path, capsys):
                  "-o", str(tmp_path / "g.safetensors")]) == 2
     assert "int16 pattern 'block.0.*' matches no widenable" in capsys.readouterr().err
     assert not (tmp_path / "g.safetensors").exists()
+
+
+def test_auto_exclude_widens_the_budgeted_number_of_points(tiny_qvit):
+    import copy
+
+    from intvit.quantize.layout import auto_exclude
+    q = copy.deepcopy(tiny_qvit)
+    chosen = auto_exclude(q, images(16), budget=3, max_images=16)
+    assert len(chosen) == 3 and set(q.meta["layout"]) == set(chosen)
+    assert all(q.bits[p] == 16 for p in chosen)
