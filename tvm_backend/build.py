@@ -106,16 +106,19 @@ class CompiledIntViT:
         self.executable, self.device = executable, device
         self.batch, self.input_name = batch, input_name
         self.input_shape, self.input_dtype = tuple(input_shape), input_dtype
-        self._vm = None
+        self._vm = self._dev = None
 
     @property
     def dev(self):
-        import tvm
-        dev = tvm.cuda(0) if self.device == "cuda" else tvm.cpu()
-        if not dev.exist:
-            raise NoDeviceError("this module was compiled for an NVIDIA GPU (--target cuda) and this machine has "
-                                "none TVM can use; run it on a GPU machine, or compile for --target llvm")
-        return dev
+        """The device, checked once (not on every call)."""
+        if self._dev is None:
+            import tvm
+            dev = tvm.cuda(0) if self.device == "cuda" else tvm.cpu()
+            if not dev.exist:
+                raise NoDeviceError("this module was compiled for an NVIDIA GPU (--target cuda) and this machine "
+                                    "has none TVM can use; run it on a GPU machine, or compile for --target llvm")
+            self._dev = dev
+        return self._dev
 
     @property
     def vm(self):

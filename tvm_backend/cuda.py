@@ -49,7 +49,7 @@ def nvcc_archs() -> tuple[str, ...]:
     """The ``sm_XX`` archs this nvcc can generate code for (``nvcc --list-gpu-arch``)."""
     out = subprocess.run([nvcc_path(), "--list-gpu-arch"], capture_output=True, text=True, check=True).stdout
     return tuple(sorted({"sm_" + line.strip()[len("compute_"):] for line in out.split()
-                         if line.strip().startswith("compute_")}, key=lambda a: int(_ARCH.match(a).group(1))))
+                         if line.strip().startswith("compute_")}, key=arch_number))
 
 
 def check_arch(arch: str) -> str:
@@ -60,9 +60,14 @@ def check_arch(arch: str) -> str:
     known = nvcc_archs()
     if arch not in known:
         raise UnknownTargetError(f"nvcc does not know arch {arch!r}; it can build for {', '.join(known)}")
-    if int(_ARCH.match(arch).group(1)) < 61:
+    if arch_number(arch) < 61:
         raise UnknownTargetError(f"arch {arch!r} has no __dp4a int8 instruction; intvit needs sm_61 or newer")
     return arch
+
+
+def arch_number(arch: str) -> int:
+    """``"sm_90a"`` → 90."""
+    return int(_ARCH.fullmatch(arch).group(1))
 
 
 def detect_arch() -> str | None:

@@ -140,11 +140,11 @@ def load(path) -> LoadedModule:
 
 def _check_gpu(path: str, arch: str) -> None:
     """A CUDA module needs a GPU whose arch is at least the one it was built for (its PTX JITs forward)."""
-    from .cuda import detect_arch
+    from .cuda import arch_number, detect_arch
     here = detect_arch()
     if here is None:
         raise NoDeviceError(f"{path} was compiled for an NVIDIA GPU ({arch}) and this machine has none TVM can "
                             "use; run it on a GPU machine, or recompile with --target llvm")
-    if int(here[3:].rstrip("abcdefghijklmnopqrstuvwxyz")) < int(arch[3:].rstrip("abcdefghijklmnopqrstuvwxyz")):
+    if arch_number(here) < arch_number(arch):
         raise ModuleMismatchError(f"{path} was compiled for {arch}; this GPU is {here}; recompile it with "
                                   f"`intvit compile --target cuda --arch {here}`")
