@@ -144,10 +144,17 @@ def _compile(args) -> int:
     """Compile an integer ONNX file (from intvit export) with TVM into model.so + model.so.json."""
     from intvit.tvm_backend.runtime import compile_to_file
     where = f"{args.target} {args.arch}" if args.arch else args.target
-    print(f"compiling {args.model} for {where}, batch {args.batch} ...")
-    meta = compile_to_file(args.model, args.output, target=args.target, batch=args.batch, arch=args.arch)
+    print(f"compiling {args.model} for {where}, batch {args.batch} ...", flush=True)
+    meta = compile_to_file(args.model, args.output, target=args.target, batch=args.batch, arch=args.arch,
+                           tune=args.tune, tuning_dir=args.tuning_db, progress=lambda m: print(m, flush=True))
     built = f"CUDA {meta['arch']}, device code embedded" if meta.get("arch") else f"CPU {meta['mcpu']}"
     print(f"wrote {args.output} and {args.output}.json ({built}) in {meta['compile_seconds']} s")
+    tuning = meta.get("tuning")
+    if tuning:
+        print(f"tuning: {tuning['tuned']} GEMM shape(s) tuned, {tuning['reused']} reused, in "
+              f"{tuning['tune_wall_s']} s; database {tuning['database']}; "
+              + ("tuned module equals ONNX Runtime" if tuning["verified"]
+                 else "tuned module differed from ONNX Runtime: hand schedules used"))
     return 0
 
 
@@ -352,6 +359,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--arch", help="CUDA arch for --target cuda, e.g. sm_90 (H100/H200) or sm_80 (A100); "
                                   "default: this machine's GPU")
     c.add_argument("--batch", type=int, default=1, help="batch size the module is compiled for (default: %(default)s)")
+    c.add_argument("--tune", type=int, default=0, metavar="N",
+                   help="llvm only: tune the GEMM kernels with MetaSchedule, N measured candidates per GEMM shape "
+                        "(about a second each), and check the result against ONNX Runtime (default: 0, off)")
+    c.add_argument("--tuning-db", metavar="DIR",
+                   help="MetaSchedule database for --tune; shapes it already holds are reused, not re-tuned "
+                        "(default: OUTPUT.tuning beside the module)")
     c.set_defaults(func=_compile)
 
     r = sub.add_parser("run", help="run a compiled module on an image or a .npy batch and print top-5",

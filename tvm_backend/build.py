@@ -63,8 +63,8 @@ def is_cuda(target) -> bool:
     return str(target.kind.name) == "cuda"
 
 
-def lower(mod, target):
-    """Legalize, fuse and schedule a Relax module from ``to_relax``; returns the module ``tvm.compile`` takes."""
+def fuse(mod, target):
+    """Legalize and fuse a Relax module from ``to_relax`` (GEMM kernels kept whole: marked opaque)."""
     import tvm
     from tvm import relax
 
@@ -81,13 +81,26 @@ def lower(mod, target):
                 mod[gv] = func.with_attr("op_pattern", INJECTIVE_PATTERN)
         mod = relax.transform.FuseOps()(mod)
         mod = relax.transform.FuseTIR()(mod)
-        mod = relax.transform.DeadCodeElimination()(mod)
+        return relax.transform.DeadCodeElimination()(mod)
+
+
+def schedule(mod, target, database=None):
+    """Schedule every kernel of a fused module for ``target``; GEMMs that ``database`` (a MetaSchedule
+    database from ``tuning.tune_gemms``) has a tuned record for get that schedule instead."""
     if is_cuda(target):
         from .gpu_schedules import schedule_module_gpu
         return schedule_module_gpu(mod)
     from .schedules import schedule_module
     from .x86 import target_has_vnni
+    if database is not None:
+        from .tuning import schedule_with_database
+        mod = schedule_with_database(mod, database, target)
     return schedule_module(mod, target_has_vnni(target))
+
+
+def lower(mod, target):
+    """Fuse and schedule a Relax module from ``to_relax``; returns the module ``tvm.compile`` takes."""
+    return schedule(fuse(mod, target), target)
 
 
 class NoDeviceError(RuntimeError):
@@ -107,6 +120,7 @@ class CompiledIntViT:
         self.batch, self.input_name = batch, input_name
         self.input_shape, self.input_dtype = tuple(input_shape), input_dtype
         self._vm = self._dev = None
+        self.tuning = None          # a tuning.TuningSummary when compiled with tune=N
 
     @property
     def dev(self):
@@ -142,8 +156,17 @@ class CompiledIntViT:
         return out[0].numpy(), out[1].numpy()
 
 
-def compile_onnx(model, target="llvm", batch: int = 1, arch: str | None = None) -> CompiledIntViT:
-    """Compile an intvit integer ONNX graph (a path or a ``ModelProto``) for ``target`` at a fixed ``batch``."""
+def compile_onnx(model, target="llvm", batch: int = 1, arch: str | None = None, tune: int = 0,
+                 tuning_dir: str | None = None, progress=None) -> CompiledIntViT:
+    """Compile an intvit integer ONNX graph (a path or a ``ModelProto``) for ``target`` at a fixed ``batch``.
+
+    ``tune=N`` (CPU only) first tunes the GEMM kernels with MetaSchedule, N
+    measured candidates per GEMM shape, with the database in ``tuning_dir``
+    (records already there are reused; see ``tuning``), then checks the tuned
+    module against ONNX Runtime on the same graph: on any difference the
+    tuned schedules are dropped with a warning and the hand schedules used.
+    The result's ``tuning`` holds what was done (None without tuning).
+    """
     import contextlib
 
     import tvm
@@ -151,15 +174,40 @@ def compile_onnx(model, target="llvm", batch: int = 1, arch: str | None = None) 
     resolved = resolve_target(target, arch)
     tgt = make_target(resolved)
     cuda = is_cuda(tgt)
-    mod = lower(to_relax(proto, batch, gemm_form="tiled" if cuda else "vnni"), tgt)
+    if tune and (cuda or not tuning_dir):
+        raise ValueError("tuning (--tune) applies to --target llvm and needs a database directory"
+                         if cuda else "tune=N needs tuning_dir, the directory for the tuning database")
+    def fused_module():
+        return fuse(to_relax(proto, batch, gemm_form="tiled" if cuda else "vnni"), tgt)
+    fused = fused_module()
+    database = summary = None
+    if tune:
+        from .tuning import tune_gemms
+        database, summary = tune_gemms(fused, tgt, tune, tuning_dir, vnni=_vnni(tgt), progress=progress)
     if cuda:
         from .cuda import embedding
         build_scope = embedding(resolved["arch"])
     else:
         build_scope = contextlib.nullcontext()
     with build_scope:
-        ex = tvm.compile(mod, target=tgt)
+        ex = tvm.compile(schedule(fused, tgt, database), target=tgt)
     inp = proto.graph.input[0]
     dtype = "int8" if inp.name == "images_int8" else "float32"
     shape = [batch] + [d.dim_value for d in inp.type.tensor_type.shape.dim[1:]]
-    return CompiledIntViT(ex, batch, inp.name, shape, dtype, device="cuda" if cuda else "cpu")
+    compiled = CompiledIntViT(ex, batch, inp.name, shape, dtype, device="cuda" if cuda else "cpu")
+    if summary is not None:
+        from .tuning import differs_from_onnx_runtime
+        summary.verified = not differs_from_onnx_runtime(compiled, proto)
+        if not summary.verified:
+            import warnings
+            warnings.warn("the tuned module's outputs differ from ONNX Runtime's on the same graph; using the "
+                          "hand schedules instead (please report this with the tuning database)", stacklevel=2)
+            with build_scope:     # from a fresh import: scheduling rewrote ``fused``'s kernels
+                compiled.executable = tvm.compile(schedule(fused_module(), tgt), target=tgt)
+    compiled.tuning = summary
+    return compiled
+
+
+def _vnni(target) -> bool:
+    from .x86 import target_has_vnni
+    return target_has_vnni(target)

@@ -30,18 +30,35 @@ def sidecar_path(path) -> str:
     return os.fspath(path) + ".json"
 
 
-def compile_to_file(onnx_path, output, target="llvm", batch: int = 1, arch: str | None = None) -> dict:
-    """Compile an integer ONNX file and write ``output`` (.so) and its sidecar atomically."""
+def tuning_dir_for(output) -> str:
+    """Where ``compile_to_file`` keeps the tuning database by default: ``model.so.tuning/``."""
+    return os.fspath(output) + ".tuning"
+
+
+def compile_to_file(onnx_path, output, target="llvm", batch: int = 1, arch: str | None = None, tune: int = 0,
+                    tuning_dir: str | None = None, progress=None) -> dict:
+    """Compile an integer ONNX file and write ``output`` (.so) and its sidecar atomically.
+
+    With ``tune=N`` the GEMMs are tuned first (``build.compile_onnx``); the
+    MetaSchedule database goes to ``tuning_dir`` (default ``output.tuning``)
+    and the sidecar's ``"tuning"`` records what was tuned, reused, the
+    tuning wall time and whether the tuned module matched ONNX Runtime.
+    """
     import onnx
     import tvm
     output = os.fspath(output)
     parent = os.path.dirname(os.path.abspath(output))
     if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
         raise ValueError(f"cannot write {output}: directory {parent} does not exist or is not writable")
+    if isinstance(tune, bool) or not isinstance(tune, int) or tune < 0:
+        raise ValueError(f"--tune must be a non-negative number of trials, got {tune!r}")
     proto = onnx.load(os.fspath(onnx_path))
     t0 = time.perf_counter()
     resolved = resolve_target(target, arch)
-    compiled = compile_onnx(proto, target, batch, arch=resolved.get("arch"))
+    if tune and resolved["kind"] != "llvm":
+        raise ValueError("--tune tunes the CPU kernels: use it with --target llvm (the CUDA schedules are fixed)")
+    compiled = compile_onnx(proto, target, batch, arch=resolved.get("arch"), tune=tune,
+                            tuning_dir=(tuning_dir or tuning_dir_for(output)) if tune else None, progress=progress)
     host = resolved if resolved["kind"] == "llvm" else resolve_target("llvm")
     meta = {"format": SIDECAR_FORMAT, "intvit_version": __version__, "tvm_version": tvm.__version__,
             "target": target if isinstance(target, str) else json.dumps(target), "batch": batch,
@@ -51,7 +68,8 @@ def compile_to_file(onnx_path, output, target="llvm", batch: int = 1, arch: str 
                       "dtype": compiled.input_dtype},
             "outputs": [o.name for o in proto.graph.output],
             "source_onnx": os.path.basename(os.fspath(onnx_path)),
-            "compile_seconds": round(time.perf_counter() - t0, 2)}
+            "compile_seconds": round(time.perf_counter() - t0, 2),
+            "tuning": compiled.tuning.as_dict() if compiled.tuning else None}
     tmp_so, tmp_js = f"{output}.tmp{os.getpid()}.so", f"{output}.tmp{os.getpid()}.json"
     try:
         compiled.executable.export_library(tmp_so)

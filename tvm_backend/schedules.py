@@ -65,6 +65,27 @@ def schedule_gemm(func, vnni: bool):
     """Tile and parallelise a ``gemm`` kernel; tensorize with VNNI where the kernel and target allow."""
     from tvm import s_tir
     sch = s_tir.Schedule(func)
+    apply_gemm_schedule(sch, vnni)
+    return sch.mod["main"].with_attr(SCHEDULED_ATTR, True)
+
+
+# How the register tiles of a tuned GEMM are grouped (``apply_gemm_schedule``'s ``blocking``):
+# "columns" walks a block of row tiles under each weight panel (the panel stays in L1),
+# "rows" a block of panels under each row tile (the activation rows stay in L1).
+BLOCK_ORDERS = ("columns", "rows")
+MAX_PANELS_PER_BLOCK, MAX_ROW_TILES_PER_BLOCK, MAX_K_UNROLL = 4, 8, 8
+
+
+def apply_gemm_schedule(sch, vnni: bool, blocking: str | None = None):
+    """Schedule the ``gemm`` kernel in ``sch`` (a ``s_tir.Schedule``) in place.
+
+    Without ``blocking`` this is the hand schedule: register tiles ``MR × NR·16``
+    (``gemm.linear_tile``) in one parallel loop over (panel, row tile). With
+    ``blocking`` in ``BLOCK_ORDERS`` the register tiles are grouped into
+    cache blocks and K steps unrolled, by factors drawn with
+    ``sample_perfect_tile``: the design space ``tvm_backend.tuning`` searches.
+    Either way only loops move; the arithmetic is the TE definition's.
+    """
     linear = SHIFTED_INPUT_BLOCK in _block_names(sch)
     acc, out = sch.get_sblock(ACC_BLOCK), sch.get_sblock(OUT_BLOCK)
     *lead, i, j, k = sch.get_loops(acc)
@@ -77,31 +98,40 @@ def schedule_gemm(func, vnni: bool):
         dot = DOT_INSTRUCTIONS[str(sch.get(shifted).writes[0].source.dtype)]
         _parallel_rows(sch, shifted)
         ko, kv = sch.split(k, [None, dot.group])
-        reduction = [ko, kv]
+        inner_k = [kv]
     else:
-        ko, reduction = k, [k]
+        ko, inner_k = k, []
     use_vnni = vnni and linear
-    if use_vnni:
-        sch.reorder(jo, io, ko, ii, ji, jv, kv)
+    if blocking is None:
+        outer, tile_loop, k_loops = [jo, io], io, [ko]
     else:
-        sch.reorder(jo, io, *reduction, ii, ji, jv)
-    sch.reverse_compute_at(out, io)
-    sch.parallel(sch.fuse(*lead, jo, io))
+        jb, jt = sch.split(jo, sch.sample_perfect_tile(jo, n=2, max_innermost_factor=MAX_PANELS_PER_BLOCK))
+        ib, it = sch.split(io, sch.sample_perfect_tile(io, n=2, max_innermost_factor=MAX_ROW_TILES_PER_BLOCK))
+        k_loops = list(sch.split(ko, sch.sample_perfect_tile(ko, n=2, max_innermost_factor=MAX_K_UNROLL)))
+        outer = [jb, ib, jt, it] if blocking == "columns" else [ib, jb, it, jt]
+        tile_loop = outer[-1]
     if use_vnni:
-        init = sch.decompose_reduction(acc, ko)
+        sch.reorder(*outer, *k_loops, ii, ji, jv, *inner_k)
+    else:
+        sch.reorder(*outer, *k_loops, *inner_k, ii, ji, jv)
+    sch.reverse_compute_at(out, tile_loop)
+    sch.parallel(sch.fuse(*lead, *outer[:2]))
+    if use_vnni:
+        init = sch.decompose_reduction(acc, k_loops[0])
         sch.tensorize(jv, register_dot_intrinsic(dot))
     else:
         sch.vectorize(jv)                     # before decompose_reduction (compact dataflow)
-        init = sch.decompose_reduction(acc, ko)
+        init = sch.decompose_reduction(acc, k_loops[0])
         if linear:
-            sch.unroll(kv)
+            sch.unroll(inner_k[0])
+    if blocking is not None:
+        sch.unroll(k_loops[1])
     sch.unroll(ii)
     sch.unroll(ji)
     # The accumulator tile stays in "global" scope: TVM 0.27 puts a global
     # allocation under 1 KB on the stack (LLVM then keeps it in registers), but
     # heap-allocates any "local" one per tile (see gemm.linear_tile).
     sch.vectorize(sch.get_loops(init)[-1])
-    return sch.mod["main"].with_attr(SCHEDULED_ATTR, True)
 
 
 def schedule_tiled_gemm(func):
