@@ -12,6 +12,8 @@
                       float models, so this is TVM's default lowering, not a tuned FP32 baseline
 ===================== =====================================================================
 
+(The GPU backends of ``--target cuda`` are in ``bench.cuda_backends``.)
+
 Every backend is a function ``images [N, C, H, W] float32 → logits`` (numpy)
 plus the size of the artifact it runs (``size_bytes``): the ONNX file for the
 ORT backends, the exported ``.so`` for the TVM ones, the parameters and
@@ -48,15 +50,26 @@ class UnknownBackendError(ValueError):
     """A backend name outside ``ALL_BACKENDS``, or a set without the reference."""
 
 
-def check_backends(names) -> tuple[str, ...]:
+def backend_names(target: str = "llvm") -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(every backend, the default ones) for ``target``: ``llvm`` here, ``cuda`` in ``bench.targets``."""
+    if target == "cuda":
+        from .targets import CUDA_BACKENDS, CUDA_DEFAULT_BACKENDS
+        return tuple(CUDA_BACKENDS), CUDA_DEFAULT_BACKENDS
+    return ALL_BACKENDS, DEFAULT_BACKENDS
+
+
+def check_backends(names, target: str = "llvm") -> tuple[str, ...]:
+    """``names`` in report order, or ``UnknownBackendError`` (unknown for ``target``, repeated, or no reference)."""
     names = tuple(names)
-    unknown = [n for n in names if n not in ALL_BACKENDS]
+    known = backend_names(target)[0]
+    unknown = [n for n in names if n not in known]
     if unknown or REFERENCE not in names or len(set(names)) != len(names):
+        where = "" if target == "llvm" else f" for --target {target}"
         raise UnknownBackendError(
-            (f"unknown backend(s) {unknown}; " if unknown else "") +
-            f"backends must include {REFERENCE} (every ratio is against it), each once, from {list(ALL_BACKENDS)}; "
+            (f"unknown backend(s) {unknown}{where}; " if unknown else "") +
+            f"backends must include {REFERENCE} (every ratio is against it), each once, from {list(known)}; "
             f"got {list(names)}")
-    return tuple(n for n in ALL_BACKENDS if n in names)
+    return tuple(n for n in known if n in names)
 
 
 @dataclasses.dataclass
@@ -114,8 +127,11 @@ def export_float_onnx(model, channels: int, image: int, path: str) -> None:
                           dynamic_axes={"pixel_values": {0: "batch"}, "logits": {0: "batch"}})
 
 
-def quantize_qdq(fp32_path: str, input_name: str, calib: torch.Tensor, path: str) -> None:
-    """ORT's static INT8: QDQ format, per-channel int8 weights, uint8 activations, min-max calibration."""
+def quantize_qdq(fp32_path: str, input_name: str, calib: torch.Tensor, path: str, symmetric: bool = False) -> None:
+    """ORT's static INT8: QDQ format, per-channel int8 weights, uint8 activations, min-max calibration.
+
+    ``symmetric``: int8 activations with zero points 0 (what TensorRT's explicit quantization accepts).
+    """
     import logging
 
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
@@ -132,7 +148,9 @@ def quantize_qdq(fp32_path: str, input_name: str, calib: torch.Tensor, path: str
     root.setLevel(logging.ERROR)          # ORT's quantizer logs advice on the root logger
     try:
         quantize_static(fp32_path, path, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                        activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
+                        weight_type=QuantType.QInt8,
+                        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True} if symmetric else None)
     finally:
         root.setLevel(level)
 

@@ -9,6 +9,7 @@ import sys
 
 from .backends import ALL_BACKENDS, DEFAULT_BACKENDS
 from .models import NAMES
+from .targets import CUDA_BACKENDS, CUDA_DEFAULT_BACKENDS
 
 DESCRIPTION = """\
 Time intvit INT8 (its integer graph compiled by TVM) against FP32 and INT8
@@ -17,23 +18,45 @@ drift hits every backend alike. Prints a table per batch size (median, p90,
 p99 ms, images/s, peak MiB, size MB, ratio to intvit INT8) and writes
 OUT/<host>-<date>.json and a PNG chart (latency by batch size per backend).
 
-Backends: intvit_int8_tvm (always), torch_fp32 (eager), torch_compile_fp32
-(inductor; reported unavailable, with the reason, where it cannot compile),
-ort_fp32, ort_int8_qdq (ORT quantize_static, QDQ); opt-in: intvit_int8_ort
-(intvit's graph in ORT, a slow correctness reference) and tvm_fp32 (the float
-ONNX through tvm.relax.frontend, unscheduled: seconds per image).
+--target llvm (this CPU, the default). Backends: intvit_int8_tvm (always),
+torch_fp32 (eager), torch_compile_fp32 (inductor; reported unavailable, with
+the reason, where it cannot compile), ort_fp32, ort_int8_qdq (ORT
+quantize_static, QDQ); opt-in: intvit_int8_ort (intvit's graph in ORT, a slow
+correctness reference) and tvm_fp32 (the float ONNX through tvm.relax.frontend,
+unscheduled: seconds per image). Clock: perf_counter_ns; peak memory: the RSS
+high-water mark.
+
+--target cuda (GPU 0; --arch defaults to the GPU's own). Backends:
+intvit_int8_tvm (intvit's CUDA module, device code by nvcc), tvm_fp32 and
+tvm_fp16 (the float ONNX through tvm.relax.frontend with dlight's GPU rules;
+fp16 via ToMixedPrecision), torch_fp32/fp16/bf16 (eager on cuda:0), ort_fp32
+and ort_int8_qdq (ORT's CUDAExecutionProvider), tensorrt_fp16 and
+tensorrt_int8 (when TensorRT is installed); opt-in: torch_compile_fp32/fp16/bf16.
+A backend that cannot run here (no onnxruntime-gpu, no TensorRT) is reported
+unavailable with the reason. Inputs stay on the GPU; each call is timed with
+CUDA events and synchronised; peak memory is torch's allocator peak for torch,
+the GPU's used memory for TVM and ORT. Without a GPU, --target cuda is an
+error, except with --build-only (--arch sm_90, say): build intvit's and TVM's
+CUDA modules (nvcc PTX + fatbin) and the ONNX files, print what was built with
+sizes, build times and device-code counts; nothing is timed or written.
 
 Named models are Hugging Face ViT architectures with random weights (nothing is
 downloaded); an .onnx path is a float ViT classifier exported from Hugging Face
-(torch.onnx.export). Only --target llvm (this CPU) is measured; cuda exits with
-an error until the GPU backends exist."""
+(torch.onnx.export)."""
 
 
 def add_arguments(p) -> None:
     p.add_argument("--model", default="deit_small",
                    help=f"{', '.join(NAMES)}, or a float ViT .onnx path; comma-separated for several "
                         "(default: %(default)s)")
-    p.add_argument("--target", default="llvm", help="llvm (this CPU) or cuda (not measured yet) (default: %(default)s)")
+    p.add_argument("--target", default="llvm", help="llvm (this CPU) or cuda (NVIDIA GPU 0) (default: %(default)s)")
+    p.add_argument("--arch", default=None,
+                   help="CUDA arch to build the GPU modules for, e.g. sm_90 (H100/H200) or sm_80 (A100); --target cuda "
+                        "only (default: the GPU's own)")
+    p.add_argument("--build-only", action="store_true",
+                   help="--target cuda: build every GPU artifact that builds without a GPU (intvit's and TVM's CUDA "
+                        "modules via nvcc, the ONNX files), print them with sizes and build times; time nothing, "
+                        "write nothing")
     p.add_argument("--batch", default="1,8", help="comma-separated batch sizes, e.g. 1,8,32 (default: %(default)s)")
     p.add_argument("--repeat", type=int, default=10,
                    help="interleaved timing rounds; each backend gets PER_ROUND timed calls per round "
@@ -41,9 +64,10 @@ def add_arguments(p) -> None:
     p.add_argument("--per-round", type=int, default=3, help="timed calls per backend per round (default: %(default)s)")
     p.add_argument("--warmup", type=int, default=3,
                    help="untimed calls per backend before timing (default: %(default)s)")
-    p.add_argument("--backends", default=",".join(DEFAULT_BACKENDS),
-                   help=f"comma-separated, from {','.join(ALL_BACKENDS)}; must include intvit_int8_tvm "
-                        "(default: %(default)s)")
+    p.add_argument("--backends", default=None,
+                   help=f"comma-separated; must include intvit_int8_tvm. llvm: from {', '.join(ALL_BACKENDS)} "
+                        f"(default: {', '.join(DEFAULT_BACKENDS)}). cuda: from {', '.join(CUDA_BACKENDS)} "
+                        "(default: all but torch_compile_*)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                    help="threads for every backend, recorded in the report (default: all %(default)s cores)")
     p.add_argument("--out", default=os.path.join("bench", "results"),
@@ -52,21 +76,40 @@ def add_arguments(p) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
 
-def _command_line(args) -> str:
+def _command_line(args, backends, arch) -> str:
     """The command that repeats this run (every option spelled out, defaults included)."""
-    return (f"intvit bench --model {args.model} --target {args.target} --batch {args.batch} --repeat {args.repeat} "
-            f"--per-round {args.per_round} --warmup {args.warmup} --backends {args.backends} "
-            f"--threads {args.threads}")
+    return (f"intvit bench --model {args.model} --target {args.target}" + (f" --arch {arch}" if arch else "") +
+            f" --batch {args.batch} --repeat {args.repeat} --per-round {args.per_round} --warmup {args.warmup} "
+            f"--backends {','.join(backends)} --threads {args.threads}")
+
+
+def _build_only(args, models, batches, backends, progress) -> int:
+    """``--build-only``: build the GPU artifacts, print them; nothing timed, nothing written."""
+    from .build_only import format_build_only, run_build_only
+    from .latency import check_run_arguments
+    backends, batches, *_, arch = check_run_arguments(models, batches, args.repeat, args.threads, backends,
+                                                      args.per_round, args.warmup, args.target, args.arch,
+                                                      build_only=True)
+    result = run_build_only(models, batches, backends, arch, progress=progress)
+    print(format_build_only(result))
+    print(f"\nbuilt for CUDA {arch} in {result['wall_s']:.0f} s; nothing timed, nothing written")
+    return 0
 
 
 def run_command(args) -> int:
     """Run the benchmark the parsed ``args`` describe; print the table and the paths written."""
-    from .latency import parse_batches, run
+    from .latency import check_run_arguments, parse_batches, run
     progress = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
-    report = run([m.strip() for m in args.model.split(",")], parse_batches(args.batch), args.repeat, args.threads,
-                 out_dir=args.out, progress=progress, backends=[b.strip() for b in args.backends.split(",")],
+    models = [m.strip() for m in args.model.split(",")]
+    backends = None if args.backends is None else [b.strip() for b in args.backends.split(",")]
+    batches = parse_batches(args.batch)
+    if args.build_only:
+        return _build_only(args, models, batches, backends, progress)
+    backends, *_, arch = check_run_arguments(models, batches, args.repeat, args.threads, backends, args.per_round,
+                                             args.warmup, args.target, args.arch)
+    report = run(models, batches, args.repeat, args.threads, out_dir=args.out, progress=progress, backends=backends,
                  per_round=args.per_round, warmup=args.warmup, target=args.target, chart=not args.no_chart,
-                 command=_command_line(args))
+                 command=_command_line(args, backends, arch), arch=arch)
     from .report import format_report
     print(format_report(report))
     print(f"\nwrote {report['path']}" + (f" and {report['chart']}" if report["chart"] else "")

@@ -3,7 +3,7 @@
     intvit bench --model deit_small --batch 1,8 --repeat 10
     python -m intvit.bench.latency ...          (the same command)
 
-How it measures, per model and batch size:
+How it measures on the CPU (``--target llvm``), per model and batch size:
 
 * **Peak memory** (``peak_mib``, Linux): each backend's first call at this
   batch size — on a module or ONNX Runtime session built for it, that had not
@@ -31,6 +31,10 @@ How it measures, per model and batch size:
   ``torch.set_num_threads``, ORT intra-op threads, ``TVM_NUM_THREADS``); the
   number is in the report.
 
+On ``--target cuda`` the backends are ``bench.cuda_backends``' and the same
+schedule is timed by ``bench.cuda_latency.measure_cuda`` (CUDA events, GPU
+memory); ``--build-only`` is ``bench.build_only``.
+
 No test asserts a timing: tests run this in a tiny configuration so the code
 path stays alive.
 """
@@ -49,9 +53,9 @@ import time
 import numpy as np
 import torch
 
-from .backends import ALL_BACKENDS, DEFAULT_BACKENDS, REFERENCE, ModelBackends, check_backends
+from .backends import ALL_BACKENDS, DEFAULT_BACKENDS, REFERENCE, ModelBackends, backend_names, check_backends
 from .models import build_model, check_model_name
-from .targets import check_target
+from .targets import check_cuda, check_target_options
 
 __all__ = ["ALL_BACKENDS", "DEFAULT_BACKENDS", "REFERENCE", "measure", "parse_batches", "run", "summarize"]
 
@@ -168,9 +172,29 @@ def _backend_entry(backend, stats: dict | None) -> dict:
             "artifact": backend.artifact, "build_s": round(backend.build_s, 2)}
 
 
-def run(models, batches, repeat: int, threads: int, out_dir=None, progress=print, backends=DEFAULT_BACKENDS,
-        per_round: int = 3, warmup: int = 3, target: str = "llvm", chart: bool = True, command: str = "") -> dict:
-    """Benchmark ``backends`` for each model and batch size; returns the report (see ``bench.report``).
+def check_run_arguments(models, batches, repeat, threads, backends, per_round, warmup, target, arch=None,
+                        build_only=False) -> tuple:
+    """Every argument of ``run`` checked, cheapest first and the device last; returns
+    ``(backends in report order, batches, repeat, per_round, threads, arch)`` (``arch``: None for llvm)."""
+    check_target_options(target, arch, build_only)
+    backends = check_backends(backend_names(target)[1] if backends is None else backends, target)
+    batches = [_positive("each batch size", b) for b in batches]
+    repeat, per_round, threads = (_positive(n, v) for n, v in
+                                  (("--repeat", repeat), ("--per-round", per_round), ("--threads", threads)))
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise BenchArgumentError(f"--warmup must be a non-negative integer, got {warmup!r}")
+    for name in models:
+        check_model_name(name)
+    arch = check_cuda(arch, build_only) if target == "cuda" else None
+    return backends, batches, repeat, per_round, threads, arch
+
+
+def run(models, batches, repeat: int, threads: int, out_dir=None, progress=print, backends=None,
+        per_round: int = 3, warmup: int = 3, target: str = "llvm", chart: bool = True, command: str = "",
+        arch: str | None = None) -> dict:
+    """Benchmark ``backends`` (default: the target's defaults) for each model and batch size on ``target``
+    (``llvm``: this CPU; ``cuda``: GPU 0, built for ``arch``, default the GPU's own); returns the report
+    (see ``bench.report``).
 
     Every argument is checked before anything is built, and nothing is written
     unless the whole run succeeds: then ``out_dir/<host>-<date>.json`` and (if
@@ -180,15 +204,9 @@ def run(models, batches, repeat: int, threads: int, out_dir=None, progress=print
     from . import report as rep
     from .machine import machine_facts
 
-    check_target(target)
-    backends = check_backends(backends)
-    batches = [_positive("each batch size", b) for b in batches]
-    repeat, per_round, threads = (_positive(n, v) for n, v in
-                                  (("--repeat", repeat), ("--per-round", per_round), ("--threads", threads)))
-    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-        raise BenchArgumentError(f"--warmup must be a non-negative integer, got {warmup!r}")
-    for name in models:
-        check_model_name(name)
+    backends, batches, repeat, per_round, threads, arch = check_run_arguments(
+        models, batches, repeat, threads, backends, per_round, warmup, target, arch)
+    cuda = target == "cuda"
     t_start = time.perf_counter()
     say = lambda msg: progress(f"[{time.perf_counter() - t_start:6.1f} s] {msg}")  # noqa: E731
     built = [build_model(name) for name in models]        # an .onnx that is not a float ViT fails here
@@ -197,23 +215,33 @@ def run(models, batches, repeat: int, threads: int, out_dir=None, progress=print
             raise BenchArgumentError(f"{bm.name} has a fixed batch size of {bm.fixed_batch}; run it with "
                                      f"--batch {bm.fixed_batch} or export it with a dynamic batch axis")
     report = {"format": rep.FORMAT, "date": dt.datetime.now().isoformat(timespec="seconds"), "command": command,
-              "target": target, "machine": machine_facts(threads), "repeat": repeat, "per_round": per_round,
-              "warmup": warmup, "backends": list(backends), "method": rep.METHOD, "models": {}, "results": []}
+              "target": target, "arch": arch, "machine": machine_facts(threads), "repeat": repeat,
+              "per_round": per_round, "warmup": warmup, "backends": list(backends), "method": rep.method(target),
+              "models": {}, "results": []}
     with _threads(threads), tempfile.TemporaryDirectory(prefix="intvit-bench-") as work:
         for bm in built:
             say(f"{bm.label}: {bm.description}")
             report["models"][bm.label] = {"description": bm.description,
                                           "parameters": sum(p.numel() for p in bm.model.parameters())}
-            prepared = ModelBackends(bm, backends, threads, work, say)
+            if cuda:
+                from .cuda_backends import CudaModelBackends
+                prepared = CudaModelBackends(bm, backends, work, arch, threads, say)
+            else:
+                prepared = ModelBackends(bm, backends, threads, work, say)
             for batch in batches:
                 say(f"{bm.label}, batch {batch}: building the batch-specific backends")
-                ready = prepared.for_batch(batch)
-                fns = {k: b.run for k, b in ready.items() if not b.unavailable}
                 x = np.random.default_rng(0).standard_normal((batch, bm.channels, bm.image, bm.image)) \
                     .astype(np.float32)
+                ready = prepared.for_batch(batch, x) if cuda else prepared.for_batch(batch)
+                fns = {k: b.run for k, b in ready.items() if not b.unavailable}
                 say(f"{bm.label}, batch {batch}: timing {len(fns)} backends: a first call each (peak memory), "
-                    f"{warmup} warm-up calls, {repeat} interleaved rounds of 1 untimed + {per_round} timed calls")
-                stats = measure(fns, x, repeat, warmup=warmup, per_round=per_round, progress=say)
+                    f"{warmup} warm-up calls, {repeat} interleaved rounds of 1 untimed + {per_round} timed calls"
+                    + (" (CUDA events)" if cuda else ""))
+                if cuda:
+                    from .cuda_latency import measure_cuda
+                    stats = measure_cuda(ready, batch, repeat, warmup=warmup, per_round=per_round, progress=say)
+                else:
+                    stats = measure(fns, x, repeat, warmup=warmup, per_round=per_round, progress=say)
                 ref = stats[REFERENCE]["median_ms"]
                 for s in stats.values():
                     s["vs_intvit_tvm"] = s["median_ms"] / ref

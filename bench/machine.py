@@ -2,9 +2,11 @@
 
 CPU model and its SIMD flags (from ``/proc/cpuinfo`` on Linux), LLVM's name
 for it (what TVM compiles for), core count,
-the thread count every backend was given, GPU name and driver when
-``nvidia-smi`` finds one, OS, and the versions of Python, intvit, torch,
-ONNX Runtime, TVM, transformers and numpy.
+the thread count every backend was given, GPU name, driver, memory and
+compute capability when ``nvidia-smi`` finds one, the CUDA versions (the
+driver's, torch's runtime and cuDNN, nvcc's) and torch's TF32 switches
+(``cuda``), OS, and the versions of Python, intvit, torch, ONNX Runtime, TVM,
+transformers and numpy.
 """
 from __future__ import annotations
 
@@ -35,17 +37,69 @@ def cpu_model_and_flags() -> tuple[str, list[str]]:
     return model or platform.processor() or platform.machine(), flags
 
 
-def gpus() -> list[dict]:
-    """Name, driver and memory of each NVIDIA GPU ``nvidia-smi`` lists; [] when there is none."""
-    if shutil.which("nvidia-smi") is None:
-        return []
+def _run(cmd: list[str]) -> str | None:
+    """stdout of ``cmd`` when it exists and succeeds within 20 s, else None."""
+    if shutil.which(cmd[0]) is None:
+        return None
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total",
-                              "--format=csv,noheader"], capture_output=True, text=True, timeout=20).stdout
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=20)
     except (OSError, subprocess.SubprocessError):
-        return []
+        return None
+    return done.stdout if done.returncode == 0 else None
+
+
+def gpus() -> list[dict]:
+    """Name, driver, memory and compute capability of each NVIDIA GPU ``nvidia-smi`` lists; [] when there is none."""
+    fields = ("name", "driver", "memory", "compute_cap")
+    out = _run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,compute_cap", "--format=csv,noheader"])
+    if out is None:            # drivers older than 510 know no compute_cap
+        fields = fields[:3]
+        out = _run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"]) or ""
     rows = [[c.strip() for c in line.split(",")] for line in out.splitlines() if line.strip()]
-    return [{"name": r[0], "driver": r[1], "memory": r[2]} for r in rows if len(r) == 3]
+    return [dict(zip(fields, r)) for r in rows if len(r) == len(fields)] or _torch_gpus()
+
+
+def _torch_gpus() -> list[dict]:
+    """What a CUDA build of torch says about each GPU, where ``nvidia-smi`` is missing (no driver version)."""
+    import torch
+    if not torch.cuda.is_available():
+        return []
+    out = []
+    for i in range(torch.cuda.device_count()):
+        p = torch.cuda.get_device_properties(i)
+        out.append({"name": p.name, "driver": None, "memory": f"{p.total_memory // 2**20} MiB",
+                    "compute_cap": f"{p.major}.{p.minor}"})
+    return out
+
+
+def _torch_driver_cuda() -> str | None:
+    """The CUDA version the driver supports, as torch's CUDA runtime reads it (``12040`` → ``"12.4"``)."""
+    import torch
+    get = getattr(torch._C, "_cuda_getDriverVersion", None)
+    if get is None or not torch.cuda.is_available():
+        return None
+    version = get()
+    return f"{version // 1000}.{version % 1000 // 10}"
+
+
+def _version_after(text: str | None, marker: str) -> str | None:
+    """The word after ``marker`` in ``text`` (``"CUDA Version: 12.4"`` → ``"12.4"``), or None."""
+    if not text or marker not in text:
+        return None
+    rest = text.split(marker, 1)[1].split()
+    return rest[0].rstrip(",") if rest else None
+
+
+def cuda_facts() -> dict:
+    """CUDA versions — the driver's (``nvidia-smi``), torch's runtime and cuDNN, nvcc's — and torch's TF32
+    switches; None for what this machine lacks."""
+    import torch
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    return {"driver_cuda": _version_after(_run(["nvidia-smi"]), "CUDA Version:") or _torch_driver_cuda(),
+            "torch_cuda": torch.version.cuda, "cudnn": cudnn,
+            "nvcc": _version_after(_run(["nvcc", "--version"]), "release"),
+            "torch_matmul_tf32": torch.backends.cuda.matmul.allow_tf32,
+            "torch_cudnn_tf32": torch.backends.cudnn.allow_tf32}
 
 
 def machine_facts(threads: int) -> dict:
@@ -61,6 +115,6 @@ def machine_facts(threads: int) -> dict:
     return {"host": socket.gethostname(), "os": f"{platform.system()} {platform.release()}",
             "cpu": cpu, "cpu_flags": " ".join(flags), "llvm_mcpu": host_cpu(),
             "cores": os.cpu_count(), "threads": threads,
-            "gpus": gpus(), "python": platform.python_version(), "intvit": __version__,
+            "gpus": gpus(), "cuda": cuda_facts(), "python": platform.python_version(), "intvit": __version__,
             "torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "tvm": tvm.__version__,
             "transformers": transformers.__version__, "numpy": numpy.__version__}

@@ -1,8 +1,10 @@
 """What ``intvit bench`` writes: the stdout table, ``<host>-<date>.json`` and a PNG chart beside it.
 
 JSON layout (``format`` = ``FORMAT``): ``machine`` (``bench.machine``), the run's
-settings (``target``, ``repeat``, ``per_round``, ``warmup``, ``backends``,
-``command``), ``method`` (how each number is measured, in words), ``models``,
+settings (``target``, ``arch`` — the CUDA arch the GPU modules were built for,
+null on the CPU — ``repeat``, ``per_round``, ``warmup``, ``backends``,
+``command``), ``method`` (how each number is measured on that target, in
+words: ``METHOD`` or ``CUDA_METHOD``), ``models``,
 and ``results``: one entry per model and batch size, whose ``backends`` map
 each backend to either ``{"available": false, "reason": ...}`` or its numbers
 (``median_ms``, ``p90_ms``, ``p99_ms``, ``mean_ms``, ``min_ms``, ``samples``,
@@ -35,17 +37,57 @@ METHOD = {
     "tvm_fp32": "TVM's default lowering of the float ONNX: unscheduled (TVM 0.27 has no CPU schedules for it), "
                 "not a tuned FP32 baseline",
 }
+CUDA_METHOD = {
+    "clock": "CUDA events (torch.cuda.Event, enable_timing) recorded on torch's current stream before and after one "
+             "call, the device synchronised before the call and after it; inputs resident on the GPU, outputs left "
+             "there; TVM launches on that stream (tvm_ffi.use_torch_stream), TensorRT is given it, ONNX Runtime "
+             "returns when its work is done; in ms",
+    "schedule": METHOD["schedule"],
+    "statistics": METHOD["statistics"],
+    "peak_mib": "over each backend's first call at this batch size (fresh module, session or engine): torch_*: "
+                "torch.cuda.max_memory_allocated after the call (peak stats reset before it) minus memory_allocated "
+                "before it; TVM (intvit_int8_tvm, tvm_fp32/fp16) and ORT: the GPU's used memory (cudaMemGetInfo via "
+                "torch.cuda.mem_get_info, whole device, 2 MiB pages) after the call minus before it, TVM's cached free "
+                "blocks released first (vm.builtin.memory_manager.clear): the pools they allocate on a first call "
+                "and keep (TVM: also its kernels' code, loaded on first use); TensorRT: "
+                "the engine's device_memory_size for its execution context; weights are not in it",
+    "size_mb": "bytes of the artifact the backend runs / 1e6: the exported .so with the embedded CUDA fatbin (TVM), "
+               "the ONNX file (ORT), the serialized engine (TensorRT), parameters + buffers in the run's dtype (torch)",
+    "tvm_fp16": "relax ToMixedPrecision (out_dtype float16: float16 compute and accumulation) of the float ONNX, "
+                "then dlight's default GPU rules like tvm_fp32 (tensor cores via WMMA for large float16 matmuls)",
+    "torch": "eager on cuda:0, torch.no_grad, the model and input converted to the dtype once, before timing; "
+             "TF32 settings as the machine facts record them",
+}
 COLUMNS = f"  {'backend':20} {'median ms':>10} {'p90 ms':>9} {'p99 ms':>9} {'img/s':>8} {'peak MiB':>9} " \
           f"{'size MB':>8} {'x intvit':>9}"
 LEGEND = (f"x intvit = median / {REFERENCE} median (above 1: slower than intvit INT8). peak MiB = memory the "
           "first call at this batch size adds on top of the loaded model (activations, workspaces, runtime pools; "
           "not the weights). size MB = the artifact each backend runs (ONNX file, compiled .so, or torch "
           "parameters).")
+CUDA_LEGEND = (f"x intvit = median / {REFERENCE} median (above 1: slower than intvit INT8). Times are CUDA-event "
+               "ms per batch, inputs and outputs on the GPU. peak MiB = memory the first call at this batch size "
+               "adds: torch's allocator peak for torch_*, the GPU's used memory for TVM and ORT, the engine's "
+               "context memory for TensorRT (not the weights). size MB = the artifact each backend runs.")
 
 
-def format_table(result: dict, machine: dict) -> str:
-    """One model and batch size: a row per backend, intvit INT8 first."""
-    lines = [f"{result['model']}, batch {result['batch']} ({machine['cpu']}, {machine['threads']} threads)", COLUMNS]
+def method(target: str) -> dict:
+    """How each number is measured on ``target``, in words (recorded in the report)."""
+    return CUDA_METHOD if target == "cuda" else METHOD
+
+
+def device_label(report: dict) -> str:
+    """What a table or chart ran on: the CPU and its threads, or the GPU and the arch."""
+    m = report["machine"]
+    if report.get("target") == "cuda":
+        gpu = m["gpus"][0]["name"] if m.get("gpus") else "GPU 0"
+        return f"{gpu}, CUDA {report.get('arch')}"
+    return f"{m['cpu']}, {m['threads']} threads"
+
+
+def format_table(result: dict, machine: dict, device: str | None = None) -> str:
+    """One model and batch size: a row per backend, intvit INT8 first (``device``: default the CPU and threads)."""
+    device = device or f"{machine['cpu']}, {machine['threads']} threads"
+    lines = [f"{result['model']}, batch {result['batch']} ({device})", COLUMNS]
     for name, r in result["backends"].items():
         if not r["available"]:
             lines.append(f"  {name:20} unavailable: {r['reason']}")
@@ -57,8 +99,8 @@ def format_table(result: dict, machine: dict) -> str:
 
 
 def format_report(report: dict) -> str:
-    tables = [format_table(r, report["machine"]) for r in report["results"]]
-    return "\n\n".join(tables + [LEGEND])
+    tables = [format_table(r, report["machine"], device_label(report)) for r in report["results"]]
+    return "\n\n".join(tables + [CUDA_LEGEND if report.get("target") == "cuda" else LEGEND])
 
 
 def output_stem(report: dict, out_dir: str) -> str:
@@ -89,18 +131,20 @@ def write_chart(report: dict, path: str) -> None:
     models = list(dict.fromkeys(r["model"] for r in report["results"]))
     fig = Figure(figsize=(7 * len(models), 5), layout="constrained")
     FigureCanvasAgg(fig)
-    m = report["machine"]
-    fig.suptitle(f"{m['cpu']} ({m['llvm_mcpu']}), {m['threads']} threads, {report['date'][:10]}", fontsize=10)
+    m, cuda = report["machine"], report.get("target") == "cuda"
+    where = device_label(report) if cuda else f"{m['cpu']} ({m['llvm_mcpu']}), {m['threads']} threads"
+    fig.suptitle(f"{where}, {report['date'][:10]}", fontsize=10)
     for i, model in enumerate(models):
         ax = fig.add_subplot(1, len(models), i + 1)
         rows = [r for r in report["results"] if r["model"] == model]
         batches = [r["batch"] for r in rows]
-        for name in ALL_BACKENDS:
+        for j, name in enumerate(report.get("backends", ALL_BACKENDS)):
             pts = [(r["batch"], r["backends"][name]["median_ms"]) for r in rows
                    if r["backends"].get(name, {}).get("available")]
-            if pts:
+            if pts:       # past the 10 colours of the default cycle, dashed lines keep the GPU's 13 apart
                 ax.plot(*zip(*pts), marker="o", linewidth=2.5 if name == REFERENCE else 1.2,
-                        label=name + (" (unscheduled)" if name == "tvm_fp32" else ""))
+                        color=f"C{j % 10}", linestyle="-" if j < 10 else "--",
+                        label=name + (" (unscheduled)" if name == "tvm_fp32" and not cuda else ""))
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xticks(batches, [str(b) for b in batches])
@@ -109,7 +153,7 @@ def write_chart(report: dict, path: str) -> None:
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("batch size")
-        ax.set_ylabel("median latency per batch (ms)")
+        ax.set_ylabel("median latency per batch (ms" + (", CUDA events)" if cuda else ")"))
         ax.set_title(f"{model}: latency by batch size")
         ax.grid(True, which="major", alpha=0.3)
         ax.legend(fontsize=8)

@@ -5,6 +5,8 @@ check that every number the report promises is there and consistent.
 """
 import json
 import os
+import re
+import shutil
 import sys
 
 import numpy as np
@@ -18,6 +20,7 @@ from intvit.bench.backends import ALL_BACKENDS, DEFAULT_BACKENDS, export_float_o
 from intvit.bench.models import build_model
 from intvit.bench.onnx_vit import load_float_vit
 from intvit.cli import main
+from intvit.tvm_backend.cuda import detect_arch
 
 NUMBERS = ("median_ms", "p90_ms", "p99_ms", "mean_ms", "min_ms", "images_per_s", "peak_mib", "size_bytes",
            "size_mb", "build_s", "vs_intvit_tvm")
@@ -125,14 +128,164 @@ def test_bench_rejects_bad_input_with_one_clear_error(tmp_path, capsys, args, me
 
 
 def test_bench_cuda_target_without_a_device_says_what_to_do(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(targets, "cuda_device", lambda: None)
+    monkeypatch.setattr(targets, "cuda_device", lambda: None)      # what this function reports on a GPU-less machine
     assert main(["bench", "--target", "cuda", "--model", "tiny", "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip()
-    assert "no CUDA device" in err and "NVIDIA GPU" in err and "--target llvm" in err and "\n" not in err
-    monkeypatch.setattr(targets, "cuda_device", lambda: "NVIDIA H100")     # a GPU, but no CUDA backends yet
-    assert main(["bench", "--target", "cuda", "--model", "tiny", "--out", str(tmp_path / "r")]) == 2
-    assert "found NVIDIA H100, but the bench's CUDA backends are not implemented" in capsys.readouterr().err
+    assert err.startswith("intvit bench: --target cuda: no CUDA device") and "\n" not in err
+    assert "NVIDIA GPU" in err and "--target llvm" in err and "--build-only" in err
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--build-only"], "--build-only applies to --target cuda"),
+    (["--arch", "sm_90"], "--arch sm_90 applies to --target cuda, not --target llvm"),
+    (["--target", "cuda", "--build-only", "--arch", "sm_90", "--backends", "intvit_int8_tvm,intvit_int8_ort"],
+     "unknown backend(s) ['intvit_int8_ort'] for --target cuda"),
+    (["--target", "cuda", "--build-only", "--arch", "sm_90", "--backends", "torch_fp16"],
+     "backends must include intvit_int8_tvm"),
+    (["--target", "cuda", "--build-only", "--arch", "hopper"], "--arch: CUDA arch must look like sm_80 or sm_90"),
+    (["--target", "cuda", "--build-only", "--arch", "sm_42"], "--arch: nvcc does not know arch 'sm_42'"),
+])
+def test_bench_cuda_options_reject_bad_input_with_one_clear_error(tmp_path, capsys, args, message):
+    if "--arch" in args and args[0] == "--target" and shutil.which("nvcc") is None:
+        pytest.skip("checking a CUDA arch needs nvcc")
+    out = tmp_path / "results"
+    assert main(["bench", "--model", "tiny", "--out", str(out), "--quiet", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("intvit bench: ") and message in err and "\n" not in err, err
+    assert not out.exists()
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None or detect_arch() is not None,
+                    reason="checks the build-only mode where no GPU gives the arch")
+def test_bench_build_only_without_arch_or_gpu_asks_for_the_arch(capsys):
+    assert main(["bench", "--target", "cuda", "--build-only", "--model", "tiny"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--build-only: no GPU here to take the arch from; name it, e.g. --arch sm_90" in err and "\n" not in err
+
+
+needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None, reason="building for CUDA needs nvcc")
+
+
+@pytest.fixture(scope="module")
+def tiny_build_only():
+    """``--build-only``'s builds of the tiny model for sm_90, batch 2 (intvit INT8 and TVM FP16 are compiled)."""
+    from intvit.bench.build_only import run_build_only
+    lines = []
+    backends = ("intvit_int8_tvm", "tvm_fp16", "torch_fp16", "ort_int8_qdq", "tensorrt_int8")
+    return run_build_only(["tiny"], [2], backends, "sm_90", progress=lines.append), lines
+
+
+@needs_nvcc
+def test_build_only_compiles_intvit_int8_and_tvm_fp16_device_code_for_sm_90(tiny_build_only):
+    result, _ = tiny_build_only
+    arts = {a.backend: a for a in result["artifacts"]}
+    assert result["arch"] == "sm_90" and list(arts) == ["intvit_int8_tvm", "tvm_fp16", "torch_fp16", "ort_int8_qdq",
+                                                         "tensorrt_int8"]
+    intvit_ptx, fp16_ptx = arts["intvit_int8_tvm"].ptx, arts["tvm_fp16"].ptx
+    for a in (arts["intvit_int8_tvm"], arts["tvm_fp16"]):
+        assert a.batch == 2 and a.size_bytes > 100_000 and a.build_s > 0 and ".target sm_90" in a.ptx
+        assert a.device["arch"] == "sm_90" and a.device["fatbin_bytes"] > 10_000 and a.device["kernels"] >= 10
+    # intvit: every int8 GEMM's inner step is dp4a, and no float16 anywhere
+    assert arts["intvit_int8_tvm"].device["dp4a"] == intvit_ptx.count("dp4a.s32.s32") >= 100
+    assert arts["intvit_int8_tvm"].device["f16_arith"] == 0
+    # TVM FP16: float16 arithmetic instructions (the matmuls' multiply-adds), no int8 dot products
+    f16_ops = re.findall(r"\b(?:add|mul|fma)(?:\.rn)?\.f16(?:x2)?\b", fp16_ptx)
+    assert len(f16_ops) >= 100 and "dp4a" not in fp16_ptx
+    assert arts["tvm_fp16"].device["f16_arith"] >= len(f16_ops)
+
+
+@needs_nvcc
+def test_build_only_lists_what_it_did_not_build_and_why(tiny_build_only):
+    from intvit.bench.build_only import format_build_only
+    result, progress = tiny_build_only
+    arts = {a.backend: a for a in result["artifacts"]}
+    assert arts["torch_fp16"].size_bytes is None and arts["torch_fp16"].artifact.startswith("not built: eager")
+    assert arts["tensorrt_int8"].artifact.startswith("not built: TensorRT builds its engines on the GPU")
+    assert arts["ort_int8_qdq"].batch is None and arts["ort_int8_qdq"].size_bytes > 0
+    assert "QDQ ONNX file (runs on ORT's CUDAExecutionProvider" in arts["ort_int8_qdq"].artifact
+    table = format_build_only(result)
+    assert table.startswith("CUDA sm_90 artifacts") and "nothing written" in table.splitlines()[0]
+    row = next(line for line in table.splitlines() if " intvit_int8_tvm " in line)
+    assert row.split()[:3] == ["tiny", "intvit_int8_tvm", "2"] and "dp4a" in row and "kernels" in row
+    assert any("compiling for sm_90, batch 2" in line for line in progress)
+
+
+@needs_nvcc
+def test_bench_build_only_cli_prints_the_builds_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "results"
+    assert main(["bench", "--target", "cuda", "--arch", "sm_90", "--build-only", "--model", "tiny", "--batch", "1",
+                 "--backends", "intvit_int8_tvm,torch_bf16,ort_fp32", "--out", str(out), "--quiet"]) == 0
+    stdout = capsys.readouterr().out
+    rows = [line.split() for line in stdout.splitlines() if line.startswith("  tiny ")]
+    assert [r[1] for r in rows] == ["intvit_int8_tvm", "torch_bf16", "ort_fp32"]
+    assert rows[0][2] == "1" and float(rows[0][3]) > 0 and "dp4a" in stdout
+    assert "built for CUDA sm_90" in stdout and "nothing timed, nothing written" in stdout
+    assert not out.exists()
+
+
+@needs_nvcc
+def test_tvm_fp16_cuda_build_puts_large_matmuls_on_tensor_cores(tmp_path):
+    """dlight's tensor-core rule (WMMA) on a float16 matmul larger than 64 in every dimension, for sm_90."""
+    from intvit.bench.build_only import device_code_summary
+    from intvit.bench.tvm_float import build_float_cuda
+    path = str(tmp_path / "linear.onnx")
+    with __import__("warnings").catch_warnings():
+        __import__("warnings").simplefilter("ignore")
+        torch.onnx.export(torch.nn.Linear(256, 128), (torch.zeros(2, 96, 256),), path, dynamo=False,
+                          input_names=["x"], opset_version=17)
+    summary, ptx = device_code_summary(build_float_cuda(path, "x", [2, 96, 256], "float16", "sm_90"))
+    assert summary["mma"] > 0 and "wmma.mma.sync.aligned" in ptx and ".f16" in ptx
+
+
+def test_cuda_report_table_and_chart(tmp_path):
+    """The table and chart of a --target cuda report (its numbers made up here: no GPU needed)."""
+    from intvit.bench import report as rep
+    from intvit.bench.targets import CUDA_BACKENDS
+    stats = {"median_ms": 2.0, "p90_ms": 2.5, "p99_ms": 3.0, "mean_ms": 2.1, "min_ms": 1.9, "samples": 3,
+             "images_per_s": 1000.0, "peak_mib": 12.0, "size_bytes": 10**6, "size_mb": 1.0, "artifact": ".so",
+             "build_s": 1.0, "vs_intvit_tvm": 1.0}
+    backends = {name: ({"available": True, **stats} if i < 12 else {"available": False, "reason": "no TensorRT"})
+                for i, name in enumerate(CUDA_BACKENDS)}
+    report = {"target": "cuda", "arch": "sm_90", "date": "2026-11-23T10:00:00", "backends": list(CUDA_BACKENDS),
+              "machine": {"host": "gpu-box", "cpu": "x", "threads": 16, "llvm_mcpu": "x",
+                          "gpus": [{"name": "NVIDIA H100 80GB HBM3", "driver": "570.1", "memory": "81559 MiB"}]},
+              "results": [{"model": "tiny", "batch": b, "backends": backends} for b in (1, 8)]}
+    text = rep.format_report(report)
+    assert "tiny, batch 8 (NVIDIA H100 80GB HBM3, CUDA sm_90)" in text and "CUDA-event" in text
+    assert "tensorrt_int8        unavailable: no TensorRT" in text
+    assert rep.method("cuda")["clock"].startswith("CUDA events") and rep.method("llvm") is rep.METHOD
+    rep.write_chart(report, str(tmp_path / "c.png"))
+    assert (tmp_path / "c.png").stat().st_size > 10_000
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(detect_arch() is None or not torch.cuda.is_available(),
+                    reason="needs an NVIDIA GPU that TVM and a CUDA build of torch can use")
+def test_bench_cli_tiny_on_the_gpu(tmp_path, capsys):
+    """The real GPU bench end to end: every default CUDA backend plus torch.compile FP16, batch 2, one round."""
+    from intvit.bench.targets import CUDA_DEFAULT_BACKENDS
+    assert _bench(tmp_path, "--target", "cuda", "--batch", "2",
+                  "--backends", ",".join(CUDA_DEFAULT_BACKENDS + ("torch_compile_fp16",))) == 0
+    stdout = capsys.readouterr().out
+    rep = json.loads(next(tmp_path.glob("*.json")).read_text())
+    assert next(tmp_path.glob("*.png"))
+    assert rep["target"] == "cuda" and rep["arch"] == detect_arch() and rep["method"]["clock"].startswith("CUDA")
+    assert rep["machine"]["gpus"] and rep["machine"]["cuda"]["torch_cuda"]
+    [result] = rep["results"]
+    assert result["batch"] == 2 and "--arch " + detect_arch() in rep["command"]
+    for name, r in result["backends"].items():
+        if not r["available"]:          # only a backend that needs an optional package may be missing
+            assert name.startswith(("ort_", "tensorrt_", "torch_compile_")) and r["reason"], (name, r)
+            continue
+        assert set(NUMBERS) <= set(r), name
+        assert 0 < r["min_ms"] <= r["median_ms"] <= r["p90_ms"] <= r["p99_ms"], name
+        assert r["size_bytes"] > 0 and r["peak_mib"] is not None and r["peak_mib"] >= 0, name
+        assert r["vs_intvit_tvm"] == pytest.approx(r["median_ms"] / result["backends"]["intvit_int8_tvm"]["median_ms"])
+        assert f"\n  {name} " in stdout
+    for name in ("intvit_int8_tvm", "tvm_fp32", "tvm_fp16", "torch_fp32", "torch_fp16", "torch_bf16"):
+        assert result["backends"][name]["available"], (name, result["backends"][name])
+    assert "tiny, batch 2 (" in stdout and "CUDA " + detect_arch() in stdout
 
 
 def test_torch_compile_failure_is_reported_not_fatal(tmp_path, monkeypatch):

@@ -155,6 +155,11 @@ class CompiledIntViT:
         out = self.vm["main"](tvm.runtime.tensor(arr.astype(self.input_dtype, copy=False), self.dev))
         return out[0].numpy(), out[1].numpy()
 
+    def run_on_device(self, tensor):
+        """Run on an input already on ``self.dev`` (a ``tvm.runtime.Tensor`` of the compiled shape and dtype);
+        returns ``(logits, int_logits)`` as tensors on the device: nothing is copied to or from the host."""
+        return self.vm["main"](tensor)
+
 
 def compile_onnx(model, target="llvm", batch: int = 1, arch: str | None = None, tune: int = 0,
                  tuning_dir: str | None = None, progress=None) -> CompiledIntViT:
