@@ -27,18 +27,24 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=8, help="(default: %(default)s)")
     p.add_argument("--trials", type=int, default=32, help="measured candidates per GEMM shape (default: %(default)s)")
     p.add_argument("--repeat", type=int, default=10, help="interleaved timing rounds (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                   help="TVM threads, for tuning and timing alike (default: all %(default)s cores)")
     p.add_argument("--tuning-db", help="database directory to use and keep (default: a temporary one)")
     p.add_argument("--out", default=os.path.join("bench", "results"), help="directory for the JSON (default: %(default)s)")
     args = p.parse_args(argv)
 
+    from intvit.bench.latency import _threads
+    with _threads(args.threads):        # before TVM's thread pool starts: tuning measures with it too
+        return _run(args, lambda m: print(m, file=sys.stderr, flush=True))
+
+
+def _run(args, say) -> int:
     import intvit
     from intvit.bench.latency import measure
     from intvit.bench.machine import machine_facts
     from intvit.bench.models import build_model
     from intvit.quantize.onnx_export import to_onnx
     from intvit.tvm_backend.build import compile_onnx
-
-    say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     bm = build_model(args.model)
     say(f"{bm.label}: quantizing")
     proto = to_onnx(intvit.quantize(bm.model, bm.calib, intvit.QuantConfig(progress=False)))
@@ -58,7 +64,7 @@ def main(argv=None) -> int:
     stats = measure({"hand": lambda v: hand(v), "tuned": lambda v: tuned(v)}, x, args.repeat)
     ratio = stats["hand"]["median_ms"] / stats["tuned"]["median_ms"]
     report = {"model": bm.label, "batch": args.batch, "trials_per_shape": args.trials,
-              "machine": machine_facts(os.cpu_count() or 1), "hand": stats["hand"], "tuned": stats["tuned"],
+              "machine": machine_facts(args.threads), "hand": stats["hand"], "tuned": stats["tuned"],
               "speedup_tuned_vs_hand": round(ratio, 3), "hand_compile_s": round(hand_s, 1),
               "tuned_compile_s": round(tuned_s, 1), "tuning": tuned.tuning.as_dict()}
     report["tuning"].pop("database")
