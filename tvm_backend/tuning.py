@@ -29,12 +29,12 @@ small; the XGBoost model would add a 130 MB dependency).
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import time
 
 from .gemm import ACC_BLOCK
+from .gpu_gemm import LHS_BLOCK
 from .schedules import BLOCK_ORDERS, SCHEDULED_ATTR, apply_gemm_schedule
 
 MODULE_EQUALITY = "anchor-block"
@@ -89,7 +89,7 @@ def gemm_functions(mod) -> dict:
             continue
         sch = tvm.s_tir.Schedule(func)
         names = [sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))]
-        if ACC_BLOCK in names and "gemm_lhs" not in names:        # the tiled int64 GEMMs keep their schedule
+        if ACC_BLOCK in names and LHS_BLOCK not in names:        # the tiled int64 GEMMs keep their schedule
             out[gv] = func
     return out
 
@@ -153,14 +153,16 @@ def tune_gemms(mod, target, trials: int, database_dir: str, vnni: bool, progress
         + (f"; {len(shapes) - len(todo)} reused from {database_dir}" if len(todo) < len(shapes) else ""))
     if todo:
         from tvm.s_tir.meta_schedule.mutator import MutateTileSize
-        with _without_intrinsic_library():
-            tasks = [ms.TuneContext(
-                mod=workload(func), target=target,
-                space_generator=ms.space_generator.ScheduleFn(design_space(vnni), sch_rules=[], postprocs=[],
-                                                              mutator_probs={MutateTileSize(): 1.0}),
-                search_strategy=ms.search_strategy.EvolutionarySearch(
-                    population_size=64, init_min_unmeasured=16, genetic_num_iters=2),
-                task_name=f"gemm{i}", num_threads=os.cpu_count() or 1) for i, (func, _) in enumerate(todo)]
+
+        from .fastparse import import_tensor_intrinsics
+        import_tensor_intrinsics()      # TuneContext imports the library; 3 s this way instead of 15-30
+        tasks = [ms.TuneContext(
+            mod=workload(func), target=target,
+            space_generator=ms.space_generator.ScheduleFn(design_space(vnni), sch_rules=[], postprocs=[],
+                                                          mutator_probs={MutateTileSize(): 1.0}),
+            search_strategy=ms.search_strategy.EvolutionarySearch(
+                population_size=64, init_min_unmeasured=16, genetic_num_iters=2),
+            task_name=f"gemm{i}", num_threads=os.cpu_count() or 1) for i, (func, _) in enumerate(todo)]
         builder, runner = _in_process_builder_and_runner()
         with _quiet_meta_schedule():
             ms.tune_tasks(
@@ -198,29 +200,6 @@ def schedule_with_database(mod, database, target):
         if trace is not None:
             mod[gv] = apply_trace(func, trace)
     return mod
-
-
-@contextlib.contextmanager
-def _without_intrinsic_library():
-    """Let ``TuneContext`` skip its ``import tvm.s_tir.tensor_intrin``.
-
-    That import registers every target's tensor intrinsics by parsing ~500
-    TVMScript functions (15–30 s here, ``../shared/tvm-recipes`` item 4). Our
-    design space uses only intvit's own intrinsics (``x86``), registered when
-    the schedule is applied, so for the duration of the call an empty module
-    stands in for the library (unless it is already imported).
-    """
-    import sys
-    import types
-    name = "tvm.s_tir.tensor_intrin"
-    stub = None if name in sys.modules else types.ModuleType(name)
-    if stub is not None:
-        sys.modules[name] = stub
-    try:
-        yield
-    finally:
-        if stub is not None and sys.modules.get(name) is stub:
-            del sys.modules[name]
 
 
 class _quiet_meta_schedule:
