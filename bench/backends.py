@@ -155,6 +155,15 @@ def quantize_qdq(fp32_path: str, input_name: str, calib: torch.Tensor, path: str
         root.setLevel(level)
 
 
+def timed_step(progress, what: str, fn, *args):
+    """``fn(*args)`` between two progress lines, the second with its wall time."""
+    progress(f"  {what} ...")
+    t0 = time.perf_counter()
+    out = fn(*args)
+    progress(f"  {what}: {time.perf_counter() - t0:.1f} s")
+    return out
+
+
 def torch_bytes(model: torch.nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
 
@@ -214,11 +223,7 @@ class ModelBackends:
                                                  len(self.proto_bytes), "integer ONNX file", 0.0)
 
     def _step(self, what: str, fn, *args):
-        self.progress(f"  {what} ...")
-        t0 = time.perf_counter()
-        out = fn(*args)
-        self.progress(f"  {what}: {time.perf_counter() - t0:.1f} s")
-        return out
+        return timed_step(self.progress, what, fn, *args)
 
     def _ort(self, name: str) -> Backend:
         source, input_name, size, artifact, build_s = self.ort_files[name]

@@ -39,7 +39,7 @@ import time
 import numpy as np
 import torch
 
-from .backends import REFERENCE, Backend, _export_size, _reason, export_float_onnx, quantize_qdq, torch_bytes
+from .backends import REFERENCE, Backend, _export_size, _reason, export_float_onnx, quantize_qdq, timed_step, torch_bytes
 from .models import BenchModel
 
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -95,11 +95,7 @@ class CudaModelBackends:
             self.qdq_path(symmetric=False)
 
     def _step(self, what: str, fn, *args):
-        self.progress(f"  {what} ...")
-        t0 = time.perf_counter()
-        out = fn(*args)
-        self.progress(f"  {what}: {time.perf_counter() - t0:.1f} s")
-        return out
+        return timed_step(self.progress, what, fn, *args)
 
     def qdq_path(self, symmetric: bool) -> str:
         """ORT's QDQ INT8 of the float ONNX (``symmetric``: int8 activations, for TensorRT), built once."""
