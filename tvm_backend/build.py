@@ -179,9 +179,12 @@ def compile_onnx(model, target="llvm", batch: int = 1, arch: str | None = None, 
     resolved = resolve_target(target, arch)
     tgt = make_target(resolved)
     cuda = is_cuda(tgt)
-    if tune and (cuda or not tuning_dir):
-        raise ValueError("tuning (--tune) applies to --target llvm and needs a database directory"
-                         if cuda else "tune=N needs tuning_dir, the directory for the tuning database")
+    if isinstance(tune, bool) or not isinstance(tune, int) or tune < 0:
+        raise ValueError(f"--tune must be a non-negative number of trials, got {tune!r}")
+    if tune and cuda:
+        raise ValueError("--tune tunes the CPU kernels: use it with --target llvm (the CUDA schedules are fixed)")
+    if tune and not tuning_dir:
+        raise ValueError("tune=N needs tuning_dir, the directory for the tuning database")
     def fused_module():
         return fuse(to_relax(proto, batch, gemm_form="tiled" if cuda else "vnni"), tgt)
     fused = fused_module()

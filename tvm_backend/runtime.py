@@ -50,13 +50,9 @@ def compile_to_file(onnx_path, output, target="llvm", batch: int = 1, arch: str 
     parent = os.path.dirname(os.path.abspath(output))
     if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
         raise ValueError(f"cannot write {output}: directory {parent} does not exist or is not writable")
-    if isinstance(tune, bool) or not isinstance(tune, int) or tune < 0:
-        raise ValueError(f"--tune must be a non-negative number of trials, got {tune!r}")
     proto = onnx.load(os.fspath(onnx_path))
     t0 = time.perf_counter()
     resolved = resolve_target(target, arch)
-    if tune and resolved["kind"] != "llvm":
-        raise ValueError("--tune tunes the CPU kernels: use it with --target llvm (the CUDA schedules are fixed)")
     compiled = compile_onnx(proto, target, batch, arch=resolved.get("arch"), tune=tune,
                             tuning_dir=(tuning_dir or tuning_dir_for(output)) if tune else None, progress=progress)
     host = resolved if resolved["kind"] == "llvm" else resolve_target("llvm")
