@@ -7,9 +7,9 @@
 ``ort_fp32``          the float ONNX in ONNX Runtime
 ``ort_int8_qdq``      ORT's own static INT8 of that ONNX (``quantize_static``: QDQ, per-channel weights)
 ``intvit_int8_ort``   intvit's integer graph in ONNX Runtime (a correctness reference: generic int64 ops)
-``tvm_fp32``          the float ONNX through ``tvm.relax.frontend.onnx`` and ``tvm.compile`` for the
-                      same llvm target as intvit — *unscheduled*: TVM 0.27 has no CPU schedules for
-                      float models, so this is TVM's default lowering, not a tuned FP32 baseline
+``tvm_fp32``          the float ONNX through ``tvm.relax.frontend.onnx`` for the same llvm target as
+                      intvit, with the same schedule effort: intvit's register-tiled GEMM and
+                      row-wise schedules applied to the float graph (``bench.tvm_float_cpu``)
 ===================== =====================================================================
 
 (The GPU backends of ``--target cuda`` are in ``bench.cuda_backends``.)
@@ -41,8 +41,8 @@ REFERENCE = "intvit_int8_tvm"
 ALL_BACKENDS = ("intvit_int8_tvm", "torch_fp32", "torch_compile_fp32", "ort_fp32", "ort_int8_qdq",
                 "intvit_int8_ort", "tvm_fp32")
 # intvit_int8_ort runs the integer nonlinears as generic int64 ONNX ops (10-25x slower than the
-# rest) and tvm_fp32 is unscheduled (seconds per image): both only when asked for.
-DEFAULT_BACKENDS = ("intvit_int8_tvm", "torch_fp32", "torch_compile_fp32", "ort_fp32", "ort_int8_qdq")
+# rest): only when asked for.
+DEFAULT_BACKENDS = ("intvit_int8_tvm", "torch_fp32", "torch_compile_fp32", "ort_fp32", "ort_int8_qdq", "tvm_fp32")
 OPTIONAL = ("torch_compile_fp32", "tvm_fp32")     # may be unavailable on a machine: recorded, not fatal
 
 
@@ -263,23 +263,15 @@ class ModelBackends:
         return Backend(REFERENCE, lambda x: module(x)[0], size, "compiled .so", build_s)
 
     def _tvm_fp32(self, batch: int) -> Backend:
-        import onnx
         import tvm
         from tvm import relax
-        from tvm.relax.frontend.onnx import from_onnx
 
-        from ..tvm_backend.build import resolve_target
+        from .tvm_float_cpu import build_float_cpu
         bm = self.bm
         t0 = time.perf_counter()
-
-        def build():
-            mod = from_onnx(onnx.load(self.fp32_path), keep_params_in_input=False,
-                            shape_dict={bm.input_name: [batch, bm.channels, bm.image, bm.image]})
-            target = tvm.target.Target(resolve_target("llvm"))
-            return tvm.compile(mod, target=target)
-
-        executable = self._step(f"TVM FP32: importing the float ONNX and compiling for batch {batch} (unscheduled)",
-                                build)
+        executable = self._step(f"TVM FP32: importing the float ONNX, scheduling and compiling for batch {batch}",
+                                build_float_cpu, self.fp32_path, bm.input_name,
+                                [batch, bm.channels, bm.image, bm.image])
         build_s = time.perf_counter() - t0
         vm, dev = relax.VirtualMachine(executable, tvm.cpu()), tvm.cpu()
 

@@ -21,10 +21,10 @@ OUT/<host>-<date>.json and a PNG chart (latency by batch size per backend).
 --target llvm (this CPU, the default). Backends: intvit_int8_tvm (always),
 torch_fp32 (eager), torch_compile_fp32 (inductor; reported unavailable, with
 the reason, where it cannot compile), ort_fp32, ort_int8_qdq (ORT
-quantize_static, QDQ); opt-in: intvit_int8_ort (intvit's graph in ORT, a slow
-correctness reference) and tvm_fp32 (the float ONNX through tvm.relax.frontend,
-unscheduled: seconds per image). Clock: perf_counter_ns; peak memory: the RSS
-high-water mark.
+quantize_static, QDQ), tvm_fp32 (the float ONNX through tvm.relax.frontend,
+given intvit's own CPU schedules: tiled GEMMs, row-parallel nonlinears);
+opt-in: intvit_int8_ort (intvit's graph in ORT, a slow correctness reference).
+Clock: perf_counter_ns; peak memory: the RSS high-water mark.
 
 --target cuda (GPU 0; --arch defaults to the GPU's own). Backends:
 intvit_int8_tvm (intvit's CUDA module, device code by nvcc), tvm_fp32 and

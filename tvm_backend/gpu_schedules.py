@@ -27,7 +27,7 @@ from __future__ import annotations
 from .cuda_intrin import GROUP, register_dp4a
 from .gemm import ACC_BLOCK, OUT_BLOCK
 from .gpu_gemm import LHS_BLOCK, RHS_BLOCK, TILE_K, TILE_M, TILE_N
-from .schedules import SCHEDULED_ATTR, _block_names, _is_reduction, _numel, _spatial_prefix
+from .schedules import SCHEDULED_ATTR, block_names, is_reduction, _numel, _spatial_prefix
 
 THREADS_Y, THREADS_X = 16, 16                                   # GEMM thread block
 THREAD_M, THREAD_N = TILE_M // THREADS_Y, TILE_N // THREADS_X   # each thread's register tile
@@ -54,7 +54,7 @@ def schedule_gemm_gpu(func):
     sch.bind(sch.fuse(*lead, i0, j0), "blockIdx.x")
     sch.bind(i1, "threadIdx.y")
     sch.bind(j1, "threadIdx.x")
-    names = _block_names(sch)
+    names = block_names(sch)
     for index, producer in ((0, LHS_BLOCK), (1, RHS_BLOCK)):
         staged = sch.cache_read(acc, index, "shared")
         sch.compute_at(staged, k0)
@@ -103,7 +103,7 @@ def schedule_rowwise_gpu(func):
         return func
     full = max(_numel(sch, b) for b in blocks)
     for blk in blocks[:-1]:
-        if not _is_reduction(sch, blk) and 2 * _numel(sch, blk) > full:
+        if not is_reduction(sch, blk) and 2 * _numel(sch, blk) > full:
             try:
                 sch.compute_inline(blk)
             except Exception:              # read in a way inlining cannot express: scheduled below
@@ -129,7 +129,7 @@ def schedule_rowwise_gpu(func):
             _flat_launch(sch, blk)
             continue
         inner = [lp for lp in sch.get_loops(blk)[1:] if int(sch.get(lp).extent) > 1]
-        if _is_reduction(sch, blk) or inner:
+        if is_reduction(sch, blk) or inner:
             sch.set_scope(blk, 0, "shared")
             if inner:
                 _, t = sch.split(sch.fuse(*inner) if len(inner) > 1 else inner[0], [None, threads])
@@ -146,7 +146,7 @@ def schedule_module_gpu(mod):
     for gv, func in mod.functions.items():
         if not isinstance(func, tvm.tirx.PrimFunc) or (func.attrs and SCHEDULED_ATTR in func.attrs):
             continue
-        names = _block_names(tvm.s_tir.Schedule(func))
+        names = block_names(tvm.s_tir.Schedule(func))
         out[gv] = schedule_gemm_gpu(func) if ACC_BLOCK in names else schedule_rowwise_gpu(func)
     for gv, func in out.items():
         mod[gv] = func

@@ -29,7 +29,7 @@ SCHEDULED_ATTR = "tirx.is_scheduled"
 TILED_ROWS = 8                  # rows per parallel task of a tiled (int64) GEMM; divides TILE_M
 
 
-def _block_names(sch) -> list[str]:
+def block_names(sch) -> list[str]:
     return [sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))]
 
 
@@ -54,7 +54,7 @@ def _fused_parallel(sch, loops: list):
     return loop
 
 
-def _parallel_rows(sch, block):
+def parallel_rows(sch, block):
     """Fuse the block's leading spatial loops (all but the innermost axis) and parallelise them."""
     spatial = _spatial_prefix(sch, block)
     n_loops = len(sch.get_loops(block))
@@ -86,7 +86,7 @@ def apply_gemm_schedule(sch, vnni: bool, blocking: str | None = None):
     ``sample_perfect_tile``: the design space ``tvm_backend.tuning`` searches.
     Either way only loops move; the arithmetic is the TE definition's.
     """
-    linear = SHIFTED_INPUT_BLOCK in _block_names(sch)
+    linear = SHIFTED_INPUT_BLOCK in block_names(sch)
     acc, out = sch.get_sblock(ACC_BLOCK), sch.get_sblock(OUT_BLOCK)
     *lead, i, j, k = sch.get_loops(acc)
     n = int(sch.get(out).iter_vars[-1].dom.extent)
@@ -96,7 +96,7 @@ def apply_gemm_schedule(sch, vnni: bool, blocking: str | None = None):
     if linear:
         shifted = sch.get_sblock(SHIFTED_INPUT_BLOCK)
         dot = DOT_INSTRUCTIONS[str(sch.get(shifted).writes[0].source.dtype)]
-        _parallel_rows(sch, shifted)
+        parallel_rows(sch, shifted)
         ko, kv = sch.split(k, [None, dot.group])
         inner_k = [kv]
     else:
@@ -139,7 +139,7 @@ def schedule_tiled_gemm(func):
     ``quantize.layout``): operand padding inlined, parallel over 8-row slabs, epilogue per slab."""
     from tvm import s_tir
     sch = s_tir.Schedule(func)
-    names = _block_names(sch)
+    names = block_names(sch)
     for producer in (LHS_BLOCK, RHS_BLOCK):
         if producer in names:
             sch.compute_inline(sch.get_sblock(producer))
@@ -158,7 +158,7 @@ def _numel(sch, block) -> int:
     return n
 
 
-def _is_reduction(sch, block) -> bool:
+def is_reduction(sch, block) -> bool:
     return any(int(iv.iter_type) != 0 for iv in sch.get(block).iter_vars)
 
 
@@ -181,7 +181,7 @@ def schedule_rowwise(func):
         keep = MATERIALIZE in sch.get(blk).annotations
         # full-size (a per-row value is a row length smaller; inlining those, e.g. the
         # 32 isqrt stages that each read the previous one twice, would blow up): inline
-        if not keep and not _is_reduction(sch, blk) and 2 * _numel(sch, blk) > full:
+        if not keep and not is_reduction(sch, blk) and 2 * _numel(sch, blk) > full:
             try:
                 sch.compute_inline(blk)
             except Exception:                  # e.g. read by a reduction in a way inlining cannot express
@@ -190,14 +190,14 @@ def schedule_rowwise(func):
     if sch.get(blocks[-1]).name_hint == PACK_BLOCK:
         row_loop = _schedule_pack(sch, blocks[-1])
     else:
-        row_loop = _parallel_rows(sch, blocks[-1])
+        row_loop = parallel_rows(sch, blocks[-1])
     for blk in reversed(blocks[:-1]):
         try:
             if row_loop is None:
                 raise ValueError("no row loop")
             sch.compute_at(blk, row_loop, preserve_unit_loops=True)
         except Exception:                      # not row-aligned with the output: its own parallel loop
-            _parallel_rows(sch, blk)
+            parallel_rows(sch, blk)
     return sch.mod["main"].with_attr(SCHEDULED_ATTR, True)
 
 
@@ -216,7 +216,7 @@ def schedule_module(mod, vnni: bool):
     for gv, func in mod.functions.items():
         if not isinstance(func, tvm.tirx.PrimFunc) or (func.attrs and SCHEDULED_ATTR in func.attrs):
             continue
-        names = _block_names(tvm.s_tir.Schedule(func))
+        names = block_names(tvm.s_tir.Schedule(func))
         if LHS_BLOCK in names:
             out[gv] = schedule_tiled_gemm(func)
         else:

@@ -35,7 +35,7 @@ import time
 
 from .gemm import ACC_BLOCK
 from .gpu_gemm import LHS_BLOCK
-from .schedules import BLOCK_ORDERS, SCHEDULED_ATTR, _block_names, apply_gemm_schedule
+from .schedules import BLOCK_ORDERS, SCHEDULED_ATTR, block_names, apply_gemm_schedule
 
 MODULE_EQUALITY = "anchor-block"
 WORKLOAD = "main"
@@ -87,7 +87,7 @@ def gemm_functions(mod) -> dict:
     for gv, func in mod.functions.items():
         if not isinstance(func, tvm.tirx.PrimFunc) or (func.attrs and SCHEDULED_ATTR in func.attrs):
             continue
-        names = _block_names(tvm.s_tir.Schedule(func))
+        names = block_names(tvm.s_tir.Schedule(func))
         if ACC_BLOCK in names and LHS_BLOCK not in names:        # the tiled int64 GEMMs keep their schedule
             out[gv] = func
     return out
