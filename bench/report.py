@@ -35,7 +35,8 @@ METHOD = {
     "size_mb": "bytes of the artifact the backend runs / 1e6: the ONNX file (ORT), the exported .so (TVM), "
                "parameters + buffers (torch, torch.compile)",
     "tvm_fp32": "the float ONNX through tvm.relax.frontend.onnx with intvit's schedule effort (bench.tvm_float_cpu): "
-                "FastMathTransform (exp, erf), the patch convolution as patchify + matmul, intvit's register-tiled "
+                "FastMathTransform (exp, erf), the patch convolution as patchify + matmul, weights packed into intvit's "
+                "16-column panels, intvit's register-tiled "
                 "GEMM schedule in float32 (16-lane FMA, fused epilogue, parallel tiles) and its row-wise schedule",
 }
 CUDA_METHOD = {

@@ -14,7 +14,11 @@ float graph the same schedule effort intvit's integer graph gets from
    no padding) becomes patchify + ``matmul``, as in intvit's own graph
    (``quantize.onnx_export``'s ``patchify``), so it is a GEMM, not a
    7-deep convolution loop nest;
-4. legalize, fuse, and per fused function: ``schedule_float_gemm`` for a
+4. ``pack_constant_weights``: every ``matmul`` by a constant weight reads it
+   packed offline into 16-column panels, ``[N/16, K, 16]`` — intvit's int8
+   weight layout (``gemm.pack_linear_weight``) with one-element groups — so
+   a register tile streams its weights contiguously;
+5. legalize, fuse, and per fused function: ``schedule_float_gemm`` for a
    function built around a ``matmul`` (the register tile of intvit's GEMMs,
    ``MR`` rows × ``NR`` 16-lane float32 vectors from ``gemm.linear_tile``,
    one fused parallel loop over tiles, the bias/GELU/residual epilogue
@@ -22,13 +26,13 @@ float graph the same schedule effort intvit's integer graph gets from
    ``schedule_rowwise`` (LayerNorm, softmax, layout changes: parallel over
    rows, reductions computed inside the row loop).
 
-Only loops move (plus the output-width padding of ``pad_einsum``): the
+Only loops and weight layouts change (plus zero padding of output widths): the
 results equal ONNX Runtime's float ones up to float32 rounding and the
 fast-math approximations (the tests check 1e-4).
 """
 from __future__ import annotations
 
-MATMUL_BLOCK = "matmul"         # the block ``LegalizeOps`` makes of ``relax.matmul``
+MATMUL_BLOCK = "matmul"         # the block ``LegalizeOps`` makes of ``relax.matmul``, and ``packed_matmul_te``'s
 
 
 def patchify_convolutions(mod):
@@ -68,15 +72,66 @@ def patchify_convolutions(mod):
     return mod
 
 
+def _int64_shape(shape) -> list:
+    """TVM's legalized kernels index with int64; FuseTIR refuses to mix in int32-shaped TE buffers."""
+    from tvm import tirx
+    return [tirx.const(int(d), "int64") for d in shape]
+
+
+def packed_matmul_te(x, wp, n: int):
+    """``y[..., r, j] = Σ_k x[..., r, k] · Wp[j/16, k, j%16, 0]`` for ``j < Np`` (``Wp`` from
+    ``gemm.pack_linear_weight(w, nr, group=1)``; columns from ``n`` to ``Np`` are zero weights)."""
+    from tvm import te, tirx
+
+    from ..tvm_backend.x86 import LANES
+    *lead, rows, k = (int(d) for d in x.shape)
+    np_ = int(wp.shape[0]) * LANES
+    red = te.reduce_axis((tirx.const(0, "int64"), tirx.const(k, "int64")), name="k")
+    return te.compute(_int64_shape([*lead, rows, np_]), lambda *i: te.sum(
+        x(*i[:-1], red) * wp(i[-1] // LANES, red, i[-1] % LANES, 0), axis=red), name=MATMUL_BLOCK)
+
+
+def pack_constant_weights(mod):
+    """Rewrite ``matmul(x, W)`` with a constant float ``W [K, N]`` as ``packed_matmul_te`` on
+    ``pack_linear_weight(W)`` (then a slice back to ``N`` columns when the panels pad it)."""
+    import numpy as np
+    from tvm import relax, te
+    from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
+
+    from ..tvm_backend.gemm import linear_tile, pack_linear_weight
+    pattern = is_op("relax.matmul")(wildcard(), is_const())
+    builder = relax.BlockBuilder(mod)         # holds the new kernels, typed for call_tir
+
+    def rewrite(expr, matches):
+        call = matches[pattern]
+        x, weight = call.args
+        w = weight.value.numpy()
+        if w.ndim != 2 or w.dtype != np.float32 or str(x.ty.dtype) != "float32":
+            return expr
+        n = w.shape[1]
+        wp = pack_linear_weight(w, linear_tile(n)[1], group=1)
+        x_ph = te.placeholder(_int64_shape(x.ty.shape), "float32", name="x")
+        wp_ph = te.placeholder(_int64_shape(wp.shape), "float32", name="wp")
+        out = packed_matmul_te(x_ph, wp_ph, n)
+        gv = builder.add_func(te.create_prim_func([x_ph, wp_ph, out]).without_attr("global_symbol"), "packed_matmul")
+        y = relax.call_tir(gv, (x, relax.const(wp)), relax.TensorType([int(d) for d in out.shape], "float32"))
+        return y if int(out.shape[-1]) == n else relax.op.strided_slice(y, axes=[-1], begin=[0], end=[n])
+
+    for gv, func in list(mod.functions.items()):
+        if isinstance(func, relax.Function):
+            builder.update_func(gv, rewrite_call(pattern, rewrite, func))
+    return builder.get()
+
+
 def schedule_float_gemm(func):
     """Schedule a fused function around one ``matmul`` block ``C[..., i, j] = Σ_k A[..., i, k]·B[..., k, j]``.
 
     Producers in front of the matmul (transposes of its operands) are
     inlined. When the output width ``n`` is not a multiple of the register
-    tile's ``NR·16`` columns (197 keys in ``Q·Kᵀ``, 1,000 classes), the
-    iteration domain is padded with ``pad_einsum`` — a predicated 16-lane
-    loop would be scalarised — and the padded operand copy gets its own
-    parallel loop. The epilogue chain after the matmul is inlined into its
+    tile's ``NR·16`` columns (197 keys in ``Q·Kᵀ``; constant weights are
+    already padded by their packing), the iteration domain is padded with
+    ``pad_einsum`` — a predicated 16-lane loop would be scalarised — and the
+    padded operand copy gets its own parallel loop. The epilogue chain after the matmul is inlined into its
     last block, which is computed per register tile.
     """
     from tvm import s_tir
@@ -134,10 +189,11 @@ def schedule_float_module(mod):
 
 
 def lower_float_cpu(mod, target):
-    """Steps 2–4 of the module docstring on an imported float module, inside ``target``."""
+    """Steps 2–5 of the module docstring on an imported float module, inside ``target``."""
     from tvm import relax
     with target:
         mod = patchify_convolutions(relax.transform.FastMathTransform()(mod))
+        mod = pack_constant_weights(relax.transform.FoldConstant()(mod))
         for transform in (relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
                           relax.transform.FoldConstant(), relax.transform.FuseOps(), relax.transform.FuseTIR()):
             mod = transform(mod)

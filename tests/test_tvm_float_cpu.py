@@ -55,6 +55,8 @@ def test_every_kernel_is_scheduled_and_the_patch_convolution_is_a_gemm(tmp_path)
     # one function per GEMM shape: patch embedding, q/k/v, attention output + residual, fc1 + GELU,
     # fc2 + residual, Q·Kᵀ, A·V, classifier
     assert len(gemms) == 8 and {n for n in funcs if "matmul" in n} == set(gemms)
+    # the six by a constant weight read it packed into panels (pack_constant_weights); Q·Kᵀ and A·V do not
+    assert sum("packed_matmul" in n for n in gemms) == 6
     for f in gemms.values():
         script = f.script()
         assert "T.parallel" in script and "T.vectorized" in script
