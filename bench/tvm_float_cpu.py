@@ -78,9 +78,9 @@ def _int64_shape(shape) -> list:
     return [tirx.const(int(d), "int64") for d in shape]
 
 
-def packed_matmul_te(x, wp, n: int):
+def packed_matmul_te(x, wp):
     """``y[..., r, j] = Σ_k x[..., r, k] · Wp[j/16, k, j%16, 0]`` for ``j < Np`` (``Wp`` from
-    ``gemm.pack_linear_weight(w, nr, group=1)``; columns from ``n`` to ``Np`` are zero weights)."""
+    ``gemm.pack_linear_weight(w, nr, group=1)``; columns past the weight's own ``N`` are zero)."""
     from tvm import te, tirx
 
     from ..tvm_backend.x86 import LANES
@@ -106,13 +106,13 @@ def pack_constant_weights(mod):
         call = matches[pattern]
         x, weight = call.args
         w = weight.value.numpy()
-        if w.ndim != 2 or w.dtype != np.float32 or str(x.ty.dtype) != "float32":
+        if w.ndim != 2 or w.dtype != np.float32 or str(x.ty.dtype) != "float32" or len(x.ty.shape) < 2:
             return expr
         n = w.shape[1]
         wp = pack_linear_weight(w, linear_tile(n)[1], group=1)
         x_ph = te.placeholder(_int64_shape(x.ty.shape), "float32", name="x")
         wp_ph = te.placeholder(_int64_shape(wp.shape), "float32", name="wp")
-        out = packed_matmul_te(x_ph, wp_ph, n)
+        out = packed_matmul_te(x_ph, wp_ph)
         gv = builder.add_func(te.create_prim_func([x_ph, wp_ph, out]).without_attr("global_symbol"), "packed_matmul")
         y = relax.call_tir(gv, (x, relax.const(wp)), relax.TensorType([int(d) for d in out.shape], "float32"))
         return y if int(out.shape[-1]) == n else relax.op.strided_slice(y, axes=[-1], begin=[0], end=[n])

@@ -63,11 +63,12 @@ def test_every_kernel_is_scheduled_and_the_patch_convolution_is_a_gemm(tmp_path)
 
 
 def _conv_module(stride: int, pads: int):
+    side = (4 + 2 * pads - 2) // stride + 1
     w = helper.make_tensor("w", TensorProto.FLOAT, [4, 2, 2, 2], np.arange(32, dtype=np.float32) / 32)
     node = helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[2, 2], strides=[stride, stride],
                             pads=[pads] * 4)
     graph = helper.make_graph([node], "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w])
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, side, side])], [w])
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     from tvm.relax.frontend.onnx import from_onnx
     return proto, from_onnx(proto, keep_params_in_input=False)
