@@ -4,7 +4,7 @@ TVM creates its pool on the first parallel kernel of a process, with
 ``TVM_NUM_THREADS`` threads, else ``OMP_NUM_THREADS``, else — on x86 — half
 the logical CPUs, assuming two hyper-threads per core. On a machine without
 hyper-threading (many cloud VMs) that is half the cores: DeiT-S at batch 1
-took 29.4 ms on 1 thread instead of 17.0 ms on this repo's 2-core VM.
+takes 28.4 ms on 1 thread instead of 15.8 ms on 2 on this repo's 2-core VM.
 ``use_physical_cores`` sets ``TVM_NUM_THREADS`` to the physical cores this
 process may run on, unless the user set either variable; it runs when
 ``intvit.tvm_backend`` is imported, before intvit runs any TVM code.
