@@ -308,3 +308,29 @@ def test_shift_cap_keeps_large_offsets_in_range():
     assert got == [round(v * ratio + beta) for v in (2**30, -(2**30), 0)]
     with pytest.raises(ValueError, match="at least 1"):
         ops.dyadic_multiplier([0.5], 0)
+
+
+# ---------------------------------------------------------------- exact GEMM evaluation
+def _python_matmul(a, b):
+    return [[sum(x * y for x, y in zip(row, col)) for col in zip(*b)] for row in a]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 6), st.integers(1, 40), st.integers(1, 5), st.sampled_from([7, 15, 24, 28]))
+def test_int_matmul_is_exact_on_both_of_its_evaluation_paths(m, k, n, bits):
+    """Below 2**53 the product goes through float64 BLAS, above it through int64; both must equal
+    Python's arbitrary-precision sum (24- and 28-bit operands with K up to 40 cross the 2**53 line
+    and stay inside int64)."""
+    g = torch.Generator().manual_seed(m * 1000 + k * 10 + n + bits)
+    hi = 1 << bits
+    a = torch.randint(-hi, hi, (m, k), generator=g)
+    b = torch.randint(-hi, hi, (k, n), generator=g)
+    assert ops.int_matmul(a, b).tolist() == _python_matmul(a.tolist(), b.tolist())
+
+
+def test_int_matmul_float64_path_holds_the_worst_case_int8_accumulator():
+    """K = 2**16 - 1 products of -128·-128: 2**30·(1 - 2**-16), every partial sum an exact float64."""
+    k = (1 << 16) - 1
+    a = torch.full((2, k), -128, dtype=torch.int64)
+    b = torch.full((k, 3), -128, dtype=torch.int64)
+    assert ops.int_matmul(a, b).tolist() == [[k * 16384] * 3] * 2
