@@ -198,7 +198,7 @@ def _analyze(args) -> int:
     import torch
 
     import intvit
-    from intvit.calibration.sensitivity import format_sensitivity, layer_sensitivity, plot_sensitivity
+    from intvit.quantize.sensitivity import format_sensitivity, layer_sensitivity, plot_sensitivity
     from intvit.models import fmnist
     model = intvit.load(args.model)
     if args.images:

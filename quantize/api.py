@@ -53,7 +53,7 @@ def quantize(model, calib_data, config: QuantConfig | None = None):
         widen_most_sensitive(qmodel, calib_data, config.auto_int16, min(config.matching_images, config.max_calib_images),
                              config.batch_size)
     if config.attention_temperature or config.output_balance:
-        from ..calibration.scale_matching import balance_output_heads, match_attention_temperature
+        from .scale_matching import balance_output_heads, match_attention_temperature
         n = min(config.matching_images, config.max_calib_images)
         if config.attention_temperature:          # QuantVLA's order: temperatures first, then balance
             match_attention_temperature(qmodel, calib_data, max_images=n, batch_size=config.batch_size)

@@ -22,7 +22,7 @@ class QuantConfig:
     progress:         show a progress bar while calibrating.
     attention_temperature: QuantVLA attention temperature matching (ATM): per head, scale
                       the Q·Kᵀ requant so the integer logits' spread matches the float
-                      model's (``calibration.scale_matching``).
+                      model's (``quantize.scale_matching``).
     output_balance:   QuantVLA output head balancing (OHB): per block, scale each residual
                       branch's requant so its RMS matches the float model's.
     matching_images:  calibration images ATM/OHB measure on (at most).
@@ -30,7 +30,7 @@ class QuantConfig:
                       (``quantize.layout``), e.g. ``("blocks.0.*", "norm")``; each pattern
                       must match a widenable point.
     auto_int16:       additionally widen the k most sensitive widenable points, ranked by
-                      ``calibration.sensitivity`` on up to ``matching_images`` calibration images.
+                      ``quantize.sensitivity`` on up to ``matching_images`` calibration images.
     """
     recipe: str = "minmax"
     percentile: float = 99.99

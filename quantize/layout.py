@@ -15,7 +15,7 @@ points to int16 — still integer-only, so the graph stays integer end to end:
 
 ``QuantConfig(int16=("blocks.0.*", "norm"))`` selects points by glob
 pattern over their names; ``QuantConfig(auto_int16=k)`` widens the ``k`` most
-sensitive widenable points (``calibration.sensitivity``). The layout is
+sensitive widenable points (``quantize.sensitivity``). The layout is
 stored in the model (``meta["layout"]``) and saved with it.
 """
 from __future__ import annotations
@@ -55,11 +55,11 @@ def resolve_layout(spec: ViTSpec, patterns) -> dict[str, int]:
 
 def widen_most_sensitive(qmodel, data, k: int, max_images: int = 128, batch_size: int = 32) -> list[str]:
     """Widen the ``k`` widenable points whose quantization alone costs the most output SQNR
-    (``calibration.sensitivity.layer_sensitivity``); refreezes ``qmodel``; returns their names."""
+    (``quantize.sensitivity.layer_sensitivity``); refreezes ``qmodel``; returns their names."""
     import torch
 
     from ..calibration.data import take_batches
-    from ..calibration.sensitivity import layer_sensitivity
+    from .sensitivity import layer_sensitivity
     images = take_batches(data, max_images, batch_size, "auto_int16 (ranking the quant points)")
     widenable = set(widenable_points(qmodel.spec))
     rows = layer_sensitivity(qmodel, torch.cat(images), progress=False)

@@ -79,7 +79,7 @@ def freeze(spec: ViTSpec, scales: dict[str, float], temperatures: dict | None = 
 
     ``temperatures`` (``{"blocks.i": [α_h per head]}``) and ``balance``
     (``{"blocks.i.resid1": β, ...}``) are the QuantVLA-style corrections of
-    ``calibration.scale_matching``, folded into the dyadic multipliers: α_h
+    ``quantize.scale_matching``, folded into the dyadic multipliers: α_h
     scales head h's ``Q·Kᵀ`` requant (which then holds one multiplier per
     head, shape ``[H, 1, 1]``), β the residual branch's requant. Absent
     entries mean 1; the graph's ops are the same either way.

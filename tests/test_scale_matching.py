@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import intvit
-from intvit.calibration.scale_matching import (balance_output_heads, clamp_balance, clamp_temperature,
+from intvit.quantize.scale_matching import (balance_output_heads, clamp_balance, clamp_temperature,
                                                match_attention_temperature)
 from intvit.quantize.onnx_export import to_onnx
 from conftest import assert_exact_in_ort_tvm_and_file, images

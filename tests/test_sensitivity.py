@@ -2,7 +2,7 @@
 import json
 
 import intvit
-from intvit.calibration.sensitivity import layer_sensitivity
+from intvit.quantize.sensitivity import layer_sensitivity
 from intvit.models.spec import linear_layers, quant_points
 from conftest import hf_vit, images
 

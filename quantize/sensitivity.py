@@ -13,8 +13,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..models.spec import float_forward, linear_layers, quant_points
-from ..quantize.evaluate import sqnr_db
-from ..quantize.fake_quant import fake_quant, fake_quant_weight
+from .evaluate import sqnr_db
+from .fake_quant import fake_quant, fake_quant_weight
 
 
 @torch.no_grad()

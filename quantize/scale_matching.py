@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from ..models.spec import float_forward
-from ..quantize.qparams import weight_scale
-from .data import take_batches
+from .qparams import weight_scale
+from ..calibration.data import take_batches
 
 ATM_RANGE, ATM_NEUTRAL = (0.7, 1.4), 0.02
 OHB_LOG_LIMIT, OHB_NEUTRAL = 0.3, 0.03
