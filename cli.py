@@ -25,9 +25,7 @@ def _demo(args) -> int:
     images, labels = fmnist.load_test_set(args.images)
     print(f"[2/4] calibrating on {calib.shape[0]} training images (recipe {args.recipe}) and quantizing")
     t0 = time.perf_counter()
-    qmodel = intvit.quantize(model, calib, intvit.QuantConfig(
-        recipe=args.recipe, progress=not args.quiet, attention_temperature=args.atm, output_balance=args.ohb,
-        int16=_patterns(args.int16), auto_int16=args.auto_int16))
+    qmodel = intvit.quantize(model, calib, _quant_config(args))
     t_quant = time.perf_counter() - t0
     print(f"[3/4] evaluating on {images.shape[0]} test images (integer mode runs on int tensors only)")
     report = compare(lambda x: model(x).logits, qmodel, images, labels, progress=not args.quiet)
@@ -78,10 +76,7 @@ def _quantize(args) -> int:
         calib = args.calib
         if os.path.isdir(calib):
             calib = _folder_for_hf_model(args.model, model, calib, args.max_images)
-    q = intvit.quantize(model, calib, intvit.QuantConfig(recipe=args.recipe, progress=not args.quiet,
-                                                          max_calib_images=args.max_images,
-                                                          attention_temperature=args.atm, output_balance=args.ohb,
-                                                          int16=_patterns(args.int16), auto_int16=args.auto_int16))
+    q = intvit.quantize(model, calib, _quant_config(args, max_calib_images=args.max_images))
     q.save(args.output)
     print(f"wrote {args.output}")
     return 0
@@ -193,7 +188,10 @@ def _floats(text: str) -> list[float]:
 
 
 def _analyze(args) -> int:
-    """Rank quant points by the output error each causes alone (fake-quantizing only that point)."""
+    """Rank quant points by the output error each causes alone (fake-quantizing only that point); with
+    --attribution, split the integer model's output error into its sources instead: each integer
+    nonlinear (Shiftmax, GELU, I-LayerNorm) made float with everything else integer, the residual
+    stream widened, and each group of quant points (weights, GEMM inputs, attention, residual) alone."""
     import numpy as np
     import torch
 
@@ -207,6 +205,20 @@ def _analyze(args) -> int:
         images = fmnist.load_test_set(args.count)[0]
     else:
         raise ValueError("--images X.npy (float32, preprocessed as the model expects) is required for this model")
+    if args.count < 1:
+        raise ValueError(f"--count must be at least 1, got {args.count}")
+    if args.attribution:
+        from intvit.quantize.attribution import attribute, format_attribution, plot_attribution
+        report = attribute(model, images[: args.count],
+                           progress=None if args.quiet else (lambda line: print("  " + line, file=sys.stderr)))
+        print(format_attribution(report))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(report, f, indent=1)
+            print(f"wrote {args.json}")
+        if args.png:
+            print(f"wrote {plot_attribution(report, args.png)}")
+        return 0
     rows = layer_sensitivity(model, images[: args.count], progress=not args.quiet)
     print(format_sensitivity(rows, args.top))
     if args.json:
@@ -295,7 +307,15 @@ def _patterns(text: str | None) -> tuple[str, ...]:
     return tuple(_csv(text)) if text else ()
 
 
-def _add_scale_matching_flags(parser) -> None:
+def _quant_config(args, **extra):
+    """The ``QuantConfig`` that the flags of ``_add_quant_flags`` (and --recipe, --quiet) ask for."""
+    import intvit
+    return intvit.QuantConfig(recipe=args.recipe, progress=not args.quiet, attention_temperature=args.atm,
+                              output_balance=args.ohb, int16=_patterns(args.int16), auto_int16=args.auto_int16,
+                              gelu=args.gelu, **extra)
+
+
+def _add_quant_flags(parser) -> None:
     parser.add_argument("--atm", action="store_true",
                         help="attention temperature matching: per-head Q·Kᵀ requant matched to the float logits' spread")
     parser.add_argument("--ohb", action="store_true",
@@ -304,6 +324,9 @@ def _add_scale_matching_flags(parser) -> None:
                         help="comma-separated globs of GEMM-input points kept at int16, e.g. 'blocks.0.*,norm'")
     parser.add_argument("--auto-int16", type=int, default=0, metavar="K",
                         help="also keep the K most sensitive widenable points at int16 (default: %(default)s)")
+    parser.add_argument("--gelu", choices=("table", "shift"), default="table",
+                        help="GELU form: 'table' (exact GELU of the int8 input, a 256-entry table; default) or "
+                             "'shift' (I-ViT's ShiftGELU)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -320,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--images", type=int, default=None, help="test images to evaluate (default: all 2000 shipped)")
     d.add_argument("--calib", type=int, default=512, help="calibration images (default: %(default)s)")
     d.add_argument("--threads", type=int, default=2, help="torch threads (default: %(default)s)")
-    _add_scale_matching_flags(d)
+    _add_quant_flags(d)
     d.add_argument("--quiet", action="store_true", help="no progress bars")
     d.set_defaults(func=_demo)
 
@@ -332,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "(normalised with the model's preprocessor_config.json)")
     q.add_argument("--recipe", default="minmax", choices=["minmax", "percentile", "omse"])
     q.add_argument("--max-images", type=int, default=512, help="calibration images to use (default: %(default)s)")
-    _add_scale_matching_flags(q)
+    _add_quant_flags(q)
     q.add_argument("--quiet", action="store_true", help="no progress bars")
     q.set_defaults(func=_quantize)
 
@@ -400,6 +423,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--top", type=int, default=15, help="rows to print (default: %(default)s)")
     a.add_argument("--json", help="write the full ranking to this JSON file")
     a.add_argument("--png", help="write a bar chart of the --top most sensitive points to this PNG file")
+    a.add_argument("--attribution", action="store_true",
+                   help="split the output error by source (nonlinears, residual stream, weights, GEMM inputs, "
+                        "attention) instead of ranking single points; --json/--png then hold that report")
     a.add_argument("--quiet", action="store_true", help="no progress bar")
     a.set_defaults(func=_analyze)
 

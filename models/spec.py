@@ -174,6 +174,17 @@ def quant_points(spec: ViTSpec) -> list[tuple[str, int]]:
     return pts
 
 
+def layernorm_input_point(spec: ViTSpec, norm_point: str) -> str:
+    """The residual-stream quant point a LayerNorm reads: ``blocks.i.norm1`` reads the previous block's
+    ``resid2`` (``embed`` for block 0), ``blocks.i.norm2`` reads ``blocks.i.resid1``, ``norm`` the last stream."""
+    if norm_point == "norm":
+        return f"blocks.{len(spec.blocks) - 1}.resid2" if spec.blocks else "embed"
+    _, index, which = norm_point.split(".")
+    if which == "norm2":
+        return f"blocks.{index}.resid1"
+    return f"blocks.{int(index) - 1}.resid2" if int(index) else "embed"
+
+
 def linear_layers(spec: ViTSpec) -> dict[str, Linear]:
     """Every weight-bearing layer by name (the names ``wfn`` sees)."""
     out = {"patch_embed": spec.patch_embed}

@@ -12,27 +12,42 @@ GEMM on non-overlapping patches: ``patchify`` reorders the image into rows of
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+from contextvars import ContextVar
+
 import torch
 
 from .arith import INT32_MAX, as_int64
 
 
 FLOAT64_EXACT = 2**53
+_FLOAT64_GEMM: ContextVar[bool] = ContextVar("intvit_float64_gemm", default=False)
 
 
-def int_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Exact integer ``a @ b`` (batched), int64 result.
+@contextmanager
+def float64_gemm_evaluation():
+    """Within this context ``int_matmul`` evaluates exact products through float64 BLAS.
 
     Where ``K · max|a| · max|b| < 2**53`` every product and every partial sum
     is an integer that float64 represents exactly, in any summation order, so
-    the product is taken through float64 BLAS (tens of times faster than
-    torch's int64 matmul) and converted back without rounding; otherwise in
-    int64. The result is the same integer either way: this is how the
-    reference is evaluated, not a different definition.
+    the float64 product converted back to int64 is the same integer — tens of
+    times faster than torch's int64 matmul on a CPU. The integer model's
+    definition does not change; accuracy evaluations (``quantize.evaluate``,
+    ``quantize.attribution``) use it, while the integer-only checks run the
+    plain int64 path.
     """
+    token = _FLOAT64_GEMM.set(True)
+    try:
+        yield
+    finally:
+        _FLOAT64_GEMM.reset(token)
+
+
+def int_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Exact integer ``a @ b`` (batched), int64 result (see ``float64_gemm_evaluation``)."""
     a, b = as_int64(a), as_int64(b)
-    k = a.shape[-1]
-    if a.numel() and b.numel() and k * int(a.abs().max()) * int(b.abs().max()) < FLOAT64_EXACT:
+    if _FLOAT64_GEMM.get() and a.numel() and b.numel() \
+            and a.shape[-1] * int(a.abs().max()) * int(b.abs().max()) < FLOAT64_EXACT:
         return torch.matmul(a.double(), b.double()).to(torch.int64)
     return torch.matmul(a, b)
 

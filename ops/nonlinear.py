@@ -58,7 +58,7 @@ import math
 
 import torch
 
-from .arith import INT32_MAX, as_int64, floor_div, shift_right_floor
+from .arith import INT32_MAX, as_int64, floor_div, saturate, shift_right_floor
 
 NORM_NUMERATOR = 2**62 - 1
 
@@ -117,3 +117,41 @@ def shift_gelu(x: torch.Tensor, x0: int, out_bits: int = 8, n: int = SHIFTGELU_N
     e1 = shift_exp(x - m, x0, n)
     e2 = shift_exp(-m, x0, n)
     return x * _normalise(e1, e1 + e2, out_bits)
+
+
+# ---------------------------------------------------------------------------- GELU by table
+GELU_MODES = ("table", "shift")
+
+
+def gelu_table(scale_in: float, scale_out: float, out_bits: int = 8, zero_out: int = 0,
+               in_bits: int = 8) -> torch.Tensor:
+    """The GELU of every ``in_bits``-bit input, requantized: int64 ``[2**in_bits]``.
+
+    ``T[x − lo] = saturate(round(GELU(x·S_in) / S_out) + z_out, out_bits)`` for
+    ``x`` in ``[lo, hi] = signed_range(in_bits)``, with the exact
+    ``GELU(v) = v·Φ(v) = v/2 · (1 + erf(v/√2))`` and ``round`` half to even.
+
+    ShiftGELU approximates GELU by ``x·σ(1.702x)`` with shift-based
+    exponentials; on an 8-bit input that approximation is the largest single
+    error of a real pretrained ViT (``quantize.attribution``), while the input
+    takes only 256 values. So intvit computes those 256 outputs once, in
+    float64, when the model is frozen (as it computes every scale), stores the
+    table in the model, and at run time GELU is a table lookup (``lookup``):
+    integer-only, and the same stored table in every backend.
+    """
+    if not (scale_in > 0 and scale_out > 0 and math.isfinite(scale_in) and math.isfinite(scale_out)):
+        raise ValueError(f"GELU table needs positive finite scales, got {scale_in!r} -> {scale_out!r}")
+    lo, hi = -(1 << (in_bits - 1)), (1 << (in_bits - 1)) - 1
+    v = torch.arange(lo, hi + 1, dtype=torch.float64) * scale_in
+    gelu = 0.5 * v * (1.0 + torch.special.erf(v / math.sqrt(2.0)))
+    q = torch.round(gelu / scale_out).to(torch.int64) + int(zero_out)
+    return saturate(q, out_bits)
+
+
+def lookup(x: torch.Tensor, table: torch.Tensor, lo: int) -> torch.Tensor:
+    """``table[x − lo]`` elementwise (int64): an integer function given by its values on ``[lo, lo + len − 1]``."""
+    x = as_int64(x)
+    idx = x - int(lo)
+    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= table.shape[0]):
+        raise ValueError(f"lookup input outside the table's range [{lo}, {lo + table.shape[0] - 1}]")
+    return as_int64(table)[idx]

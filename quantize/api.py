@@ -43,7 +43,7 @@ def quantize(model, calib_data, config: QuantConfig | None = None):
     state = calibrate(spec, calib_data, recipe=config.recipe, percentile=config.percentile,
                       max_images=config.max_calib_images, batch_size=config.batch_size,
                       progress=config.progress, cache_path=config.cache_path)
-    meta = {"recipe": config.recipe, "calib_images": state.num_images}
+    meta = {"recipe": config.recipe, "calib_images": state.num_images, "gelu": config.gelu}
     if config.int16:
         from .layout import resolve_layout
         meta["layout"] = resolve_layout(spec, config.int16)

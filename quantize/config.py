@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..calibration.observers import OBSERVERS
+from ..ops import GELU_MODES
 
 
 @dataclass
@@ -29,6 +30,10 @@ class QuantConfig:
     int16:            glob patterns of activation points to keep at 16 bits instead of 8
                       (``quantize.layout``), e.g. ``("blocks.0.*", "norm")``; each pattern
                       must match a widenable point.
+    gelu:             'table' (default): GELU of the int8 fc1 output as a 256-entry table of the exact
+                      GELU, computed when the model is frozen (``ops.gelu_table``); 'shift': I-ViT's
+                      ShiftGELU, x·σ(1.702x) with shift-based exponentials (less accurate on real models:
+                      ``quantize.attribution``).
     auto_int16:       additionally widen the k most sensitive widenable points, ranked by
                       ``quantize.sensitivity`` on up to ``matching_images`` calibration images.
     """
@@ -44,12 +49,15 @@ class QuantConfig:
     matching_images: int = 128
     int16: tuple[str, ...] = ()
     auto_int16: int = 0
+    gelu: str = "table"
 
     def __post_init__(self):
         if self.recipe not in OBSERVERS:
             raise ValueError(f"unknown recipe {self.recipe!r}; choose one of {sorted(OBSERVERS)}")
         if isinstance(self.int16, str):
             self.int16 = (self.int16,)
+        if self.gelu not in GELU_MODES:
+            raise ValueError(f"unknown gelu {self.gelu!r}; choose one of {list(GELU_MODES)}")
         if self.auto_int16 < 0:
             raise ValueError("auto_int16 must be 0 or more")
         if self.max_calib_images < 1:

@@ -22,7 +22,7 @@ The integer dataflow of one block (I-ViT Fig. 2), scales in brackets::
     h  = h·(s_h/s_r1) + (c @ Woᵀ + b)·(...)          int16 [s_resid1]
     a  = requant(ILN(h), γ, β)                      int8  [s_norm2]
     f  = requant(a @ W1ᵀ + b)                        int8  [s_fc1]
-    g  = requant(ShiftGELU(f))                       int8  [s_gelu]
+    g  = T[f + 128]  (or requant(ShiftGELU(f)))      int8  [s_gelu]
     h  = h·(...) + (g @ W2ᵀ + b)·(...)               int16 [s_resid2]
 """
 from __future__ import annotations
@@ -54,8 +54,9 @@ class IntegerViT(nn.Module):
     def refreeze(self) -> None:
         """Recompute every integer tensor from the float spec and the ranges."""
         self.bits = point_bits(self.spec, self.meta.get("layout"))
-        self.scales = act_scales(self.spec, self.amax, self.bits)
-        params = freeze(self.spec, self.scales, self.meta.get("temperatures"), self.meta.get("balance"), self.bits)
+        self.scales = act_scales(self.spec, self.amax, self.bits, self.gelu)
+        params = freeze(self.spec, self.scales, self.meta.get("temperatures"), self.meta.get("balance"), self.bits,
+                        self.gelu)
         for name in list(self._buffers):
             del self._buffers[name]
         for name, t in params.items():
@@ -66,6 +67,11 @@ class IntegerViT(nn.Module):
 
     def integer_params(self) -> dict[str, torch.Tensor]:
         return {_paramname(k): v for k, v in self._buffers.items()}
+
+    @property
+    def gelu(self) -> str:
+        """The GELU form (``ops.GELU_MODES``); files written before the table existed used ShiftGELU."""
+        return self.meta.get("gelu", "shift")
 
     @property
     def has_head(self) -> bool:
@@ -95,8 +101,16 @@ class IntegerViT(nn.Module):
 
     @torch.no_grad()
     def forward_int(self, images: torch.Tensor) -> torch.Tensor:
-        """Integer logits (int32 accumulators) or, without a head, int8 output tokens."""
-        return self.forward_int_core(self.quantize_input(images))
+        """Integer logits (int32 accumulators) or, without a head, int8 output tokens.
+
+        Runs ``forward_int_core`` with its GEMMs evaluated through exact float64
+        BLAS (``ops.float64_gemm_evaluation``: the same integers, faster on a
+        CPU); ``forward_int_core`` alone is the plain int64 definition that the
+        integer-only checks walk.
+        """
+        x = self.quantize_input(images)
+        with ops.float64_gemm_evaluation():
+            return self.forward_int_core(x)
 
     def forward_int_core(self, x: torch.Tensor, taps: dict | None = None) -> torch.Tensor:
         """Everything between the input quantizer and the final dequantize: integers only.
@@ -106,16 +120,29 @@ class IntegerViT(nn.Module):
         accumulators (``"blocks.i.proj"``, ``"blocks.i.fc2"``) for scale matching.
         """
         p, spec = self.p, self.spec
-        b = x.shape[0]
-        acc = ops.int_linear(ops.patchify(x, spec.patch_size), p("patch_embed.w"), p("patch_embed.b"))
-        tok = ops.rescale(acc, p("patch_embed.rq.m"), p("patch_embed.rq.e")) + p("embed.pos")
-        h = ops.saturate(torch.cat([p("embed.prefix").expand(b, -1, -1), tok], dim=1), 16)
+        h = self._embed_int(x)
         for i, blk in enumerate(spec.blocks):
             h = self._block_int(h, f"blocks.{i}.", blk.num_heads, taps)
         out = self._layernorm_int(h, "norm") if spec.final_norm is not None else h
         if not self.has_head:
             return out
         return ops.int_linear(self._pool_int(out), p("head.w"), p("head.b"))
+
+    def _embed_int(self, x):
+        """Patch-embedding GEMM, rescaled to the residual stream, plus position and prefix tokens (int16)."""
+        p = self.p
+        acc = ops.int_linear(ops.patchify(x, self.spec.patch_size), p("patch_embed.w"), p("patch_embed.b"))
+        tok = ops.rescale(acc, p("patch_embed.rq.m"), p("patch_embed.rq.e")) + p("embed.pos")
+        return ops.saturate(torch.cat([p("embed.prefix").expand(x.shape[0], -1, -1), tok], dim=1), 16)
+
+    def _softmax_int(self, logits, pre):
+        return ops.shiftmax(logits, int(self.p(pre + "softmax.x0")), out_bits=16)
+
+    def _gelu_int(self, f, pre):
+        if self.gelu == "table":
+            return ops.lookup(f, self.p(pre + "gelu.table"), ops.signed_range(8)[0])
+        g = ops.shift_gelu(f, int(self.p(pre + "gelu.x0")), out_bits=8)
+        return self._requant(g, pre + "gelu.rq", self.bits[pre + "gelu"])
 
     def _requant(self, z, name, bits, offset=None):
         return ops.requantize(z, self.p(name + ".m"), self.p(name + ".e"), bits, offset)
@@ -140,7 +167,7 @@ class IntegerViT(nn.Module):
         q, k, v = (y.reshape(bsz, t, heads, d // heads).transpose(1, 2) for y in qkv.split(d, dim=-1))
         logits = self._requant(ops.int_matmul(q, k.transpose(-1, -2)), pre + "logits.rq", 16)
         tap(pre + "logits", logits)
-        probs = ops.shiftmax(logits, int(p(pre + "softmax.x0")), out_bits=16)
+        probs = self._softmax_int(logits, pre)
         ctx = self._requant(ops.int_matmul(probs, v), pre + "ctx.rq", self.bits[pre + "ctx"])
         ctx = ctx.transpose(1, 2).reshape(bsz, t, d)
         branch = self._linear_int(ctx, pre + "proj")
@@ -148,8 +175,7 @@ class IntegerViT(nn.Module):
         h = self._residual_int(h, branch, pre + "resid1")
         a = self._layernorm_int(h, pre + "norm2")
         f = self._requant(self._linear_int(a, pre + "fc1"), pre + "fc1.rq", 8)
-        g = self._requant(ops.shift_gelu(f, int(p(pre + "gelu.x0")), out_bits=8), pre + "gelu.rq",
-                          self.bits[pre + "gelu"])
+        g = self._gelu_int(f, pre)
         branch = self._linear_int(g, pre + "fc2")
         tap(pre + "fc2", branch)
         return self._residual_int(h, branch, pre + "resid2")

@@ -152,12 +152,20 @@ class _Exporter:
         h = self.residual(h, branch, pre + "resid1")
         f = self.requant(self.linear_from(self.layernorm(h, pre + "norm2"), pre + "norm2", pre + "fc1"),
                          pre + "fc1.rq", 8)
+        gl = self.gelu(f, pre)
+        branch = self.linear_from(gl, pre + "gelu", pre + "fc2")
+        return self.residual(h, branch, pre + "resid2")
+
+    def gelu(self, f, pre):
+        """GELU of the int8 fc1 output: a ``Lookup`` in the stored table, or ShiftGELU + requant."""
+        g = self.g
+        if self.m.gelu == "table":
+            table = g.init(pre + "gelu.table", _i64(self.p(pre + "gelu.table")))
+            return g.fn("Lookup", f, table, g.const(ops.signed_range(8)[0]), name=pre + "gelu/lookup")
         x0 = int(self.p(pre + "gelu.x0"))
         gl = g.fn("ShiftGELU", f, *self.nonlinear_consts(x0, ops.SHIFTGELU_N, 8, pre + "gelu"),
                   name=pre + "gelu/shiftgelu")
-        gl = self.requant(gl, pre + "gelu.rq", self.m.bits[pre + "gelu"])
-        branch = self.linear_from(gl, pre + "gelu", pre + "fc2")
-        return self.residual(h, branch, pre + "resid2")
+        return self.requant(gl, pre + "gelu.rq", self.m.bits[pre + "gelu"])
 
     def _split3(self, x, d, pre):
         g = self.g

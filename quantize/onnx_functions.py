@@ -29,6 +29,7 @@ probed in ``tests/test_onnx_export.py``). ``Saturate`` and ``_at_least`` use
 | ``Shiftmax(x, x0, nx0, n, outdiv)`` | outdiv = 2**(63−b) | ``ops.shiftmax`` |
 | ``ShiftGELU(x, x0, nx0, n, outdiv)`` | | ``ops.shift_gelu`` |
 | ``IntLayerNorm(x)`` | | ``ops.int_layernorm`` (32-step exact isqrt) |
+| ``Lookup(x, table, lo)`` | ``lo <= x < lo + len(table)`` | ``ops.lookup`` (the GELU table) |
 """
 from __future__ import annotations
 
@@ -168,6 +169,12 @@ def int_layernorm_fn():
     return b.function(["x"], ["y"])
 
 
+def lookup_fn():
+    b = _Body("Lookup")
+    b.ret(b.op("Gather", "table", b.op("Sub", "x", "lo"), axis=0), "y")
+    return b.function(["x", "table", "lo"], ["y"])
+
+
 def all_functions():
     return [floor_div_fn(), saturate_fn(), rescale_fn(), requant_fn(), shift_exp_fn(), shiftmax_fn(), shift_gelu_fn(),
-            int_layernorm_fn()]
+            int_layernorm_fn(), lookup_fn()]

@@ -24,10 +24,12 @@ from ..models.spec import Linear, ViTSpec, quant_points
 P = dict  # name -> integer tensor
 
 
-def act_scales(spec: ViTSpec, amax: dict[str, float], bits: dict[str, int] | None = None) -> dict[str, float]:
+def act_scales(spec: ViTSpec, amax: dict[str, float], bits: dict[str, int] | None = None,
+               gelu: str = "shift") -> dict[str, float]:
     """Scale of every activation quant point from its calibrated clipping magnitude.
 
     ``bits`` overrides the points' widths (a ``quantize.layout``); default ``quant_points``.
+    ``gelu="shift"`` bounds the GELU input's scale for ShiftGELU's constants; a GELU table has no such bound.
     """
     missing = [n for n, _ in quant_points(spec) if n not in amax]
     if missing:
@@ -41,7 +43,7 @@ def act_scales(spec: ViTSpec, amax: dict[str, float], bits: dict[str, int] | Non
         s = max(c, 1e-8) / (2 ** (bits - 1) - 1)
         if name.endswith("logits"):
             s = max(s, 1.0 / 65535.0 * (1 + 1e-9))
-        if name.endswith("fc1"):
+        if name.endswith("fc1") and gelu == "shift":
             s = max(s, 1.0 / (255.0 * ops.GELU_SIGMOID_COEF) * (1 + 1e-9))
         scales[name] = s
     return scales
@@ -74,7 +76,7 @@ def _mul(prefix: str, ratio, out: P, max_shift=ops.requant.MAX_SHIFT) -> None:
 
 
 def freeze(spec: ViTSpec, scales: dict[str, float], temperatures: dict | None = None,
-           balance: dict | None = None, bits: dict[str, int] | None = None) -> P:
+           balance: dict | None = None, bits: dict[str, int] | None = None, gelu: str = "shift") -> P:
     """All integer tensors of the integer model, by name (see ``IntegerViT.forward_int``).
 
     ``temperatures`` (``{"blocks.i": [α_h per head]}``) and ``balance``
@@ -83,7 +85,14 @@ def freeze(spec: ViTSpec, scales: dict[str, float], temperatures: dict | None = 
     scales head h's ``Q·Kᵀ`` requant (which then holds one multiplier per
     head, shape ``[H, 1, 1]``), β the residual branch's requant. Absent
     entries mean 1; the graph's ops are the same either way.
+
+    ``gelu`` picks the GELU form (``ops.GELU_MODES``): ``"table"`` stores the
+    256-entry ``ops.gelu_table`` from the fc1 scale to the GELU output scale
+    (``blocks.i.gelu.table``); ``"shift"`` is I-ViT's ShiftGELU (``gelu.x0``)
+    followed by the ``gelu.rq`` requant.
     """
+    if gelu not in ops.GELU_MODES:
+        raise ValueError(f"unknown GELU form {gelu!r}; choose one of {ops.GELU_MODES}")
     temperatures, balance = temperatures or {}, balance or {}
     wide = {n for n, b in (bits or {}).items() if b > 8}      # linears whose input is 16-bit
     p: P = {}
@@ -139,10 +148,13 @@ def freeze(spec: ViTSpec, scales: dict[str, float], temperatures: dict | None = 
         layernorm(b + "norm2", blk.norm2, S[b + "norm2"])
         acc = linear(b + "fc1", blk.fc1, S[b + "norm2"], b + "norm2")
         _mul(b + "fc1.rq", acc / S[b + "fc1"], p)
-        x0 = ops.shiftexp_x0(ops.GELU_SIGMOID_COEF * S[b + "fc1"])
-        ops.check_shiftexp_constants(x0, ops.SHIFTGELU_N)
-        p[b + "gelu.x0"] = torch.tensor(x0)
-        _mul(b + "gelu.rq", S[b + "fc1"] * 2.0**-7 / S[b + "gelu"], p)
+        if gelu == "table":
+            p[b + "gelu.table"] = ops.gelu_table(S[b + "fc1"], S[b + "gelu"], (bits or {}).get(b + "gelu", 8))
+        else:
+            x0 = ops.shiftexp_x0(ops.GELU_SIGMOID_COEF * S[b + "fc1"])
+            ops.check_shiftexp_constants(x0, ops.SHIFTGELU_N)
+            p[b + "gelu.x0"] = torch.tensor(x0)
+            _mul(b + "gelu.rq", S[b + "fc1"] * 2.0**-7 / S[b + "gelu"], p)
         acc = linear(b + "fc2", blk.fc2, S[b + "gelu"], b + "gelu")
         _mul(b + "resid2.skip", s_res / S[b + "resid2"], p)
         _mul(b + "resid2.branch", acc * balance.get(b + "resid2", 1.0) / S[b + "resid2"], p)

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from ..models.spec import float_forward
 from .qparams import weight_scale
+from .. import ops
 from ..calibration.data import take_batches
 
 ATM_RANGE, ATM_NEUTRAL = (0.7, 1.4), 0.02
@@ -105,7 +106,7 @@ def _teacher_stats(model, batches) -> dict[str, _Moments]:
 def _student_stats(model, batches) -> dict[str, _Moments]:
     spec, S = model.spec, model.scales
     stats: dict[str, _Moments] = {}
-    with torch.no_grad():
+    with torch.no_grad(), ops.float64_gemm_evaluation():
         for b in batches:
             taps: dict = {}
             model.forward_int_core(model.quantize_input(b), taps)

@@ -20,7 +20,10 @@ from .. import __version__
 from ..models.spec import Block, Linear, Norm, ViTSpec
 
 FORMAT = "intvit.integer-vit"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Version 1 files predate the GELU table; their models used ShiftGELU, which is what a model whose
+# meta names no GELU form gets (``IntegerViT.gelu``), so they still load and verify.
+READABLE_VERSIONS = ("1", "2")
 
 
 class IntegerModelFileError(ValueError):
@@ -110,9 +113,9 @@ def load_integer_vit(path):
     if meta.get("format") != FORMAT:
         raise IntegerModelFileError(f"{path} is a safetensors file but not an intvit integer model "
                                     "(a float checkpoint?); quantize it first: intvit.quantize / intvit quantize")
-    if meta.get("format_version") != str(FORMAT_VERSION):
+    if meta.get("format_version") not in READABLE_VERSIONS:
         raise IntegerModelFileError(f"{path} uses format version {meta.get('format_version')}, "
-                                    f"this intvit reads {FORMAT_VERSION}")
+                                    f"this intvit reads versions {', '.join(READABLE_VERSIONS)}")
     try:
         header = json.loads(meta["header"])
         spec = _spec_from(tensors, header["spec"])

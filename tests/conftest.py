@@ -58,6 +58,13 @@ def tiny_qvit(tiny_vit):
     return intvit.quantize(tiny_vit, images(32), intvit.QuantConfig(progress=False))
 
 
+@pytest.fixture(scope="session")
+def tiny_qvit_shiftgelu(tiny_vit):
+    """The tiny ViT with I-ViT's ShiftGELU instead of the default GELU table."""
+    import intvit
+    return intvit.quantize(tiny_vit, images(32), intvit.QuantConfig(progress=False, gelu="shift"))
+
+
 from intvit.quantize.evaluate import sqnr_db  # noqa: E402,F401  (one definition, shared with reports)
 
 

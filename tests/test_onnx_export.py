@@ -85,6 +85,13 @@ def test_shift_gelu_function_matches_ops(scale):
     assert got.tolist() == ops.shift_gelu(torch.from_numpy(x), x0).tolist()
 
 
+def test_lookup_function_matches_ops():
+    table = ops.gelu_table(0.07, 0.03, zero_out=-90)
+    x = np.array([list(range(-128, 128))], np.int64)
+    got = run_function("Lookup", x, table.numpy(), np.array(-128))
+    assert got.tolist() == ops.lookup(torch.from_numpy(x), table, -128).tolist()
+
+
 @pytest.mark.parametrize("d", [1, 2, 192, 768])
 def test_int_layernorm_function_matches_ops(d):
     g = torch.Generator().manual_seed(d)

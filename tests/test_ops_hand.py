@@ -325,7 +325,10 @@ def test_int_matmul_is_exact_on_both_of_its_evaluation_paths(m, k, n, bits):
     hi = 1 << bits
     a = torch.randint(-hi, hi, (m, k), generator=g)
     b = torch.randint(-hi, hi, (k, n), generator=g)
-    assert ops.int_matmul(a, b).tolist() == _python_matmul(a.tolist(), b.tolist())
+    want = _python_matmul(a.tolist(), b.tolist())
+    assert ops.int_matmul(a, b).tolist() == want
+    with ops.float64_gemm_evaluation():
+        assert ops.int_matmul(a, b).tolist() == want
 
 
 def test_int_matmul_float64_path_holds_the_worst_case_int8_accumulator():
@@ -333,4 +336,35 @@ def test_int_matmul_float64_path_holds_the_worst_case_int8_accumulator():
     k = (1 << 16) - 1
     a = torch.full((2, k), -128, dtype=torch.int64)
     b = torch.full((k, 3), -128, dtype=torch.int64)
-    assert ops.int_matmul(a, b).tolist() == [[k * 16384] * 3] * 2
+    with ops.float64_gemm_evaluation():
+        assert ops.int_matmul(a, b).tolist() == [[k * 16384] * 3] * 2
+
+
+# ---------------------------------------------------------------- GELU table
+def test_gelu_table_hand_values():
+    """S_in = S_out = 0.5: x = 2 is 1.0 → GELU(1) = 0.8413 → 1.68 → 2; x = −2 → −0.1587/0.5 → 0;
+    x = −1 is −0.5 → −0.1543/0.5 = −0.31 → 0; x = 127 → 63.5 → 127; the zero point shifts every entry."""
+    t = ops.gelu_table(0.5, 0.5)
+    assert t.shape == (256,) and t.dtype == torch.int64
+    assert [int(t[v + 128]) for v in (0, 2, -2, -1, 127, -128)] == [0, 2, 0, 0, 127, 0]
+    z = ops.gelu_table(0.5, 0.5, zero_out=-100)
+    assert [int(z[v + 128]) for v in (0, 2, 127)] == [-100, -98, 27]      # 127 + (−100): no saturation
+
+
+@pytest.mark.parametrize("s_in,s_out", [(0.01, 0.01), (0.08, 0.05), (0.3, 0.1)])
+def test_gelu_table_is_the_exact_gelu_rounded(s_in, s_out):
+    x = torch.arange(-128, 128)
+    want = torch.nn.functional.gelu(x.double() * s_in) / s_out
+    got = ops.gelu_table(s_in, s_out)
+    inside = want.abs() < 127
+    assert (got[inside].double() - want[inside]).abs().max() <= 0.5
+    assert int(got.max()) <= 127 and int(got.min()) >= -128
+
+
+def test_lookup_reads_the_table_and_refuses_inputs_outside_it():
+    table = torch.tensor([10, 20, 30])
+    assert ops.lookup(t([-1, 0, 1, -1]), table, -1).tolist() == [10, 20, 30, 10]
+    with pytest.raises(ValueError, match="outside the table"):
+        ops.lookup(t([2]), table, -1)
+    with pytest.raises(ValueError, match="positive finite"):
+        ops.gelu_table(0.0, 1.0)

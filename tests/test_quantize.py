@@ -104,6 +104,37 @@ def test_corrupted_save_files_are_refused(tiny_qvit, tmp_path):
         intvit.load(tmp_path / "missing.safetensors")
 
 
+def _rewrite_header(raw: bytes, edit) -> bytes:
+    """The safetensors file ``raw`` with ``edit(metadata, inner_header)`` applied to its JSON header."""
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+    inner = json.loads(header["__metadata__"]["header"])
+    edit(header["__metadata__"], inner)
+    header["__metadata__"]["header"] = json.dumps(inner)
+    hb = json.dumps(header).encode()
+    hb += b" " * (-len(hb) % 8)
+    return len(hb).to_bytes(8, "little") + hb + raw[8 + n:]
+
+
+def test_version_1_files_load_as_shiftgelu_models(tiny_vit, tmp_path):
+    """Files written before the GELU table (format 1, no GELU form in the meta) were ShiftGELU models."""
+    q = intvit.quantize(tiny_vit, images(16), intvit.QuantConfig(progress=False, gelu="shift"))
+    path = tmp_path / "m.safetensors"
+    q.save(path)
+
+    def as_version_1(meta, inner):
+        meta["format_version"] = "1"
+        del inner["meta"]["gelu"]
+    old = tmp_path / "v1.safetensors"
+    old.write_bytes(_rewrite_header(path.read_bytes(), as_version_1))
+    loaded = intvit.load(old)
+    assert loaded.gelu == "shift"
+    x = images(4, seed=5)
+    assert torch.equal(loaded.forward_int(x), q.forward_int(x))
+    with pytest.raises(ValueError, match="unknown gelu"):
+        intvit.QuantConfig(gelu="tanh")
+
+
 def test_wrong_input_shape_and_dtype_are_clear_errors(tiny_qvit):
     with pytest.raises(ValueError, match=r"expected images of shape \[B, 3, 32, 32\]"):
         tiny_qvit(torch.zeros(1, 3, 64, 64))

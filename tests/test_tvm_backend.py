@@ -33,6 +33,24 @@ def test_embedded_model_tvm_equals_torch_and_ort(embedded_qvit):
     assert_tvm_exact(q, torch.cat([x, adversarial_inputs(4, 1, 28, q.scales["input"])]), batches=(8,))
 
 
+def test_shiftgelu_model_tvm_equals_torch_and_ort(tiny_qvit_shiftgelu):
+    """I-ViT's ShiftGELU (``gelu="shift"``) stays a supported form: its chain is tabulated in the fc1
+    epilogue like the GELU table, and all three backends agree."""
+    q = tiny_qvit_shiftgelu
+    assert "blocks.0.gelu.x0" in q.integer_params() and "blocks.0.gelu.table" not in q.integer_params()
+    assert_tvm_exact(q, adversarial_inputs(16, 3, 32, q.scales["input"]), batches=(8,))
+
+
+def test_gelu_table_is_fused_into_the_fc1_gemm(tiny_qvit):
+    """The default GELU is a stored table (an ONNX ``Lookup``), and TVM folds the lookup into fc1's epilogue."""
+    proto = to_onnx(tiny_qvit)
+    assert sum(n.op_type == "Lookup" for n in proto.graph.node) == len(tiny_qvit.spec.blocks)
+    assert not any(n.op_type == "ShiftGELU" for n in proto.graph.node)
+    names = [gv.name_hint for gv in to_relax(proto, batch=1).functions]
+    assert any("_requant_table" in name for name in names)         # kernels equal up to constants are shared
+    assert not any(name.startswith("lookup") for name in names)
+
+
 def test_six_head_distilled_deit_tvm_equals_torch():
     from transformers import DeiTConfig, DeiTForImageClassificationWithTeacher
     torch.manual_seed(2)

@@ -89,8 +89,9 @@ def test_in_graph_panels_match_offline_packing_and_s16_gemm_is_exact(vnni):
     assert np.array_equal(got, probs.astype(np.int64) @ values.astype(np.int64))
 
 
-def test_shift_gelu_table_equals_ops_on_every_input(tiny_qvit):
+def test_shift_gelu_table_equals_ops_on_every_input(tiny_qvit_shiftgelu):
     """The compile-time table of the ShiftGELU → requant → int8 chain is ops applied to each of the 256 inputs."""
+    tiny_qvit = tiny_qvit_shiftgelu
     import onnx
     from onnx import numpy_helper
 
@@ -111,6 +112,27 @@ def test_shift_gelu_table_equals_ops_on_every_input(tiny_qvit):
     expected = ops.requantize(ops.shift_gelu(x, int(tiny_qvit.p(pre + "gelu.x0")), 8),
                               tiny_qvit.p(pre + "gelu.rq.m"), tiny_qvit.p(pre + "gelu.rq.e"), 8)
     assert table.dtype == np.int8 and np.array_equal(table, expected.numpy())
+
+
+def test_gelu_lookup_chain_tabulates_to_the_stored_table(tiny_qvit):
+    """With the default GELU table, the chain the importer folds into fc1 is ``Lookup → Cast(int8)``, and its
+    compile-time table is the model's stored table itself."""
+    import onnx
+    from onnx import numpy_helper
+
+    from intvit.tvm_backend.tabulate import build_table, tabulable_chain
+    proto = to_onnx(tiny_qvit)
+    static = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    consumers = {}
+    for node in proto.graph.node:
+        for i in node.input:
+            consumers.setdefault(i, []).append(node)
+    lookup = next(n for n in proto.graph.node if n.op_type == "Lookup")
+    chain = tabulable_chain(lookup, consumers, static)
+    assert [n.op_type for n in chain] == ["Lookup", "Cast"] and chain[-1].attribute[0].i == onnx.TensorProto.INT8
+    pre = lookup.name.split("gelu/")[0]
+    table = build_table(chain, static, -128, 127)
+    assert table.dtype == np.int8 and np.array_equal(table, tiny_qvit.p(pre + "gelu.table").numpy())
 
 
 def test_generic_schedule_without_vnni_is_bit_exact_on_a_whole_model(tiny_qvit):

@@ -13,7 +13,7 @@ from tvm import relax
 
 from ..quantize.onnx_functions import DOMAIN
 from .kernels import EPILOGUE_VALUES
-from .tabulate import MAX_TABLE, build_table, exact_log2, tabulable_chain
+from .tabulate import MAX_TABLE, TABLE_OPS, build_table, exact_log2, tabulable_chain
 
 
 class UnsupportedGraphError(ValueError):
@@ -67,9 +67,10 @@ def note_range(node, out: str, ranges: dict, static: dict) -> None:
 
 
 def table_chain(node, ranges: dict, consumers: dict, static: dict) -> list:
-    """A ShiftGELU (and the elementwise nodes after it) on an input of at most ``MAX_TABLE`` values."""
+    """A ShiftGELU or GELU ``Lookup`` (and the elementwise nodes after it) on an input of at most
+    ``MAX_TABLE`` values."""
     lo_hi = ranges.get(node.input[0])
-    if node.op_type != "ShiftGELU" or lo_hi is None or lo_hi[1] - lo_hi[0] + 1 > MAX_TABLE:
+    if node.op_type not in TABLE_OPS or lo_hi is None or lo_hi[1] - lo_hi[0] + 1 > MAX_TABLE:
         return []
     return tabulable_chain(node, consumers, static)
 
@@ -105,7 +106,7 @@ def epilogue_chain(gemm, consumers: dict, consts: dict, widened: bool = False) -
 
 
 def table_after(chain: list, consumers: dict, static: dict):
-    """``(nodes, table, lo)`` when a tabulable ShiftGELU chain reads a GEMM's saturating requant."""
+    """``(nodes, table, lo)`` when a tabulable GELU chain reads a GEMM's saturating requant."""
     if not chain or chain[-1].op_type != "Requant":
         return None
     nxt = sole_consumer(chain[-1].output[0], consumers)

@@ -174,6 +174,11 @@ def int_layernorm_te(x):
 
 EPILOGUE_VALUES = {"Requant": requant_value, "Rescale": rescale_value}   # fusable into a GEMM's output stage
 
+def lookup_te(x, table, lo):
+    """``table[x − lo]`` (``ops.lookup``); the importer fuses a lookup after a GEMM into its epilogue instead."""
+    return _ew(x.shape, lambda i: _wide(table, [x(*i).astype("int32") - lo]), "lookup")
+
+
 DOMAIN_KERNELS = {
     "FloorDiv": floordiv_te,
     "Saturate": saturate_te,
@@ -182,4 +187,5 @@ DOMAIN_KERNELS = {
     "Shiftmax": shiftmax_te,
     "ShiftGELU": shift_gelu_te,
     "IntLayerNorm": int_layernorm_te,
+    "Lookup": lookup_te,
 }

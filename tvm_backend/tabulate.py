@@ -1,7 +1,8 @@
 """Tabulate elementwise integer chains whose input takes few values.
 
 ShiftGELU's input is the 8-bit output of the fc1 requant, so the chain
-``ShiftGELU → Requant → Cast(int8)`` is a function of 256 possible inputs.
+``ShiftGELU → Requant → Cast(int8)`` is a function of 256 possible inputs
+(and so is the GELU ``Lookup`` of a model frozen with the GELU table).
 The importer replaces such a chain by a table lookup ``y = T[x − lo]``, where
 ``T`` is computed at compile time by running the ``intvit.ops`` definitions on
 every input in ``[lo, hi]``: the kernel is bit-exact by construction, and
@@ -71,11 +72,25 @@ def reference(node, consts: list[np.ndarray]):
     if op == "Saturate":
         lo, hi = consts
         return lambda x: ops.saturate(x, _bits(lo, hi))
+    if op == "Lookup":
+        table, lo = consts
+        return lambda x: ops.lookup(x, _t(table), int(lo))
     return None
+
+
+TABLE_OPS = ("ShiftGELU", "Lookup")     # elementwise ops worth replacing by a table of their input's values
 
 
 def _per_tensor(consts: list[np.ndarray]) -> bool:
     return all(np.all(c == np.asarray(c).reshape(-1)[0]) for c in consts)
+
+
+def _node_consts(node, static: dict) -> list[np.ndarray]:
+    """The node's constant inputs as ``reference`` takes them: scalars, except a ``Lookup``'s table."""
+    consts = [np.asarray(static[n]) for n in node.input[1:]]
+    if node.domain == DOMAIN and node.op_type == "Lookup":
+        return [consts[0].reshape(-1), consts[1].reshape(-1)[:1].reshape(())]
+    return [c.reshape(-1)[:1].reshape(()) for c in consts]
 
 
 def tabulable_chain(first, consumers: dict, static: dict) -> list:
@@ -87,7 +102,8 @@ def tabulable_chain(first, consumers: dict, static: dict) -> list:
         if not all(n in static for n in names):
             break
         consts = [np.asarray(static[n]) for n in names]
-        if not _per_tensor(consts) or reference(node, consts) is None:
+        per_tensor = _per_tensor(consts[1:] if node.op_type == "Lookup" else consts)
+        if not per_tensor or reference(node, _node_consts(node, static)) is None:
             break
         chain.append(node)
         if node.op_type == "Cast":
@@ -101,7 +117,7 @@ def build_table(chain: list, static: dict, lo: int, hi: int) -> np.ndarray:
     """``T[v − lo]`` = the chain applied to ``v`` for every ``v`` in ``[lo, hi]`` (via ``ops``)."""
     x = torch.arange(lo, hi + 1, dtype=torch.int64)
     for node in chain:
-        x = reference(node, [np.asarray(static[n]).reshape(-1)[:1].reshape(()) for n in node.input[1:]])(x)
+        x = reference(node, _node_consts(node, static))(x)
     last = chain[-1]
     dtype = np.int64
     if last.domain == "" and last.op_type == "Cast":
