@@ -310,9 +310,10 @@ def _patterns(text: str | None) -> tuple[str, ...]:
 def _quant_config(args, **extra):
     """The ``QuantConfig`` that the flags of ``_add_quant_flags`` (and --recipe, --quiet) ask for."""
     import intvit
+    zero_points = () if args.zero_points == "none" else _patterns(args.zero_points)
     return intvit.QuantConfig(recipe=args.recipe, progress=not args.quiet, attention_temperature=args.atm,
                               output_balance=args.ohb, int16=_patterns(args.int16), auto_int16=args.auto_int16,
-                              gelu=args.gelu, **extra)
+                              gelu=args.gelu, zero_points=zero_points, **extra)
 
 
 def _add_quant_flags(parser) -> None:
@@ -324,6 +325,10 @@ def _add_quant_flags(parser) -> None:
                         help="comma-separated globs of GEMM-input points kept at int16, e.g. 'blocks.0.*,norm'")
     parser.add_argument("--auto-int16", type=int, default=0, metavar="K",
                         help="also keep the K most sensitive widenable points at int16 (default: %(default)s)")
+    parser.add_argument("--zero-points", default="*", metavar="PATTERNS",
+                        help="comma-separated globs of the int8 GEMM inputs given a zero point (asymmetric range; "
+                             "per block norm1, ctx, norm2, gelu, and the final norm); 'none' for symmetric grids "
+                             "everywhere (default: %(default)s, every one)")
     parser.add_argument("--gelu", choices=("table", "shift"), default="table",
                         help="GELU form: 'table' (exact GELU of the int8 input, a 256-entry table; default) or "
                              "'shift' (I-ViT's ShiftGELU)")

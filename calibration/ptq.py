@@ -1,7 +1,8 @@
 """Run the float model over calibration data and record a clipping range per quant point.
 
 The result, ``CalibrationState``, maps each quantization point of the spec
-(``models.spec.quant_points``) to ``amax`` (a symmetric clipping magnitude).
+(``models.spec.quant_points``) to ``amax`` (a symmetric clipping magnitude)
+and to an asymmetric range ``[lo, hi]`` (for points with a zero point).
 It is saved as JSON keyed by a fingerprint of the model weights, the recipe
 and the data, so a second run with the same inputs loads it instead of
 recalibrating.
@@ -20,20 +21,23 @@ from ..models.spec import ViTSpec, float_forward, linear_layers, quant_points
 from .data import CalibrationDataError, iter_batches, validate_batch
 from .observers import make_observer
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 
 
 @dataclass
 class CalibrationState:
+    """``amax``: the symmetric clipping magnitude per point; ``ranges``: the asymmetric ``[lo, hi]`` per
+    point (``Observer.range``), for the points that get a zero point."""
     amax: dict[str, float]
     recipe: str
     num_images: int
     fingerprint: str
     extra: dict = field(default_factory=dict)
+    ranges: dict[str, list[float]] = field(default_factory=dict)
 
     def to_json(self) -> str:
-        return json.dumps({"version": STATE_VERSION, "amax": self.amax, "recipe": self.recipe,
-                           "num_images": self.num_images, "fingerprint": self.fingerprint,
+        return json.dumps({"version": STATE_VERSION, "amax": self.amax, "ranges": self.ranges,
+                           "recipe": self.recipe, "num_images": self.num_images, "fingerprint": self.fingerprint,
                            "extra": self.extra}, indent=1)
 
     @classmethod
@@ -41,7 +45,7 @@ class CalibrationState:
         d = json.loads(text)
         if d.get("version") != STATE_VERSION:
             raise ValueError(f"calibration state version {d.get('version')} is not {STATE_VERSION}")
-        return cls(d["amax"], d["recipe"], d["num_images"], d["fingerprint"], d.get("extra", {}))
+        return cls(d["amax"], d["recipe"], d["num_images"], d["fingerprint"], d.get("extra", {}), d["ranges"])
 
 
 def spec_fingerprint(spec: ViTSpec) -> str:
@@ -95,7 +99,8 @@ def calibrate(spec: ViTSpec, data, recipe: str = "minmax", percentile: float = 9
         for b in tqdm(batches, desc=f"calibrating ({recipe}, {n} images)", unit="batch",
                       disable=not progress, leave=False):
             float_forward(spec, b, hook)
-    state = CalibrationState({k: o.amax() for k, o in observers.items()}, recipe, n, fp)
+    state = CalibrationState({k: o.amax() for k, o in observers.items()}, recipe, n, fp,
+                             ranges={k: list(o.range()) for k, o in observers.items()})
     if cache_path is not None:
         _atomic_write(cache_path, state.to_json())
     return state

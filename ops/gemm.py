@@ -64,8 +64,18 @@ def int_linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = Non
 UNSIGNED_SHIFT = 128
 
 
+def zero_point_correction(w: torch.Tensor, zero: int) -> torch.Tensor:
+    """``−zero·Σ_k w[n, k]`` per output channel (int64 ``[N]``): what makes ``Σ_k x_k·w_nk`` the product of
+    ``x − zero`` with ``w``, i.e. ``Σ_k (x_k − zero)·w_nk = Σ_k x_k·w_nk − zero·Σ_k w_nk``.
+
+    An input with a zero point (``requant.asymmetric_grid``) is multiplied as
+    it is stored and this constant goes into the int32 bias, once, offline.
+    """
+    return -int(zero) * as_int64(w).sum(dim=1)
+
+
 def unsigned_shift_compensation(w: torch.Tensor) -> torch.Tensor:
-    """``−128·Σ_k w[n, k]`` per output channel (int64 ``[N]``).
+    """``−128·Σ_k w[n, k]`` per output channel (int64 ``[N]``): ``zero_point_correction(w, 128)``.
 
     x86 VNNI multiplies *unsigned* 8-bit by signed 8-bit values, so the
     backends feed ``x + 128`` (``[0, 255]``) instead of the int8 ``x`` and add
@@ -73,7 +83,7 @@ def unsigned_shift_compensation(w: torch.Tensor) -> torch.Tensor:
     exactly. The shifted accumulator stays in int32 for ``K·255·128 < 2**31``,
     i.e. ``K < 65 793``.
     """
-    return -UNSIGNED_SHIFT * as_int64(w).sum(dim=1)
+    return zero_point_correction(w, UNSIGNED_SHIFT)
 
 
 def int_linear_unsigned(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

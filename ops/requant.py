@@ -87,7 +87,7 @@ def max_shift_for_offset(value_at_out_scale) -> torch.Tensor:
     """Largest shift ``e`` (<= 62) with ``|round(v · 2**e)| <= 2**60`` for each offset value ``v``."""
     v = np.abs(np.asarray(torch.as_tensor(value_at_out_scale, dtype=torch.float64).cpu().numpy()))
     room = np.floor(np.log2(2.0**60 / np.maximum(v + 0.5, 1e-300)))
-    return torch.from_numpy(np.clip(room, 1, MAX_SHIFT).astype(np.int64))
+    return torch.from_numpy(np.asarray(np.clip(room, 1, MAX_SHIFT), dtype=np.int64))
 
 
 def check_requant_bounds(offset: torch.Tensor) -> None:
@@ -124,16 +124,48 @@ def residual_add(a: torch.Tensor, m_a: torch.Tensor, e_a: torch.Tensor,
     return saturate(rescale(a, m_a, e_a) + rescale(b, m_b, e_b), bits)
 
 
-def quantize_float(x: torch.Tensor, scale, bits: int) -> torch.Tensor:
-    """The input quantizer (the one float op before the integer graph).
+def quantize_float(x: torch.Tensor, scale, bits: int, zero: int = 0) -> torch.Tensor:
+    """The input quantizer (the one float op before the integer graph), and the grid of every quant point.
 
-    ``saturate(round_half_even(x / scale), bits)`` as int64; ``torch.round``
-    and ONNX ``Round`` both round half to even.
+    ``saturate(round_half_even(x / scale) + zero, bits)`` as int64; ``torch.round``
+    and ONNX ``Round`` both round half to even. ``zero`` is the point's zero
+    point (``asymmetric_grid``), 0 for a symmetric point.
     """
     if not x.is_floating_point():
         raise TypeError(f"the input quantizer expects a float tensor, got {x.dtype}")
     s = torch.as_tensor(scale, dtype=x.dtype, device=x.device)
-    return saturate(torch.round(x / s).to(torch.int64), bits)
+    return saturate(torch.round(x / s).to(torch.int64) + int(zero), bits)
+
+
+def symmetric_scale(amax: float, bits: int) -> float:
+    """The scale mapping ``[-amax, amax]`` onto the signed ``bits``-bit range: ``amax / (2**(bits-1) - 1)``
+    (``amax`` floored at 1e-8, so an all-zero point still gets a positive scale)."""
+    return max(float(amax), 1e-8) / (2 ** (bits - 1) - 1)
+
+
+def asymmetric_grid(lo: float, hi: float, bits: int = 8) -> tuple[float, int]:
+    """``(scale, zero)`` mapping the range ``[lo, hi]`` (``lo <= 0 <= hi``) onto all ``2**bits`` levels.
+
+    ``value = scale · (q − zero)`` with ``q`` in the signed range; the unsigned
+    form's zero point ``z_u ∈ [0, 2**bits − 1]`` (the code of 0.0 in a u8
+    tensor) is ``zero + 2**(bits−1)``::
+
+        scale = (hi − lo) / (2**bits − 1)
+        zero  = round(−lo / scale) − 2**(bits−1)          # lo ↦ −2**(bits−1), 0.0 ↦ zero exactly
+
+    so a one-sided range (post-GELU ``[−0.17, max]``) uses all 256 levels where
+    a symmetric grid wastes almost half. A GEMM whose input has a zero point
+    folds it offline into its int32 bias (``gemm.zero_point_correction``), so
+    the kernel does not change.
+    """
+    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ValueError(f"asymmetric range [{lo}, {hi}] is not finite")
+    levels = 2**bits - 1
+    scale = max(hi - lo, 1e-8) / levels
+    lowest = -(1 << (bits - 1))
+    zero = int(min(max(round(-lo / scale), 0), levels)) + lowest
+    return scale, zero
 
 
 def log2_ceil(x: float) -> int:

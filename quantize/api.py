@@ -9,6 +9,7 @@ from ..calibration import calibrate
 from ..models import UnsupportedModelError, find_backbones, is_supported, to_spec
 from .config import QuantConfig
 from .integer_model import IntegerViT
+from .layout import point_bits, resolve_layout, resolve_zero_points
 from .serialize import load_integer_vit
 from .wrapper import IntegerBackbone, capture_backbone_inputs
 
@@ -45,8 +46,10 @@ def quantize(model, calib_data, config: QuantConfig | None = None):
                       progress=config.progress, cache_path=config.cache_path)
     meta = {"recipe": config.recipe, "calib_images": state.num_images, "gelu": config.gelu}
     if config.int16:
-        from .layout import resolve_layout
         meta["layout"] = resolve_layout(spec, config.int16)
+    if config.zero_points:
+        chosen = resolve_zero_points(spec, config.zero_points, point_bits(spec, meta.get("layout")))
+        meta["asymmetric"] = {name: list(state.ranges[name]) for name in chosen}
     qmodel = IntegerViT(spec, state.amax, meta=meta)
     if config.auto_int16:
         from .layout import widen_most_sensitive

@@ -58,7 +58,7 @@ class SubstitutedViT(IntegerViT):
             raise ValueError("widening the residual stream needs a final LayerNorm (it rescales the stream)")
 
     def _on_grid(self, x: torch.Tensor, point: str) -> torch.Tensor:
-        return ops.quantize_float(x, self.scales[point], self.bits[point])
+        return ops.quantize_float(x, self.scales[point], self.bits[point], self.zeros[point])
 
     def _softmax_int(self, logits, pre):
         if "softmax" not in self.float_ops:
@@ -158,7 +158,7 @@ def attribute(qmodel: IntegerViT, images: torch.Tensor, readout=None, batch_size
         chosen = set(points)
 
         def hook(n, x, chosen=chosen):
-            return fake_quant(x, scales[n], bits[n]) if n in chosen else x
+            return fake_quant(x, scales[n], bits[n], qmodel.zeros[n]) if n in chosen else x
 
         def wfn(n, w, weights=weights):
             return fake_quant_weight(w) if weights else w

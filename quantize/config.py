@@ -34,6 +34,11 @@ class QuantConfig:
                       GELU, computed when the model is frozen (``ops.gelu_table``); 'shift': I-ViT's
                       ShiftGELU, x·σ(1.702x) with shift-based exponentials (less accurate on real models:
                       ``quantize.attribution``).
+    zero_points:      glob patterns of the int8 GEMM inputs that get a zero point (an asymmetric
+                      range [lo, hi] mapped onto all 256 levels; ``quantize.layout.zero_point_points``):
+                      default every one (per block norm1, ctx, norm2, gelu, and the final norm);
+                      ``()`` keeps I-ViT's symmetric grids. Folded into the requants and biases: the
+                      kernels and their cost do not change.
     auto_int16:       additionally widen the k most sensitive widenable points, ranked by
                       ``quantize.sensitivity`` on up to ``matching_images`` calibration images.
     """
@@ -50,12 +55,15 @@ class QuantConfig:
     int16: tuple[str, ...] = ()
     auto_int16: int = 0
     gelu: str = "table"
+    zero_points: tuple[str, ...] = ("*",)
 
     def __post_init__(self):
         if self.recipe not in OBSERVERS:
             raise ValueError(f"unknown recipe {self.recipe!r}; choose one of {sorted(OBSERVERS)}")
         if isinstance(self.int16, str):
             self.int16 = (self.int16,)
+        if isinstance(self.zero_points, str):
+            self.zero_points = (self.zero_points,)
         if self.gelu not in GELU_MODES:
             raise ValueError(f"unknown gelu {self.gelu!r}; choose one of {list(GELU_MODES)}")
         if self.auto_int16 < 0:

@@ -21,12 +21,12 @@ def _straight_through(x: torch.Tensor, value: torch.Tensor, inside: torch.Tensor
     return passed + (value - passed).detach()
 
 
-def fake_quant(x: torch.Tensor, scale: float, bits: int) -> torch.Tensor:
-    """``scale · quantize_float(x, scale, bits)`` with a clipped straight-through gradient."""
+def fake_quant(x: torch.Tensor, scale: float, bits: int, zero: int = 0) -> torch.Tensor:
+    """``scale · (quantize_float(x, scale, bits, zero) − zero)`` with a clipped straight-through gradient."""
     lo, hi = ops.signed_range(bits)
-    q = ops.quantize_float(x.detach(), scale, bits).to(x.dtype)
-    y = x.detach() / scale
-    return _straight_through(x, q * scale, ((y >= lo) & (y <= hi)).to(x.dtype))
+    q = ops.quantize_float(x.detach(), scale, bits, zero).to(x.dtype)
+    y = x.detach() / scale + zero
+    return _straight_through(x, (q - zero) * scale, ((y >= lo) & (y <= hi)).to(x.dtype))
 
 
 def fake_quant_weight(w: torch.Tensor) -> torch.Tensor:

@@ -33,8 +33,8 @@ from torch import nn
 from .. import ops
 from ..models.spec import ViTSpec, check_input, float_forward, linear_layers
 from .fake_quant import fake_quant, fake_quant_weight
-from .layout import point_bits
-from .qparams import act_scales, freeze, output_scale
+from .layout import check_zero_points, point_bits
+from .qparams import act_grids, freeze, output_point
 
 MODES = ("int", "fake", "float")
 
@@ -54,9 +54,10 @@ class IntegerViT(nn.Module):
     def refreeze(self) -> None:
         """Recompute every integer tensor from the float spec and the ranges."""
         self.bits = point_bits(self.spec, self.meta.get("layout"))
-        self.scales = act_scales(self.spec, self.amax, self.bits, self.gelu)
+        asymmetric = check_zero_points(self.spec, self.meta.get("asymmetric"), self.bits)
+        self.scales, self.zeros = act_grids(self.spec, self.amax, self.bits, self.gelu, asymmetric)
         params = freeze(self.spec, self.scales, self.meta.get("temperatures"), self.meta.get("balance"), self.bits,
-                        self.gelu)
+                        self.gelu, self.zeros)
         for name in list(self._buffers):
             del self._buffers[name]
         for name, t in params.items():
@@ -97,7 +98,8 @@ class IntegerViT(nn.Module):
         """The final dequantize: int32 logits (or int8 tokens) → float32."""
         if self.has_head:
             return (out_int.to(torch.float64) * self.p("head.out_scale")).float()
-        return (out_int.to(torch.float64) * output_scale(self.spec, self.scales)).float()
+        point = output_point(self.spec)
+        return ((out_int.to(torch.float64) - self.zeros[point]) * self.scales[point]).float()
 
     @torch.no_grad()
     def forward_int(self, images: torch.Tensor) -> torch.Tensor:
@@ -144,11 +146,13 @@ class IntegerViT(nn.Module):
         g = ops.shift_gelu(f, int(self.p(pre + "gelu.x0")), out_bits=8)
         return self._requant(g, pre + "gelu.rq", self.bits[pre + "gelu"])
 
-    def _requant(self, z, name, bits, offset=None):
+    def _requant(self, z, name, bits):
+        """The dyadic requant stored under ``name``, with its offset (β, a zero point) where it has one."""
+        offset = self._buffers.get(_bufname(name + ".offset"))
         return ops.requantize(z, self.p(name + ".m"), self.p(name + ".e"), bits, offset)
 
     def _layernorm_int(self, h, name):
-        return self._requant(ops.int_layernorm(h), name, self.bits[name], self.p(name + ".offset"))
+        return self._requant(ops.int_layernorm(h), name, self.bits[name])
 
     def _linear_int(self, x, name):
         return ops.int_linear(x, self.p(name + ".w"), self.p(name + ".b"))
@@ -197,7 +201,7 @@ class IntegerViT(nn.Module):
         bits = self.bits
 
         def hook(name, x):
-            return fake_quant(x, self.scales[name], bits[name])
+            return fake_quant(x, self.scales[name], bits[name], self.zeros[name])
 
         def wfn(name, w):
             return fake_quant_weight(w)

@@ -21,6 +21,7 @@ stored in the model (``meta["layout"]``) and saved with it.
 from __future__ import annotations
 
 import fnmatch
+import math
 
 from ..models.spec import ViTSpec, quant_points
 
@@ -66,6 +67,8 @@ def widen_most_sensitive(qmodel, data, k: int, max_images: int = 128, batch_size
     chosen = [r["name"] for r in rows if r["kind"] == "activation" and r["name"] in widenable
               and qmodel.bits[r["name"]] == 8][:k]
     qmodel.meta["layout"] = {**qmodel.meta.get("layout", {}), **{name: WIDE_BITS for name in chosen}}
+    asymmetric = qmodel.meta.get("asymmetric", {})          # a widened point is a symmetric 16-bit point
+    qmodel.meta["asymmetric"] = {name: rng for name, rng in asymmetric.items() if name not in chosen}
     qmodel.meta["auto_int16"] = chosen
     qmodel.refreeze()
     return chosen
@@ -74,6 +77,55 @@ def widen_most_sensitive(qmodel, data, k: int, max_images: int = 128, batch_size
 def auto_exclude(qmodel, data, budget: int, max_images: int = 128) -> list[str]:
     """Keep the ``budget`` most sensitive quant points out of int8 (at int16): ``widen_most_sensitive``."""
     return widen_most_sensitive(qmodel, data, budget, max_images)
+
+
+ZERO_POINT_BLOCK = ("norm1", "ctx", "norm2", "gelu")
+
+
+def zero_point_points(spec: ViTSpec) -> list[str]:
+    """The activation points that may take a zero point, in forward order: the int8 GEMM inputs a requant
+    produces (per block ``norm1``, ``ctx``, ``norm2``, ``gelu``) and the final ``norm`` (the head's input, or
+    a backbone's output tokens, whose dequantize subtracts it). The input quantizer, ``q``/``k``/``v``, the
+    logits and the residual stream stay symmetric."""
+    names = [f"blocks.{i}.{p}" for i in range(len(spec.blocks)) for p in ZERO_POINT_BLOCK]
+    return names + (["norm"] if spec.final_norm is not None else [])
+
+
+def resolve_zero_points(spec: ViTSpec, patterns, bits: dict[str, int]) -> list[str]:
+    """The 8-bit points matching the glob ``patterns`` among ``zero_point_points`` (16-bit points stay symmetric).
+
+    A pattern that matches no point that can take a zero point is an error naming the ones that can.
+    """
+    if isinstance(patterns, str):
+        patterns = (patterns,)
+    points = zero_point_points(spec)
+    chosen = []
+    for pat in patterns:
+        hits = [p for p in points if fnmatch.fnmatchcase(p, pat)]
+        if not hits:
+            raise ValueError(f"zero-point pattern {pat!r} matches no point that can take a zero point; those are "
+                             f"{', '.join(points[:5])}, … {points[-1] if points else ''} (per block norm1, ctx, "
+                             "norm2, gelu, and the final norm; the input, q/k/v, the attention logits and the "
+                             "residual stream stay symmetric)")
+        chosen += [p for p in hits if bits.get(p, 8) == 8 and p not in chosen]
+    return chosen
+
+
+def check_zero_points(spec: ViTSpec, asymmetric: dict | None, bits: dict[str, int]) -> dict[str, tuple]:
+    """Validate a model's ``meta["asymmetric"]`` (``{point: [lo, hi]}``): known 8-bit points, finite ranges."""
+    allowed = set(zero_point_points(spec))
+    out = {}
+    for name, rng in (asymmetric or {}).items():
+        if name not in allowed:
+            raise ValueError(f"{name!r} cannot take a zero point; the points that can are per block norm1, ctx, "
+                             "norm2, gelu, and the final norm")
+        if bits.get(name, 8) != 8:
+            raise ValueError(f"{name!r} is a {bits[name]}-bit point; zero points are for 8-bit points only")
+        lo, hi = (float(v) for v in rng)
+        if not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:
+            raise ValueError(f"the calibrated range of {name!r} is not a finite interval: [{lo}, {hi}]")
+        out[name] = (lo, hi)
+    return out
 
 
 def point_bits(spec: ViTSpec, layout: dict | None) -> dict[str, int]:

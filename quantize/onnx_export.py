@@ -84,7 +84,9 @@ class _Exporter:
     def range_consts(self, bits):
         return [self.g.const(v) for v in ops.signed_range(bits)]
 
-    def requant(self, z, name, bits, offset=None):
+    def requant(self, z, name, bits):
+        """The requant stored under ``name``, with its offset (β, a zero point) or zeros where it has none."""
+        offset = self.m._buffers.get(name.replace(".", "__") + "__offset")
         off = _i64(offset) if offset is not None else np.zeros_like(_i64(self.p(name + ".e")))
         consts = self.dyadic_consts(name) + [self.g.init(name + ".offset", off)] + self.range_consts(bits)
         return self.g.fn("Requant", z, *consts, name=name + "/requant")
@@ -118,7 +120,7 @@ class _Exporter:
 
     def layernorm(self, h, name):
         z = self.g.fn("IntLayerNorm", h, name=name + "/ilayernorm")
-        return self.requant(z, name, self.m.bits[name], self.p(name + ".offset"))
+        return self.requant(z, name, self.m.bits[name])
 
     def nonlinear_consts(self, x0, n, out_bits, name):
         g = self.g
@@ -224,10 +226,15 @@ class _Exporter:
             out = self.linear_from(self.pool(out), "norm", "head", cast_name="head/int8_in")
             scale = g.init("head.out_scale", m.p("head.out_scale").numpy().astype(np.float64))
         else:
-            from .qparams import output_scale
-            scale = g.init("out_scale", np.float64(output_scale(spec, m.scales)))
+            from .qparams import output_point
+            point = output_point(spec)
+            scale = g.init("out_scale", np.float64(m.scales[point]))
+            zero = m.zeros[point]
         g.nodes.append(helper.make_node("Identity", [out], ["int_logits"], name="int_logits"))
-        deq = g.op("Mul", g.op("Cast", out, to=TensorProto.DOUBLE, name="dequant/cast"), scale, name="dequant/mul")
+        deq = g.op("Cast", out, to=TensorProto.DOUBLE, name="dequant/cast")
+        if not m.has_head and zero:                       # tokens with a zero point: (q − zero)·scale
+            deq = g.op("Sub", deq, g.init("out_zero", np.float64(zero)), name="dequant/zero")
+        deq = g.op("Mul", deq, scale, name="dequant/mul")
         g.nodes.append(helper.make_node("Cast", [deq], ["logits"], to=TensorProto.FLOAT, name="dequant/float"))
         out_shape = ["batch", spec.head.weight.shape[0]] if m.has_head else ["batch", spec.num_tokens, spec.dim]
         outs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, out_shape),

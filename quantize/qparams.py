@@ -1,7 +1,9 @@
 """Freeze a float ``ViTSpec`` plus calibrated ranges into integer parameters.
 
 Scales: an activation point of ``bits`` bits with clipping magnitude ``c``
-gets ``s = c / (2**(bits-1) - 1)``. Weights are int8 per output channel,
+gets ``s = c / (2**(bits-1) - 1)``; a point with a zero point (calibrated
+range ``[lo, hi]``) gets ``ops.asymmetric_grid``, whose zero point its
+producing requant adds and its consuming GEMM folds into the bias. Weights are int8 per output channel,
 symmetric: ``s_w[c] = max|W[c]| / 127``, ``W_int = clamp(round(W / s_w), ±127)``.
 Biases are int32 at the accumulator scale ``s_x · s_w[c]``. Every rescale
 between two scales is a dyadic ``(m, e)`` from ``ops.dyadic_multiplier``; the
@@ -24,29 +26,34 @@ from ..models.spec import Linear, ViTSpec, quant_points
 P = dict  # name -> integer tensor
 
 
-def act_scales(spec: ViTSpec, amax: dict[str, float], bits: dict[str, int] | None = None,
-               gelu: str = "shift") -> dict[str, float]:
-    """Scale of every activation quant point from its calibrated clipping magnitude.
+def act_grids(spec: ViTSpec, amax: dict[str, float], bits: dict[str, int] | None = None,
+              gelu: str = "shift", asymmetric: dict | None = None) -> tuple[dict[str, float], dict[str, int]]:
+    """Scale and zero point of every activation quant point from its calibrated range.
 
-    ``bits`` overrides the points' widths (a ``quantize.layout``); default ``quant_points``.
-    ``gelu="shift"`` bounds the GELU input's scale for ShiftGELU's constants; a GELU table has no such bound.
+    A symmetric point with clipping magnitude ``c`` gets ``s = c / (2**(bits-1) - 1)`` and zero 0
+    (``ops.symmetric_scale``); a point in ``asymmetric`` (``{name: (lo, hi)}``, ``quantize.layout``'s zero
+    points) gets ``ops.asymmetric_grid(lo, hi)``. ``bits`` overrides the points' widths (a
+    ``quantize.layout``); default ``quant_points``. ``gelu="shift"`` bounds the GELU input's scale for
+    ShiftGELU's constants; a GELU table has no such bound.
     """
     missing = [n for n, _ in quant_points(spec) if n not in amax]
     if missing:
         raise ValueError(f"calibration state lacks quant points {missing[:3]}…; recalibrate this model")
     widths = dict(quant_points(spec)) | dict(bits or {})
-    scales = {}
+    asymmetric = asymmetric or {}
+    scales, zeros = {}, {}
     for name, bits in widths.items():
         c = float(amax[name])
         if not math.isfinite(c):
             raise ValueError(f"calibrated range of '{name}' is not finite")
-        s = max(c, 1e-8) / (2 ** (bits - 1) - 1)
+        s, zeros[name] = ops.asymmetric_grid(*asymmetric[name], bits) if name in asymmetric \
+            else (ops.symmetric_scale(c, bits), 0)
         if name.endswith("logits"):
             s = max(s, 1.0 / 65535.0 * (1 + 1e-9))
         if name.endswith("fc1") and gelu == "shift":
             s = max(s, 1.0 / (255.0 * ops.GELU_SIGMOID_COEF) * (1 + 1e-9))
         scales[name] = s
-    return scales
+    return scales, zeros
 
 
 def weight_scale(w: torch.Tensor) -> torch.Tensor:
@@ -58,12 +65,15 @@ def quantize_weight(w: torch.Tensor, s_w: torch.Tensor) -> torch.Tensor:
     return torch.clamp(torch.round(w.detach().double() / s_w[:, None]), -127, 127).to(torch.int64)
 
 
-def quantize_bias(lin: Linear, s_x: float, s_w: torch.Tensor, name: str, acc_bits: int = 32) -> torch.Tensor:
-    """The bias at the accumulator scale ``s_x·s_w``; it must fit the accumulator (int32, or int64 for
-    a 16-bit input, ``quantize.layout``)."""
-    if lin.bias is None:
-        return torch.zeros(lin.weight.shape[0], dtype=torch.int64)
-    b = torch.round(lin.bias.detach().double() / (s_x * s_w)).to(torch.int64)
+def quantize_bias(lin: Linear, s_x: float, s_w: torch.Tensor, name: str, acc_bits: int = 32,
+                  zero_fold: torch.Tensor | None = None) -> torch.Tensor:
+    """The bias at the accumulator scale ``s_x·s_w`` plus ``zero_fold`` (the input's
+    ``ops.zero_point_correction``); it must fit the accumulator (int32, or int64 for a 16-bit input,
+    ``quantize.layout``)."""
+    b = torch.zeros(lin.weight.shape[0], dtype=torch.int64) if lin.bias is None \
+        else torch.round(lin.bias.detach().double() / (s_x * s_w)).to(torch.int64)
+    if zero_fold is not None:
+        b = b + zero_fold
     if int(b.abs().max()) >= 2**(acc_bits - 1):
         raise ValueError(f"bias of '{name}' does not fit int{acc_bits} at scale s_x·s_w; "
                          "the input range of this layer is too small (check calibration)")
@@ -76,7 +86,8 @@ def _mul(prefix: str, ratio, out: P, max_shift=ops.requant.MAX_SHIFT) -> None:
 
 
 def freeze(spec: ViTSpec, scales: dict[str, float], temperatures: dict | None = None,
-           balance: dict | None = None, bits: dict[str, int] | None = None, gelu: str = "shift") -> P:
+           balance: dict | None = None, bits: dict[str, int] | None = None, gelu: str = "shift",
+           zeros: dict[str, int] | None = None) -> P:
     """All integer tensors of the integer model, by name (see ``IntegerViT.forward_int``).
 
     ``temperatures`` (``{"blocks.i": [α_h per head]}``) and ``balance``
@@ -90,10 +101,15 @@ def freeze(spec: ViTSpec, scales: dict[str, float], temperatures: dict | None = 
     256-entry ``ops.gelu_table`` from the fc1 scale to the GELU output scale
     (``blocks.i.gelu.table``); ``"shift"`` is I-ViT's ShiftGELU (``gelu.x0``)
     followed by the ``gelu.rq`` requant.
+
+    ``zeros`` are the points' zero points (``act_grids``; absent = 0): a
+    requant producing such a point adds ``zero·2**e`` to its offset (the
+    LayerNorm's with its β), the GELU table adds it to every entry, and the
+    linear reading the point folds ``−zero·Σw`` into its bias.
     """
     if gelu not in ops.GELU_MODES:
         raise ValueError(f"unknown GELU form {gelu!r}; choose one of {ops.GELU_MODES}")
-    temperatures, balance = temperatures or {}, balance or {}
+    temperatures, balance, zeros = temperatures or {}, balance or {}, zeros or {}
     wide = {n for n, b in (bits or {}).items() if b > 8}      # linears whose input is 16-bit
     p: P = {}
     S = scales
@@ -105,14 +121,24 @@ def freeze(spec: ViTSpec, scales: dict[str, float], temperatures: dict | None = 
         if acc_bits == 32:
             ops.check_accumulator_fits(lin.weight.shape[1])
         p[name + ".w"] = quantize_weight(lin.weight, s_w)
-        p[name + ".b"] = quantize_bias(lin, s_x, s_w, name, acc_bits)
+        zero = zeros.get(input_point, 0)
+        p[name + ".b"] = quantize_bias(lin, s_x, s_w, name, acc_bits,
+                                       ops.zero_point_correction(p[name + ".w"], zero) if zero else None)
         return s_x * s_w                                   # accumulator scale per channel
 
+    def requant_to(name: str, ratio, point: str) -> None:
+        """The dyadic requant ``name`` onto ``point``'s grid: its zero point is the offset (if any)."""
+        zero = zeros.get(point, 0)
+        _mul(name, ratio, p, ops.max_shift_for_offset(zero) if zero else ops.requant.MAX_SHIFT)
+        if zero:
+            p[name + ".offset"] = ops.offset_for(torch.full_like(p[name + ".e"], zero, dtype=torch.float64),
+                                                 p[name + ".e"])
+
     def layernorm(name: str, norm, s_out: float) -> None:
-        # γ goes into the per-channel multiplier, β into the offset at scale s_out / 2**e; the
-        # shift is capped per channel so that offset stays within 2**60 (small γ, large β).
+        # γ goes into the per-channel multiplier, β (plus the zero point) into the offset at scale
+        # s_out / 2**e; the shift is capped per channel so that offset stays within 2**60 (small γ, large β).
         ratio = norm.weight.detach().double() * ops.layernorm_output_scale(d) / s_out
-        beta = norm.bias.detach().double() / s_out
+        beta = norm.bias.detach().double() / s_out + zeros.get(name, 0)
         _mul(name, ratio, p, ops.max_shift_for_offset(beta))
         p[name + ".offset"] = ops.offset_for(beta, p[name + ".e"])
 
@@ -140,7 +166,7 @@ def freeze(spec: ViTSpec, scales: dict[str, float], temperatures: dict | None = 
         x0 = ops.shiftexp_x0(S[b + "logits"])
         ops.check_shiftexp_constants(x0, ops.SHIFTMAX_N)
         p[b + "softmax.x0"] = torch.tensor(x0)
-        _mul(b + "ctx.rq", 2.0**-15 * S[b + "v"] / S[b + "ctx"], p)
+        requant_to(b + "ctx.rq", 2.0**-15 * S[b + "v"] / S[b + "ctx"], b + "ctx")
         acc = linear(b + "proj", blk.proj, S[b + "ctx"], b + "ctx")
         _mul(b + "resid1.skip", s_res / S[b + "resid1"], p)
         _mul(b + "resid1.branch", acc * balance.get(b + "resid1", 1.0) / S[b + "resid1"], p)
@@ -149,12 +175,13 @@ def freeze(spec: ViTSpec, scales: dict[str, float], temperatures: dict | None = 
         acc = linear(b + "fc1", blk.fc1, S[b + "norm2"], b + "norm2")
         _mul(b + "fc1.rq", acc / S[b + "fc1"], p)
         if gelu == "table":
-            p[b + "gelu.table"] = ops.gelu_table(S[b + "fc1"], S[b + "gelu"], (bits or {}).get(b + "gelu", 8))
+            p[b + "gelu.table"] = ops.gelu_table(S[b + "fc1"], S[b + "gelu"], (bits or {}).get(b + "gelu", 8),
+                                                 zeros.get(b + "gelu", 0))
         else:
             x0 = ops.shiftexp_x0(ops.GELU_SIGMOID_COEF * S[b + "fc1"])
             ops.check_shiftexp_constants(x0, ops.SHIFTGELU_N)
             p[b + "gelu.x0"] = torch.tensor(x0)
-            _mul(b + "gelu.rq", S[b + "fc1"] * 2.0**-7 / S[b + "gelu"], p)
+            requant_to(b + "gelu.rq", S[b + "fc1"] * 2.0**-7 / S[b + "gelu"], b + "gelu")
         acc = linear(b + "fc2", blk.fc2, S[b + "gelu"], b + "gelu")
         _mul(b + "resid2.skip", s_res / S[b + "resid2"], p)
         _mul(b + "resid2.branch", acc * balance.get(b + "resid2", 1.0) / S[b + "resid2"], p)
@@ -170,8 +197,13 @@ def freeze(spec: ViTSpec, scales: dict[str, float], temperatures: dict | None = 
     return p
 
 
+def output_point(spec: ViTSpec) -> str:
+    """The quant point a headless model outputs (its tokens)."""
+    if spec.final_norm is not None:
+        return "norm"
+    return f"blocks.{len(spec.blocks) - 1}.resid2" if spec.blocks else "embed"
+
+
 def output_scale(spec: ViTSpec, scales: dict[str, float]) -> float:
     """Scale of the token output of a headless model."""
-    if spec.final_norm is not None:
-        return scales["norm"]
-    return scales[f"blocks.{len(spec.blocks) - 1}.resid2"] if spec.blocks else scales["embed"]
+    return scales[output_point(spec)]

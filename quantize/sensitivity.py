@@ -28,7 +28,7 @@ def layer_sensitivity(qmodel, images: torch.Tensor, progress: bool = True) -> li
     for kind, name in tqdm(candidates, desc="sensitivity", unit="point", disable=not progress, leave=False):
         if kind == "activation":
             def hook(n, x, name=name):
-                return fake_quant(x, scales[n], bits[n]) if n == name else x
+                return fake_quant(x, scales[n], bits[n], qmodel.zeros[n]) if n == name else x
             out = float_forward(spec, images, hook)
         else:
             def wfn(n, w, name=name):

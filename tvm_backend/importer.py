@@ -170,8 +170,9 @@ def to_relax(proto: onnx.ModelProto, batch: int = 1, gemm_form: str = "vnni"):
                     env[out] = bb.emit(relax.op.astype(val(ins[0]), _DTYPES[a["to"]]))
                     if a["to"] == onnx.TensorProto.INT8:
                         ranges[out] = (-128, 127)
-                elif op in ("Add", "Mul", "Div"):
-                    fn = {"Add": relax.op.add, "Mul": relax.op.multiply, "Div": relax.op.divide}[op]
+                elif op in ("Add", "Sub", "Mul", "Div"):
+                    fn = {"Add": relax.op.add, "Sub": relax.op.subtract, "Mul": relax.op.multiply,
+                          "Div": relax.op.divide}[op]
                     env[out] = bb.emit(fn(val(ins[0]), val(ins[1])))
                 elif op == "Round":
                     env[out] = bb.emit_te(_round_half_even_te, val(ins[0]), primfunc_name_hint="round_half_even")
