@@ -310,10 +310,12 @@ def _patterns(text: str | None) -> tuple[str, ...]:
 def _quant_config(args, **extra):
     """The ``QuantConfig`` that the flags of ``_add_quant_flags`` (and --recipe, --quiet) ask for."""
     import intvit
-    zero_points = () if args.zero_points == "none" else _patterns(args.zero_points)
+    def patterns_or_none(text):
+        return () if text == "none" else _patterns(text)
     return intvit.QuantConfig(recipe=args.recipe, progress=not args.quiet, attention_temperature=args.atm,
                               output_balance=args.ohb, int16=_patterns(args.int16), auto_int16=args.auto_int16,
-                              gelu=args.gelu, zero_points=zero_points, **extra)
+                              gelu=args.gelu, zero_points=patterns_or_none(args.zero_points),
+                              migration=patterns_or_none(args.migration), **extra)
 
 
 def _add_quant_flags(parser) -> None:
@@ -329,6 +331,10 @@ def _add_quant_flags(parser) -> None:
                         help="comma-separated globs of the int8 GEMM inputs given a zero point (asymmetric range; "
                              "per block norm1, ctx, norm2, gelu, and the final norm); 'none' for symmetric grids "
                              "everywhere (default: %(default)s, every one)")
+    parser.add_argument("--migration", default="*", metavar="PATTERNS",
+                        help="comma-separated globs of the LayerNorms whose per-channel scale migrates into the "
+                             "linear they feed (per block norm1, norm2; the final norm before a head), α searched "
+                             "per layer; 'none' to keep every channel as it is (default: %(default)s, every one)")
     parser.add_argument("--gelu", choices=("table", "shift"), default="table",
                         help="GELU form: 'table' (exact GELU of the int8 input, a 256-entry table; default) or "
                              "'shift' (I-ViT's ShiftGELU)")

@@ -125,7 +125,19 @@ def take_batches(data, max_images: int, batch_size: int = 32, purpose: str = "ca
     return out
 
 
+def check_finite_activation(name: str, x: torch.Tensor) -> None:
+    """Refuse a NaN/inf activation of the float model, naming the quant point where it first appears."""
+    if not bool(torch.isfinite(x).all()):
+        raise FloatingPointError(f"the float model produced NaN/inf at '{name}' during calibration; "
+                                 "check the model weights and the input normalisation")
+
+
 def validate_batch(batch: torch.Tensor, want: tuple[int, int, int]) -> None:
+    if batch.dim() == 4 and batch.shape[1] == want[0] and tuple(batch.shape[2:]) != tuple(want[1:]):
+        raise CalibrationDataError(
+            f"calibration images are {batch.shape[2]}x{batch.shape[3]}, the model is set up for "
+            f"{want[1]}x{want[2]}; to quantize it for {batch.shape[2]}x{batch.shape[3]} inputs pass "
+            f"QuantConfig(image_size=({batch.shape[2]}, {batch.shape[3]})), or resize the images")
     if batch.dim() != 4 or tuple(batch.shape[1:]) != tuple(want):
         raise CalibrationDataError(
             f"calibration batch has shape {list(batch.shape)}, the model expects "

@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..models.spec import ViTSpec, float_forward, linear_layers, quant_points
-from .data import CalibrationDataError, iter_batches, validate_batch
+from .data import CalibrationDataError, check_finite_activation, iter_batches, validate_batch
 from .observers import make_observer
 
 STATE_VERSION = 2
@@ -87,12 +87,8 @@ def calibrate(spec: ViTSpec, data, recipe: str = "minmax", percentile: float = 9
         observers[name] = make_observer(kind, bits, **(kw if kind == recipe else {}))
 
     def hook(name: str, x: torch.Tensor) -> torch.Tensor:
-        try:
-            observers[name].observe(x)
-        except FloatingPointError:
-            raise FloatingPointError(
-                f"the float model produced NaN/inf at '{name}' during calibration; "
-                "check the model weights and the input normalisation") from None
+        check_finite_activation(name, x)
+        observers[name].observe(x)
         return x
 
     with torch.no_grad():

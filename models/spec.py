@@ -174,6 +174,22 @@ def quant_points(spec: ViTSpec) -> list[tuple[str, int]]:
     return pts
 
 
+def select_by_patterns(patterns, names: list[str], what: str, noun: str, explain: str) -> list[str]:
+    """The ``names`` matching any glob in ``patterns``, in ``names``' order. A pattern that matches none
+    is a ``ValueError``: "``what`` pattern P matches no ``noun``; those are … (``explain``)"."""
+    import fnmatch
+    if isinstance(patterns, str):
+        patterns = (patterns,)
+    chosen = set()
+    for pat in patterns:
+        hits = [n for n in names if fnmatch.fnmatchcase(n, pat)]
+        if not hits:
+            shown = f"{', '.join(names[:5])}, … {names[-1]}" if len(names) > 6 else ", ".join(names) or "none"
+            raise ValueError(f"{what} pattern {pat!r} matches no {noun}; those are {shown} ({explain})")
+        chosen.update(hits)
+    return [n for n in names if n in chosen]
+
+
 def layernorm_input_point(spec: ViTSpec, norm_point: str) -> str:
     """The residual-stream quant point a LayerNorm reads: ``blocks.i.norm1`` reads the previous block's
     ``resid2`` (``embed`` for block 0), ``blocks.i.norm2`` reads ``blocks.i.resid1``, ``norm`` the last stream."""

@@ -168,6 +168,17 @@ def asymmetric_grid(lo: float, hi: float, bits: int = 8) -> tuple[float, int]:
     return scale, zero
 
 
+def weight_scale(w: torch.Tensor) -> torch.Tensor:
+    """Per-output-channel int8 weight scale ``s_w[n] = max_k |W[n, k]| / 127`` (1 for an all-zero row), float64."""
+    amax = w.detach().abs().amax(dim=1).double()
+    return torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
+
+
+def quantize_weight(w: torch.Tensor, s_w: torch.Tensor) -> torch.Tensor:
+    """``clamp(round_half_even(W / s_w), ±127)`` per output channel: the int8 weights (int64 tensor)."""
+    return torch.clamp(torch.round(w.detach().double() / s_w[:, None]), -127, 127).to(torch.int64)
+
+
 def log2_ceil(x: float) -> int:
     """Smallest ``k`` with ``2**k >= x`` (for bit-width proofs)."""
     return max(0, math.ceil(math.log2(x))) if x > 0 else 0

@@ -6,6 +6,8 @@ import copy
 from torch import nn
 
 from ..calibration import calibrate
+from ..calibration.data import take_batches
+from ..calibration.migration import migrate, resolve_migration
 from ..models import UnsupportedModelError, find_backbones, is_supported, to_spec
 from .config import QuantConfig
 from .integer_model import IntegerViT
@@ -41,15 +43,21 @@ def quantize(model, calib_data, config: QuantConfig | None = None):
         _set_submodule(wrapped, path, IntegerBackbone(integer))
         return wrapped
     spec = to_spec(model, image_size=config.image_size)
+    meta = {"recipe": config.recipe, "gelu": config.gelu}
+    if config.int16:
+        meta["layout"] = resolve_layout(spec, config.int16)
+    asymmetric = resolve_zero_points(spec, config.zero_points, point_bits(spec, meta.get("layout"))) \
+        if config.zero_points else []
+    if config.migration:
+        points = resolve_migration(spec, config.migration)
+        batches = take_batches(calib_data, config.max_calib_images, config.batch_size, "channel migration")
+        spec, meta["migration"] = migrate(spec, batches, points, set(asymmetric))
     state = calibrate(spec, calib_data, recipe=config.recipe, percentile=config.percentile,
                       max_images=config.max_calib_images, batch_size=config.batch_size,
                       progress=config.progress, cache_path=config.cache_path)
-    meta = {"recipe": config.recipe, "calib_images": state.num_images, "gelu": config.gelu}
-    if config.int16:
-        meta["layout"] = resolve_layout(spec, config.int16)
-    if config.zero_points:
-        chosen = resolve_zero_points(spec, config.zero_points, point_bits(spec, meta.get("layout")))
-        meta["asymmetric"] = {name: list(state.ranges[name]) for name in chosen}
+    meta["calib_images"] = state.num_images
+    if asymmetric:
+        meta["asymmetric"] = {name: list(state.ranges[name]) for name in asymmetric}
     qmodel = IntegerViT(spec, state.amax, meta=meta)
     if config.auto_int16:
         from .layout import widen_most_sensitive

@@ -39,6 +39,12 @@ class QuantConfig:
                       default every one (per block norm1, ctx, norm2, gelu, and the final norm);
                       ``()`` keeps I-ViT's symmetric grids. Folded into the requants and biases: the
                       kernels and their cost do not change.
+    migration:        glob patterns of the LayerNorms whose per-channel scale migrates into the linear
+                      they feed (per block norm1 → qkv, norm2 → fc1; the final norm → a classifier head),
+                      SmoothQuant-style with α searched per layer on the calibration images
+                      (``calibration.migration``; a layer where no α helps stays as it is); folded into
+                      I-LayerNorm's γ/β and the weights: no new op, the same kernels. Default every one;
+                      ``()`` for none.
     auto_int16:       additionally widen the k most sensitive widenable points, ranked by
                       ``quantize.sensitivity`` on up to ``matching_images`` calibration images.
     """
@@ -56,6 +62,7 @@ class QuantConfig:
     auto_int16: int = 0
     gelu: str = "table"
     zero_points: tuple[str, ...] = ("*",)
+    migration: tuple[str, ...] = ("*",)
 
     def __post_init__(self):
         if self.recipe not in OBSERVERS:
@@ -64,6 +71,8 @@ class QuantConfig:
             self.int16 = (self.int16,)
         if isinstance(self.zero_points, str):
             self.zero_points = (self.zero_points,)
+        if isinstance(self.migration, str):
+            self.migration = (self.migration,)
         if self.gelu not in GELU_MODES:
             raise ValueError(f"unknown gelu {self.gelu!r}; choose one of {list(GELU_MODES)}")
         if self.auto_int16 < 0:

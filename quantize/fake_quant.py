@@ -2,7 +2,7 @@
 
 The forward value is the integer model's own grid, taken from the functions
 that define it — ``ops.quantize_float`` for activations and
-``qparams.quantize_weight`` for weights — times the scale, so fake-quant and
+``ops.quantize_weight`` for weights — times the scale, so fake-quant and
 integer mode can never round differently. The backward pass passes the
 gradient through the rounding unchanged inside the clipping range and zeroes
 it outside (the STE of Bengio et al. 2013, as in I-ViT's QAT).
@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from .. import ops
-from .qparams import quantize_weight, weight_scale
+from ..ops import quantize_weight, weight_scale
 
 
 def _straight_through(x: torch.Tensor, value: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:

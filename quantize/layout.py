@@ -20,10 +20,9 @@ stored in the model (``meta["layout"]``) and saved with it.
 """
 from __future__ import annotations
 
-import fnmatch
 import math
 
-from ..models.spec import ViTSpec, quant_points
+from ..models.spec import ViTSpec, quant_points, select_by_patterns
 
 WIDE_BITS = 16
 BLOCK_WIDENABLE = ("norm1", "ctx", "norm2", "gelu")
@@ -40,18 +39,10 @@ def resolve_layout(spec: ViTSpec, patterns) -> dict[str, int]:
 
     A pattern that matches no widenable point is an error naming the ones that exist.
     """
-    if isinstance(patterns, str):
-        patterns = (patterns,)
-    points = widenable_points(spec)
-    layout = {}
-    for pat in patterns:
-        hits = [p for p in points if fnmatch.fnmatchcase(p, pat)]
-        if not hits:
-            raise ValueError(f"int16 pattern {pat!r} matches no widenable quant point; the widenable points are "
-                             f"{', '.join(points[:6])}, … {points[-1]} (per block norm1, ctx, norm2, gelu, and "
-                             "the final norm; the input, q/k/v and fc1 stay 8-bit)")
-        layout.update({p: WIDE_BITS for p in hits})
-    return layout
+    chosen = select_by_patterns(patterns, widenable_points(spec), "int16", "widenable quant point",
+                                "per block norm1, ctx, norm2, gelu, and the final norm; the input, q/k/v and "
+                                "fc1 stay 8-bit")
+    return {p: WIDE_BITS for p in chosen}
 
 
 def widen_most_sensitive(qmodel, data, k: int, max_images: int = 128, batch_size: int = 32) -> list[str]:
@@ -96,19 +87,10 @@ def resolve_zero_points(spec: ViTSpec, patterns, bits: dict[str, int]) -> list[s
 
     A pattern that matches no point that can take a zero point is an error naming the ones that can.
     """
-    if isinstance(patterns, str):
-        patterns = (patterns,)
-    points = zero_point_points(spec)
-    chosen = []
-    for pat in patterns:
-        hits = [p for p in points if fnmatch.fnmatchcase(p, pat)]
-        if not hits:
-            raise ValueError(f"zero-point pattern {pat!r} matches no point that can take a zero point; those are "
-                             f"{', '.join(points[:5])}, … {points[-1] if points else ''} (per block norm1, ctx, "
-                             "norm2, gelu, and the final norm; the input, q/k/v, the attention logits and the "
-                             "residual stream stay symmetric)")
-        chosen += [p for p in hits if bits.get(p, 8) == 8 and p not in chosen]
-    return chosen
+    chosen = select_by_patterns(patterns, zero_point_points(spec), "zero-point", "point that can take a zero point",
+                                "per block norm1, ctx, norm2, gelu, and the final norm; the input, q/k/v, the "
+                                "attention logits and the residual stream stay symmetric")
+    return [p for p in chosen if bits.get(p, 8) == 8]
 
 
 def check_zero_points(spec: ViTSpec, asymmetric: dict | None, bits: dict[str, int]) -> dict[str, tuple]:

@@ -21,6 +21,7 @@ import math
 import torch
 
 from .. import ops
+from ..ops import quantize_weight, weight_scale
 from ..models.spec import Linear, ViTSpec, quant_points
 
 P = dict  # name -> integer tensor
@@ -54,15 +55,6 @@ def act_grids(spec: ViTSpec, amax: dict[str, float], bits: dict[str, int] | None
             s = max(s, 1.0 / (255.0 * ops.GELU_SIGMOID_COEF) * (1 + 1e-9))
         scales[name] = s
     return scales, zeros
-
-
-def weight_scale(w: torch.Tensor) -> torch.Tensor:
-    amax = w.detach().abs().amax(dim=1).double()
-    return torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
-
-
-def quantize_weight(w: torch.Tensor, s_w: torch.Tensor) -> torch.Tensor:
-    return torch.clamp(torch.round(w.detach().double() / s_w[:, None]), -127, 127).to(torch.int64)
 
 
 def quantize_bias(lin: Linear, s_x: float, s_w: torch.Tensor, name: str, acc_bits: int = 32,

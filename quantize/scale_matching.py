@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models.spec import float_forward
-from .qparams import weight_scale
+from ..ops import weight_scale
 from .. import ops
 from ..calibration.data import take_batches
 

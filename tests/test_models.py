@@ -109,8 +109,11 @@ def test_empty_and_misshapen_calibration_data(tiny_vit):
         intvit.quantize(tiny_vit, [], cfg)
     with pytest.raises(intvit.CalibrationDataError, match="no calibration data"):
         intvit.quantize(tiny_vit, None, cfg)
-    with pytest.raises(intvit.CalibrationDataError, match=r"shape \[4, 3, 28, 28\].*\[B, 3, 32, 32\]"):
+    with pytest.raises(intvit.CalibrationDataError, match=r"images are 28x28, the model is set up for 32x32.*"
+                                                          r"image_size=\(28, 28\)"):
         intvit.quantize(tiny_vit, torch.zeros(4, 3, 28, 28), cfg)
+    with pytest.raises(intvit.CalibrationDataError, match=r"shape \[4, 1, 32, 32\].*\[B, 3, 32, 32\]"):
+        intvit.quantize(tiny_vit, torch.zeros(4, 1, 32, 32), cfg)
     with pytest.raises(intvit.CalibrationDataError, match="NaN"):
         intvit.quantize(tiny_vit, torch.full((2, 3, 32, 32), float("nan")), cfg)
 

@@ -110,7 +110,9 @@ def test_shift_gelu_table_equals_ops_on_every_input(tiny_qvit_shiftgelu):
     x = torch.arange(-128, 128)
     pre = gelu.name.split("gelu/")[0]
     expected = ops.requantize(ops.shift_gelu(x, int(tiny_qvit.p(pre + "gelu.x0")), 8),
-                              tiny_qvit.p(pre + "gelu.rq.m"), tiny_qvit.p(pre + "gelu.rq.e"), 8)
+                              tiny_qvit.p(pre + "gelu.rq.m"), tiny_qvit.p(pre + "gelu.rq.e"), 8,
+                              tiny_qvit.p(pre + "gelu.rq.offset"))          # the GELU output's zero point
+    assert tiny_qvit.zeros[pre + "gelu"] != 0
     assert table.dtype == np.int8 and np.array_equal(table, expected.numpy())
 
 
