@@ -124,10 +124,10 @@ GELU_MODES = ("table", "shift")
 
 
 def gelu_table(scale_in: float, scale_out: float, out_bits: int = 8, zero_out: int = 0,
-               in_bits: int = 8) -> torch.Tensor:
+               in_bits: int = 8, zero_in: int = 0) -> torch.Tensor:
     """The GELU of every ``in_bits``-bit input, requantized: int64 ``[2**in_bits]``.
 
-    ``T[x − lo] = saturate(round(GELU(x·S_in) / S_out) + z_out, out_bits)`` for
+    ``T[x − lo] = saturate(round(GELU((x − z_in)·S_in) / S_out) + z_out, out_bits)`` for
     ``x`` in ``[lo, hi] = signed_range(in_bits)``, with the exact
     ``GELU(v) = v·Φ(v) = v/2 · (1 + erf(v/√2))`` and ``round`` half to even.
 
@@ -137,12 +137,13 @@ def gelu_table(scale_in: float, scale_out: float, out_bits: int = 8, zero_out: i
     takes only 256 values. So intvit computes those 256 outputs once, in
     float64, when the model is frozen (as it computes every scale), stores the
     table in the model, and at run time GELU is a table lookup (``lookup``):
-    integer-only, and the same stored table in every backend.
+    integer-only, and the same stored table in every backend. Both sides may
+    have zero points (``requant.asymmetric_grid``): the table absorbs them.
     """
     if not (scale_in > 0 and scale_out > 0 and math.isfinite(scale_in) and math.isfinite(scale_out)):
         raise ValueError(f"GELU table needs positive finite scales, got {scale_in!r} -> {scale_out!r}")
     lo, hi = -(1 << (in_bits - 1)), (1 << (in_bits - 1)) - 1
-    v = torch.arange(lo, hi + 1, dtype=torch.float64) * scale_in
+    v = (torch.arange(lo, hi + 1, dtype=torch.float64) - int(zero_in)) * scale_in
     gelu = 0.5 * v * (1.0 + torch.special.erf(v / math.sqrt(2.0)))
     q = torch.round(gelu / scale_out).to(torch.int64) + int(zero_out)
     return saturate(q, out_bits)

@@ -46,7 +46,7 @@ def quantize(model, calib_data, config: QuantConfig | None = None):
     meta = {"recipe": config.recipe, "gelu": config.gelu}
     if config.int16:
         meta["layout"] = resolve_layout(spec, config.int16)
-    asymmetric = resolve_zero_points(spec, config.zero_points, point_bits(spec, meta.get("layout"))) \
+    asymmetric = resolve_zero_points(spec, config.zero_points, point_bits(spec, meta.get("layout")), config.gelu) \
         if config.zero_points else []
     if config.migration:
         points = resolve_migration(spec, config.migration)

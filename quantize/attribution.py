@@ -17,7 +17,7 @@ output is the model's own (logits, or tokens for a backbone) or, with
 * **add one in** — the float model with only one group of quantization
   points rounded to its integer grid (``fake_quant``), float nonlinears:
   the int8 weights; the 8-bit GEMM inputs (input, LayerNorm outputs, ctx, GELU
-  output); the attention operands (q, k, v and the 16-bit logits); the 16-bit
+  output); the GELU input (fc1's output); the attention operands (q, k, v and the 16-bit logits); the 16-bit
   residual stream; everything.
 * **residual stream, per block** — in the float model, each branch update
   (attention, MLP) against the residual stream's integer step ``s_resid``:
@@ -69,7 +69,7 @@ class SubstitutedViT(IntegerViT):
     def _gelu_int(self, f, pre):
         if "gelu" not in self.float_ops:
             return super()._gelu_int(f, pre)
-        return self._on_grid(F.gelu(f.double() * self.scales[pre + "fc1"]), pre + "gelu")
+        return self._on_grid(F.gelu((f - self.zeros[pre + "fc1"]).double() * self.scales[pre + "fc1"]), pre + "gelu")
 
     def _layernorm_int(self, h, name):
         if "layernorm" not in self.float_ops:
@@ -147,6 +147,7 @@ def attribute(qmodel: IntegerViT, images: torch.Tensor, readout=None, batch_size
         "weights (int8 per channel)": ((), True),
         "8-bit GEMM inputs": (tuple(n for n, b in quant_points(spec) if n.split(".")[-1] in
                                     ("input", "norm1", "ctx", "norm2", "gelu", "norm")), False),
+        "GELU input (fc1 output)": (tuple(n for n, _ in quant_points(spec) if n.endswith(".fc1")), False),
         "attention operands (q, k, v, logits)": (tuple(n for n, _ in quant_points(spec) if n.split(".")[-1] in
                                                        ("q", "k", "v", "logits")), False),
         "residual stream (16-bit)": (tuple(n for n, _ in quant_points(spec) if n.split(".")[-1] in

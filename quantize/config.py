@@ -36,7 +36,8 @@ class QuantConfig:
                       ``quantize.attribution``).
     zero_points:      glob patterns of the int8 GEMM inputs that get a zero point (an asymmetric
                       range [lo, hi] mapped onto all 256 levels; ``quantize.layout.zero_point_points``):
-                      default every one (per block norm1, ctx, norm2, gelu, and the final norm);
+                      default every one (per block norm1, ctx, norm2, gelu, the GELU input fc1 when
+                      gelu='table', and the final norm);
                       ``()`` keeps I-ViT's symmetric grids. Folded into the requants and biases: the
                       kernels and their cost do not change.
     migration:        glob patterns of the LayerNorms whose per-channel scale migrates into the linear

@@ -54,7 +54,7 @@ class IntegerViT(nn.Module):
     def refreeze(self) -> None:
         """Recompute every integer tensor from the float spec and the ranges."""
         self.bits = point_bits(self.spec, self.meta.get("layout"))
-        asymmetric = check_zero_points(self.spec, self.meta.get("asymmetric"), self.bits)
+        asymmetric = check_zero_points(self.spec, self.meta.get("asymmetric"), self.bits, self.gelu)
         self.scales, self.zeros = act_grids(self.spec, self.amax, self.bits, self.gelu, asymmetric)
         params = freeze(self.spec, self.scales, self.meta.get("temperatures"), self.meta.get("balance"), self.bits,
                         self.gelu, self.zeros)

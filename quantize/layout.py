@@ -73,34 +73,40 @@ def auto_exclude(qmodel, data, budget: int, max_images: int = 128) -> list[str]:
 ZERO_POINT_BLOCK = ("norm1", "ctx", "norm2", "gelu")
 
 
-def zero_point_points(spec: ViTSpec) -> list[str]:
+def zero_point_points(spec: ViTSpec, gelu: str = "table") -> list[str]:
     """The activation points that may take a zero point, in forward order: the int8 GEMM inputs a requant
-    produces (per block ``norm1``, ``ctx``, ``norm2``, ``gelu``) and the final ``norm`` (the head's input, or
-    a backbone's output tokens, whose dequantize subtracts it). The input quantizer, ``q``/``k``/``v``, the
-    logits and the residual stream stay symmetric."""
-    names = [f"blocks.{i}.{p}" for i in range(len(spec.blocks)) for p in ZERO_POINT_BLOCK]
+    produces (per block ``norm1``, ``ctx``, ``norm2``, ``gelu``), the final ``norm`` (the head's input, or
+    a backbone's output tokens, whose dequantize subtracts it) and, with the GELU table, the GELU input
+    ``fc1`` (the table absorbs it). The input quantizer, ``q``/``k``/``v``, the logits and the residual
+    stream stay symmetric."""
+    block = ZERO_POINT_BLOCK + (("fc1",) if gelu == "table" else ())
+    names = [f"blocks.{i}.{p}" for i in range(len(spec.blocks)) for p in block]
     return names + (["norm"] if spec.final_norm is not None else [])
 
 
-def resolve_zero_points(spec: ViTSpec, patterns, bits: dict[str, int]) -> list[str]:
+def resolve_zero_points(spec: ViTSpec, patterns, bits: dict[str, int], gelu: str = "table") -> list[str]:
     """The 8-bit points matching the glob ``patterns`` among ``zero_point_points`` (16-bit points stay symmetric).
 
     A pattern that matches no point that can take a zero point is an error naming the ones that can.
     """
-    chosen = select_by_patterns(patterns, zero_point_points(spec), "zero-point", "point that can take a zero point",
-                                "per block norm1, ctx, norm2, gelu, and the final norm; the input, q/k/v, the "
-                                "attention logits and the residual stream stay symmetric")
+    chosen = select_by_patterns(patterns, zero_point_points(spec, gelu), "zero-point",
+                                "point that can take a zero point",
+                                "per block norm1, ctx, norm2, gelu, fc1 (with the GELU table), and the final norm; "
+                                "the input, q/k/v, the attention logits and the residual stream stay symmetric")
     return [p for p in chosen if bits.get(p, 8) == 8]
 
 
-def check_zero_points(spec: ViTSpec, asymmetric: dict | None, bits: dict[str, int]) -> dict[str, tuple]:
+def check_zero_points(spec: ViTSpec, asymmetric: dict | None, bits: dict[str, int],
+                      gelu: str = "table") -> dict[str, tuple]:
     """Validate a model's ``meta["asymmetric"]`` (``{point: [lo, hi]}``): known 8-bit points, finite ranges."""
-    allowed = set(zero_point_points(spec))
+    allowed = set(zero_point_points(spec, gelu))
     out = {}
     for name, rng in (asymmetric or {}).items():
         if name not in allowed:
-            raise ValueError(f"{name!r} cannot take a zero point; the points that can are per block norm1, ctx, "
-                             "norm2, gelu, and the final norm")
+            why = " (the GELU input takes one only with the GELU table, not ShiftGELU)" \
+                if name.endswith(".fc1") else ""
+            raise ValueError(f"{name!r} cannot take a zero point{why}; the points that can are per block norm1, "
+                             "ctx, norm2, gelu, fc1 (with the GELU table), and the final norm")
         if bits.get(name, 8) != 8:
             raise ValueError(f"{name!r} is a {bits[name]}-bit point; zero points are for 8-bit points only")
         lo, hi = (float(v) for v in rng)

@@ -165,10 +165,10 @@ def freeze(spec: ViTSpec, scales: dict[str, float], temperatures: dict | None = 
         s_res = S[b + "resid1"]
         layernorm(b + "norm2", blk.norm2, S[b + "norm2"])
         acc = linear(b + "fc1", blk.fc1, S[b + "norm2"], b + "norm2")
-        _mul(b + "fc1.rq", acc / S[b + "fc1"], p)
+        requant_to(b + "fc1.rq", acc / S[b + "fc1"], b + "fc1")
         if gelu == "table":
             p[b + "gelu.table"] = ops.gelu_table(S[b + "fc1"], S[b + "gelu"], (bits or {}).get(b + "gelu", 8),
-                                                 zeros.get(b + "gelu", 0))
+                                                 zeros.get(b + "gelu", 0), zero_in=zeros.get(b + "fc1", 0))
         else:
             x0 = ops.shiftexp_x0(ops.GELU_SIGMOID_COEF * S[b + "fc1"])
             ops.check_shiftexp_constants(x0, ops.SHIFTGELU_N)

@@ -57,7 +57,7 @@ def test_report_holds_every_row_and_the_readout_is_what_is_compared(models):
     assert len(report["residual_updates"]) == 2 * len(q.spec.blocks)
     for r in report["take_one_out"]:
         assert r["gain_db"] == pytest.approx(r["sqnr_db"] - report["integer"]["sqnr_db"])
-    assert len(seen) == 1 + 5 + 5
+    assert len(seen) == 1 + 5 + 6
     assert "take one out" in format_attribution(report)
     json.dumps(report)
 

@@ -349,6 +349,8 @@ def test_gelu_table_hand_values():
     assert [int(t[v + 128]) for v in (0, 2, -2, -1, 127, -128)] == [0, 2, 0, 0, 127, 0]
     z = ops.gelu_table(0.5, 0.5, zero_out=-100)
     assert [int(z[v + 128]) for v in (0, 2, 127)] == [-100, -98, 27]      # 127 + (−100): no saturation
+    zin = ops.gelu_table(0.5, 0.5, zero_in=-20)                             # input code x means (x + 20)·0.5
+    assert [int(zin[v + 128]) for v in (-20, -18, -22)] == [0, 2, 0]
 
 
 @pytest.mark.parametrize("s_in,s_out", [(0.01, 0.01), (0.08, 0.05), (0.3, 0.1)])

@@ -50,9 +50,11 @@ def test_extreme_zero_points_are_bit_exact_in_ort_tvm_and_file(tiny_qvit, tmp_pa
     head's input: everything clips on one side, and the three backends still agree exactly."""
     norm1 = tiny_qvit.meta["asymmetric"]["blocks.0.norm1"]
     q = _with_ranges(tiny_qvit, {"blocks.0.norm1": [0.0, norm1[1]], "blocks.1.norm2": [-3.0, 0.0],
-                                 "blocks.0.gelu": [0.0, 2.0], "blocks.1.ctx": [-1.0, 0.0], "norm": [0.0, 4.0]})
-    assert [q.zeros[p] for p in ("blocks.0.norm1", "blocks.1.norm2", "blocks.0.gelu", "blocks.1.ctx", "norm")] \
-        == [-128, 127, -128, 127, -128]
+                                 "blocks.0.gelu": [0.0, 2.0], "blocks.1.ctx": [-1.0, 0.0], "norm": [0.0, 4.0],
+                                 "blocks.0.fc1": [-3.0, 0.0], "blocks.1.fc1": [0.0, 3.0]})
+    points = ("blocks.0.norm1", "blocks.1.norm2", "blocks.0.gelu", "blocks.1.ctx", "norm", "blocks.0.fc1",
+              "blocks.1.fc1")
+    assert [q.zeros[p] for p in points] == [-128, 127, -128, 127, -128, 127, -128]
     x = images(8, seed=5)
     _, again = assert_exact_in_ort_tvm_and_file(q, x, tmp_path / "z.safetensors")
     assert again.zeros == q.zeros
@@ -93,6 +95,10 @@ def test_symmetric_option_and_zero_point_errors(tiny_vit, tiny_qvit):
         intvit.quantize(tiny_vit, images(8), intvit.QuantConfig(progress=False, zero_points=("blocks.0.q",)))
     with pytest.raises(ValueError, match="'blocks.0.logits' cannot take a zero point"):
         _with_ranges(tiny_qvit, {"blocks.0.logits": [-1.0, 1.0]})
+    shift = intvit.quantize(tiny_vit, images(8), intvit.QuantConfig(progress=False, gelu="shift"))
+    assert "blocks.0.fc1" not in shift.meta["asymmetric"] and "blocks.0.gelu" in shift.meta["asymmetric"]
+    with pytest.raises(ValueError, match="'blocks.0.fc1' cannot take a zero point .*only with the GELU table"):
+        _with_ranges(shift, {"blocks.0.fc1": [-1.0, 1.0]})
     wide = copy.deepcopy(tiny_qvit)
     wide.meta["layout"] = {"blocks.0.gelu": 16}
     with pytest.raises(ValueError, match="16-bit point; zero points are for 8-bit points only"):
