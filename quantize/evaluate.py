@@ -26,30 +26,46 @@ def compare(float_fn, int_fn, images: torch.Tensor, labels: torch.Tensor | None 
 
 
 def scores(fp: torch.Tensor, iq: torch.Tensor, labels: torch.Tensor | None = None) -> dict:
-    """Top-1 of both, their delta, top-1 agreement and logit SQNR from two ``[N, classes]`` logit tensors."""
+    """Top-1 of both, their delta, top-1 agreement and logit SQNR from two ``[N, classes]`` logit tensors;
+    with labels also the paired change: ``fixed`` (wrong in FP32, right in INT8) and ``broken`` (the reverse)."""
     out = {"images": int(fp.shape[0]),
            "top1_agreement": float((fp.argmax(1) == iq.argmax(1)).float().mean()),
            "sqnr_db": sqnr_db(iq, fp)}
     if labels is not None:
-        out["fp32_top1"] = float((fp.argmax(1) == labels).float().mean())
-        out["int8_top1"] = float((iq.argmax(1) == labels).float().mean())
+        fp_right, iq_right = fp.argmax(1) == labels, iq.argmax(1) == labels
+        out["fp32_top1"] = float(fp_right.float().mean())
+        out["int8_top1"] = float(iq_right.float().mean())
         out["delta_top1"] = out["int8_top1"] - out["fp32_top1"]
+        out["fixed"] = int((~fp_right & iq_right).sum())
+        out["broken"] = int((fp_right & ~iq_right).sum())
     return out
 
 
 SCALE_MATCHING = {"ptq": {}, "atm": {"attention_temperature": True}, "ohb": {"output_balance": True},
                   "atm+ohb": {"attention_temperature": True, "output_balance": True}}
+IVIT_BASELINE = ("intvit as I-ViT (ShiftGELU, symmetric, no migr.)",
+                 {"gelu": "shift", "zero_points": (), "migration": ()})
+
+
+class PeerUnavailable(RuntimeError):
+    """An accuracy peer (another tool's INT8) cannot run here; the message says why."""
 
 
 @torch.no_grad()
 def evaluate_recipes(model, calib, images: torch.Tensor, labels: torch.Tensor | None,
                      recipes=("minmax", "percentile", "omse"), matching=("ptq", "atm", "ohb", "atm+ohb"),
-                     batch_size: int = 250, progress=print) -> list[dict]:
+                     batch_size: int = 250, progress=print, ivit: bool = False, peers: dict | None = None,
+                     config: dict | None = None) -> list[dict]:
     """Quantize ``model`` once per recipe × scale-matching variant and score each integer model.
 
     The float logits are computed once; each row is ``scores`` plus
-    ``recipe`` (e.g. ``"percentile+ATM+OHB"``) and ``quantize_seconds``.
-    ``progress(line)`` reports each finished row (None: silent).
+    ``recipe`` (e.g. ``"intvit percentile+ATM+OHB"``), ``calib_images`` and
+    ``quantize_seconds``. ``ivit`` adds the I-ViT baseline (``IVIT_BASELINE``);
+    ``peers`` (``{name: build(model, calib) -> logits_fn}``, ``bench.accuracy_peers``)
+    adds other tools' INT8 on the same images and calibration set, or a row
+    with ``unavailable`` when a builder raises ``PeerUnavailable``. ``config``
+    holds further ``QuantConfig`` fields. ``progress(line)`` reports each
+    finished row (None: silent).
     """
     import time
 
@@ -58,31 +74,52 @@ def evaluate_recipes(model, calib, images: torch.Tensor, labels: torch.Tensor | 
     unknown = [m for m in matching if m not in SCALE_MATCHING]
     if unknown:
         raise ValueError(f"unknown scale matching {unknown}; choose from {list(SCALE_MATCHING)}")
+    n_calib = calib.shape[0] if isinstance(calib, torch.Tensor) else None
 
     def logits(fn):
         out = [fn(images[i:i + batch_size]) for i in range(0, images.shape[0], batch_size)]
         return torch.cat([o.logits if hasattr(o, "logits") else o for o in out])
     fp = logits(model)
+    variants = [("intvit " + recipe + "".join("+" + part.upper() for part in m.split("+") if part != "ptq"),
+                 {"recipe": recipe, **SCALE_MATCHING[m]}) for recipe in recipes for m in matching]
+    if ivit:
+        variants.append(IVIT_BASELINE)
     rows = []
-    for recipe in recipes:
-        for variant in matching:
-            t0 = time.perf_counter()
-            qmodel = quantize(model, calib, QuantConfig(recipe=recipe, progress=False, **SCALE_MATCHING[variant]))
-            seconds = time.perf_counter() - t0
-            name = recipe + "".join("+" + part.upper() for part in variant.split("+") if part != "ptq")
-            row = {"recipe": name, **scores(fp, logits(qmodel), labels), "quantize_seconds": round(seconds, 2)}
-            rows.append(row)
-            if progress:
-                progress(format_row(row))
+
+    def add(row):
+        rows.append(row)
+        if progress:
+            progress(format_row(row))
+    for name, kwargs in variants:
+        t0 = time.perf_counter()
+        qmodel = quantize(model, calib, QuantConfig(progress=False, **{**(config or {}), **kwargs}))
+        seconds = time.perf_counter() - t0
+        add({"recipe": name, "calib_images": n_calib, **scores(fp, logits(qmodel), labels),
+             "quantize_seconds": round(seconds, 2)})
+    for name, build in (peers or {}).items():
+        t0 = time.perf_counter()
+        try:
+            fn = build(model, calib)
+        except PeerUnavailable as exc:
+            add({"recipe": name, "calib_images": n_calib, "unavailable": str(exc)})
+            continue
+        add({"recipe": name, "calib_images": n_calib, **scores(fp, logits(fn), labels),
+             "quantize_seconds": round(time.perf_counter() - t0, 2)})
     return rows
 
 
 def format_row(row: dict) -> str:
+    calib = f"{row['calib_images']:>5}" if row.get("calib_images") is not None else f"{'—':>5}"
+    if "unavailable" in row:
+        return f"{row['recipe']:<44} {calib}  unavailable: {row['unavailable']}"
     top1 = (f"{100 * row['fp32_top1']:6.2f} % {100 * row['int8_top1']:6.2f} % {100 * row['delta_top1']:+6.2f} pt"
             if "fp32_top1" in row else f"{'—':>8} {'—':>8} {'—':>9}")
-    return f"{row['recipe']:<22} {top1} {100 * row['top1_agreement']:7.2f} % {row['sqnr_db']:6.1f} dB"
+    changed = f"{row['fixed']:>5} /{row['broken']:>4}" if "fixed" in row else f"{'—':>11}"
+    return (f"{row['recipe']:<44} {calib} {top1} {100 * row['top1_agreement']:7.2f} % {row['sqnr_db']:6.1f} dB "
+            f"{changed}")
 
 
 def format_recipe_table(rows: list[dict]) -> str:
-    head = f"{'recipe':<22} {'FP32':>8} {'INT8':>8} {'delta':>9} {'agree':>9} {'SQNR':>9}"
+    head = (f"{'recipe':<44} {'calib':>5} {'FP32':>8} {'INT8':>8} {'delta':>9} {'agree':>9} {'SQNR':>9} "
+            f"{'fixed/broken':>12}")
     return "\n".join([head, "-" * len(head)] + [format_row(r) for r in rows])
