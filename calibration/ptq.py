@@ -9,6 +9,7 @@ recalibrating.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from ..models.spec import ViTSpec, float_forward, linear_layers, quant_points
+from ..models.spec import ViTSpec, float_forward, quant_points
 from .data import CalibrationDataError, check_finite_activation, iter_batches, validate_batch
 from .observers import make_observer
 
@@ -49,12 +50,26 @@ class CalibrationState:
 
 
 def spec_fingerprint(spec: ViTSpec) -> str:
+    """A hash of everything in the spec that reaches the integer model: every tensor (weights, biases,
+    LayerNorm γ/β, position and prefix tokens), every number (eps, heads, sizes) and string (pool)."""
     h = hashlib.sha256()
-    for name, lin in linear_layers(spec).items():
-        h.update(name.encode())
-        h.update(lin.weight.detach().contiguous().numpy().tobytes())
-    h.update(spec.prefix_tokens.detach().contiguous().numpy().tobytes())
-    h.update(repr((spec.image_size, spec.pool, len(spec.blocks))).encode())
+
+    def walk(name: str, value) -> None:
+        if isinstance(value, torch.Tensor):
+            h.update(f"{name}:{value.dtype}:{tuple(value.shape)}".encode())
+            h.update(value.detach().contiguous().cpu().numpy().tobytes())
+        elif dataclasses.is_dataclass(value):
+            for f in dataclasses.fields(value):
+                walk(f"{name}.{f.name}", getattr(value, f.name))
+        elif isinstance(value, (list, tuple)):
+            for i, item in enumerate(value):
+                walk(f"{name}[{i}]", item)
+        elif isinstance(value, dict):
+            for key in sorted(value):
+                walk(f"{name}[{key!r}]", value[key])
+        else:
+            h.update(f"{name}={value!r}".encode())
+    walk("spec", spec)
     return h.hexdigest()[:16]
 
 

@@ -159,6 +159,32 @@ def test_calibration_cache_is_reused(tiny_vit, tmp_path, monkeypatch):
         calibrate(spec, images(8, seed=5), recipe="percentile", cache_path=cache, progress=False)
 
 
+@pytest.mark.parametrize("edit", ["qkv bias", "norm1 gamma", "norm2 beta", "final norm gamma", "pos_patches",
+                                  "prefix", "patch bias", "head bias", "fc2 weight", "eps", "pool"])
+def test_calibration_cache_notices_any_change_of_the_model(tiny_vit, tmp_path, edit):
+    """Every float tensor and setting that reaches the integer model is in the cache's fingerprint."""
+    import copy
+
+    from intvit.calibration.ptq import spec_fingerprint
+    spec = to_spec(tiny_vit)
+    changed = copy.deepcopy(spec)
+    blk = changed.blocks[1]
+    tensor = {"qkv bias": lambda: blk.qkv.bias, "norm1 gamma": lambda: blk.norm1.weight,
+              "norm2 beta": lambda: blk.norm2.bias, "final norm gamma": lambda: changed.final_norm.weight,
+              "pos_patches": lambda: changed.pos_patches, "prefix": lambda: changed.prefix_tokens,
+              "patch bias": lambda: changed.patch_embed.bias, "head bias": lambda: changed.head.bias,
+              "fc2 weight": lambda: blk.fc2.weight}.get(edit)
+    if tensor is not None:
+        with torch.no_grad():
+            tensor().view(-1)[3] += 0.01
+    elif edit == "eps":
+        blk.norm2.eps = 1e-5
+    else:
+        changed.pool = ("mean",)
+    assert spec_fingerprint(changed) != spec_fingerprint(spec)
+    assert spec_fingerprint(copy.deepcopy(spec)) == spec_fingerprint(spec)
+
+
 @pytest.mark.parametrize("recipe", ["minmax", "percentile", "omse"])
 def test_every_recipe_quantizes(tiny_vit, recipe):
     q = intvit.quantize(tiny_vit, images(16), intvit.QuantConfig(recipe=recipe, progress=False))
