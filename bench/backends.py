@@ -7,6 +7,8 @@
 ``ort_fp32``          the float ONNX in ONNX Runtime
 ``ort_int8_qdq``      ORT's own static INT8 of that ONNX (``quantize_static``: QDQ, per-channel weights)
 ``intvit_int8_ort``   intvit's integer graph in ONNX Runtime (a correctness reference: generic int64 ops)
+``intvit_ivit_int8_tvm`` intvit quantized in the I-ViT form (ShiftGELU, symmetric grids, no migration:
+                      the default before the GELU table, zero points and migration), same compiler
 ``tvm_fp32``          the float ONNX through ``tvm.relax.frontend.onnx`` for the same llvm target as
                       intvit, with the same schedule effort: intvit's register-tiled GEMM and
                       row-wise schedules applied to the float graph (``bench.tvm_float_cpu``)
@@ -38,8 +40,8 @@ import torch
 from .models import BenchModel
 
 REFERENCE = "intvit_int8_tvm"
-ALL_BACKENDS = ("intvit_int8_tvm", "torch_fp32", "torch_compile_fp32", "ort_fp32", "ort_int8_qdq",
-                "intvit_int8_ort", "tvm_fp32")
+ALL_BACKENDS = ("intvit_int8_tvm", "intvit_ivit_int8_tvm", "torch_fp32", "torch_compile_fp32", "ort_fp32",
+                "ort_int8_qdq", "intvit_int8_ort", "tvm_fp32")
 # intvit_int8_ort runs the integer nonlinears as generic int64 ONNX ops (10-25x slower than the
 # rest): only when asked for.
 DEFAULT_BACKENDS = ("intvit_int8_tvm", "torch_fp32", "torch_compile_fp32", "ort_fp32", "ort_int8_qdq", "tvm_fp32")
@@ -198,6 +200,10 @@ class ModelBackends:
                                          intvit.quantize, model, bm.calib, intvit.QuantConfig(progress=False)))
         self.facts = {"intvit_quantize_s": round(time.perf_counter() - t0, 2)}
         self.proto_bytes = self.proto.SerializeToString()
+        if "intvit_ivit_int8_tvm" in self.names:
+            from ..quantize.evaluate import IVIT_BASELINE
+            self.ivit_proto = to_onnx(self._step("intvit: quantizing in the I-ViT form", intvit.quantize, model,
+                                                 bm.calib, intvit.QuantConfig(progress=False, **IVIT_BASELINE[1])))
 
         def torch_fp32(x):
             with torch.no_grad():
@@ -237,6 +243,8 @@ class ModelBackends:
         """
         built = {**self.fixed, **{name: self._ort(name) for name in self.ort_files}}
         built[REFERENCE] = self._intvit_tvm(batch)
+        if "intvit_ivit_int8_tvm" in self.names:
+            built["intvit_ivit_int8_tvm"] = self._intvit_tvm(batch, self.ivit_proto, "intvit_ivit_int8_tvm")
         if "tvm_fp32" in self.names:
             built["tvm_fp32"] = self._optional("tvm_fp32", self._tvm_fp32, batch)
         if "torch_compile_fp32" in self.names:
@@ -253,14 +261,14 @@ class ModelBackends:
                 self.progress(f"  {name} is unavailable here: {self._failed[name]}")
         return Backend(name, None, unavailable=self._failed[name])
 
-    def _intvit_tvm(self, batch: int) -> Backend:
+    def _intvit_tvm(self, batch: int, proto=None, name: str = REFERENCE) -> Backend:
         from ..tvm_backend.build import compile_onnx
         t0 = time.perf_counter()
-        module = self._step(f"intvit: compiling the integer graph with TVM for batch {batch}",
-                            compile_onnx, self.proto, "llvm", batch)
+        module = self._step(f"{name}: compiling the integer graph with TVM for batch {batch}",
+                            compile_onnx, proto or self.proto, "llvm", batch)
         build_s = time.perf_counter() - t0
-        size = _export_size(module.executable, os.path.join(self.workdir, f"intvit-int8-b{batch}.so"))
-        return Backend(REFERENCE, lambda x: module(x)[0], size, "compiled .so", build_s)
+        size = _export_size(module.executable, os.path.join(self.workdir, f"{name}-b{batch}.so"))
+        return Backend(name, lambda x: module(x)[0], size, "compiled .so", build_s)
 
     def _tvm_fp32(self, batch: int) -> Backend:
         import tvm

@@ -23,7 +23,9 @@ torch_fp32 (eager), torch_compile_fp32 (inductor; reported unavailable, with
 the reason, where it cannot compile), ort_fp32, ort_int8_qdq (ORT
 quantize_static, QDQ), tvm_fp32 (the float ONNX through tvm.relax.frontend,
 given intvit's own CPU schedules: tiled GEMMs, row-parallel nonlinears);
-opt-in: intvit_int8_ort (intvit's graph in ORT, a slow correctness reference).
+opt-in: intvit_int8_ort (intvit's graph in ORT, a slow correctness reference),
+intvit_ivit_int8_tvm (intvit quantized in the I-ViT form: ShiftGELU,
+symmetric grids, no migration, i.e. the default before those landed).
 Clock: perf_counter_ns; peak memory: the RSS high-water mark.
 
 --target cuda (GPU 0; --arch defaults to the GPU's own). Backends:

@@ -103,6 +103,31 @@ def check_input(spec: ViTSpec, images: torch.Tensor) -> None:
             "this model was quantized for that input size")
 
 
+def check_spec(spec: ViTSpec) -> None:
+    """Refuse a spec whose structure is inconsistent (a damaged file, a hand-built spec): one ``ValueError``
+    naming the field. Pool entries must be ``cls``, ``mean`` or ``token<i>`` with ``i`` a prefix token."""
+    d, p = spec.dim, spec.patch_size
+    if p < 1 or any(side < p or side % p for side in spec.image_size):
+        raise ValueError(f"image size {spec.image_size} is not a positive multiple of the patch size {p}")
+    patches = (spec.image_size[0] // p) * (spec.image_size[1] // p)
+    if tuple(spec.pos_patches.shape) != (patches, d):
+        raise ValueError(f"position embeddings have shape {tuple(spec.pos_patches.shape)}, expected {(patches, d)}")
+    if spec.prefix_tokens.dim() != 2 or spec.prefix_tokens.shape[1] != d:
+        raise ValueError(f"prefix tokens have shape {tuple(spec.prefix_tokens.shape)}, expected [n, {d}]")
+    if tuple(spec.patch_embed.weight.shape) != (d, spec.in_chans * p * p):
+        raise ValueError(f"patch embedding weight has shape {tuple(spec.patch_embed.weight.shape)}, "
+                         f"expected {(d, spec.in_chans * p * p)}")
+    for i, blk in enumerate(spec.blocks):
+        if blk.num_heads < 1 or d % blk.num_heads:
+            raise ValueError(f"block {i}: {blk.num_heads} heads do not divide the hidden size {d}")
+    valid = {"cls", "mean"} | {f"token{k}" for k in range(spec.num_prefix)}
+    bad = [item for item in spec.pool if item not in valid]
+    if not spec.pool or bad:
+        raise ValueError(f"pooling {list(spec.pool)} is not a list of {sorted(valid)}")
+    if spec.head is not None and spec.head.weight.shape[1] != len(spec.pool) * d:
+        raise ValueError(f"the head reads {spec.head.weight.shape[1]} features, pooling gives {len(spec.pool) * d}")
+
+
 def _identity(name: str, x: torch.Tensor) -> torch.Tensor:
     return x
 

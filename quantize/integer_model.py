@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from .. import ops
-from ..models.spec import ViTSpec, check_input, float_forward, linear_layers
+from ..models.spec import ViTSpec, check_input, check_spec, float_forward, linear_layers
 from .fake_quant import fake_quant, fake_quant_weight
 from .layout import check_zero_points, point_bits
 from .qparams import act_grids, freeze, output_point
@@ -44,6 +44,7 @@ class IntegerViT(nn.Module):
 
     def __init__(self, spec: ViTSpec, amax: dict[str, float], meta: dict | None = None):
         super().__init__()
+        check_spec(spec)
         self.spec = spec
         self.amax = dict(amax)
         self.meta = dict(meta or {})
@@ -191,8 +192,10 @@ class IntegerViT(nn.Module):
                 parts.append(n[:, 0])
             elif item.startswith("token"):
                 parts.append(n[:, int(item[5:])])
-            else:  # "mean" over patch tokens; the mean of int8 values stays in int8
+            elif item == "mean":  # over patch tokens; the mean of int8 values stays in int8
                 parts.append(ops.round_mean(n[:, self.spec.num_prefix:], dim=1)[:, 0])
+            else:
+                raise ValueError(f"unknown pooling {item!r}")
         return torch.cat(parts, dim=-1)
 
     def forward_fake(self, images: torch.Tensor) -> torch.Tensor:

@@ -186,6 +186,8 @@ class _Exporter:
             if item == "cls" or item.startswith("token"):
                 idx = 0 if item == "cls" else int(item[5:])
                 parts.append(g.op("Gather", n, g.const(idx), axis=1, name=f"pool/{item}"))
+            elif item != "mean":
+                raise OnnxExportError(f"unknown pooling {item!r}")
             else:
                 patches = g.op("Slice", n, g.const([spec.num_prefix]), g.const([spec.num_tokens]),
                                g.const([1]), name="pool/patches")

@@ -116,6 +116,37 @@ def _rewrite_header(raw: bytes, edit) -> bytes:
     return len(hb).to_bytes(8, "little") + hb + raw[8 + n:]
 
 
+@pytest.mark.parametrize("field,value,message", [
+    ("pool", ["clt"], "pooling \\['clt'\\] is not a list of"),
+    ("pool", ["token3"], "pooling"),
+    ("patch_size", 7, "not a positive multiple of the patch size 7"),
+])
+def test_damaged_structure_fields_are_refused(tiny_qvit, tmp_path, field, value, message):
+    """A flipped bit in a non-tensor field (the pool name, the patch size) must not load as another model:
+    the structure is validated on load (issue 15, finding 2)."""
+    path = tmp_path / "m.safetensors"
+    tiny_qvit.save(path)
+
+    def damage(meta, inner):
+        inner["spec"][field] = value
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(_rewrite_header(path.read_bytes(), damage))
+    with pytest.raises(intvit.IntegerModelFileError, match=message):
+        intvit.load(bad)
+
+
+def test_heads_that_do_not_divide_the_width_are_refused(tiny_qvit, tmp_path):
+    path = tmp_path / "m.safetensors"
+    tiny_qvit.save(path)
+
+    def damage(meta, inner):
+        inner["spec"]["blocks"][0]["num_heads"] = 0
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(_rewrite_header(path.read_bytes(), damage))
+    with pytest.raises(intvit.IntegerModelFileError, match="block 0: 0 heads do not divide"):
+        intvit.load(bad)
+
+
 def test_version_1_files_load_as_shiftgelu_models(tiny_vit, tmp_path):
     """Files written before the GELU table (format 1, no GELU form in the meta) were ShiftGELU models."""
     q = intvit.quantize(tiny_vit, images(16), intvit.QuantConfig(progress=False, gelu="shift"))
