@@ -211,22 +211,17 @@ def _analyze(args) -> int:
         from intvit.quantize.attribution import attribute, format_attribution, plot_attribution
         report = attribute(model, images[: args.count],
                            progress=None if args.quiet else (lambda line: print("  " + line, file=sys.stderr)))
-        print(format_attribution(report))
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump(report, f, indent=1)
-            print(f"wrote {args.json}")
-        if args.png:
-            print(f"wrote {plot_attribution(report, args.png)}")
-        return 0
-    rows = layer_sensitivity(model, images[: args.count], progress=not args.quiet)
-    print(format_sensitivity(rows, args.top))
+        text, chart = format_attribution(report), lambda path: plot_attribution(report, path)
+    else:
+        report = layer_sensitivity(model, images[: args.count], progress=not args.quiet)
+        text, chart = format_sensitivity(report, args.top), lambda path: plot_sensitivity(report, path, args.top)
+    print(text)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
+            json.dump(report, f, indent=1)
         print(f"wrote {args.json}")
     if args.png:
-        print(f"wrote {plot_sensitivity(rows, args.png, args.top)}")
+        print(f"wrote {chart(args.png)}")
     return 0
 
 
@@ -292,11 +287,11 @@ def _dinov2_probe_task(args, n_calib: int):
     n_train, size = 2000, 112
     if not args.quiet:
         print(f"fitting the linear probe on DINOv2-small features of {n_train} training images ...", flush=True)
-    probe, xtr, _, xte, yte, _ = dinov2_probe_eval.build_probe(n_train, size)
+    task = dinov2_probe_eval.build_probe(n_train, size)
     m = args.images or 2000
-    calib = dinov2_probe_eval.preprocess(xtr[n_train:n_train + n_calib], size)
-    images, labels = dinov2_probe_eval.preprocess(xte[:m], size), torch.from_numpy(yte[:m])
-    return (probe, calib, images, labels, {"image_size": size, "batch_size": 32}, 64,
+    calib = dinov2_probe_eval.preprocess(task.train_images[n_train:n_train + n_calib], size)
+    images, labels = dinov2_probe_eval.preprocess(task.test_images[:m], size), torch.from_numpy(task.test_labels[:m])
+    return (task.probe, calib, images, labels, {"image_size": size, "batch_size": 32}, 64,
             "DINOv2-small + Fashion-MNIST linear probe")
 
 

