@@ -111,15 +111,15 @@ def evaluate_recipes(model, calib, images: torch.Tensor, labels: torch.Tensor | 
 def format_row(row: dict) -> str:
     calib = f"{row['calib_images']:>5}" if row.get("calib_images") is not None else f"{'—':>5}"
     if "unavailable" in row:
-        return f"{row['recipe']:<44} {calib}  unavailable: {row['unavailable']}"
+        return f"{row['recipe']:<50} {calib}  unavailable: {row['unavailable']}"
     top1 = (f"{100 * row['fp32_top1']:6.2f} % {100 * row['int8_top1']:6.2f} % {100 * row['delta_top1']:+6.2f} pt"
             if "fp32_top1" in row else f"{'—':>8} {'—':>8} {'—':>9}")
     changed = f"{row['fixed']:>5} /{row['broken']:>4}" if "fixed" in row else f"{'—':>11}"
-    return (f"{row['recipe']:<44} {calib} {top1} {100 * row['top1_agreement']:7.2f} % {row['sqnr_db']:6.1f} dB "
+    return (f"{row['recipe']:<50} {calib} {top1} {100 * row['top1_agreement']:7.2f} % {row['sqnr_db']:6.1f} dB "
             f"{changed}")
 
 
 def format_recipe_table(rows: list[dict]) -> str:
-    head = (f"{'recipe':<44} {'calib':>5} {'FP32':>8} {'INT8':>8} {'delta':>9} {'agree':>9} {'SQNR':>9} "
+    head = (f"{'recipe':<50} {'calib':>5} {'FP32':>8} {'INT8':>8} {'delta':>9} {'agree':>9} {'SQNR':>9} "
             f"{'fixed/broken':>12}")
     return "\n".join([head, "-" * len(head)] + [format_row(r) for r in rows])

@@ -147,10 +147,13 @@ class IntegerViT(nn.Module):
         g = ops.shift_gelu(f, int(self.p(pre + "gelu.x0")), out_bits=8)
         return self._requant(g, pre + "gelu.rq", self.bits[pre + "gelu"])
 
+    def requant_offset(self, name: str) -> torch.Tensor | None:
+        """The integer offset of the requant stored under ``name`` (a LayerNorm's β, a zero point), or None."""
+        return self._buffers.get(_bufname(name + ".offset"))
+
     def _requant(self, z, name, bits):
-        """The dyadic requant stored under ``name``, with its offset (β, a zero point) where it has one."""
-        offset = self._buffers.get(_bufname(name + ".offset"))
-        return ops.requantize(z, self.p(name + ".m"), self.p(name + ".e"), bits, offset)
+        """The dyadic requant stored under ``name``, with its offset where it has one."""
+        return ops.requantize(z, self.p(name + ".m"), self.p(name + ".e"), bits, self.requant_offset(name))
 
     def _layernorm_int(self, h, name):
         return self._requant(ops.int_layernorm(h), name, self.bits[name])

@@ -86,7 +86,7 @@ class _Exporter:
 
     def requant(self, z, name, bits):
         """The requant stored under ``name``, with its offset (β, a zero point) or zeros where it has none."""
-        offset = self.m._buffers.get(name.replace(".", "__") + "__offset")
+        offset = self.m.requant_offset(name)
         off = _i64(offset) if offset is not None else np.zeros_like(_i64(self.p(name + ".e")))
         consts = self.dyadic_consts(name) + [self.g.init(name + ".offset", off)] + self.range_consts(bits)
         return self.g.fn("Requant", z, *consts, name=name + "/requant")

@@ -3,8 +3,8 @@
 Scales: an activation point of ``bits`` bits with clipping magnitude ``c``
 gets ``s = c / (2**(bits-1) - 1)``; a point with a zero point (calibrated
 range ``[lo, hi]``) gets ``ops.asymmetric_grid``, whose zero point its
-producing requant adds and its consuming GEMM folds into the bias. Weights are int8 per output channel,
-symmetric: ``s_w[c] = max|W[c]| / 127``, ``W_int = clamp(round(W / s_w), ±127)``.
+producing requant adds and its consuming GEMM folds into the bias. Weights
+are int8 per output channel, symmetric: ``s_w[c] = max|W[c]| / 127``, ``W_int = clamp(round(W / s_w), ±127)``.
 Biases are int32 at the accumulator scale ``s_x · s_w[c]``. Every rescale
 between two scales is a dyadic ``(m, e)`` from ``ops.dyadic_multiplier``; the
 LayerNorm affine is a per-channel requant with ``γ`` in the multiplier and
@@ -194,8 +194,3 @@ def output_point(spec: ViTSpec) -> str:
     if spec.final_norm is not None:
         return "norm"
     return f"blocks.{len(spec.blocks) - 1}.resid2" if spec.blocks else "embed"
-
-
-def output_scale(spec: ViTSpec, scales: dict[str, float]) -> float:
-    """Scale of the token output of a headless model."""
-    return scales[output_point(spec)]
