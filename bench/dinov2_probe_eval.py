@@ -153,6 +153,8 @@ def main(argv: list[str] | None = None) -> dict:
                     help="QuantConfig.zero_points: comma-separated globs, or 'none' for symmetric grids")
     ap.add_argument("--migration", default="*",
                     help="QuantConfig.migration: comma-separated globs, or 'none' for no channel migration")
+    ap.add_argument("--output-aware", action="store_true", help="QuantConfig.output_aware")
+    ap.add_argument("--bias-correction", action="store_true", help="QuantConfig.bias_correction")
     ap.add_argument("--size", type=int, default=112, help="input side in pixels (multiple of 14)")
     ap.add_argument("--batch", type=int, default=8, help="batch size of the INT8 evaluation")
     ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
@@ -193,7 +195,8 @@ def main(argv: list[str] | None = None) -> dict:
     qkw = dict(recipe=args.recipe, max_calib_images=k, image_size=args.size,
                batch_size=min(32, k), progress=False, attention_temperature=args.atm, output_balance=args.ohb,
                auto_int16=args.auto_int16, int16=tuple(p for p in args.int16.split(",") if p), gelu=args.gelu,
-               zero_points=_patterns_or_none(args.zero_points), migration=_patterns_or_none(args.migration))
+               zero_points=_patterns_or_none(args.zero_points), migration=_patterns_or_none(args.migration),
+               output_aware=args.output_aware, bias_correction=args.bias_correction)
     if args.percentile is not None:
         qkw["percentile"] = args.percentile
     cfg = intvit.QuantConfig(**qkw)
@@ -219,7 +222,8 @@ def main(argv: list[str] | None = None) -> dict:
         "input": f"Fashion-MNIST 28x28 uint8 -> bilinear {args.size}x{args.size}, 3 ch, ImageNet norm",
         "features": "concat(CLS, mean patch tokens) of last_hidden_state",
         "recipe": args.recipe + "+ShiftGELU" * (args.gelu == "shift") + "+symmetric" * (args.zero_points == "none")
-        + "+no-migration" * (args.migration == "none") + "+ATM" * args.atm + "+OHB" * args.ohb
+        + "+no-migration" * (args.migration == "none") + "+output-aware" * args.output_aware
+        + "+bias-correction" * args.bias_correction + "+ATM" * args.atm + "+OHB" * args.ohb
         + (f"+int16[{args.int16}]" if args.int16 else "") + (f"+auto_int16={args.auto_int16}" if args.auto_int16 else ""),
         "quant_config": {k_: v for k_, v in qkw.items()},
         "quant_meta": meta,

@@ -35,36 +35,35 @@ import copy
 import torch
 
 from .. import ops
-from ..models.spec import ViTSpec, float_forward, select_by_patterns
-from .data import check_finite_activation, validate_batch
+from ..models.spec import ViTSpec, layernorm_at, select_by_patterns
+from .activations import collect_activations, gemm_input_layers
+from .data import validate_batch
 
 ALPHAS = (0.25, 0.4, 0.5, 0.6, 0.75, 0.9)
 MAX_LOG2 = 8                 # migration factors stay within 2**-8 .. 2**8
-SAMPLE_ROWS = 4096           # activation rows (tokens) the α search measures on
 
 
 def migration_pairs(spec: ViTSpec) -> dict[str, tuple]:
-    """``{norm point: (Norm, Linear, parts)}`` for every LayerNorm whose output only a linear layer reads;
-    ``parts`` is how many pooled copies of the channels the linear's input holds (1 inside a block)."""
-    pairs = {}
-    for i, blk in enumerate(spec.blocks):
-        pairs[f"blocks.{i}.norm1"] = (blk.norm1, blk.qkv, 1)
-        pairs[f"blocks.{i}.norm2"] = (blk.norm2, blk.fc1, 1)
-    if spec.final_norm is not None and spec.head is not None:
-        pairs["norm"] = (spec.final_norm, spec.head, len(spec.pool))
-    return pairs
+    """``{norm point: (Norm, Linear, parts)}`` for every LayerNorm whose output only a linear layer reads
+    (``activations.gemm_input_layers``: ``parts`` pooled copies of the channels for the head)."""
+    return {point: (layernorm_at(spec, point), lin, parts) for point, (lin, parts) in gemm_input_layers(spec).items()
+            if point.rsplit(".", 1)[-1] in ("norm1", "norm2", "norm")}
 
 
-def _fake_quant_act(x: torch.Tensor, asymmetric: bool) -> torch.Tensor:
-    """``x`` on its own per-tensor 8-bit grid (min-max), dequantized."""
+def fake_quant_rows(x: torch.Tensor, asymmetric: bool, lo: float | None = None,
+                    hi: float | None = None) -> torch.Tensor:
+    """``x`` on a per-tensor 8-bit grid over ``[lo, hi]`` (default: its own min and max), dequantized;
+    a symmetric grid spans ``max(|lo|, |hi|)``."""
+    lo = float(x.min()) if lo is None else lo
+    hi = float(x.max()) if hi is None else hi
     if asymmetric:
-        scale, zero = ops.asymmetric_grid(float(x.min()), float(x.max()), 8)
+        scale, zero = ops.asymmetric_grid(lo, hi, 8)
     else:
-        scale, zero = ops.symmetric_scale(float(x.abs().max()), 8), 0
+        scale, zero = ops.symmetric_scale(max(-lo, hi), 8), 0
     return (ops.quantize_float(x, scale, 8, zero) - zero).double() * scale
 
 
-def _fake_quant_weight(w: torch.Tensor) -> torch.Tensor:
+def fake_quant_weight(w: torch.Tensor) -> torch.Tensor:
     s_w = ops.weight_scale(w)
     return ops.quantize_weight(w, s_w).double() * s_w[:, None]
 
@@ -85,8 +84,8 @@ def output_error(x: torch.Tensor, w: torch.Tensor, s: torch.Tensor, asymmetric: 
     parts = w.shape[1] // x.shape[1]
     if ref is None:
         ref = x.repeat(1, parts) @ w.T
-    xs = _fake_quant_act(x / s, asymmetric).repeat(1, parts).float()
-    ws = _fake_quant_weight(w * _tile(s, parts)).float()
+    xs = fake_quant_rows(x / s, asymmetric).repeat(1, parts).float()
+    ws = fake_quant_weight(w * _tile(s, parts)).float()
     return float(((xs @ ws.T).double() - ref).square().sum() / ref.square().sum().clamp(min=1e-30))
 
 
@@ -105,25 +104,6 @@ def search_factors(x: torch.Tensor, w: torch.Tensor, asymmetric: bool) -> tuple[
         if err < best[2]:
             best = (alpha, s, err)
     return best
-
-
-@torch.no_grad()
-def collect_norm_outputs(spec: ViTSpec, batches, points, rows: int = SAMPLE_ROWS) -> dict[str, torch.Tensor]:
-    """A deterministic sample of up to ``rows`` token rows of each LayerNorm output in ``points`` (float64)."""
-    seen: dict[str, list] = {p: [] for p in points}
-    total = sum(b.shape[0] for b in batches)
-
-    def hook(name, x):
-        check_finite_activation(name, x)
-        if name in seen:
-            flat = x.reshape(-1, x.shape[-1])
-            per_batch = max(1, rows * x.shape[0] // total)
-            seen[name].append(flat[:: max(1, flat.shape[0] // per_batch)].double())
-        return x
-
-    for b in batches:
-        float_forward(spec, b, hook)
-    return {name: torch.cat(parts)[:rows] for name, parts in seen.items()}
 
 
 def resolve_migration(spec: ViTSpec, patterns) -> list[str]:
@@ -146,7 +126,7 @@ def migrate(spec: ViTSpec, batches, points=None, asymmetric_points=(), progress=
     for b in batches:
         validate_batch(b, spec.input_shape()[1:])
     points = list(migration_pairs(spec)) if points is None else list(points)
-    outputs = collect_norm_outputs(spec, batches, points)
+    outputs = collect_activations(spec, batches, points)
     spec = copy.deepcopy(spec)
     pairs = migration_pairs(spec)
     report = {}

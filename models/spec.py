@@ -215,6 +215,14 @@ def select_by_patterns(patterns, names: list[str], what: str, noun: str, explain
     return [n for n in names if n in chosen]
 
 
+def layernorm_at(spec: ViTSpec, norm_point: str) -> Norm:
+    """The LayerNorm whose output is the quant point ``norm_point`` (``blocks.i.norm1``/``norm2``, ``norm``)."""
+    if norm_point == "norm":
+        return spec.final_norm
+    _, index, which = norm_point.split(".")
+    return getattr(spec.blocks[int(index)], which)
+
+
 def layernorm_input_point(spec: ViTSpec, norm_point: str) -> str:
     """The residual-stream quant point a LayerNorm reads: ``blocks.i.norm1`` reads the previous block's
     ``resid2`` (``embed`` for block 0), ``blocks.i.norm2`` reads ``blocks.i.resid1``, ``norm`` the last stream."""

@@ -8,6 +8,7 @@ from torch import nn
 from ..calibration import calibrate
 from ..calibration.data import take_batches
 from ..calibration.migration import migrate, resolve_migration
+from ..calibration.output_ranges import output_aware_ranges
 from ..models import UnsupportedModelError, find_backbones, is_supported, to_spec
 from .config import QuantConfig
 from .integer_model import IntegerViT
@@ -46,23 +47,31 @@ def quantize(model, calib_data, config: QuantConfig | None = None):
     meta = {"recipe": config.recipe, "gelu": config.gelu}
     if config.int16:
         meta["layout"] = resolve_layout(spec, config.int16)
-    asymmetric = resolve_zero_points(spec, config.zero_points, point_bits(spec, meta.get("layout")), config.gelu) \
-        if config.zero_points else []
+    bits = point_bits(spec, meta.get("layout"))
+    asymmetric = resolve_zero_points(spec, config.zero_points, bits, config.gelu) if config.zero_points else []
+    batches = None
+    if config.migration or config.output_aware or config.bias_correction:
+        batches = take_batches(calib_data, config.max_calib_images, config.batch_size, "calibration")
     if config.migration:
         points = resolve_migration(spec, config.migration)
-        batches = take_batches(calib_data, config.max_calib_images, config.batch_size, "channel migration")
         spec, meta["migration"] = migrate(spec, batches, points, set(asymmetric))
     state = calibrate(spec, calib_data, recipe=config.recipe, percentile=config.percentile,
                       max_images=config.max_calib_images, batch_size=config.batch_size,
                       progress=config.progress, cache_path=config.cache_path)
     meta["calib_images"] = state.num_images
+    ranges, amax = state.ranges, state.amax
+    if config.output_aware:
+        ranges, amax, meta["output_aware"] = output_aware_ranges(spec, batches, ranges, amax, set(asymmetric), bits)
     if asymmetric:
-        meta["asymmetric"] = {name: list(state.ranges[name]) for name in asymmetric}
-    qmodel = IntegerViT(spec, state.amax, meta=meta)
+        meta["asymmetric"] = {name: list(ranges[name]) for name in asymmetric}
+    qmodel = IntegerViT(spec, amax, meta=meta)
     if config.auto_int16:
         from .layout import widen_most_sensitive
         widen_most_sensitive(qmodel, calib_data, config.auto_int16, min(config.matching_images, config.max_calib_images),
                              config.batch_size)
+    if config.bias_correction:
+        from .bias_correction import correct_biases
+        correct_biases(qmodel, batches)
     if config.attention_temperature or config.output_balance:
         from .scale_matching import balance_output_heads, match_attention_temperature
         n = min(config.matching_images, config.max_calib_images)

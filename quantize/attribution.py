@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import ops
-from ..models.spec import float_forward, layernorm_input_point, quant_points
+from ..models.spec import float_forward, layernorm_at, layernorm_input_point, quant_points
 from .evaluate import sqnr_db
 from .fake_quant import fake_quant, fake_quant_weight
 from .integer_model import IntegerViT
@@ -74,8 +74,7 @@ class SubstitutedViT(IntegerViT):
     def _layernorm_int(self, h, name):
         if "layernorm" not in self.float_ops:
             return super()._layernorm_int(h, name)
-        norm = self.spec.final_norm if name == "norm" else getattr(self.spec.blocks[int(name.split(".")[1])],
-                                                                   name.rsplit(".", 1)[1])
+        norm = layernorm_at(self.spec, name)
         step = self.scales[layernorm_input_point(self.spec, name)] / (2.0**WIDE_RESIDUAL_BITS if self.wide_residual
                                                                        else 1.0)
         y = F.layer_norm(h.double() * step, (h.shape[-1],), norm.weight.double(), norm.bias.double(), norm.eps)

@@ -46,6 +46,12 @@ class QuantConfig:
                       (``calibration.migration``; a layer where no α helps stays as it is); folded into
                       I-LayerNorm's γ/β and the weights: no new op, the same kernels. Default every one;
                       ``()`` for none.
+    output_aware:     choose each 8-bit GEMM input's range by its GEMM's output error on the calibration
+                      images instead of taking the observer's (``calibration.output_ranges``); off by
+                      default (no gain measured on DINOv2, README).
+    bias_correction:  subtract from each block linear's bias the mean output error its quantization
+                      introduces on the calibration images (``quantize.bias_correction``); off by default
+                      (README).
     auto_int16:       additionally widen the k most sensitive widenable points, ranked by
                       ``quantize.sensitivity`` on up to ``matching_images`` calibration images.
     """
@@ -64,6 +70,8 @@ class QuantConfig:
     gelu: str = "table"
     zero_points: tuple[str, ...] = ("*",)
     migration: tuple[str, ...] = ("*",)
+    output_aware: bool = False
+    bias_correction: bool = False
 
     def __post_init__(self):
         if self.recipe not in OBSERVERS:
