@@ -2,16 +2,38 @@
 
 The sidecar records what the module was built for — input name/shape/dtype,
 batch, target, the CPU model and the x86 extensions its code may use
-(AVX-512, VNNI, ...) or the CUDA arch, the intvit and TVM versions — and
-``load`` checks it against the running TVM, this CPU and this GPU before
-running anything, with one clear error on a mismatch (instead of an
-illegal-instruction crash or a CUDA "no kernel image" failure).
+(AVX-512, VNNI, ...) or the CUDA arch, the intvit and TVM versions — and the
+SHA-256 of the ``.so`` it belongs to. ``load`` checks all of it against the
+running TVM, this CPU and this GPU before running anything, with one clear
+error on a mismatch (instead of an illegal-instruction crash, a CUDA "no
+kernel image" failure, a SIGBUS on a truncated file or another model's code
+running under this sidecar).
+
+Publishing: ``compile_to_file`` writes both under names unique to the writer,
+then, holding an exclusive lock on the directory, renames the ``.so`` into
+place and the sidecar last — so two writers never leave one's ``.so`` under
+the other's sidecar, and as the sidecar names the digest of the ``.so`` it
+was written with, a reader that meets a half-published pair refuses it.
+
+Loading: the library is opened through a content-addressed copy
+(``<cache>/<sha256>.so``), so recompiling to the same path and loading again
+in the same process runs the new code (the dynamic loader returns the
+library already open for a path), and a ``LoadedModule`` serves concurrent
+callers: one virtual machine per module, its calls serialised by a lock
+(each call already runs on every core).
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import json
 import os
+import shutil
+import tempfile
+import threading
 import time
+import uuid
 
 import numpy as np
 
@@ -66,18 +88,64 @@ def compile_to_file(onnx_path, output, target="llvm", batch: int = 1, arch: str 
             "source_onnx": os.path.basename(os.fspath(onnx_path)),
             "compile_seconds": round(time.perf_counter() - t0, 2),
             "tuning": compiled.tuning.as_dict() if compiled.tuning else None}
-    tmp_so, tmp_js = f"{output}.tmp{os.getpid()}.so", f"{output}.tmp{os.getpid()}.json"
+    unique = uuid.uuid4().hex[:12]               # per writer: two threads or processes never share a temp name
+    tmp_so, tmp_js = f"{output}.tmp-{unique}.so", f"{output}.tmp-{unique}.json"
     try:
         compiled.executable.export_library(tmp_so)
+        meta["so_sha256"] = file_sha256(tmp_so)
         with open(tmp_js, "w") as f:
             json.dump(meta, f, indent=1)
-        os.replace(tmp_so, output)
-        os.replace(tmp_js, sidecar_path(output))
+        with _directory_lock(parent):          # the two renames as one unit against other writers
+            os.replace(tmp_so, output)
+            os.replace(tmp_js, sidecar_path(output))  # last: it names the digest of the .so just published
     finally:
         for p in (tmp_so, tmp_js):
             if os.path.exists(p):
                 os.remove(p)
     return meta
+
+
+@contextlib.contextmanager
+def _directory_lock(directory: str):
+    """An exclusive ``flock`` on ``directory`` (no lock file left behind), held by one writer at a time."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)                        # closing releases the lock
+
+
+def file_sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def module_cache_dir() -> str:
+    """Where loaded libraries are copied under their digest (``INTVIT_MODULE_CACHE``, else the temp dir)."""
+    return os.environ.get("INTVIT_MODULE_CACHE") or os.path.join(tempfile.gettempdir(), f"intvit-modules-{os.getuid()}")
+
+
+def content_addressed_copy(path: str, digest: str) -> str:
+    """``path`` copied to ``<cache>/<digest>.so`` (once; written atomically, checked against ``digest``)."""
+    cache = module_cache_dir()
+    os.makedirs(cache, mode=0o700, exist_ok=True)
+    target = os.path.join(cache, f"{digest}.so")
+    if os.path.exists(target) and file_sha256(target) == digest:
+        return target
+    tmp = f"{target}.tmp-{uuid.uuid4().hex[:12]}"
+    try:
+        shutil.copyfile(path, tmp)
+        if file_sha256(tmp) != digest:
+            raise ModuleMismatchError(f"{path} changed while it was being loaded; load it again")
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return target
 
 
 def latency_summary(times_ms: list[float]) -> dict:
@@ -91,12 +159,14 @@ class LoadedModule:
 
     def __init__(self, compiled: CompiledIntViT, meta: dict):
         self.compiled, self.meta = compiled, meta
+        self._lock = threading.Lock()         # TVM's VM is not reentrant: one call at a time per module
 
     def __call__(self, images):
-        return self.compiled(images)[0]
+        return self.run(images)[0]
 
     def run(self, images):
-        return self.compiled(images)
+        with self._lock:
+            return self.compiled(images)
 
     def benchmark(self, repeat: int = 20, warmup: int = 3, seed: int = 0) -> dict:
         """Median / p90 latency (ms) of one call on random inputs of the compiled shape."""
@@ -104,11 +174,11 @@ class LoadedModule:
         shape, dtype = self.compiled.input_shape, self.compiled.input_dtype
         x = (rng.integers(-128, 128, shape) if dtype == "int8" else rng.standard_normal(shape)).astype(dtype)
         for _ in range(warmup):
-            self.compiled(x)
+            self.run(x)
         times = []
         for _ in range(repeat):
             t0 = time.perf_counter_ns()
-            self.compiled(x)
+            self.run(x)
             times.append((time.perf_counter_ns() - t0) / 1e6)
         return {**latency_summary(times), "batch": self.compiled.batch, "repeat": repeat}
 
@@ -143,11 +213,20 @@ def load(path) -> LoadedModule:
         raise ModuleMismatchError(
             f"{path} was built for CPU {meta.get('mcpu')!r} and uses {', '.join(missing)}, which this CPU "
             f"({host_cpu()}) lacks; recompile it here with `intvit compile`")
+    digest = meta.get("so_sha256")
+    if not digest:
+        raise ModuleMismatchError(f"{side} names no digest of its .so (written by an older intvit); recompile "
+                                  "with `intvit compile`")
+    if file_sha256(path) != digest:
+        raise ModuleMismatchError(f"{path} is not the module its sidecar {side} was written for (its SHA-256 "
+                                  "differs: truncated, modified, or another model's .so); recompile with "
+                                  "`intvit compile`")
     inp = meta["input"]
     if meta["target"] == "cuda":
         from .cuda import install_loader
         install_loader()              # before loading: the module's device code is read at load time
-    compiled = CompiledIntViT(tvm.runtime.load_module(path), meta["batch"], inp["name"], inp["shape"], inp["dtype"],
+    library = tvm.runtime.load_module(content_addressed_copy(path, digest))
+    compiled = CompiledIntViT(library, meta["batch"], inp["name"], inp["shape"], inp["dtype"],
                               device="cuda" if meta["target"] == "cuda" else "cpu")
     return LoadedModule(compiled, meta)
 
