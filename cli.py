@@ -116,10 +116,9 @@ def _inspect(args) -> int:
     from collections import Counter
 
     import onnx
-    try:
-        proto = onnx.load(args.model)
-    except Exception as exc:  # onnx raises several unrelated types for unreadable files
-        raise ValueError(f"{args.model} is not a readable ONNX file ({type(exc).__name__})") from None
+
+    from intvit.quantize.onnx_export import read_onnx
+    proto = read_onnx(args.model)
     g = proto.graph
     dims = lambda v: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]  # noqa: E731
     elem = lambda v: onnx.TensorProto.DataType.Name(v.type.tensor_type.elem_type).lower()  # noqa: E731
@@ -157,7 +156,7 @@ def _run(args) -> int:
     """Run a compiled module on a .npy batch (float32 images, preprocessed) or one image file, print the top-5."""
     import numpy as np
 
-    from intvit.calibration.data import IMAGE_SUFFIXES, load_image
+    from intvit.calibration.data import IMAGE_SUFFIXES, load_image, load_npy
     from intvit.runtime import load
     module = load(args.model)
     shape = module.meta["input"]["shape"]
@@ -168,7 +167,7 @@ def _run(args) -> int:
         count = 1
         images = np.repeat(images, shape[0], axis=0)      # fill the compiled batch; report the one image
     elif args.input.endswith(".npy"):
-        images = np.load(args.input)
+        images = load_npy(args.input, "--input array")
         count = images.shape[0]
     else:
         raise ValueError(f"--input {args.input}: give an image ({', '.join(IMAGE_SUFFIXES)}) or a .npy array of "
@@ -199,14 +198,25 @@ def _analyze(args) -> int:
     from intvit.quantize.sensitivity import format_sensitivity, layer_sensitivity, plot_sensitivity
     from intvit.models import fmnist
     model = intvit.load(args.model)
+    if args.count < 1:
+        raise ValueError(f"--count must be at least 1, got {args.count}")
     if args.images:
-        images = torch.from_numpy(np.load(args.images)).float()
+        from intvit.calibration.data import load_npy
+        arr = load_npy(args.images, "--images array")
+        if not np.issubdtype(arr.dtype, np.floating):
+            raise ValueError(f"--images {args.images} holds {arr.dtype} values; give float32 images "
+                             "preprocessed as the model expects")
+        images = torch.from_numpy(arr).float()
     elif model.spec.in_chans == 1 and model.spec.image_size == (28, 28):
         images = fmnist.load_test_set(args.count)[0]
     else:
         raise ValueError("--images X.npy (float32, preprocessed as the model expects) is required for this model")
-    if args.count < 1:
-        raise ValueError(f"--count must be at least 1, got {args.count}")
+    from intvit.models.spec import check_input
+    from intvit.quantize.sanity import degenerate_points, describe_degenerate
+    check_input(model.spec, images)
+    constant = degenerate_points(model, images[: args.count]) if min(args.count, images.shape[0]) >= 2 else []
+    if constant:
+        print("warning: " + describe_degenerate(constant, f"these {min(args.count, images.shape[0])} images"))
     if args.attribution:
         from intvit.quantize.attribution import attribute, format_attribution, plot_attribution
         report = attribute(model, images[: args.count],
@@ -295,6 +305,33 @@ def _dinov2_probe_task(args, n_calib: int):
             "DINOv2-small + Fashion-MNIST linear probe")
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1."""
+    return _whole_number(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: a whole number >= 0."""
+    return _whole_number(text, 0)
+
+
+def _whole_number(text: str, least: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < least:
+        raise argparse.ArgumentTypeError(f"must be at least {least}, got {value}")
+    return value
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose usage errors are one line on stderr (exit 2), naming the --help to read."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def _positive_int(text: str, flag: str) -> int:
     try:
         value = int(text)
@@ -334,7 +371,7 @@ def _add_quant_flags(parser) -> None:
                         help="output head balancing: per-block residual-branch requant matched to the float branch RMS")
     parser.add_argument("--int16", metavar="PATTERNS",
                         help="comma-separated globs of GEMM-input points kept at int16, e.g. 'blocks.0.*,norm'")
-    parser.add_argument("--auto-int16", type=int, default=0, metavar="K",
+    parser.add_argument("--auto-int16", type=non_negative_int, default=0, metavar="K",
                         help="also keep the K most sensitive widenable points at int16 (default: %(default)s)")
     parser.add_argument("--zero-points", default="*", metavar="PATTERNS",
                         help="comma-separated globs of the int8 GEMM inputs given a zero point (asymmetric range; "
@@ -351,7 +388,7 @@ def _add_quant_flags(parser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from intvit import __version__
-    p = argparse.ArgumentParser(prog="intvit", description="Integer-only quantized inference for vision transformers.")
+    p = OneLineParser(prog="intvit", description="Integer-only quantized inference for vision transformers.")
     p.add_argument("--version", action="version", version=f"intvit {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -360,9 +397,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="intvit-out", help="directory for the integer model and report (default: %(default)s)")
     d.add_argument("--recipe", default="minmax", choices=["minmax", "percentile", "omse"],
                    help="calibration recipe (default: %(default)s)")
-    d.add_argument("--images", type=int, default=None, help="test images to evaluate (default: all 2000 shipped)")
-    d.add_argument("--calib", type=int, default=512, help="calibration images (default: %(default)s)")
-    d.add_argument("--threads", type=int, default=2, help="torch threads (default: %(default)s)")
+    d.add_argument("--images", type=positive_int, default=None, help="test images to evaluate (default: all 2000 shipped)")
+    d.add_argument("--calib", type=positive_int, default=512, help="calibration images (default: %(default)s)")
+    d.add_argument("--threads", type=positive_int, default=2, help="torch threads (default: %(default)s)")
     _add_quant_flags(d)
     d.add_argument("--quiet", action="store_true", help="no progress bars")
     d.set_defaults(func=_demo)
@@ -374,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--calib", help=".npz of float32 calibration images [N, C, H, W], or a folder of image files "
                                     "(normalised with the model's preprocessor_config.json)")
     q.add_argument("--recipe", default="minmax", choices=["minmax", "percentile", "omse"])
-    q.add_argument("--max-images", type=int, default=512, help="calibration images to use (default: %(default)s)")
+    q.add_argument("--max-images", type=positive_int, default=512, help="calibration images to use (default: %(default)s)")
     _add_quant_flags(q)
     q.add_argument("--quiet", action="store_true", help="no progress bars")
     q.set_defaults(func=_quantize)
@@ -401,8 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "nvcc now and embedded in the module; builds without a GPU)")
     c.add_argument("--arch", help="CUDA arch for --target cuda, e.g. sm_90 (H100/H200) or sm_80 (A100); "
                                   "default: this machine's GPU")
-    c.add_argument("--batch", type=int, default=1, help="batch size the module is compiled for (default: %(default)s)")
-    c.add_argument("--tune", type=int, default=0, metavar="N",
+    c.add_argument("--batch", type=positive_int, default=1, help="batch size the module is compiled for (default: %(default)s)")
+    c.add_argument("--tune", type=non_negative_int, default=0, metavar="N",
                    help="llvm only: tune the GEMM kernels with MetaSchedule, N measured candidates per GEMM shape "
                         "(about a second each), and check the result against ONNX Runtime (default: 0, off)")
     c.add_argument("--tuning-db", metavar="DIR",
@@ -433,11 +470,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="other tools' INT8 on the same images and calibration set: pt2e (PyTorch PT2E "
                         "X86InductorQuantizer, needs torchao: pip install 'intvit[peers]'), ort_qdq (ONNX Runtime "
                         "quantize_static QDQ), or none (default: %(default)s)")
-    v.add_argument("--images", type=int, default=None, help="test images (default: all 2000)")
+    v.add_argument("--images", type=positive_int, default=None, help="test images (default: all 2000)")
     v.add_argument("--calib", default=None,
                    help="calibration images, or a comma-separated list of counts, each a set of rows "
                         "(default: 512 for fmnist, 64 for dinov2-probe)")
-    v.add_argument("--threads", type=int, default=2, help="torch threads (default: %(default)s)")
+    v.add_argument("--threads", type=positive_int, default=2, help="torch threads (default: %(default)s)")
     v.add_argument("--json", help="also write the table to this JSON file")
     v.add_argument("--quiet", action="store_true", help="print only the final table")
     v.set_defaults(func=_eval)
@@ -446,8 +483,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description=_analyze.__doc__)
     a.add_argument("model", help="integer model file from 'intvit quantize'")
     a.add_argument("--images", help=".npy of preprocessed float32 images (default for fmnist: its test set)")
-    a.add_argument("--count", type=int, default=64, help="images to use (default: %(default)s)")
-    a.add_argument("--top", type=int, default=15, help="rows to print (default: %(default)s)")
+    a.add_argument("--count", type=positive_int, default=64, help="images to use (default: %(default)s)")
+    a.add_argument("--top", type=positive_int, default=15, help="rows to print (default: %(default)s)")
     a.add_argument("--json", help="write the full ranking to this JSON file")
     a.add_argument("--png", help="write a bar chart of the --top most sensitive points to this PNG file")
     a.add_argument("--attribution", action="store_true",
@@ -464,7 +501,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _quiet_known_warnings() -> None:
+    """Silence a third-party deprecation notice that says nothing about the user's run: transformers imports
+    torchao when it is installed, and torchao's Enum registration makes torch log two lines per process."""
+    import logging
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+
+
 def main(argv=None) -> int:
+    _quiet_known_warnings()
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -472,9 +517,22 @@ def main(argv=None) -> int:
         return 0
     try:
         return args.func(args)
+    except BrokenPipeError:                 # the reader went away (`intvit inspect m.onnx | head`): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except (ValueError, TypeError, OSError, FloatingPointError, RuntimeError) as exc:
-        print(f"intvit {args.command}: {exc}", file=sys.stderr)
+        print(f"intvit {args.command}: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except Exception as exc:                # a defect, not a user error: still one line, unless debugging
+        if os.environ.get("INTVIT_DEBUG"):
+            raise
+        print(f"intvit {args.command}: internal error {type(exc).__name__}: {_one_line(exc)} (please report it; "
+              "INTVIT_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 if __name__ == "__main__":

@@ -56,6 +56,23 @@ def load_npz(path: str | os.PathLike, key: str | None = None) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr)).float()
 
 
+def load_npy(path, what: str = "image array") -> np.ndarray:
+    """A ``.npy`` batch of images ``[N, C, H, W]``, with one clear error for a missing, unreadable (a text
+    or pickle file) or wrongly shaped one."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no {what} at {path}")
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise CalibrationDataError(f"{path} is not a numpy .npy array file ({type(exc).__name__}); save the "
+                                   "images with numpy.save") from None
+    if not isinstance(arr, np.ndarray) or arr.ndim != 4 or 0 in arr.shape:
+        shape = list(arr.shape) if isinstance(arr, np.ndarray) else type(arr).__name__
+        raise CalibrationDataError(f"{path} holds an array of shape {shape}; expected a batch of images "
+                                   "[N, C, H, W] with N >= 1")
+    return arr
+
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
@@ -67,6 +84,9 @@ def load_image(path, channels: int, size: tuple[int, int], mean, std) -> torch.T
     mean, std = (np.asarray(v, np.float32).reshape(-1) for v in (mean, std))
     if mean.size not in (1, channels) or std.size not in (1, channels):
         raise CalibrationDataError(f"mean/std need 1 or {channels} values, got {mean.size} and {std.size}")
+    if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(std)) and np.all(std > 0)):
+        raise CalibrationDataError(f"std must be positive and mean/std finite, got mean {mean.tolist()} and "
+                                   f"std {std.tolist()}")
     height, width = size
     img = Image.open(path).convert("L" if channels == 1 else "RGB").resize((width, height), Image.BILINEAR)
     x = np.asarray(img, dtype=np.float32).reshape(height, width, -1).transpose(2, 0, 1) / 255.0

@@ -6,9 +6,11 @@ bit for bit. See ``ops/README.md`` for the value-range table.
 """
 from .arith import (INT32_MAX, floor_div, round_mean, saturate, shift_right_floor,
                     shift_right_round, signed_range)
-from .gemm import (UNSIGNED_SHIFT, check_accumulator_fits, float64_gemm_evaluation, int_linear, int_linear_unsigned,
-                   int_matmul, patchify, unsigned_shift_compensation, zero_point_correction)
-from .layernorm import int_layernorm, isqrt, layernorm_output_scale
+from .checks import RangeError, check_finite_input, checked_ranges, range_checks_enabled
+from .gemm import (MAX_INT32_REDUCTION, UNSIGNED_SHIFT, check_accumulator_fits, float64_gemm_evaluation,
+                   int_linear, int_linear_unsigned, int_matmul, patchify, unsigned_shift_compensation,
+                   zero_point_correction)
+from .layernorm import int_layernorm, isqrt, layernorm_input_bound, layernorm_output_scale
 from .nonlinear import (GELU_MODES, GELU_SIGMOID_COEF, SHIFTGELU_N, SHIFTMAX_N, check_shiftexp_constants,
                         gelu_table, lookup, shift_exp, shift_gelu, shiftexp_x0, shiftmax)
 from .requant import (asymmetric_grid, dyadic_multiplier, dyadic_value, max_shift_for_offset, offset_for,

@@ -2,8 +2,9 @@
 
 ``int_linear(x, w, b) = x @ wᵀ + b`` with ``x`` int8 (``[..., K]``), ``w`` int8
 per-output-channel weights (``[N, K]``) and ``b`` int32 at scale ``s_x·s_w``.
-The accumulator is exact: ``|Σ x·w| <= K·2**14``, so it fits int32 for
-``K < 2**16`` (``check_accumulator_fits`` asserts it). Computed in int64 here
+The accumulator is exact: ``|Σ x·w| <= K·2**14``; the backends' narrowest
+form (VNNI's ``(x + 128)·w``) fits int32 for ``K <= 65 793``
+(``check_accumulator_fits`` asserts it). Computed in int64 here
 (the reference), in int32 by the backends.
 
 The patch embedding is a convolution whose stride equals its kernel, i.e. a
@@ -92,11 +93,22 @@ def int_linear_unsigned(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | N
     return acc if bias is None else acc + as_int64(bias)
 
 
-def check_accumulator_fits(k: int, a_bits: int = 8, b_bits: int = 8) -> None:
-    """Refuse a reduction length whose worst-case dot product overflows int32."""
-    worst = k * (1 << (a_bits - 1)) * (1 << (b_bits - 1))
-    if worst > INT32_MAX:
-        raise ValueError(f"a {a_bits}x{b_bits}-bit dot product of length {k} can overflow int32")
+MAX_INT32_REDUCTION = INT32_MAX // (255 * 128)     # 65 793: the VNNI form's bound, the narrowest any backend uses
+
+
+def check_accumulator_fits(k: int, what: str = "a GEMM") -> None:
+    """Refuse a reduction length whose int32 accumulator could overflow in some backend.
+
+    The narrowest accumulator is the x86 VNNI form (``int_linear_unsigned``):
+    ``Σ_k (x_k + 128)·w_k`` with ``x + 128`` in ``[0, 255]`` and ``|w| <= 128``,
+    so ``|acc| <= K·255·128 <= 2**31 − 1`` needs ``K <= 65 793``
+    (``MAX_INT32_REDUCTION``). An input with a zero point has ``|x − z| <= 255``
+    and the same bound.
+    """
+    if k > MAX_INT32_REDUCTION:
+        raise ValueError(f"{what} reduces over K = {k} int8 products; the int32 accumulator the backends use "
+                         f"(x86 VNNI: (x+128)·w, up to K·255·128) holds K <= {MAX_INT32_REDUCTION}; "
+                         "keep this layer's input at 16 bits (QuantConfig(int16=...)), which accumulates in int64")
 
 
 def patchify(images: torch.Tensor, patch: int) -> torch.Tensor:

@@ -26,9 +26,12 @@ compare-and-subtract, so it lowers to straight-line integer code.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .arith import INT32_MAX, as_int64, floor_div, round_mean, shift_right_floor
+from .checks import check_magnitude
 
 ISQRT_STEPS = 32
 
@@ -59,13 +62,24 @@ def isqrt(v: torch.Tensor) -> torch.Tensor:
 
 
 def int_layernorm(x: torch.Tensor) -> torch.Tensor:
-    """Normalise the last axis of an integer tensor; returns ``z`` at scale ``√D / 2**30``."""
+    """Normalise the last axis of an integer tensor; returns ``z`` at scale ``√D / 2**30``.
+
+    ``|x| <= 2**30 / ⌈√D⌉`` keeps ``V = Σy²`` under ``2**62`` (int64); the
+    residual stream is int16, far inside it.
+    """
     x = as_int64(x)
+    check_magnitude(x, layernorm_input_bound(x.shape[-1]), "int_layernorm", "input")
     y = x - round_mean(x, dim=-1)
     var = (y * y).sum(dim=-1, keepdim=True)
     std = torch.clamp(isqrt(var), min=1)
     factor = floor_div(torch.full_like(std, INT32_MAX), std)
     return shift_right_floor(y * factor, 1)
+
+
+def layernorm_input_bound(d: int) -> int:
+    """``2**30 // ⌈√D⌉``: the largest ``|x|`` ``int_layernorm`` takes for rows of ``D`` values."""
+    root = math.isqrt(d)
+    return 2**30 // (root if root * root == d else root + 1)
 
 
 def layernorm_output_scale(d: int) -> float:

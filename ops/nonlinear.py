@@ -59,6 +59,7 @@ import math
 import torch
 
 from .arith import INT32_MAX, as_int64, floor_div, saturate, shift_right_floor
+from .checks import check_magnitude, check_out_bits
 
 NORM_NUMERATOR = 2**62 - 1
 
@@ -103,16 +104,27 @@ def _normalise(num: torch.Tensor, total: torch.Tensor, out_bits: int) -> torch.T
 
 
 def shiftmax(x: torch.Tensor, x0: int, out_bits: int = 16, n: int = SHIFTMAX_N) -> torch.Tensor:
-    """Integer softmax over the last axis; output at scale ``2**-(out_bits-1)``."""
+    """Integer softmax over the last axis; output at scale ``2**-(out_bits-1)``.
+
+    ``x``: 16-bit logits (``|x| <= 2**16``, so ``x − max`` is in ``[−(2**17), 0]``
+    and ShiftExp's int32 steps cannot wrap); ``out_bits`` in ``[2, 31]``.
+    """
+    check_out_bits(out_bits, "shiftmax")
     x = as_int64(x)
+    check_magnitude(x, 2**16, "shiftmax", "logits")
     x = x - x.amax(dim=-1, keepdim=True)
     e = shift_exp(x, x0, n)
     return _normalise(e, e.sum(dim=-1, keepdim=True), out_bits)
 
 
 def shift_gelu(x: torch.Tensor, x0: int, out_bits: int = 8, n: int = SHIFTGELU_N) -> torch.Tensor:
-    """Integer GELU ``x·σ(1.702x)``; ``x0 = shiftexp_x0(1.702·S)``; output scale ``S·2**-(out_bits-1)``."""
+    """Integer GELU ``x·σ(1.702x)``; ``x0 = shiftexp_x0(1.702·S)``; output scale ``S·2**-(out_bits-1)``.
+
+    ``x``: int8 (``|x| <= 128``); ``out_bits`` in ``[2, 31]``.
+    """
+    check_out_bits(out_bits, "shift_gelu")
     x = as_int64(x)
+    check_magnitude(x, 128, "shift_gelu", "input")
     m = torch.clamp(x, min=0)
     e1 = shift_exp(x - m, x0, n)
     e2 = shift_exp(-m, x0, n)
@@ -140,6 +152,8 @@ def gelu_table(scale_in: float, scale_out: float, out_bits: int = 8, zero_out: i
     integer-only, and the same stored table in every backend. Both sides may
     have zero points (``requant.asymmetric_grid``): the table absorbs them.
     """
+    check_out_bits(out_bits, "gelu_table")
+    check_out_bits(in_bits, "gelu_table", highest=16)
     if not (scale_in > 0 and scale_out > 0 and math.isfinite(scale_in) and math.isfinite(scale_out)):
         raise ValueError(f"GELU table needs positive finite scales, got {scale_in!r} -> {scale_out!r}")
     lo, hi = -(1 << (in_bits - 1)), (1 << (in_bits - 1)) - 1

@@ -32,7 +32,8 @@ import math
 import numpy as np
 import torch
 
-from .arith import as_int64, saturate, shift_right_round
+from .arith import as_int64, saturate, shift_right_round, signed_range
+from .checks import check_finite_input, check_product_fits
 
 MULTIPLIER_BITS = 31
 MAX_SHIFT = 62
@@ -99,6 +100,7 @@ def check_requant_bounds(offset: torch.Tensor) -> None:
 def rescale(z: torch.Tensor, m: torch.Tensor, e: torch.Tensor,
             offset: torch.Tensor | None = None) -> torch.Tensor:
     """``round((z * m + offset) / 2**e)`` without saturation (int64 result)."""
+    check_product_fits(as_int64(z), as_int64(m), offset, as_int64(e), "requant")
     acc = as_int64(z) * as_int64(m)
     if offset is not None:
         acc = acc + as_int64(offset)
@@ -130,11 +132,19 @@ def quantize_float(x: torch.Tensor, scale, bits: int, zero: int = 0) -> torch.Te
     ``saturate(round_half_even(x / scale) + zero, bits)`` as int64; ``torch.round``
     and ONNX ``Round`` both round half to even. ``zero`` is the point's zero
     point (``asymmetric_grid``), 0 for a symmetric point.
+
+    The clamp happens in floating point, before the cast to an integer (as
+    the ONNX graph's ``Clip`` then ``Cast``): any finite input saturates —
+    ``x/scale`` of 1e30 or ±Inf lands on the range's ends, never wraps. NaN
+    has no code and is refused (``checks.check_finite_input``).
     """
     if not x.is_floating_point():
         raise TypeError(f"the input quantizer expects a float tensor, got {x.dtype}")
+    check_finite_input(x)
+    lo, hi = signed_range(bits)
+    zero = int(zero)
     s = torch.as_tensor(scale, dtype=x.dtype, device=x.device)
-    return saturate(torch.round(x / s).to(torch.int64) + int(zero), bits)
+    return torch.clamp(torch.round(x / s), lo - zero, hi - zero).to(torch.int64) + zero
 
 
 def symmetric_scale(amax: float, bits: int) -> float:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 
+import torch
 from torch import nn
 
 from ..calibration import calibrate
@@ -12,7 +13,8 @@ from ..calibration.output_ranges import output_aware_ranges
 from ..models import UnsupportedModelError, find_backbones, is_supported, to_spec
 from .config import QuantConfig
 from .integer_model import IntegerViT
-from .layout import point_bits, resolve_layout, resolve_zero_points
+from .layout import check_widen_count, point_bits, resolve_layout, resolve_zero_points
+from .sanity import SANITY_IMAGES, warn_degenerate
 from .serialize import load_integer_vit
 from .wrapper import IntegerBackbone, capture_backbone_inputs
 
@@ -48,6 +50,8 @@ def quantize(model, calib_data, config: QuantConfig | None = None):
     if config.int16:
         meta["layout"] = resolve_layout(spec, config.int16)
     bits = point_bits(spec, meta.get("layout"))
+    if config.auto_int16:
+        check_widen_count(spec, bits, config.auto_int16)
     asymmetric = resolve_zero_points(spec, config.zero_points, bits, config.gelu) if config.zero_points else []
     batches = None
     if config.migration or config.output_aware or config.bias_correction:
@@ -79,6 +83,7 @@ def quantize(model, calib_data, config: QuantConfig | None = None):
             match_attention_temperature(qmodel, calib_data, max_images=n, batch_size=config.batch_size)
         if config.output_balance:
             balance_output_heads(qmodel, calib_data, max_images=n, batch_size=config.batch_size)
+    warn_degenerate(qmodel, torch.cat(take_batches(calib_data, SANITY_IMAGES, config.batch_size, "calibration")))
     return qmodel
 
 

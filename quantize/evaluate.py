@@ -94,8 +94,9 @@ def evaluate_recipes(model, calib, images: torch.Tensor, labels: torch.Tensor | 
         t0 = time.perf_counter()
         qmodel = quantize(model, calib, QuantConfig(progress=False, **{**(config or {}), **kwargs}))
         seconds = time.perf_counter() - t0
+        degenerate = qmodel.meta.get("degenerate_points") if hasattr(qmodel, "meta") else None
         add({"recipe": name, "calib_images": n_calib, **scores(fp, logits(qmodel), labels),
-             "quantize_seconds": round(seconds, 2)})
+             "quantize_seconds": round(seconds, 2), **({"degenerate_points": degenerate} if degenerate else {})})
     for name, build in (peers or {}).items():
         t0 = time.perf_counter()
         try:
@@ -115,8 +116,9 @@ def format_row(row: dict) -> str:
     top1 = (f"{100 * row['fp32_top1']:6.2f} % {100 * row['int8_top1']:6.2f} % {100 * row['delta_top1']:+6.2f} pt"
             if "fp32_top1" in row else f"{'—':>8} {'—':>8} {'—':>9}")
     changed = f"{row['fixed']:>5} /{row['broken']:>4}" if "fixed" in row else f"{'—':>11}"
+    warning = f"  constant points: {', '.join(row['degenerate_points'])}" if row.get("degenerate_points") else ""
     return (f"{row['recipe']:<50} {calib} {top1} {100 * row['top1_agreement']:7.2f} % {row['sqnr_db']:6.1f} dB "
-            f"{changed}")
+            f"{changed}{warning}")
 
 
 def format_recipe_table(rows: list[dict]) -> str:

@@ -45,6 +45,14 @@ def resolve_layout(spec: ViTSpec, patterns) -> dict[str, int]:
     return {p: WIDE_BITS for p in chosen}
 
 
+def check_widen_count(spec: ViTSpec, bits: dict[str, int], k: int) -> None:
+    """Refuse ``auto_int16=k`` beyond the widenable points still at 8 bits (it would silently widen fewer)."""
+    available = [p for p in widenable_points(spec) if bits.get(p, 8) == 8]
+    if k > len(available):
+        raise ValueError(f"auto_int16={k}: this model has {len(available)} widenable 8-bit points (per block "
+                         f"norm1, ctx, norm2, gelu, and the final norm); choose at most {len(available)}")
+
+
 def widen_most_sensitive(qmodel, data, k: int, max_images: int = 128, batch_size: int = 32) -> list[str]:
     """Widen the ``k`` widenable points whose quantization alone costs the most output SQNR
     (``quantize.sensitivity.layer_sensitivity``); refreezes ``qmodel``; returns their names."""

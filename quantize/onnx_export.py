@@ -111,6 +111,7 @@ class _Exporter:
         if wide:
             acc = g.op("MatMul", x, g.init(name + ".wT", w), name=name + "/gemm")
         else:
+            ops.check_accumulator_fits(w.shape[0], f"linear layer {name}")
             acc = g.op("MatMulInteger", x, g.init(name + ".wT", w, np.int8), name=name + "/gemm")
             acc = g.op("Cast", acc, to=TensorProto.INT64, name=name + "/acc")
         return g.op("Add", acc, g.init(name + ".b", _i64(self.p(name + ".b"))), name=name + "/bias")
@@ -276,3 +277,15 @@ def export_onnx(model, path, integer_input: bool = False, check: bool = True) ->
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def read_onnx(path) -> onnx.ModelProto:
+    """Read an ONNX file, with one clear error for a missing or unreadable one (not protobuf's DecodeError)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no ONNX file at {path}")
+    try:
+        return onnx.load(path)
+    except Exception as exc:  # onnx raises several unrelated types for unreadable files
+        raise ValueError(f"{path} is not a readable ONNX file ({type(exc).__name__}); give the .onnx written by "
+                         "`intvit export`") from None

@@ -73,7 +73,11 @@ def quantize_bias(lin: Linear, s_x: float, s_w: torch.Tensor, name: str, acc_bit
 
 
 def _mul(prefix: str, ratio, out: P, max_shift=ops.requant.MAX_SHIFT) -> None:
-    m, e = ops.dyadic_multiplier(ratio, max_shift)
+    try:
+        m, e = ops.dyadic_multiplier(ratio, max_shift)
+    except ValueError as exc:
+        raise ValueError(f"requant {prefix}: {exc}; a scale upstream of it is degenerate (an all-zero or "
+                         "exploding range?)") from None
     out[prefix + ".m"], out[prefix + ".e"] = m, e
 
 
@@ -111,7 +115,7 @@ def freeze(spec: ViTSpec, scales: dict[str, float], temperatures: dict | None = 
         s_w = weight_scale(lin.weight)
         acc_bits = 64 if input_point in wide else 32
         if acc_bits == 32:
-            ops.check_accumulator_fits(lin.weight.shape[1])
+            ops.check_accumulator_fits(lin.weight.shape[1], f"linear layer {name}")
         p[name + ".w"] = quantize_weight(lin.weight, s_w)
         zero = zeros.get(input_point, 0)
         p[name + ".b"] = quantize_bias(lin, s_x, s_w, name, acc_bits,

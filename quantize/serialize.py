@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 
 import torch
 from safetensors import SafetensorError
@@ -88,10 +89,12 @@ def save_integer_vit(model, path) -> None:
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
         raise FileNotFoundError(f"cannot save to {path}: directory {parent} does not exist")
-    tmp = f"{path}.tmp{os.getpid()}"
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:12]}"        # unique per writer: two threads never share it
     try:
         save_file(tensors, tmp, metadata=meta)
         os.replace(tmp, path)
+    except OSError as exc:
+        raise OSError(f"cannot save the model to {path}: {exc.strerror or exc}") from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

@@ -1,6 +1,12 @@
 """Shared fixtures: small real Hugging Face models with seeded random weights."""
+import os
+
 import pytest
 import torch
+
+# Every integer op asserts its documented input range in the tests (``intvit.ops.checks``): a backend or a
+# quantization change that pushed an op outside its proven range fails here instead of wrapping silently.
+os.environ.setdefault("INTVIT_CHECK_RANGES", "1")
 
 
 def hf_vit(image=32, patch=8, dim=64, layers=2, heads=4, mlp=128, labels=10, channels=3, seed=0):

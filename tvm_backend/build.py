@@ -122,6 +122,12 @@ class CompiledIntViT:
         self._vm = self._dev = None
         self.tuning = None          # a tuning.TuningSummary when compiled with tune=N
 
+    def replica(self) -> "CompiledIntViT":
+        """The same compiled module with a virtual machine of its own (created on first call): what one more
+        caller thread runs on (``runtime.LoadedModule``)."""
+        return CompiledIntViT(self.executable, self.batch, self.input_name, self.input_shape, self.input_dtype,
+                              self.device)
+
     @property
     def dev(self):
         """The device, checked once (not on every call)."""
@@ -152,8 +158,24 @@ class CompiledIntViT:
                              f"got {list(arr.shape)}; recompile with --batch {arr.shape[0]}"
                              if arr.shape[1:] == self.input_shape[1:] else
                              f"expected input shape {list(self.input_shape)}, got {list(arr.shape)}")
-        out = self.vm["main"](tvm.runtime.tensor(arr.astype(self.input_dtype, copy=False), self.dev))
+        arr = self.check_input_dtype(arr)
+        out = self.vm["main"](tvm.runtime.tensor(arr, self.dev))
         return out[0].numpy(), out[1].numpy()
+
+    def check_input_dtype(self, arr: np.ndarray) -> np.ndarray:
+        """``arr`` as the module's input dtype, refusing what a cast would silently change: integers or
+        booleans into a float module (they are not normalised images), anything but int8 into an int8
+        one, and NaN/±Inf (``ops.check_finite_input``)."""
+        from ..ops.checks import check_finite_input
+        if self.input_dtype == "int8":
+            if arr.dtype != np.int8:
+                raise TypeError(f"this module takes int8 images (exported with --int8-input), got {arr.dtype}")
+            return arr
+        if not np.issubdtype(arr.dtype, np.floating):
+            raise TypeError(f"this module takes float images (normalised as the float model expects), got "
+                            f"{arr.dtype}; convert and normalise them first, e.g. (x / 255 - mean) / std")
+        check_finite_input(arr)
+        return arr.astype(self.input_dtype, copy=False)
 
     def run_on_device(self, tensor):
         """Run on an input already on ``self.dev`` (a ``tvm.runtime.Tensor`` of the compiled shape and dtype);

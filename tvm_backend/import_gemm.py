@@ -23,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 from tvm import relax
 
+from ..ops.gemm import check_accumulator_fits
 from ..quantize.onnx_functions import DOMAIN
 from .graph_facts import kernel_args, narrowest_int
 from .kernels import EPILOGUE_VALUES
@@ -41,6 +42,7 @@ class GemmEmitter:
     # -- the four patterns -------------------------------------------------------------------
     def linear(self, x, w_kn: np.ndarray, chain: list, consts: dict, table=None):
         """``x @ W (+ b)``: W constant ``[K, N]``."""
+        check_accumulator_fits(w_kn.shape[0], f"a linear layer ({w_kn.shape[0]} → {w_kn.shape[1]})")
         n = w_kn.shape[1]
         add = next((c for c in chain if c.op_type == "Add"), None)
         bias = consts[add.input[1]] if add is not None else None
@@ -68,6 +70,7 @@ class GemmEmitter:
 
     def keys(self, x, keys_nk, chain: list, table=None):
         """``x @ keysᵀ`` for an int8 activation ``keys`` ``[..., N, K]`` (attention's ``Q·Kᵀ``)."""
+        check_accumulator_fits(int(self.bb.normalize(keys_nk).ty.shape[-1]), "attention's Q·Kᵀ")
         if self.form == "tiled":
             return self._tiled(x, keys_nk, None, "nk", chain, table)
         from .gemm import pack_panels_te, panel_compensation_te

@@ -1,0 +1,114 @@
+"""Every subcommand's user errors: a non-zero exit, one line on stderr naming what is wrong, no traceback
+(issue 15, finding 12 and its CLI acceptance test)."""
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from intvit.cli import main
+from intvit.tvm_backend.runtime import compile_to_file
+from conftest import images
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, tiny_qvit):
+    """A saved tiny model, its ONNX and compiled module, and the bad files users hand the CLI."""
+    d = tmp_path_factory.mktemp("cli")
+    tiny_qvit.save(d / "m.safetensors")
+    tiny_qvit.export_onnx(d / "m.onnx")
+    compile_to_file(d / "m.onnx", d / "m.so")
+    np.save(d / "zero_d.npy", np.array(3.0, np.float32))
+    np.save(d / "nan.npy", np.full((1, 3, 32, 32), np.nan, np.float32))
+    np.save(d / "i8.npy", np.zeros((1, 3, 32, 32), np.int8))
+    np.save(d / "small.npy", np.zeros((1, 3, 16, 16), np.float32))
+    (d / "text.npy").write_text("not an array")
+    (d / "notonnx.onnx").write_text("hello world")
+    (d / "notes.txt").write_text("hello")
+    from PIL import Image
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(d / "img.png")
+    meta = json.loads((d / "m.so.json").read_text())
+    for name, edit in (("noinput", lambda m: m.pop("input")), ("nobatch", lambda m: m.pop("batch")),
+                       ("list", None)):
+        shutil.copyfile(d / "m.so", d / f"{name}.so")
+        (d / f"{name}.so.json").write_text(json.dumps([1, 2] if edit is None else _edited(meta, edit)))
+    with safe_open(str(d / "m.safetensors"), framework="pt") as f:
+        header_meta = f.metadata()
+    header = json.loads(header_meta["header"])
+    header["spec"]["blocks"][0]["num_heads"] = 0
+    save_file(load_file(str(d / "m.safetensors")), str(d / "heads0.safetensors"),
+              metadata={**header_meta, "header": json.dumps(header)})
+    return d
+
+
+def _edited(meta, edit):
+    meta = dict(meta)
+    edit(meta)
+    return meta
+
+
+CASES = [  # (argv with {d} for the files' folder, a phrase the one line must hold)
+    ("compile {d}/notonnx.onnx -o {d}/x.so", "is not a readable ONNX file"),
+    ("compile {d}/missing.onnx -o {d}/x.so", "no ONNX file at"),
+    ("compile {d}/m.onnx -o {d}/x.so --target tpu", "unknown target 'tpu'"),
+    ("compile {d}/m.onnx -o {d}/no/such/dir/x.so", "does not exist or is not writable"),
+    ("compile {d}/m.onnx -o {d}/x.so --batch 0", "argument --batch: must be at least 1"),
+    ("run {d}/missing.so --input {d}/nan.npy", "no compiled module at"),
+    ("run {d}/m.so --input {d}/zero_d.npy", "expected a batch of images [N, C, H, W]"),
+    ("run {d}/m.so --input {d}/text.npy", "is not a numpy .npy array file"),
+    ("run {d}/m.so --input {d}/nan.npy", "NaN or infinite value"),
+    ("run {d}/m.so --input {d}/i8.npy", "takes float images"),
+    ("run {d}/m.so --input {d}/small.npy", "expected input shape"),
+    ("run {d}/m.so --input {d}/img.png --std 0", "std must be positive"),
+    ("run {d}/m.so --input {d}/notes.txt", "give an image"),
+    ("run {d}/noinput.so --input {d}/nan.npy", "field 'input' is missing"),
+    ("run {d}/nobatch.so --input {d}/nan.npy", "field 'batch' is missing"),
+    ("run {d}/list.so --input {d}/nan.npy", "expected a JSON object, found a JSON list"),
+    ("export {d}/missing.safetensors -o {d}/x.onnx", "no intvit model at"),
+    ("export {d}/notes.txt -o {d}/x.onnx", "is not a readable intvit model file"),
+    ("export {d}/heads0.safetensors -o {d}/x.onnx", "0 heads do not divide the hidden size"),
+    ("inspect {d}/notonnx.onnx", "is not a readable ONNX file"),
+    ("analyze {d}/m.safetensors --count 0", "argument --count: must be at least 1"),
+    ("analyze {d}/m.safetensors", "--images X.npy"),
+    ("analyze {d}/m.safetensors --images {d}/small.npy", "expected images of shape [B, 3, 32, 32]"),
+    ("analyze {d}/m.safetensors --images {d}/i8.npy", "holds int8 values"),
+    ("quantize fmnist -o {d}/q.safetensors --auto-int16 999", "choose at most 17"),
+    ("quantize fmnist -o {d}/q.safetensors --int16 nothing*", "nothing*"),
+    ("quantize {d}/no_such_model -o {d}/q.safetensors", "no_such_model"),
+    ("demo --images 0", "argument --images: must be at least 1"),
+    ("eval --model resnet50", "resnet50"),
+    ("bench --model tiny --batch 0", "batch"),
+    ("frobnicate", "invalid choice: 'frobnicate'"),
+]
+
+
+@pytest.mark.parametrize("argv, phrase", CASES, ids=[c[0].split()[0] + ": " + c[1] for c in CASES])
+def test_user_error_is_one_line_and_a_non_zero_exit(files, capfd, argv, phrase):
+    try:
+        code = main(argv.format(d=files).split())
+    except SystemExit as exc:               # argparse's usage errors
+        code = exc.code
+    out, err = capfd.readouterr()
+    assert code not in (0, None), out
+    lines = err.strip().splitlines()
+    assert "Traceback" not in err and len(lines) == 1, err
+    assert phrase in lines[0], lines[0]
+    assert not (files / "x.so").exists() and not (files / "x.onnx").exists()     # nothing written half-way
+
+
+def test_a_real_process_exits_non_zero_without_a_traceback(files):
+    proc = subprocess.run([sys.executable, "-m", "intvit", "run", str(files / "m.so"), "--input",
+                           str(files / "nan.npy")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "Traceback" not in proc.stderr
+    assert "NaN or infinite value" in proc.stderr
+
+
+def test_a_closed_pipe_is_not_an_error_message(files):
+    proc = subprocess.run(f"{sys.executable} -m intvit inspect {files / 'm.onnx'} | head -1", shell=True,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.stdout.startswith(str(files / "m.onnx")) and "Broken pipe" not in proc.stderr
