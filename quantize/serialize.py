@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .. import __version__
+from ..files import sweep_stale_temps, temp_name
 from ..models.spec import Block, Linear, Norm, ViTSpec
 
 FORMAT = "intvit.integer-vit"
@@ -89,7 +89,8 @@ def save_integer_vit(model, path) -> None:
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
         raise FileNotFoundError(f"cannot save to {path}: directory {parent} does not exist")
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:12]}"        # unique per writer: two threads never share it
+    sweep_stale_temps(path)
+    tmp = temp_name(path)
     try:
         save_file(tensors, tmp, metadata=meta)
         os.replace(tmp, path)

@@ -1,5 +1,6 @@
 """Compiled-module files that cannot lie, and a loaded module that serves concurrent callers (issue 15)."""
 import json
+import os
 import shutil
 import threading
 
@@ -108,3 +109,28 @@ def test_two_compiles_to_one_path_leave_a_consistent_pair(compiled_pair, tmp_pat
     got = load(out).run(x)[1]
     assert np.array_equal(got, qa.forward_int(x).numpy()) or np.array_equal(got, qb.forward_int(x).numpy())
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("m.so")) == ["m.so", "m.so.json"]
+
+
+def test_a_killed_writers_temp_files_are_swept_by_the_next_writer(compiled_pair, tmp_path, tiny_qvit):
+    """SIGKILL leaves a writer's temp behind; the next compile or save of the same path removes every temp
+    whose process is gone, and leaves a live writer's alone."""
+    import subprocess
+    import sys
+    from intvit.files import temp_name
+    d, _, _, _, _ = compiled_pair
+    killed = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    killed.kill()
+    killed.wait()
+    for target in (tmp_path / "m.so", tmp_path / "m.safetensors"):
+        stale = str(target) + f".tmp-{killed.pid}-0123456789ab.so"
+        live = temp_name(target)                       # this process: alive
+        for p in (stale, live):
+            with open(p, "w") as f:
+                f.write("half")
+        if target.suffix == ".so":
+            compile_to_file(d / "a.onnx", target)
+        else:
+            tiny_qvit.save(target)
+        leftovers = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(target.name + ".tmp-"))
+        assert leftovers == [os.path.basename(live)]
+        os.remove(live)

@@ -33,11 +33,11 @@ import shutil
 import tempfile
 import threading
 import time
-import uuid
 
 import numpy as np
 
 from .. import __version__
+from ..files import sweep_stale_temps, temp_name
 from .build import CompiledIntViT, NoDeviceError, compile_onnx, resolve_target
 from .x86 import has_features, host_cpu, isa_features
 
@@ -89,8 +89,9 @@ def compile_to_file(onnx_path, output, target="llvm", batch: int = 1, arch: str 
             "source_onnx": os.path.basename(os.fspath(onnx_path)),
             "compile_seconds": round(time.perf_counter() - t0, 2),
             "tuning": compiled.tuning.as_dict() if compiled.tuning else None}
-    unique = uuid.uuid4().hex[:12]               # per writer: two threads or processes never share a temp name
-    tmp_so, tmp_js = f"{output}.tmp-{unique}.so", f"{output}.tmp-{unique}.json"
+    sweep_stale_temps(output)
+    tmp_so = temp_name(output, ".so")
+    tmp_js = tmp_so[:-len(".so")] + ".json"
     try:
         compiled.executable.export_library(tmp_so)
         meta["so_sha256"] = file_sha256(tmp_so)
@@ -137,7 +138,8 @@ def content_addressed_copy(path: str, digest: str) -> str:
     target = os.path.join(cache, f"{digest}.so")
     if os.path.exists(target) and file_sha256(target) == digest:
         return target
-    tmp = f"{target}.tmp-{uuid.uuid4().hex[:12]}"
+    sweep_stale_temps(target)
+    tmp = temp_name(target)
     try:
         shutil.copyfile(path, tmp)
         if file_sha256(tmp) != digest:

@@ -1,0 +1,43 @@
+"""Writing files that readers never see half of: per-writer temp names, and sweeping what a killed writer left.
+
+A writer puts its bytes in ``temp_name(path)`` — ``<path>.tmp-<pid>-<random>``,
+unique per writer even for two threads of one process — then renames it over
+``path`` (atomic on one file system) and removes the temp on any exception.
+Only SIGKILL (or a power cut) can leave the temp behind; the next writer of
+the same path removes every such temp whose process no longer exists
+(``sweep_stale_temps``).
+"""
+from __future__ import annotations
+
+import glob
+import os
+import uuid
+
+
+def temp_name(path, suffix: str = "") -> str:
+    """A temp path beside ``path`` that no other writer uses: ``<path>.tmp-<pid>-<random><suffix>``."""
+    return f"{os.fspath(path)}.tmp-{os.getpid()}-{uuid.uuid4().hex[:12]}{suffix}"
+
+
+def sweep_stale_temps(path) -> list[str]:
+    """Remove the temps of ``path`` (``temp_name``) left by processes that no longer run; returns them."""
+    removed = []
+    for temp in glob.glob(glob.escape(os.fspath(path)) + ".tmp-*-*"):
+        pid = temp[len(os.fspath(path)) + len(".tmp-"):].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            try:
+                os.remove(temp)
+                removed.append(temp)
+            except FileNotFoundError:           # another writer swept it first
+                pass
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:                     # someone else's process: alive
+        return True
+    return True
