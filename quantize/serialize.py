@@ -9,6 +9,7 @@ issue #6 failure: 0% top-1 after reload) is refused instead of run.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
@@ -83,9 +84,9 @@ def save_integer_vit(model, path) -> None:
     tensors, header = _spec_tensors(model.spec)
     for k, v in model.integer_params().items():
         tensors["int." + k] = v.contiguous()
+    text = json.dumps({"spec": header, "amax": model.amax, "scales": model.scales, "meta": model.meta})
     meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "intvit_version": __version__,
-            "header": json.dumps({"spec": header, "amax": model.amax, "scales": model.scales,
-                                  "meta": model.meta})}
+            "header": text, "header_sha256": header_digest(text)}
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
         raise FileNotFoundError(f"cannot save to {path}: directory {parent} does not exist")
@@ -99,6 +100,12 @@ def save_integer_vit(model, path) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def header_digest(text: str) -> str:
+    """SHA-256 of the JSON header (structure, ranges, scales, meta): saved beside it, checked on load, so a
+    changed non-tensor field (a pool name flipped to another valid one) cannot load as another model."""
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def load_integer_vit(path):
@@ -120,6 +127,9 @@ def load_integer_vit(path):
     if meta.get("format_version") not in READABLE_VERSIONS:
         raise IntegerModelFileError(f"{path} uses format version {meta.get('format_version')}, "
                                     f"this intvit reads versions {', '.join(READABLE_VERSIONS)}")
+    if "header_sha256" in meta and header_digest(meta.get("header", "")) != meta["header_sha256"]:
+        raise IntegerModelFileError(f"{path}: the model header does not match its checksum (the file is damaged); "
+                                    "re-run intvit.quantize and save again")
     try:
         header = json.loads(meta["header"])
         spec = _spec_from(tensors, header["spec"])

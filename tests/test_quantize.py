@@ -11,6 +11,7 @@ from intvit.calibration import calibrate
 from intvit.models import to_spec
 from intvit.models.spec import linear_layers
 from intvit.quantize.qparams import weight_scale
+from intvit.quantize.serialize import header_digest
 from intvit.quantize.fake_quant import fake_quant, fake_quant_weight
 from conftest import images, sqnr_db
 
@@ -111,6 +112,8 @@ def _rewrite_header(raw: bytes, edit) -> bytes:
     inner = json.loads(header["__metadata__"]["header"])
     edit(header["__metadata__"], inner)
     header["__metadata__"]["header"] = json.dumps(inner)
+    if "header_sha256" in header["__metadata__"]:        # a crafted file, consistent with its checksum
+        header["__metadata__"]["header_sha256"] = header_digest(header["__metadata__"]["header"])
     hb = json.dumps(header).encode()
     hb += b" " * (-len(hb) % 8)
     return len(hb).to_bytes(8, "little") + hb + raw[8 + n:]
@@ -132,6 +135,19 @@ def test_damaged_structure_fields_are_refused(tiny_qvit, tmp_path, field, value,
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(_rewrite_header(path.read_bytes(), damage))
     with pytest.raises(intvit.IntegerModelFileError, match=message):
+        intvit.load(bad)
+
+
+def test_a_changed_header_fails_its_checksum(tiny_qvit, tmp_path):
+    """Any byte of the header changed (a valid pooling included) is refused by its checksum before it is
+    parsed; structure validation (above) covers crafted files whose checksum was recomputed."""
+    path = tmp_path / "m.safetensors"
+    tiny_qvit.save(path)
+    raw = path.read_bytes()
+    assert raw.count(b'\\"pool\\": [\\"cls\\"]') == 1
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(raw.replace(b'\\"pool\\": [\\"cls\\"]', b'\\"pool\\": [\\"mea\\"]'))
+    with pytest.raises(intvit.IntegerModelFileError, match="does not match its checksum"):
         intvit.load(bad)
 
 
@@ -228,3 +244,25 @@ def test_requant_constants_follow_ops(tiny_qvit):
     m, e = ops.dyadic_multiplier(2.0**-15 * s["blocks.1.v"] / s["blocks.1.ctx"])
     assert torch.equal(tiny_qvit.p("blocks.1.ctx.rq.m"), m) and torch.equal(tiny_qvit.p("blocks.1.ctx.rq.e"), e)
     assert int(tiny_qvit.p("blocks.0.softmax.x0")) == ops.shiftexp_x0(s["blocks.0.logits"])
+
+
+def test_threads_saving_one_path_do_not_collide(tiny_qvit, tmp_path):
+    """Four threads saving the same path at once (they shared one temp name before): every save succeeds,
+    the file loads, and no temp file is left."""
+    import threading
+    path = tmp_path / "m.safetensors"
+    errors = []
+
+    def save():
+        try:
+            tiny_qvit.save(path)
+        except Exception as exc:  # noqa: BLE001 (any failure fails the test below)
+            errors.append(exc)
+    threads = [threading.Thread(target=save) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert torch.equal(intvit.load(path).forward_int(images(2)), tiny_qvit.forward_int(images(2)))
+    assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]
