@@ -154,3 +154,17 @@ def test_ops_assert_their_documented_ranges():
         with pytest.raises(ops.RangeError, match="out_bits must be an integer in \\[2, 31\\]"):
             ops.shiftmax(torch.tensor([[1, 0]]), -20, out_bits=bits)
     ops.requantize(torch.tensor([2**31]), torch.tensor([2**31 - 1]), torch.tensor([62]), 8)   # the bound itself
+
+
+def test_a_requant_ratio_out_of_range_names_its_layer():
+    from intvit.quantize.qparams import _mul
+    with pytest.raises(ValueError, match="requant blocks.3.fc1.rq: requantization ratio .* too large"):
+        _mul("blocks.3.fc1.rq", 2.0**31, {})
+
+
+def test_a_failed_save_names_the_users_path_not_a_temp_file(tiny_qvit, tmp_path):
+    (tmp_path / "m.safetensors").mkdir()                 # the target is a directory: the rename fails
+    with pytest.raises(OSError) as info:
+        tiny_qvit.save(tmp_path / "m.safetensors")
+    assert "cannot save the model to" in str(info.value) and ".tmp" not in str(info.value)
+    assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]
