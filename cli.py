@@ -77,7 +77,7 @@ def _quantize(args) -> int:
         if os.path.isdir(calib):
             calib = _folder_for_hf_model(args.model, model, calib, args.max_images)
     q = intvit.quantize(model, calib, _quant_config(args, max_calib_images=args.max_images))
-    q.save(args.output)
+    q.save(args.output, include_float=args.keep_float)
     print(f"wrote {args.output}")
     return 0
 
@@ -214,6 +214,7 @@ def _analyze(args) -> int:
     from intvit.models.spec import check_input
     from intvit.quantize.sanity import degenerate_points, describe_degenerate
     check_input(model.spec, images)
+    model.require_float_weights("intvit analyze (it fake-quantizes the float model point by point)")
     constant = degenerate_points(model, images[: args.count]) if min(args.count, images.shape[0]) >= 2 else []
     if constant:
         print("warning: " + describe_degenerate(constant, f"these {min(args.count, images.shape[0])} images"))
@@ -413,6 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--recipe", default="minmax", choices=["minmax", "percentile", "omse"])
     q.add_argument("--max-images", type=positive_int, default=512, help="calibration images to use (default: %(default)s)")
     _add_quant_flags(q)
+    q.add_argument("--keep-float", action="store_true",
+                   help="also store the float weights (about 4x the file size), which 'intvit analyze' and "
+                        "fine-tuning need; without it the file holds only what inference needs")
     q.add_argument("--quiet", action="store_true", help="no progress bars")
     q.set_defaults(func=_quantize)
 
@@ -511,7 +515,10 @@ def _quiet_known_warnings() -> None:
 def main(argv=None) -> int:
     _quiet_known_warnings()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:               # --help, --version, or a usage error already printed in one line
+        return exc.code if isinstance(exc.code, int) else 0
     if args.command is None:
         parser.print_help()
         return 0

@@ -23,7 +23,7 @@ from contextvars import ContextVar
 import numpy as np
 import torch
 
-INT64_LIMIT = 2**63
+INT64_MAX = 2**63 - 1
 _CHECKED: ContextVar[bool | None] = ContextVar("intvit_checked_ranges", default=None)
 
 
@@ -62,17 +62,16 @@ def check_magnitude(x: torch.Tensor, limit: int, op: str, what: str) -> None:
 
 
 def check_product_fits(z: torch.Tensor, m: torch.Tensor, offset, e: torch.Tensor, op: str) -> None:
-    """When range checks are on: ``|z·m| + |offset| + 2**(e−1) < 2**63`` elementwise (evaluated in float64,
-    with a margin for its rounding)."""
+    """When range checks are on: ``|z·m| + |offset| + 2**(e−1) <= 2**63 − 1`` elementwise, decided in integers
+    (``|z| <= (2**63 − 1 − |offset| − 2**(e−1)) // |m|``), so the check itself adds no float op to the
+    integer graph."""
     if not range_checks_enabled() or not z.numel():
         return
-    bound = z.abs().double() * m.abs().double() + torch.pow(2.0, e.double() - 1)
-    if offset is not None:
-        bound = bound + torch.as_tensor(offset).abs().double()
-    worst = float(bound.max())
-    if worst >= INT64_LIMIT - 2**12:
-        raise RangeError(f"{op}: |z·m + offset| reaches {worst:.3g}, int64 would wrap (limit 2**63); "
-                         "the input is outside the requant's documented range |z| <= 2**31")
+    half = torch.bitwise_left_shift(torch.ones_like(e), e - 1)
+    room = INT64_MAX - half - (torch.as_tensor(offset).abs() if offset is not None else 0)
+    if bool((z.abs() > torch.div(room, m.abs().clamp(min=1), rounding_mode="floor")).any()):
+        raise RangeError(f"{op}: |z·m + offset| would pass 2**63 (int64 wraps); the input is outside the "
+                         "requant's documented range |z| <= 2**31")
 
 
 def check_finite_input(x, what: str = "images") -> None:

@@ -39,6 +39,10 @@ from .qparams import act_grids, freeze, output_point
 MODES = ("int", "fake", "float")
 
 
+class FloatWeightsMissingError(ValueError):
+    """The operation needs the float weights, which the model's file did not keep."""
+
+
 class IntegerViT(nn.Module):
     """An integer-only ViT built from a ``ViTSpec`` and calibrated clipping ranges."""
 
@@ -49,14 +53,43 @@ class IntegerViT(nn.Module):
         self.amax = dict(amax)
         self.meta = dict(meta or {})
         self.mode = "int"
+        self.has_float_weights = True
         self.refreeze()
 
+    @classmethod
+    def from_integer_params(cls, spec: ViTSpec, amax: dict[str, float], meta: dict | None,
+                            params: dict[str, torch.Tensor]) -> "IntegerViT":
+        """An integer-mode model from its stored integer tensors, without float weights (a deployment file,
+        ``save(include_float=False)``): ``spec`` gives the structure (its tensors may be shape-only, on the
+        ``meta`` device). It runs, exports and compiles; fake/float modes, QAT and ``refreeze`` need the
+        float weights and say so."""
+        model = cls.__new__(cls)
+        nn.Module.__init__(model)
+        check_spec(spec)
+        model.spec, model.amax, model.meta, model.mode = spec, dict(amax), dict(meta or {}), "int"
+        model.has_float_weights = False
+        model._set_grids()
+        for name, t in params.items():
+            model.register_buffer(_bufname(name), t)
+        return model
+
     # ------------------------------------------------------------------ parameters
-    def refreeze(self) -> None:
-        """Recompute every integer tensor from the float spec and the ranges."""
+    def _set_grids(self) -> None:
+        """Each quant point's bits, scale and zero point, from the ranges (no weights needed)."""
         self.bits = point_bits(self.spec, self.meta.get("layout"))
         asymmetric = check_zero_points(self.spec, self.meta.get("asymmetric"), self.bits, self.gelu)
         self.scales, self.zeros = act_grids(self.spec, self.amax, self.bits, self.gelu, asymmetric)
+
+    def require_float_weights(self, what: str) -> None:
+        if not self.has_float_weights:
+            raise FloatWeightsMissingError(
+                f"{what} needs the float weights, and this model was loaded from a file saved without them (for "
+                "deployment); save it with include_float=True (intvit quantize --keep-float) to keep them")
+
+    def refreeze(self) -> None:
+        """Recompute every integer tensor from the float spec and the ranges."""
+        self.require_float_weights("refreezing the integer tensors")
+        self._set_grids()
         params = freeze(self.spec, self.scales, self.meta.get("temperatures"), self.meta.get("balance"), self.bits,
                         self.gelu, self.zeros)
         for name in list(self._buffers):
@@ -86,6 +119,7 @@ class IntegerViT(nn.Module):
         if self.mode == "fake":
             return self.forward_fake(images)
         if self.mode == "float":
+            self.require_float_weights("float mode")
             check_input(self.spec, images)
             return float_forward(self.spec, images)
         raise ValueError(f"unknown mode {self.mode!r}; choose one of {MODES}")
@@ -202,6 +236,7 @@ class IntegerViT(nn.Module):
 
     def forward_fake(self, images: torch.Tensor) -> torch.Tensor:
         """Fake-quantized float forward (QAT); gradients flow straight through every rounding."""
+        self.require_float_weights("fake-quant mode")
         check_input(self.spec, images)
         bits = self.bits
 
@@ -215,6 +250,7 @@ class IntegerViT(nn.Module):
 
     def float_parameters(self):
         """The float tensors of the spec (train these in fake mode, then ``refreeze``)."""
+        self.require_float_weights("training")
         for lin in linear_layers(self.spec).values():
             yield lin.weight
             if lin.bias is not None:
@@ -226,9 +262,12 @@ class IntegerViT(nn.Module):
         from .onnx_export import export_onnx
         return export_onnx(self, path, integer_input=integer_input)
 
-    def save(self, path) -> None:
+    def save(self, path, include_float: bool = False) -> None:
+        """Write the model to one ``.safetensors`` file (``quantize.serialize``): the integer tensors at their
+        true widths, about the size of the int8 ONNX; ``include_float=True`` keeps the float weights too
+        (needed to analyse, fine-tune or refreeze it later)."""
         from .serialize import save_integer_vit
-        save_integer_vit(self, path)
+        save_integer_vit(self, path, include_float)
 
 
 def _bufname(name: str) -> str:

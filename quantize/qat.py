@@ -111,7 +111,7 @@ def qat(qmodel, train_data, epochs: int = 1, lr: float = 1e-5, weight_decay: flo
         history.append({"epoch": epoch, "mean_loss": running / len(batches)})
         if checkpoint_dir is not None:
             os.makedirs(checkpoint_dir, exist_ok=True)
-            model.save(os.path.join(checkpoint_dir, f"qat-epoch{epoch}.safetensors"))
+            model.save(os.path.join(checkpoint_dir, f"qat-epoch{epoch}.safetensors"), include_float=True)
     for t in params:
         t.requires_grad_(False)
     model.mode = "int"

@@ -1,11 +1,24 @@
 """Save / load an ``IntegerViT`` as one ``.safetensors`` file.
 
-The file holds every integer tensor (``int.*``), the float spec (``spec.*``,
-so fake-quant/QAT can resume) and, in the safetensors metadata, a JSON header
-with the spec's structure, the calibrated ranges and the scales. Loading
-rebuilds the spec, refreezes, and checks that the recomputed integer tensors
-equal the stored ones — a file whose scales were lost or altered (the I-ViT
-issue #6 failure: 0% top-1 after reload) is refused instead of run.
+The file holds every integer tensor (``int.*``) at the narrowest integer
+width that holds its values (int8 weights, int32 biases and multipliers, ...:
+``narrowest_int``), and in the safetensors metadata a JSON header with the
+spec's structure, the calibrated ranges, the scales, the in-memory dtype of
+each integer tensor, the SHA-256 of the integer tensors and, over all of it,
+the header's own SHA-256. So a deployment file is about the size of the int8
+ONNX.
+
+``include_float=True`` also stores the float spec (``spec.*``: weights,
+biases, LayerNorm affines, embeddings), which analysis, QAT and ``refreeze``
+need; loading such a file rebuilds the spec, refreezes, and checks that the
+recomputed integer tensors equal the stored ones — a file whose scales were
+lost or altered (the I-ViT issue #6 failure: 0% top-1 after reload) is
+refused instead of run. Without the floats the stored integer tensors are
+checked against their digest and used as they are
+(``IntegerViT.from_integer_params``).
+
+Versions: 1 (before the GELU table), 2 (int64 tensors, floats always) and 3
+(this layout) all load.
 """
 from __future__ import annotations
 
@@ -18,14 +31,15 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .. import __version__
-from ..files import sweep_stale_temps, temp_name
+from ..files import give_default_mode, sweep_stale_temps, temp_name
 from ..models.spec import Block, Linear, Norm, ViTSpec
 
 FORMAT = "intvit.integer-vit"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 # Version 1 files predate the GELU table; their models used ShiftGELU, which is what a model whose
 # meta names no GELU form gets (``IntegerViT.gelu``), so they still load and verify.
-READABLE_VERSIONS = ("1", "2")
+READABLE_VERSIONS = ("1", "2", "3")
+INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64)
 
 
 class IntegerModelFileError(ValueError):
@@ -79,12 +93,38 @@ def _spec_from(t: dict, h: dict) -> ViTSpec:
                    family=h["family"], source_class=h["source_class"], extra=h.get("extra", {}))
 
 
-def save_integer_vit(model, path) -> None:
+def narrowest_int(t: torch.Tensor) -> torch.Tensor:
+    """An integer tensor in the narrowest of int8/int16/int32/int64 that holds its values (others as they are)."""
+    if t.dtype not in INT_DTYPES or not t.numel():
+        return t
+    lo, hi = int(t.min()), int(t.max())
+    return t.to(next(d for d in INT_DTYPES if torch.iinfo(d).min <= lo and hi <= torch.iinfo(d).max))
+
+
+def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over the tensors' names, dtypes, shapes and bytes, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].contiguous()
+        h.update(f"{name}|{t.dtype}|{list(t.shape)}|".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def save_integer_vit(model, path, include_float: bool = False) -> None:
     path = os.fspath(path)
-    tensors, header = _spec_tensors(model.spec)
-    for k, v in model.integer_params().items():
-        tensors["int." + k] = v.contiguous()
-    text = json.dumps({"spec": header, "amax": model.amax, "scales": model.scales, "meta": model.meta})
+    if include_float:
+        model.require_float_weights("saving with include_float=True")
+    floats, structure = _spec_tensors(model.spec)
+    ints = {k: narrowest_int(v.contiguous()) for k, v in model.integer_params().items()}
+    dtypes = {k: str(v.dtype).removeprefix("torch.") for k, v in model.integer_params().items()}
+    tensors = {"int." + k: v for k, v in ints.items()}
+    if include_float:
+        tensors.update(floats)
+    else:
+        structure["shapes"] = {k: list(v.shape) for k, v in floats.items()}
+    text = json.dumps({"spec": structure, "amax": model.amax, "scales": model.scales, "meta": model.meta,
+                       "float_weights": include_float, "int_dtypes": dtypes, "int_sha256": tensors_digest(ints)})
     meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "intvit_version": __version__,
             "header": text, "header_sha256": header_digest(text)}
     parent = os.path.dirname(os.path.abspath(path))
@@ -94,6 +134,7 @@ def save_integer_vit(model, path) -> None:
     tmp = temp_name(path)
     try:
         save_file(tensors, tmp, metadata=meta)
+        give_default_mode(tmp)
         os.replace(tmp, path)
     except OSError as exc:
         raise OSError(f"cannot save the model to {path}: {exc.strerror or exc}") from None
@@ -130,13 +171,19 @@ def load_integer_vit(path):
     if "header_sha256" in meta and header_digest(meta.get("header", "")) != meta["header_sha256"]:
         raise IntegerModelFileError(f"{path}: the model header does not match its checksum (the file is damaged); "
                                     "re-run intvit.quantize and save again")
+    stored = {k[4:]: v for k, v in tensors.items() if k.startswith("int.")}
     try:
         header = json.loads(meta["header"])
+        if not header.get("float_weights", True):
+            return _frozen_model(path, header, stored)
         spec = _spec_from(tensors, header["spec"])
         model = IntegerViT(spec, header["amax"], header.get("meta"))
-    except (KeyError, json.JSONDecodeError, TypeError, ValueError) as exc:
+        stored = {k: v.to(getattr(torch, header["int_dtypes"][k])) if "int_dtypes" in header else v
+                  for k, v in stored.items()}
+    except IntegerModelFileError:
+        raise
+    except (KeyError, json.JSONDecodeError, TypeError, ValueError, AttributeError) as exc:
         raise IntegerModelFileError(f"{path}: model header is damaged ({type(exc).__name__}: {exc})") from None
-    stored = {k[4:]: v for k, v in tensors.items() if k.startswith("int.")}
     rebuilt = model.integer_params()
     bad = sorted(k for k in rebuilt if k not in stored or not torch.equal(stored[k], rebuilt[k]))
     if bad or set(stored) != set(rebuilt):
@@ -144,3 +191,18 @@ def load_integer_vit(path):
             f"{path}: stored integer parameters disagree with the stored scales "
             f"({(bad or sorted(set(stored) ^ set(rebuilt)))[:3]}…); the file is corrupted")
     return model
+
+
+def _frozen_model(path: str, header: dict, stored: dict[str, torch.Tensor]):
+    """The model of a file saved without float weights: its integer tensors, checked against their digest,
+    widened to their in-memory dtypes, on a shape-only spec."""
+    from .integer_model import IntegerViT
+    if tensors_digest(stored) != header["int_sha256"]:
+        raise IntegerModelFileError(f"{path}: the integer tensors do not match their checksum (the file is "
+                                    "damaged); re-run intvit.quantize and save again")
+    shapes = {k: torch.empty(shape, device="meta") for k, shape in header["spec"]["shapes"].items()}
+    spec = _spec_from(shapes, header["spec"])
+    params = {k: v.to(getattr(torch, header["int_dtypes"][k])) for k, v in stored.items()}
+    if set(params) != set(header["int_dtypes"]):
+        raise IntegerModelFileError(f"{path}: the file's integer tensors are not the ones its header lists")
+    return IntegerViT.from_integer_params(spec, header["amax"], header.get("meta"), params)

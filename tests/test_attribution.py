@@ -65,12 +65,12 @@ def test_report_holds_every_row_and_the_readout_is_what_is_compared(models):
 def test_analyze_attribution_cli(tmp_path, capsys):
     from intvit.cli import main
     model = tmp_path / "f.safetensors"
-    assert main(["quantize", "fmnist", "--quiet", "--max-images", "64", "-o", str(model)]) == 0
+    assert main(["quantize", "fmnist", "--quiet", "--max-images", "64", "--keep-float", "-o", str(model)]) == 0
     out, png = tmp_path / "a.json", tmp_path / "a.png"
     assert main(["analyze", str(model), "--attribution", "--count", "16", "--quiet", "--json", str(out),
                  "--png", str(png)]) == 0
     report = json.loads(out.read_text())
     assert report["images"] == 16 and "take one out" in capsys.readouterr().out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert main(["analyze", str(model), "--attribution", "--count", "0"]) != 0
-    assert "--count must be at least 1" in capsys.readouterr().err
+    assert main(["analyze", str(model), "--attribution", "--count", "0"]) == 2
+    assert "argument --count: must be at least 1" in capsys.readouterr().err

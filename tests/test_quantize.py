@@ -11,6 +11,8 @@ from intvit.calibration import calibrate
 from intvit.models import to_spec
 from intvit.models.spec import linear_layers
 from intvit.quantize.qparams import weight_scale
+from intvit.files import _umask
+from intvit.quantize.integer_model import FloatWeightsMissingError
 from intvit.quantize.serialize import header_digest
 from intvit.quantize.fake_quant import fake_quant, fake_quant_weight
 from conftest import images, sqnr_db
@@ -77,23 +79,18 @@ def test_integer_outputs_are_deterministic_and_survive_save_load(tiny_qvit, tmp_
 
 def test_corrupted_save_files_are_refused(tiny_qvit, tmp_path):
     path = tmp_path / "m.safetensors"
-    tiny_qvit.save(path)
+    tiny_qvit.save(path, include_float=True)
     raw = path.read_bytes()
     trunc = tmp_path / "trunc.safetensors"
     trunc.write_bytes(raw[: len(raw) // 2])
     with pytest.raises(intvit.IntegerModelFileError, match="not a readable intvit model"):
         intvit.load(trunc)
-    # Scales altered in the header (the I-ViT issue #6 failure): refused, not run.
-    n = int.from_bytes(raw[:8], "little")
-    header = json.loads(raw[8:8 + n])
-    inner = json.loads(header["__metadata__"]["header"])
-    key = next(iter(inner["amax"]))
-    inner["amax"][key] *= 1.7
-    header["__metadata__"]["header"] = json.dumps(inner)
-    hb = json.dumps(header).encode()
-    hb += b" " * (-len(hb) % 8)
+
+    # Scales altered in the header (the I-ViT issue #6 failure), checksum recomputed: refused, not run.
+    def alter_a_range(meta, inner):
+        inner["amax"][next(iter(inner["amax"]))] *= 1.7
     bad = tmp_path / "bad.safetensors"
-    bad.write_bytes(len(hb).to_bytes(8, "little") + hb + raw[8 + n:])
+    bad.write_bytes(_rewrite_header(raw, alter_a_range))
     with pytest.raises(intvit.IntegerModelFileError, match="corrupted"):
         intvit.load(bad)
     other = tmp_path / "other.safetensors"
@@ -167,7 +164,7 @@ def test_version_1_files_load_as_shiftgelu_models(tiny_vit, tmp_path):
     """Files written before the GELU table (format 1, no GELU form in the meta) were ShiftGELU models."""
     q = intvit.quantize(tiny_vit, images(16), intvit.QuantConfig(progress=False, gelu="shift"))
     path = tmp_path / "m.safetensors"
-    q.save(path)
+    q.save(path, include_float=True)
 
     def as_version_1(meta, inner):
         meta["format_version"] = "1"
@@ -266,3 +263,46 @@ def test_threads_saving_one_path_do_not_collide(tiny_qvit, tmp_path):
     assert errors == []
     assert torch.equal(intvit.load(path).forward_int(images(2)), tiny_qvit.forward_int(images(2)))
     assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]
+
+
+def test_a_deployment_file_holds_integers_at_their_widths(tiny_qvit, tmp_path):
+    """By default the file holds only what inference needs, each integer tensor at its narrowest width: smaller
+    than the int8 ONNX, and it reloads, runs and exports bit-exactly; float weights only when asked."""
+    import os
+    from safetensors import safe_open
+    compact, full, onnx_path = tmp_path / "c.safetensors", tmp_path / "f.safetensors", tmp_path / "m.onnx"
+    tiny_qvit.save(compact)
+    tiny_qvit.save(full, include_float=True)
+    tiny_qvit.export_onnx(onnx_path)
+    assert os.path.getsize(compact) <= 1.1 * os.path.getsize(onnx_path) < os.path.getsize(full)
+    assert os.stat(compact).st_mode & 0o777 == 0o666 & ~_umask()          # as open() creates, not 0600
+    with safe_open(str(compact), framework="pt") as f:
+        names = list(f.keys())
+        assert not any(n.startswith("spec.") for n in names)
+        assert f.get_tensor("int.blocks.0.qkv.w").dtype == torch.int8
+        assert f.get_tensor("int.blocks.0.qkv.b").dtype in (torch.int16, torch.int32)
+    x = images(4, seed=2)
+    loaded = intvit.load(compact)
+    assert not loaded.has_float_weights and intvit.load(full).has_float_weights
+    assert torch.equal(loaded.forward_int(x), tiny_qvit.forward_int(x)) and torch.equal(loaded(x), tiny_qvit(x))
+    assert loaded.integer_params().keys() == tiny_qvit.integer_params().keys()
+    assert all(loaded.integer_params()[k].dtype == v.dtype for k, v in tiny_qvit.integer_params().items())
+    again = tmp_path / "again.onnx"
+    loaded.export_onnx(again)
+    assert again.read_bytes() == onnx_path.read_bytes()
+    with pytest.raises(FloatWeightsMissingError, match="include_float=True"):
+        loaded.refreeze()
+    loaded.mode = "fake"
+    with pytest.raises(ValueError, match="needs the float weights"):
+        loaded(x)
+
+
+def test_a_deployment_file_with_a_changed_integer_is_refused(tiny_qvit, tmp_path):
+    path = tmp_path / "c.safetensors"
+    tiny_qvit.save(path)
+    raw = bytearray(path.read_bytes())
+    raw[-3] ^= 1                                            # the last tensor's data
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(bytes(raw))
+    with pytest.raises(intvit.IntegerModelFileError, match="integer tensors do not match their checksum"):
+        intvit.load(bad)

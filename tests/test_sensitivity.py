@@ -20,7 +20,7 @@ def test_a_mis_scaled_point_ranks_first_and_every_point_is_listed():
 
 def test_analyze_cli_on_the_embedded_model(tmp_path, capsys):
     from intvit.cli import main
-    assert main(["quantize", "fmnist", "--quiet", "--max-images", "64", "-o", str(tmp_path / "f.safetensors")]) == 0
+    assert main(["quantize", "fmnist", "--quiet", "--max-images", "64", "--keep-float", "-o", str(tmp_path / "f.safetensors")]) == 0
     out = tmp_path / "s.json"
     png = tmp_path / "s.png"
     assert main(["analyze", str(tmp_path / "f.safetensors"), "--count", "16", "--quiet", "--json", str(out),
