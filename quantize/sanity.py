@@ -5,7 +5,8 @@ bias of 1e4, say) can round a layer's whole signal to one code: the model
 then "quantizes successfully" and answers the same for every image. After
 calibration, ``degenerate_points`` runs the integer model on a few
 calibration images and lists every requantized point (and the output) whose
-integer values are all equal — across images, tokens and channels. ``quantize``
+integer values are all equal — across images, tokens and channels (the
+output only where the float model's is not constant too). ``quantize``
 warns naming them and records them in ``meta["degenerate_points"]``;
 ``intvit eval`` and ``analyze`` print them.
 """
@@ -15,6 +16,8 @@ import contextlib
 import warnings
 
 import torch
+
+from ..models.spec import float_forward
 
 SANITY_IMAGES = 8          # calibration images ``quantize`` runs the check on
 OUTPUT = "output"
@@ -55,9 +58,18 @@ def degenerate_points(qmodel, images: torch.Tensor) -> list[str]:
     with record_points(qmodel) as seen:
         out = qmodel.forward_int(images)
     names = [name for name, t in seen.items() if t.numel() and bool((t == t.flatten()[0]).all())]
-    if bool((out == out[:1]).all()):
+    if bool((out == out[:1]).all()) and not _float_output_is_constant(qmodel, images):
         names.append(OUTPUT)
     return names
+
+
+def _float_output_is_constant(qmodel, images: torch.Tensor) -> bool:
+    """Whether the float model answers the same for every image too (a zero-initialised head, as
+    torchvision's): then a constant integer output is the model's, not the quantization's."""
+    if not qmodel.has_float_weights:
+        return False
+    out = float_forward(qmodel.spec, images)
+    return bool((out == out[:1]).all())
 
 
 def warn_degenerate(qmodel, images: torch.Tensor) -> list[str]:
