@@ -9,40 +9,16 @@ import time
 
 
 def _demo(args) -> int:
-    """Quantize the embedded Fashion-MNIST ViT and report FP32 vs INT8."""
-    import torch
-
-    import intvit
-    from intvit.models import fmnist
-    from intvit.quantize.evaluate import compare
-
-    torch.set_num_threads(args.threads)
-    os.makedirs(args.out, exist_ok=True)
-    model = fmnist.load_model()
-    print(f"[1/4] loaded the embedded model (HF ViTForImageClassification, Fashion-MNIST, "
-          f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters)")
-    calib = fmnist.load_calibration_set(args.calib)
-    images, labels = fmnist.load_test_set(args.images)
-    print(f"[2/4] calibrating on {calib.shape[0]} training images (recipe {args.recipe}) and quantizing")
-    t0 = time.perf_counter()
-    qmodel = intvit.quantize(model, calib, _quant_config(args))
-    t_quant = time.perf_counter() - t0
-    print(f"[3/4] evaluating on {images.shape[0]} test images (integer mode runs on int tensors only)")
-    report = compare(lambda x: model(x).logits, qmodel, images, labels, progress=not args.quiet)
-    report.update(recipe=args.recipe + "+ATM" * args.atm + "+OHB" * args.ohb, quantize_seconds=round(t_quant, 2),
-                  model="fmnist-vit (embedded)")
-    model_path = os.path.join(args.out, "fmnist-vit.int8.safetensors")
-    report_path = os.path.join(args.out, "demo-report.json")
-    qmodel.save(model_path)
-    with open(report_path, "w") as f:
+    """The whole pipeline on the embedded Fashion-MNIST ViT, offline: quantize, export ONNX, compile with TVM
+    for this CPU, run the compiled module on the test images (accuracy next to FP32), check it bit for bit
+    against the PyTorch integer model, and time INT8 against FP32 in this process."""
+    from intvit.bench.demo import format_report, run_demo
+    report = run_demo(args.out, args.images, args.calib, _quant_config(args), batch=args.batch,
+                      threads=args.threads)
+    with open(report["files"]["report"], "w") as f:
         json.dump(report, f, indent=1)
-    print("[4/4] done\n")
-    print(f"  FP32 top-1        {100 * report['fp32_top1']:6.2f} %")
-    print(f"  INT8 top-1        {100 * report['int8_top1']:6.2f} %   (delta {100 * report['delta_top1']:+.2f} pt)")
-    print(f"  top-1 agreement   {100 * report['top1_agreement']:6.2f} %")
-    print(f"  logit SQNR        {report['sqnr_db']:6.2f} dB")
-    print(f"\n  integer model  {model_path}\n  report         {report_path}")
-    return 0
+    print(format_report(report))
+    return 0 if report["differing_elements"] == 0 else 1
 
 
 def _quantize(args) -> int:
@@ -140,8 +116,10 @@ def _compile(args) -> int:
     where = f"{args.target} {args.arch}" if args.arch else args.target
     print(f"compiling {args.model} for {where}, batch {args.batch} ...", flush=True)
     meta = compile_to_file(args.model, args.output, target=args.target, batch=args.batch, arch=args.arch,
-                           tune=args.tune, tuning_dir=args.tuning_db, progress=lambda m: print(m, flush=True))
-    built = f"CUDA {meta['arch']}, device code embedded" if meta.get("arch") else f"CPU {meta['mcpu']}"
+                           tune=args.tune, tuning_dir=args.tuning_db, progress=lambda m: print(m, flush=True),
+                           isa=args.isa)
+    built = (f"CUDA {meta['arch']}, device code embedded" if meta.get("arch")
+             else f"CPU {meta['mcpu']}, GEMMs on {ISA_NAMES.get(meta.get('isa'), meta.get('isa'))}")
     print(f"wrote {args.output} and {args.output}.json ({built}) in {meta['compile_seconds']} s")
     tuning = meta.get("tuning")
     if tuning:
@@ -150,6 +128,9 @@ def _compile(args) -> int:
               + ("tuned module equals ONNX Runtime" if tuning["verified"]
                  else "tuned module differed from ONNX Runtime: hand schedules used"))
     return 0
+
+
+ISA_NAMES = {"amx": "Intel AMX-INT8", "vnni": "AVX-512 VNNI", "generic": "a portable schedule"}
 
 
 def _run(args) -> int:
@@ -393,7 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"intvit {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    d = sub.add_parser("demo", help="quantize the embedded Fashion-MNIST ViT and print FP32 vs INT8 accuracy",
+    d = sub.add_parser("demo", help="the whole pipeline on the embedded model: quantize, export, compile, run, "
+                                    "check bit-exactness, time INT8 vs FP32",
                        description=_demo.__doc__)
     d.add_argument("--out", default="intvit-out", help="directory for the integer model and report (default: %(default)s)")
     d.add_argument("--recipe", default="minmax", choices=["minmax", "percentile", "omse"],
@@ -401,6 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--images", type=positive_int, default=None, help="test images to evaluate (default: all 2000 shipped)")
     d.add_argument("--calib", type=positive_int, default=512, help="calibration images (default: %(default)s)")
     d.add_argument("--threads", type=positive_int, default=2, help="torch threads (default: %(default)s)")
+    d.add_argument("--batch", type=positive_int, default=8,
+                   help="batch size the module is compiled, run and timed at (default: %(default)s)")
     _add_quant_flags(d)
     d.add_argument("--quiet", action="store_true", help="no progress bars")
     d.set_defaults(func=_demo)
@@ -437,11 +421,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("model", help="integer .onnx file from 'intvit export'")
     c.add_argument("-o", "--output", required=True, help="output module, e.g. model.so (a .json sidecar is written beside it)")
     c.add_argument("--target", default="llvm",
-                   help="'llvm' (default): this CPU, with AVX-512 VNNI kernels where it has them and a portable "
-                        "schedule otherwise; 'cuda': NVIDIA GPUs (int8 GEMMs on __dp4a, device code compiled by "
+                   help="'llvm' (default): this CPU, with Intel AMX or AVX-512 VNNI GEMMs where it has them (--isa) and "
+                        "a portable schedule otherwise; 'cuda': NVIDIA GPUs (int8 GEMMs on __dp4a, device code compiled by "
                         "nvcc now and embedded in the module; builds without a GPU)")
     c.add_argument("--arch", help="CUDA arch for --target cuda, e.g. sm_90 (H100/H200) or sm_80 (A100); "
                                   "default: this machine's GPU")
+    c.add_argument("--isa", choices=("amx", "vnni", "generic"),
+                   help="llvm only: the instruction set of the int8 GEMMs: 'amx' (Intel AMX-INT8 tiles), 'vnni' "
+                        "(AVX-512 VNNI), 'generic'; default: the fastest this CPU runs (AMX where the CPU has it "
+                        "and Linux grants the tile state, else VNNI where present)")
     c.add_argument("--batch", type=positive_int, default=1, help="batch size the module is compiled for (default: %(default)s)")
     c.add_argument("--tune", type=non_negative_int, default=0, metavar="N",
                    help="llvm only: tune the GEMM kernels with MetaSchedule, N measured candidates per GEMM shape "

@@ -7,6 +7,8 @@
 ``ort_fp32``          the float ONNX in ONNX Runtime
 ``ort_int8_qdq``      ORT's own static INT8 of that ONNX (``quantize_static``: QDQ, per-channel weights)
 ``intvit_int8_ort``   intvit's integer graph in ONNX Runtime (a correctness reference: generic int64 ops)
+``intvit_int8_tvm_vnni`` the same integer graph with its GEMMs forced onto AVX-512 VNNI (``isa="vnni"``):
+                      on a CPU with AMX, where ``intvit_int8_tvm`` uses AMX, the pair measures AMX's gain
 ``intvit_ivit_int8_tvm`` intvit quantized in the I-ViT form (ShiftGELU, symmetric grids, no migration:
                       the default before the GELU table, zero points and migration), same compiler
 ``tvm_fp32``          the float ONNX through ``tvm.relax.frontend.onnx`` for the same llvm target as
@@ -40,7 +42,7 @@ import torch
 from .models import BenchModel
 
 REFERENCE = "intvit_int8_tvm"
-ALL_BACKENDS = ("intvit_int8_tvm", "intvit_ivit_int8_tvm", "torch_fp32", "torch_compile_fp32", "ort_fp32",
+ALL_BACKENDS = ("intvit_int8_tvm", "intvit_int8_tvm_vnni", "intvit_ivit_int8_tvm", "torch_fp32", "torch_compile_fp32", "ort_fp32",
                 "ort_int8_qdq", "intvit_int8_ort", "tvm_fp32")
 # intvit_int8_ort runs the integer nonlinears as generic int64 ONNX ops (10-25x slower than the
 # rest): only when asked for.
@@ -243,6 +245,8 @@ class ModelBackends:
         """
         built = {**self.fixed, **{name: self._ort(name) for name in self.ort_files}}
         built[REFERENCE] = self._intvit_tvm(batch)
+        if "intvit_int8_tvm_vnni" in self.names:
+            built["intvit_int8_tvm_vnni"] = self._intvit_tvm(batch, name="intvit_int8_tvm_vnni", isa="vnni")
         if "intvit_ivit_int8_tvm" in self.names:
             built["intvit_ivit_int8_tvm"] = self._intvit_tvm(batch, self.ivit_proto, "intvit_ivit_int8_tvm")
         if "tvm_fp32" in self.names:
@@ -261,11 +265,11 @@ class ModelBackends:
                 self.progress(f"  {name} is unavailable here: {self._failed[name]}")
         return Backend(name, None, unavailable=self._failed[name])
 
-    def _intvit_tvm(self, batch: int, proto=None, name: str = REFERENCE) -> Backend:
+    def _intvit_tvm(self, batch: int, proto=None, name: str = REFERENCE, isa: str | None = None) -> Backend:
         from ..tvm_backend.build import compile_onnx
         t0 = time.perf_counter()
         module = self._step(f"{name}: compiling the integer graph with TVM for batch {batch}",
-                            compile_onnx, proto or self.proto, "llvm", batch)
+                            lambda *a: compile_onnx(*a, isa=isa), proto or self.proto, "llvm", batch)
         build_s = time.perf_counter() - t0
         size = _export_size(module.executable, os.path.join(self.workdir, f"{name}-b{batch}.so"))
         return Backend(name, lambda x: module(x)[0], size, "compiled .so", build_s)

@@ -25,7 +25,10 @@ quantize_static, QDQ), tvm_fp32 (the float ONNX through tvm.relax.frontend,
 given intvit's own CPU schedules: tiled GEMMs, row-parallel nonlinears);
 opt-in: intvit_int8_ort (intvit's graph in ORT, a slow correctness reference),
 intvit_ivit_int8_tvm (intvit quantized in the I-ViT form: ShiftGELU,
-symmetric grids, no migration, i.e. the default before those landed).
+symmetric grids, no migration, i.e. the default before those landed),
+intvit_int8_tvm_vnni (intvit's graph with its GEMMs forced onto AVX-512
+VNNI: next to intvit_int8_tvm, which uses AMX where the CPU has it, the
+gain of AMX).
 Clock: perf_counter_ns; peak memory: the RSS high-water mark.
 
 --target cuda (GPU 0; --arch defaults to the GPU's own). Backends:

@@ -59,6 +59,7 @@ CASES = [  # (argv with {d} for the files' folder, a phrase the one line must ho
     ("compile {d}/m.onnx -o {d}/x.so --target tpu", "unknown target 'tpu'"),
     ("compile {d}/m.onnx -o {d}/no/such/dir/x.so", "does not exist or is not writable"),
     ("compile {d}/m.onnx -o {d}/x.so --batch 0", "argument --batch: must be at least 1"),
+    ("compile {d}/m.onnx -o {d}/x.so --isa sse", "argument --isa: invalid choice: 'sse'"),
     ("run {d}/missing.so --input {d}/nan.npy", "no compiled module at"),
     ("run {d}/m.so --input {d}/zero_d.npy", "expected a batch of images [N, C, H, W]"),
     ("run {d}/m.so --input {d}/text.npy", "is not a numpy .npy array file"),

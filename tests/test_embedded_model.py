@@ -1,5 +1,6 @@
 """The embedded Fashion-MNIST ViT: real weights, real images, integer-only, and the demo CLI."""
 import json
+import os
 
 import pytest
 import torch
@@ -36,14 +37,21 @@ def test_embedded_model_is_integer_only_and_deterministic(embedded, tmp_path):
     assert torch.equal(intvit.load(path).forward_int(x), q.forward_int(x))
 
 
-def test_demo_command_writes_model_and_report(tmp_path, capsys):
-    rc = main(["demo", "--images", "200", "--calib", "64", "--quiet", "--out", str(tmp_path)])
+def test_demo_runs_the_whole_pipeline(tmp_path, capsys):
+    """quantize → ONNX → compiled module → accuracy from the compiled module, bit-exact against the PyTorch
+    integer model, INT8 vs FP32 latency; every file it names exists and the next commands it prints work."""
+    rc = main(["demo", "--images", "203", "--calib", "64", "--quiet", "--out", str(tmp_path)])
     assert rc == 0
     report = json.loads((tmp_path / "demo-report.json").read_text())
-    assert report["images"] == 200 and 0.7 < report["fp32_top1"] <= 1.0 and report["int8_top1"] > 0.7
-    assert (tmp_path / "fmnist-vit.int8.safetensors").exists()
+    assert report["images"] == 203 and 0.7 < report["fp32_top1"] <= 1.0 and report["int8_top1"] > 0.7
+    assert report["differing_elements"] == 0 and report["bit_exact_images"] == 64
+    assert report["int8_ms"] > 0 and report["fp32_ms"] > 0 and report["isa"] in ("amx", "vnni", "generic")
+    assert all(os.path.exists(p) for p in report["files"].values())
     out = capsys.readouterr().out
-    assert "INT8 top-1" in out and str(tmp_path) in out
+    assert "INT8 top-1 (compiled module)" in out and "bit-exact vs PyTorch integer  yes" in out
+    run_line = next(line for line in out.splitlines() if line.strip().startswith("intvit run "))
+    assert main(run_line.split("#")[0].split()[1:]) == 0
+    assert "image 7:" in capsys.readouterr().out
 
 
 def test_cli_help_and_errors(tmp_path, capsys):

@@ -134,3 +134,22 @@ def test_a_killed_writers_temp_files_are_swept_by_the_next_writer(compiled_pair,
         leftovers = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(target.name + ".tmp-"))
         assert leftovers == [os.path.basename(live)]
         os.remove(live)
+
+
+def test_the_sidecar_records_the_gemm_isa_and_load_checks_amx(compiled_pair, tmp_path, monkeypatch):
+    """An AMX module's sidecar says so and lists the AMX features; loading it where Linux refuses the tile
+    state is one clear error (simulated), not a SIGILL. --isa forces the schedule."""
+    from intvit.tvm_backend import amx, runtime
+    d, _, _, q, _ = compiled_pair
+    if not amx.host_has_amx():
+        pytest.skip("this CPU (or Linux) has no AMX")
+    meta = compile_to_file(d / "a.onnx", tmp_path / "amx.so")
+    assert meta["isa"] == "amx" and {"amx-tile", "amx-int8"} <= set(meta["cpu_features"])
+    vnni = compile_to_file(d / "a.onnx", tmp_path / "vnni.so", isa="vnni")
+    assert vnni["isa"] == "vnni" and "amx-int8" not in vnni["cpu_features"]
+    x = images(1, seed=4)
+    assert np.array_equal(load(tmp_path / "amx.so").run(x)[1], load(tmp_path / "vnni.so").run(x)[1])
+    monkeypatch.setattr(runtime, "request_tile_permission", lambda: False)
+    with pytest.raises(ModuleMismatchError, match="Linux refused this process the AMX tile state"):
+        load(tmp_path / "amx.so")
+    load(tmp_path / "vnni.so")                    # a VNNI module does not need the tiles

@@ -109,7 +109,7 @@ def test_compile_cli_tune_records_tuning_in_the_sidecar(tiny_qvit, tmp_path, cap
                  "-o", str(tmp_path / "c.so")]) == 2
     assert "--tune tunes the CPU kernels" in capsys.readouterr().err
     assert main(["compile", str(onnx_path), "--tune", "-1", "-o", str(tmp_path / "d.so")]) == 2
-    assert "--tune must be a non-negative" in capsys.readouterr().err
+    assert "argument --tune: must be at least 0" in capsys.readouterr().err
     assert not any((tmp_path / n).exists() for n in ("c.so", "d.so", "c.so.tuning", "d.so.tuning"))
 
 

@@ -6,7 +6,9 @@ Pipeline: ``importer.to_relax`` → legalize → fuse (GEMM kernels are kept
 whole: they are marked opaque so ``FuseOps`` does not merge neighbours into
 them) → schedules → ``tvm.compile``. Targets:
 
-* ``"llvm"``: this CPU; ``schedules.schedule_module`` (VNNI where the CPU has it);
+* ``"llvm"``: this CPU; ``schedules.schedule_module``, with the GEMMs on the
+  instruction set ``isa`` names (``ISAS``; by default AMX where this CPU and
+  Linux allow it, else AVX-512 VNNI where the CPU has it, else generic);
 * ``"cuda"`` (with an ``arch`` such as ``sm_90``, or the GPU's own when one is
   present): ``gpu_schedules.schedule_module_gpu``, device code compiled by
   nvcc at build time and embedded (``cuda``).
@@ -27,8 +29,15 @@ GEMM_PREFIXES = ("int8_linear", "int16_gemm", "int16_linear", "int_bmm")
 PACK_PREFIXES = ("pack_panels", "pack_values")    # index arithmetic hides that they are injective
 
 
+ISAS = ("amx", "vnni", "generic")      # the CPU GEMM schedules compile_onnx(isa=...) can force
+
+
 class UnknownTargetError(ValueError):
     """The target name is not one intvit can compile for."""
+
+
+class IsaUnavailableError(RuntimeError):
+    """The instruction set forced with ``isa=`` cannot be used for this target, or cannot run on this machine."""
 
 
 def resolve_target(target, arch: str | None = None) -> dict:
@@ -84,9 +93,58 @@ def fuse(mod, target):
         return relax.transform.DeadCodeElimination()(mod)
 
 
-def schedule(mod, target, database=None):
+def is_host_target(target) -> bool:
+    """``target`` compiles for this machine's CPU (kind llvm, this CPU's ``mcpu``)."""
+    from .x86 import host_cpu
+    return str(target.kind.name) == "llvm" and str(target.attrs.get("mcpu", "")) == host_cpu()
+
+
+def resolve_isa(isa: str | None, target) -> str | None:
+    """The GEMM instruction set for ``target``: ``isa`` checked, or the default (None for CUDA).
+
+    Default: ``"amx"`` when ``target`` is this CPU and ``amx.host_has_amx()``
+    (the CPU has AMX-INT8 and Linux grants the tile state), else ``"vnni"``
+    where the target has AVX-512 VNNI, else ``"generic"``. A forced ``"amx"``
+    needs a target CPU with AMX-INT8 and, when the target is this CPU, the
+    tile permission; ``"vnni"`` a target with AVX-512 VNNI.
+    """
+    from . import amx
+    from .x86 import target_has_vnni
+    if is_cuda(target):
+        if isa is not None:
+            raise UnknownTargetError(f"isa={isa!r} chooses a CPU GEMM schedule; leave it unset for --target cuda")
+        return None
+    if isa is None:
+        if is_host_target(target) and amx.target_has_amx(target) and amx.host_has_amx():
+            return "amx"
+        return "vnni" if target_has_vnni(target) else "generic"
+    if isa not in ISAS:
+        raise UnknownTargetError(f"unknown isa {isa!r}; choose one of {list(ISAS)} (or leave it unset)")
+    mcpu = str(target.attrs.get("mcpu", "")) or "(generic x86)"
+    if isa == "amx":
+        if not amx.target_has_amx(target):
+            raise IsaUnavailableError(
+                f"isa='amx': the target CPU {mcpu} has no AMX-INT8; compile with isa='vnni' or 'generic', or "
+                "for an AMX CPU (mcpu sapphirerapids, emeraldrapids, graniterapids)")
+        if is_host_target(target) and not amx.host_has_amx():
+            raise IsaUnavailableError(
+                "isa='amx': Linux refused this process the AMX tile state (arch_prctl(ARCH_REQ_XCOMP_PERM, "
+                "XTILEDATA) failed: a kernel older than 5.16, or AMX disabled for this VM or container), so AMX "
+                "code would die with SIGILL here; compile with isa='vnni', or run on a host that allows AMX")
+    if isa == "vnni" and not target_has_vnni(target):
+        raise IsaUnavailableError(f"isa='vnni': the target CPU {mcpu} has no AVX-512 VNNI; compile with "
+                                  "isa='generic' or leave isa unset")
+    return isa
+
+
+def schedule(mod, target, database=None, isa: str | None = None):
     """Schedule every kernel of a fused module for ``target``; GEMMs that ``database`` (a MetaSchedule
-    database from ``tuning.tune_gemms``) has a tuned record for get that schedule instead."""
+    database from ``tuning.tune_gemms``) has a tuned record for get that schedule instead.
+
+    ``isa`` (``ISAS``, checked by ``resolve_isa``) picks the CPU GEMM
+    schedule; None keeps VNNI where the target has it (AMX needs a module
+    imported under ``gemm.amx_layout()``: ``compile_onnx`` does both).
+    """
     if is_cuda(target):
         from .gpu_schedules import schedule_module_gpu
         return schedule_module_gpu(mod)
@@ -95,7 +153,9 @@ def schedule(mod, target, database=None):
     if database is not None:
         from .tuning import schedule_with_database
         mod = schedule_with_database(mod, database, target)
-    return schedule_module(mod, target_has_vnni(target))
+    if isa is None:
+        return schedule_module(mod, target_has_vnni(target))
+    return schedule_module(mod, isa in ("amx", "vnni") and target_has_vnni(target), amx=isa == "amx")
 
 
 def lower(mod, target):
@@ -112,11 +172,14 @@ class CompiledIntViT:
 
     ``device`` is ``"cpu"`` or ``"cuda"``; the virtual machine is created on
     the first call, so a CUDA module can be built and exported on a machine
-    without a GPU.
+    without a GPU. ``isa`` is the CPU GEMMs' instruction set (``ISAS``; None
+    for CUDA or unknown): an ``"amx"`` module checks, before its first call,
+    that this process may use the AMX tiles (``amx.host_has_amx``).
     """
 
-    def __init__(self, executable, batch: int, input_name: str, input_shape, input_dtype, device: str = "cpu"):
-        self.executable, self.device = executable, device
+    def __init__(self, executable, batch: int, input_name: str, input_shape, input_dtype, device: str = "cpu",
+                 isa: str | None = None):
+        self.executable, self.device, self.isa = executable, device, isa
         self.batch, self.input_name = batch, input_name
         self.input_shape, self.input_dtype = tuple(input_shape), input_dtype
         self._vm = self._dev = None
@@ -126,7 +189,7 @@ class CompiledIntViT:
         """The same compiled module with a virtual machine of its own (created on first call): what one more
         caller thread runs on (``runtime.LoadedModule``)."""
         return CompiledIntViT(self.executable, self.batch, self.input_name, self.input_shape, self.input_dtype,
-                              self.device)
+                              self.device, self.isa)
 
     @property
     def dev(self):
@@ -147,6 +210,13 @@ class CompiledIntViT:
             if self.device == "cuda":
                 from .cuda import install_loader
                 install_loader()
+            if self.isa == "amx":
+                from .amx import host_has_amx
+                if not host_has_amx():       # before any tile instruction: without the grant they raise SIGILL
+                    raise IsaUnavailableError(
+                        "this module's GEMMs use Intel AMX, and this CPU has no AMX-INT8 or Linux refused this "
+                        "process the tile state (arch_prctl(ARCH_REQ_XCOMP_PERM, XTILEDATA)); recompile it "
+                        "with isa='vnni' (intvit compile on this machine picks what it can run)")
             self._vm = relax.VirtualMachine(self.executable, self.dev)
         return self._vm
 
@@ -184,7 +254,7 @@ class CompiledIntViT:
 
 
 def compile_onnx(model, target="llvm", batch: int = 1, arch: str | None = None, tune: int = 0,
-                 tuning_dir: str | None = None, progress=None) -> CompiledIntViT:
+                 tuning_dir: str | None = None, progress=None, isa: str | None = None) -> CompiledIntViT:
     """Compile an intvit integer ONNX graph (a path or a ``ModelProto``) for ``target`` at a fixed ``batch``.
 
     ``tune=N`` (CPU only) first tunes the GEMM kernels with MetaSchedule, N
@@ -193,6 +263,14 @@ def compile_onnx(model, target="llvm", batch: int = 1, arch: str | None = None, 
     module against ONNX Runtime on the same graph: on any difference the
     tuned schedules are dropped with a warning and the hand schedules used.
     The result's ``tuning`` holds what was done (None without tuning).
+
+    ``isa`` (CPU targets): the GEMMs' instruction set, one of ``ISAS``, or
+    None for the best this target allows (``resolve_isa``: AMX when the
+    target is this CPU and it can run AMX). Forcing one the target lacks, or
+    ``"amx"`` where Linux refuses the tile state, raises
+    ``IsaUnavailableError``. With ``"amx"`` the u8 × s8 GEMMs are imported in
+    the AMX layout and keep the AMX schedule even with ``tune``, which then
+    tunes the remaining (VNNI) GEMMs. The result's ``isa`` records the choice.
     """
     import contextlib
 
@@ -207,8 +285,18 @@ def compile_onnx(model, target="llvm", batch: int = 1, arch: str | None = None, 
         raise ValueError("--tune tunes the CPU kernels: use it with --target llvm (the CUDA schedules are fixed)")
     if tune and not tuning_dir:
         raise ValueError("tune=N needs tuning_dir, the directory for the tuning database")
+    isa = resolve_isa(isa, tgt)
+
     def fused_module():
-        return fuse(to_relax(proto, batch, gemm_form="tiled" if cuda else "vnni"), tgt)
+        from .gemm import amx_layout
+        with amx_layout(isa == "amx"):
+            mod = fuse(to_relax(proto, batch, gemm_form="tiled" if cuda else "vnni"), tgt)
+        if isa == "amx":
+            from . import amx
+            from .schedules import schedule_amx_gemms
+            amx.request_tile_permission()
+            mod = schedule_amx_gemms(mod)    # fixed schedule: tuning leaves these kernels alone
+        return mod
     fused = fused_module()
     database = summary = None
     if tune:
@@ -220,11 +308,11 @@ def compile_onnx(model, target="llvm", batch: int = 1, arch: str | None = None, 
     else:
         build_scope = contextlib.nullcontext()
     with build_scope:
-        ex = tvm.compile(schedule(fused, tgt, database), target=tgt)
+        ex = tvm.compile(schedule(fused, tgt, database, isa), target=tgt)
     inp = proto.graph.input[0]
     dtype = "int8" if inp.name == "images_int8" else "float32"
     shape = [batch] + [d.dim_value for d in inp.type.tensor_type.shape.dim[1:]]
-    compiled = CompiledIntViT(ex, batch, inp.name, shape, dtype, device="cuda" if cuda else "cpu")
+    compiled = CompiledIntViT(ex, batch, inp.name, shape, dtype, device="cuda" if cuda else "cpu", isa=isa)
     if summary is not None:
         from .tuning import differs_from_onnx_runtime
         summary.verified = not differs_from_onnx_runtime(compiled, proto)
@@ -233,7 +321,7 @@ def compile_onnx(model, target="llvm", batch: int = 1, arch: str | None = None, 
             warnings.warn("the tuned module's outputs differ from ONNX Runtime's on the same graph; using the "
                           "hand schedules instead (please report this with the tuning database)", stacklevel=2)
             with build_scope:     # from a fresh import: scheduling rewrote ``fused``'s kernels
-                compiled.executable = tvm.compile(schedule(fused_module(), tgt), target=tgt)
+                compiled.executable = tvm.compile(schedule(fused_module(), tgt, isa=isa), target=tgt)
     compiled.tuning = summary
     return compiled
 

@@ -24,8 +24,20 @@ int16 for ``vpdpwssd`` and feeds the 16-bit probabilities unshifted.
 **Any other activation GEMM** (``int_bmm_te``): ``C[..., i, j] = Σ_k
 a[..., i, k]·b[..., k, j]`` in int32, row and column indices clamped to the
 tile, no repacking.
+
+**The AMX layout** (``amx_layout()``, for ``amx.apply_amx_gemm_schedule``):
+inside this context the u8 × s8 (``VPDPBUSD``) kernels are built for AMX
+tiles: the panels are padded to K % 64 == 0 and N % 32 == 0 (the same
+``[Np/16, Kp/4, 16, 4]`` layout, more zero padding), the staged rows to a
+multiple of 32, and a linear layer's leading axes are folded into its rows
+(``[B, T, K]`` is one ``[B·T, K]`` GEMM: 32-row blocks then pad ``B·T``, not
+every ``T``). The arithmetic is unchanged; the int16 (``VPDPWSSD``) kernels
+keep their layout.
 """
 from __future__ import annotations
+
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import numpy as np
 
@@ -36,6 +48,28 @@ ACC_BLOCK = "int_gemm_acc"      # the reduction block every GEMM schedule looks 
 OUT_BLOCK = "int_gemm_out"      # its output (crop + epilogue) block
 SHIFTED_INPUT_BLOCK = "shifted_input"
 PACK_BLOCK = "pack_panels"      # in-graph panel packing of an activation (schedules.schedule_rowwise)
+AMX_ROWS, AMX_COLS, AMX_K = 32, 32, 64      # amx.ROW_BLOCK, amx.COL_BLOCK, amx.K_BLOCK (checked at its import)
+
+_AMX_LAYOUT: ContextVar[bool] = ContextVar("intvit_amx_layout", default=False)
+
+
+@contextmanager
+def amx_layout(enabled: bool = True):
+    """Within this context, u8 × s8 kernels and their packings take the AMX layout (see the module docstring).
+
+    Wraps the import of a graph (``importer.to_relax``) whose kernels the AMX
+    schedule will run: the importer's calls of ``pack_linear_weight``,
+    ``pack_panels_te`` and ``packed_gemm_te`` read it.
+    """
+    token = _AMX_LAYOUT.set(enabled)
+    try:
+        yield
+    finally:
+        _AMX_LAYOUT.reset(token)
+
+
+def _amx(amx: bool | None, u8: bool) -> bool:
+    return u8 and (_AMX_LAYOUT.get() if amx is None else amx)
 
 
 def ceil_to(v: int, m: int) -> int:
@@ -54,10 +88,19 @@ def linear_tile(n: int) -> tuple[int, int]:
     return {3: 5, 2: 7, 1: 15}[nr], nr
 
 
-def pack_linear_weight(w_kn: np.ndarray, nr: int, group: int = VPDPBUSD.group) -> np.ndarray:
-    """``[K, N]`` → ``[Np/16, Kp/g, 16, g]``, zero-padded: ``Wp[j/16, k/g, j%16, k%g] = W[k, j]``."""
+def pack_linear_weight(w_kn: np.ndarray, nr: int, group: int = VPDPBUSD.group,
+                       amx: bool | None = None) -> np.ndarray:
+    """``[K, N]`` → ``[Np/16, Kp/g, 16, g]``, zero-padded: ``Wp[j/16, k/g, j%16, k%g] = W[k, j]``.
+
+    ``Np`` pads N to the register tile (``nr`` 16-lane vectors) and ``Kp`` K to
+    the group, or, with ``amx`` (default: inside ``amx_layout()``, for the
+    4-byte group), N to 32 and K to 64.
+    """
     k, n = w_kn.shape
-    kp, np_ = ceil_to(k, group), ceil_to(n, LANES * nr)
+    if _amx(amx, group == VPDPBUSD.group):
+        kp, np_ = ceil_to(k, AMX_K), ceil_to(n, AMX_COLS)
+    else:
+        kp, np_ = ceil_to(k, group), ceil_to(n, LANES * nr)
     padded = np.zeros((kp, np_), w_kn.dtype)
     padded[:k, :n] = w_kn
     return np.ascontiguousarray(padded.T.reshape(np_ // LANES, LANES, kp // group, group).transpose(0, 2, 1, 3))
@@ -78,7 +121,10 @@ def pack_panels_te(b, layout: str, dot: DotInstruction = VPDPBUSD):
     n, k = (d0, d1) if layout == "nk" else (d1, d0)
     _, nr = linear_tile(n)
     g = dot.group
-    np_, kp = ceil_to(n, LANES * nr), ceil_to(k, g)
+    if _amx(None, dot is VPDPBUSD):
+        np_, kp = ceil_to(n, AMX_COLS), ceil_to(k, AMX_K)
+    else:
+        np_, kp = ceil_to(n, LANES * nr), ceil_to(k, g)
 
     def f(*i):
         j, kk = i[-4] * LANES + i[-2], i[-3] * g + i[-1]
@@ -103,7 +149,7 @@ def panel_compensation_te(b):
 
 
 def packed_gemm_te(x, wp, bias, mr: int, n: int, dot: DotInstruction = VPDPBUSD, epilogue=None,
-                   out_dtype="int64"):
+                   out_dtype="int64", amx: bool | None = None):
     """``epilogue(x @ W + bias)`` on packed panels ``wp``.
 
     ``dot`` fixes the operand form: ``VPDPBUSD`` feeds ``x + 128`` as uint8
@@ -113,6 +159,10 @@ def packed_gemm_te(x, wp, bias, mr: int, n: int, dot: DotInstruction = VPDPBUSD,
     batched like ``x`` (``[..., Np/16, Kp/g, 16, g]`` / ``[..., Np]``); ``bias``
     may be None. ``epilogue(z, idx) -> PrimExpr`` maps the int64
     accumulator-plus-bias at output index ``idx`` to the output value.
+
+    Rows are padded to a multiple of ``mr``, or with ``amx`` (default: inside
+    ``amx_layout()``, for ``VPDPBUSD`` panels padded for AMX) to 32, with a
+    shared weight's leading axes folded into the rows (``_amx_linear_te``).
     """
     from tvm import te
     from tvm import tirx as tir
@@ -120,8 +170,11 @@ def packed_gemm_te(x, wp, bias, mr: int, n: int, dot: DotInstruction = VPDPBUSD,
     *lead, rows, k = (int(d) for d in x.shape)
     g = dot.group
     kp, np_ = int(wp.shape[-3]) * g, int(wp.shape[-4]) * LANES
-    rows_p = ceil_to(rows, mr)
     w_lead = len(wp.shape) - 4                 # 0: one weight for all rows; len(lead): one per batch item
+    amx = _amx(amx, dot is VPDPBUSD) and kp % AMX_K == 0 and np_ % AMX_COLS == 0
+    if amx and lead and not w_lead:
+        return _amx_linear_te(x, wp, bias, n, epilogue, out_dtype)
+    rows_p = ceil_to(rows, AMX_ROWS if amx else mr)
     shift = UNSIGNED_SHIFT if dot is VPDPBUSD else 0
 
     def operand(*i):
@@ -137,6 +190,44 @@ def packed_gemm_te(x, wp, bias, mr: int, n: int, dot: DotInstruction = VPDPBUSD,
 
     def out(*i):
         z = acc(*i).astype("int64")
+        if bias is not None:
+            z = z + bias(*i[:len(bias.shape) - 1], i[-1])
+        return (z if epilogue is None else epilogue(z, i)).astype(out_dtype)
+    return te.compute((*lead, rows, n), out, name=OUT_BLOCK)
+
+
+def _amx_linear_te(x, wp, bias, n: int, epilogue, out_dtype):
+    """``packed_gemm_te`` (VPDPBUSD, one weight) with ``x``'s leading axes folded into the rows: one GEMM of
+    ``R = prod(lead)·rows`` rows padded to 32 (``x[min(r, R−1)]``), read back per output index."""
+    from tvm import te
+    from tvm import tirx as tir
+
+    *lead, rows, k = (int(d) for d in x.shape)
+    dims = (*lead, rows)
+    total = int(np.prod(dims))
+    kp, np_ = int(wp.shape[-3]) * VPDPBUSD.group, int(wp.shape[-4]) * LANES
+
+    def unravel(r):
+        idx = []
+        for d in reversed(dims):
+            idx.append(tir.floormod(r, d))
+            r = tir.floordiv(r, d)
+        return idx[::-1]
+
+    def operand(r, kk):
+        v = (x(*unravel(tir.min(r, total - 1)), tir.min(kk, k - 1)).astype("int32") + UNSIGNED_SHIFT).astype("uint8")
+        return v if kp == k else tir.Select(kk < k, v, tir.const(0, "uint8"))
+    au = te.compute((ceil_to(total, AMX_ROWS), kp), operand, name=SHIFTED_INPUT_BLOCK)
+    red = te.reduce_axis((0, kp), name="k")
+    acc = te.compute((ceil_to(total, AMX_ROWS), np_), lambda r, j: te.sum(
+        au[r, red].astype("int32") * wp[j // LANES, red // 4, j % LANES, red % 4].astype("int32"), axis=red),
+        name=ACC_BLOCK)
+
+    def out(*i):
+        flat = i[0]
+        for d, v in zip(dims[1:], i[1:-1]):
+            flat = flat * d + v
+        z = acc[flat, i[-1]].astype("int64")
         if bias is not None:
             z = z + bias(*i[:len(bias.shape) - 1], i[-1])
         return (z if epilogue is None else epilogue(z, i)).astype(out_dtype)

@@ -38,7 +38,8 @@ import numpy as np
 
 from .. import __version__
 from ..files import sweep_stale_temps, temp_name
-from .build import CompiledIntViT, NoDeviceError, compile_onnx, resolve_target
+from .build import ISAS, CompiledIntViT, NoDeviceError, compile_onnx, resolve_target
+from .amx import AMX_FEATURES, request_tile_permission
 from .x86 import has_features, host_cpu, isa_features
 
 SIDECAR_FORMAT = "intvit.compiled-module"
@@ -58,13 +59,16 @@ def tuning_dir_for(output) -> str:
 
 
 def compile_to_file(onnx_path, output, target="llvm", batch: int = 1, arch: str | None = None, tune: int = 0,
-                    tuning_dir: str | None = None, progress=None) -> dict:
+                    tuning_dir: str | None = None, progress=None, isa: str | None = None) -> dict:
     """Compile an integer ONNX file and write ``output`` (.so) and its sidecar atomically.
 
     With ``tune=N`` the GEMMs are tuned first (``build.compile_onnx``); the
     MetaSchedule database goes to ``tuning_dir`` (default ``output.tuning``)
     and the sidecar's ``"tuning"`` records what was tuned, reused, the
     tuning wall time and whether the tuned module matched ONNX Runtime.
+    ``isa`` forces the CPU GEMMs' instruction set (``build.ISAS``; default:
+    the best this CPU runs); the sidecar records it, and an AMX module lists
+    the AMX features among those the CPU must have.
     """
     import tvm
 
@@ -77,12 +81,14 @@ def compile_to_file(onnx_path, output, target="llvm", batch: int = 1, arch: str 
     t0 = time.perf_counter()
     resolved = resolve_target(target, arch)
     compiled = compile_onnx(proto, target, batch, arch=resolved.get("arch"), tune=tune,
-                            tuning_dir=(tuning_dir or tuning_dir_for(output)) if tune else None, progress=progress)
+                            tuning_dir=(tuning_dir or tuning_dir_for(output)) if tune else None, progress=progress,
+                            isa=isa)
     host = resolved if resolved["kind"] == "llvm" else resolve_target("llvm")
     meta = {"format": SIDECAR_FORMAT, "intvit_version": __version__, "tvm_version": tvm.__version__,
             "target": target if isinstance(target, str) else json.dumps(target), "batch": batch,
             "arch": resolved.get("arch"),
-            "mcpu": host.get("mcpu", ""), "cpu_features": isa_features(host.get("mcpu", "")),
+            "mcpu": host.get("mcpu", ""), "isa": compiled.isa,
+            "cpu_features": isa_features(host.get("mcpu", "")) + (list(AMX_FEATURES) if compiled.isa == "amx" else []),
             "input": {"name": compiled.input_name, "shape": list(compiled.input_shape),
                       "dtype": compiled.input_dtype},
             "outputs": [o.name for o in proto.graph.output],
@@ -173,11 +179,13 @@ class LoadedModule:
 
         TVM's VM is not reentrant (one VM called from several threads raised
         VM errors and crashed), so every thread gets its own VM over the one
-        shared library. Measured against one VM behind a lock (a 12-layer
-        192-wide ViT and the embedded model, 1-8 caller threads, 2 cores):
-        never slower, and with the lock the embedded model's throughput fell
-        from 1,245 to 168 calls/s at 8 threads, as each caller's idle TVM
-        thread pool spun while another ran.
+        shared library. Measured against one VM behind a lock, on 2 cores,
+        calls per second with 1 / 2 / 4 / 8 caller threads (a 12-layer
+        192-wide ViT at batch 1): per-thread VMs 97 / 90 / 96 / 97, the lock
+        102 / 76 / 54 / 40 — with the lock, each waiting caller's TVM thread
+        pool spins while another runs. The embedded model: 713 / 789 / 682 /
+        930 against 769 / 471 / 233 / 150. A VM costs about the model's
+        constants in memory (+29 MB for 8 extra VMs of the 12-layer model).
         """
         mine = getattr(self._per_thread, "compiled", None)
         if mine is None:
@@ -234,13 +242,17 @@ def load(path) -> LoadedModule:
         raise ModuleMismatchError(f"{path} is not the module its sidecar {side} was written for (its SHA-256 "
                                   "differs: truncated, modified, or another model's .so); recompile with "
                                   "`intvit compile`")
+    if meta.get("isa") == "amx" and not request_tile_permission():
+        raise ModuleMismatchError(f"{path} runs its GEMMs on Intel AMX, and Linux refused this process the AMX tile "
+                                  "state (arch_prctl ARCH_REQ_XCOMP_PERM, XTILEDATA); recompile it here with "
+                                  "`intvit compile --isa vnni`")
     inp = meta["input"]
     if meta["target"] == "cuda":
         from .cuda import install_loader
         install_loader()              # before loading: the module's device code is read at load time
     library = _library(path, digest)
     compiled = CompiledIntViT(library, meta["batch"], inp["name"], inp["shape"], inp["dtype"],
-                              device="cuda" if meta["target"] == "cuda" else "cpu")
+                              device="cuda" if meta["target"] == "cuda" else "cpu", isa=meta.get("isa"))
     return LoadedModule(compiled, meta)
 
 
@@ -291,6 +303,8 @@ def check_sidecar_fields(meta, side: str) -> None:
         raise bad("field 'input' must hold a name, a dtype (float32 or int8) and a shape of 4 positive integers")
     if batch < 1 or shape[0] != batch:
         raise bad(f"batch {batch} does not match the input shape {shape}")
+    if meta.get("isa") not in (None, *ISAS):
+        raise bad(f"field 'isa' is {meta.get('isa')!r}, not one of {list(ISAS)}")
     if len(meta["so_sha256"]) != 64 or any(c not in "0123456789abcdef" for c in meta["so_sha256"]):
         raise bad("field 'so_sha256' is not a SHA-256 hex digest")
 

@@ -8,6 +8,11 @@ Three schedules, chosen per PrimFunc by the blocks it contains:
   ``vpdpbusd`` (``vpdpwssd``) into zmm accumulators (``x86.DOT_INSTRUCTIONS``). The
   bias + requant epilogue runs on the tile while it is in registers. Tiles
   are spread over threads.
+* **GEMM with AMX** (``schedule_module(..., amx=True)``: a u8 × s8
+  ``packed_gemm_te`` kernel built under ``gemm.amx_layout()``):
+  ``amx.apply_amx_gemm_schedule``, 32 × 32 blocks of 2 × 2 int32 tiles over
+  the whole K, the epilogue per task. The int16 (``vpdpwssd``) kernels and
+  kernels not padded for AMX keep the VNNI schedule.
 * **GEMM without VNNI** (``int_bmm_te`` kernels, or any GEMM on a CPU without
   VNNI): the same tiling with 16-lane int32 multiply-adds.
 * **Row-wise** (everything else: LayerNorm, Shiftmax, ShiftGELU, requant,
@@ -20,6 +25,7 @@ definitions; the arithmetic is untouched, which the bit-exactness tests check.
 """
 from __future__ import annotations
 
+from .amx import amx_shape, apply_amx_gemm_schedule, with_tile_request
 from .kernels import MATERIALIZE
 from .gemm import ACC_BLOCK, OUT_BLOCK, PACK_BLOCK, SHIFTED_INPUT_BLOCK, linear_tile
 from .gpu_gemm import LHS_BLOCK, RHS_BLOCK
@@ -61,12 +67,15 @@ def parallel_rows(sch, block):
     return _fused_parallel(sch, spatial[:-1] if len(spatial) == n_loops and len(spatial) > 1 else spatial)
 
 
-def schedule_gemm(func, vnni: bool):
-    """Tile and parallelise a ``gemm`` kernel; tensorize with VNNI where the kernel and target allow."""
+def schedule_gemm(func, vnni: bool, amx: bool = False):
+    """Tile and parallelise a ``gemm`` kernel; tensorize with AMX (``amx``) or VNNI where the kernel and
+    target allow."""
     from tvm import s_tir
     sch = s_tir.Schedule(func)
-    apply_gemm_schedule(sch, vnni)
-    return sch.mod["main"].with_attr(SCHEDULED_ATTR, True)
+    amx = amx and amx_shape(sch) is not None
+    apply_gemm_schedule(sch, vnni, amx=amx)
+    out = sch.mod["main"].with_attr(SCHEDULED_ATTR, True)
+    return with_tile_request(out) if amx else out
 
 
 # How the register tiles of a tuned GEMM are grouped (``apply_gemm_schedule``'s ``blocking``):
@@ -76,8 +85,11 @@ BLOCK_ORDERS = ("columns", "rows")
 MAX_PANELS_PER_BLOCK, MAX_ROW_TILES_PER_BLOCK, MAX_K_UNROLL = 4, 8, 8
 
 
-def apply_gemm_schedule(sch, vnni: bool, blocking: str | None = None):
+def apply_gemm_schedule(sch, vnni: bool, blocking: str | None = None, amx: bool = False):
     """Schedule the ``gemm`` kernel in ``sch`` (a ``s_tir.Schedule``) in place.
+
+    With ``amx`` (and no ``blocking``), a u8 × s8 kernel in the AMX layout
+    (``amx.amx_shape``) gets ``amx.apply_amx_gemm_schedule`` instead.
 
     Without ``blocking`` this is the hand schedule: register tiles ``MR × NR·16``
     (``gemm.linear_tile``) in one parallel loop over (panel, row tile). With
@@ -86,6 +98,9 @@ def apply_gemm_schedule(sch, vnni: bool, blocking: str | None = None):
     ``sample_perfect_tile``: the design space ``tvm_backend.tuning`` searches.
     Either way only loops move; the arithmetic is the TE definition's.
     """
+    if amx and blocking is None and amx_shape(sch) is not None:
+        apply_amx_gemm_schedule(sch)
+        return
     linear = SHIFTED_INPUT_BLOCK in block_names(sch)
     acc, out = sch.get_sblock(ACC_BLOCK), sch.get_sblock(OUT_BLOCK)
     *lead, i, j, k = sch.get_loops(acc)
@@ -209,8 +224,9 @@ def _schedule_pack(sch, block):
     return _fused_parallel(sch, lead)
 
 
-def schedule_module(mod, vnni: bool):
-    """Schedule every PrimFunc of a fused module (``relax.transform.FuseTIR`` output)."""
+def schedule_module(mod, vnni: bool, amx: bool = False):
+    """Schedule every PrimFunc of a fused module (``relax.transform.FuseTIR`` output); with ``amx``, the
+    u8 × s8 GEMMs in the AMX layout get the AMX schedule."""
     import tvm
     out = {}
     for gv, func in mod.functions.items():
@@ -220,7 +236,21 @@ def schedule_module(mod, vnni: bool):
         if LHS_BLOCK in names:
             out[gv] = schedule_tiled_gemm(func)
         else:
-            out[gv] = schedule_gemm(func, vnni) if ACC_BLOCK in names else schedule_rowwise(func)
+            out[gv] = schedule_gemm(func, vnni, amx) if ACC_BLOCK in names else schedule_rowwise(func)
     for gv, func in out.items():
         mod[gv] = func
+    return mod
+
+
+def schedule_amx_gemms(mod):
+    """Schedule only the GEMMs of ``mod`` that the AMX schedule takes (``amx.amx_shape``), marking them
+    scheduled: what tuning leaves alone (``build.compile_onnx`` with ``tune`` and ``isa="amx"``)."""
+    import tvm
+    for gv, func in list(mod.functions.items()):
+        if not isinstance(func, tvm.tirx.PrimFunc) or (func.attrs and SCHEDULED_ATTR in func.attrs):
+            continue
+        sch = tvm.s_tir.Schedule(func)
+        if ACC_BLOCK in block_names(sch) and amx_shape(sch) is not None:
+            apply_amx_gemm_schedule(sch)
+            mod[gv] = with_tile_request(sch.mod["main"].with_attr(SCHEDULED_ATTR, True))
     return mod

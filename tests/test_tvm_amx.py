@@ -1,0 +1,229 @@
+"""The AMX GEMM schedule (``tvm_backend.amx``): bit-exact against ``ops`` and the VNNI schedule, kernel and model."""
+import numpy as np
+import pytest
+import torch
+
+from intvit import ops
+from intvit.quantize.onnx_export import to_onnx
+from intvit.tvm_backend import amx, build, gemm, schedules
+from intvit.tvm_backend.build import IsaUnavailableError, compile_onnx, resolve_target
+from intvit.tvm_backend.kernels import requant_value
+from conftest import assert_matches_reference
+from test_onnx_export import adversarial_inputs, session
+
+HOST_HAS_AMX = amx.host_has_amx()
+needs_amx = pytest.mark.skipif(not HOST_HAS_AMX, reason="this CPU has no AMX-INT8, or Linux refuses this process "
+                                                        "the AMX tile state (arch_prctl XTILEDATA)")
+E = 24          # the requant shift of the kernel-level epilogue: with m < 2**12, outputs span int8, few saturate
+
+
+def _compile(sch):
+    import tvm
+    return tvm.compile(sch.mod, target=tvm.target.Target(resolve_target("llvm")))
+
+
+def _run(lib, *arrays, out_shape, out_dtype):
+    import tvm
+    dev = tvm.cpu()
+    args = [tvm.runtime.tensor(a, dev) for a in arrays] + [tvm.runtime.tensor(np.zeros(out_shape, out_dtype), dev)]
+    lib["main"](*args)
+    return args[-1].numpy()
+
+
+def _linear_kernel(x_shape, w_shape, n: int, mr: int):
+    """``packed_gemm_te`` with a per-channel requant to int8 (``kernels.requant_value``) as its epilogue."""
+    from tvm import te
+    xt = te.placeholder(x_shape, "int8", name="x")
+    wt = te.placeholder(w_shape, "int8", name="w")
+    bt = te.placeholder((n,), "int64", name="b")
+    mt = te.placeholder((n,), "int64", name="m")
+    ep = lambda z, idx: requant_value(z, idx, mt, E, 1 << (E - 1), 0, -128, 127)  # noqa: E731
+    return te.create_prim_func([xt, wt, bt, mt, gemm.packed_gemm_te(xt, wt, bt, mr, n, epilogue=ep, out_dtype="int8")])
+
+
+@needs_amx
+@pytest.mark.parametrize("lead,rows,k,n", [
+    ((), 197, 384, 1152), ((), 1, 64, 16), ((8,), 197, 384, 1536), ((), 197, 1536, 384), ((), 5, 100, 1000),
+    # the embedded Fashion-MNIST model: patch embedding K = 49 (7×7×1), 17 tokens (alone and ×8 folded),
+    # the 10-class head on 1 and 8 rows (one 32×32 block: a single task)
+    ((), 17, 49, 128), ((8,), 17, 49, 128), ((8,), 16, 49, 128), ((), 17, 128, 384), ((8,), 17, 256, 128),
+    ((), 1, 128, 10), ((), 8, 128, 10), ((), 17, 49, 10)])
+def test_amx_linear_kernel_equals_ops(lead, rows, k, n):
+    """Rows that are not whole 32-row blocks, K not a multiple of 64, N not of 32, leading axes folded into
+    the rows, kernels of one task: the AMX kernel equals ``ops.requantize(ops.int_linear(...))`` at the
+    int8 extremes."""
+    rng = np.random.default_rng(rows + k + n)
+    x = rng.integers(-128, 128, (*lead, rows, k)).astype(np.int8)
+    w = rng.integers(-128, 128, (k, n)).astype(np.int8)
+    x[..., 0, :], w[0] = -128, 127
+    x[..., -1, :], w[:, -1] = 127, -128
+    bias = rng.integers(-2**20, 2**20, n)
+    m = rng.integers(1, 2**12, n).astype(np.int64)
+    mr, nr = gemm.linear_tile(n)
+    wp = gemm.pack_linear_weight(w, nr, amx=True)
+    assert wp.shape == (gemm.ceil_to(n, 32) // 16, gemm.ceil_to(k, 64) // 4, 16, 4)
+    with gemm.amx_layout():
+        func = _linear_kernel(x.shape, wp.shape, n, mr)
+    import tvm
+    assert amx.amx_shape(tvm.s_tir.Schedule(func)) is not None
+    scheduled = schedules.schedule_gemm(func, vnni=True, amx=True)
+    text = scheduled.script()
+    assert "llvm.x86.ldtilecfg" in text and text.count("syscall") == 1      # the tile-state request at entry
+    lib = tvm.compile(tvm.IRModule({"main": scheduled.with_attr("global_symbol", "main")}),
+                      target=tvm.target.Target(resolve_target("llvm")))
+    assert "tdpbusd" in lib.mod.inspect_source("asm")
+    got = _run(lib, x, wp, gemm.folded_bias(w, bias), m, out_shape=x.shape[:-1] + (n,), out_dtype="int8")
+    acc = ops.int_linear(torch.from_numpy(x), torch.from_numpy(w.T.copy()), torch.from_numpy(bias))
+    ref = ops.requantize(acc, torch.from_numpy(m), torch.tensor(E), 8).numpy()
+    assert np.array_equal(got, ref)
+    assert len(np.unique(ref)) > min(200, ref.size // 4)          # the outputs span int8, not just its ends
+
+
+@needs_amx
+@pytest.mark.parametrize("rows,n", [(1, 10), (8, 10), (17, 10), (32, 32), (8, 7)])
+def test_amx_single_task_kernel_without_epilogue_equals_ops(rows, n):
+    """A kernel that is one 32 × 32 block (a classifier head: N ≤ 32 on at most 32 rows) without an
+    epilogue, as the importer emits it: one task, so its parallel loop vanishes and TVM's StorageRewrite
+    may give the int32 accumulator the uint8 staged rows' memory (dead after the last tile load). The
+    tile intrinsics address their operands through typed buffer elements, which that reuse rewrites."""
+    import tvm
+    from tvm import te
+    rng = np.random.default_rng(rows * n)
+    x = rng.integers(-128, 128, (rows, 128)).astype(np.int8)
+    w = rng.integers(-128, 128, (128, n)).astype(np.int8)
+    x[0], w[:, 0] = -128, 127
+    bias = rng.integers(-2**20, 2**20, n)
+    mr, nr = gemm.linear_tile(n)
+    wp = gemm.pack_linear_weight(w, nr, amx=True)
+    xt, wt = te.placeholder(x.shape, "int8", name="x"), te.placeholder(wp.shape, "int8", name="w")
+    bt = te.placeholder((n,), "int64", name="b")
+    with gemm.amx_layout():
+        func = te.create_prim_func([xt, wt, bt, gemm.packed_gemm_te(xt, wt, bt, mr, n, out_dtype="int64")])
+    scheduled = schedules.schedule_gemm(func, vnni=True, amx=True)
+    lib = tvm.compile(tvm.IRModule({"main": scheduled.with_attr("global_symbol", "main")}),
+                      target=tvm.target.Target(resolve_target("llvm")))
+    assert "tdpbusd" in lib.mod.inspect_source("asm")
+    got = _run(lib, x, wp, gemm.folded_bias(w, bias), out_shape=(rows, n), out_dtype="int64")
+    ref = ops.int_linear(torch.from_numpy(x), torch.from_numpy(w.T.copy()), torch.from_numpy(bias)).numpy()
+    assert np.array_equal(got, ref)
+
+
+@needs_amx
+@pytest.mark.parametrize("batch,heads,tokens,head_dim", [
+    (2, 3, 197, 40),
+    (1, 4, 17, 32), (8, 4, 17, 32),     # the embedded model: head_dim 32 (K < 64), 17 tokens
+    (1, 1, 17, 32),                     # one batch item and head: a single task
+    (2, 6, 18, 8)])                     # the distilled DeiT of test_tvm_backend: 6 heads of width 8
+def test_amx_attention_scores_kernel_equals_ops(batch, heads, tokens, head_dim):
+    """Attention's ``Q·Kᵀ`` on AMX: keys packed in-graph in the AMX layout (as ``pack_linear_weight``
+    packs a weight), one weight per batch item and head, the ``−128·Σk`` compensation as the bias."""
+    import tvm
+    from tvm import te
+    rng = np.random.default_rng(tokens + head_dim)
+    shape = (batch, heads, tokens, head_dim)
+    q = rng.integers(-128, 128, shape).astype(np.int8)
+    keys = rng.integers(-128, 128, shape).astype(np.int8)
+    q[..., 0, :], keys[..., 0, :] = -128, 127
+    kt = te.placeholder(keys.shape, "int8", name="k")
+    with gemm.amx_layout():
+        panels_te, comp_te = gemm.pack_panels_te(kt, "nk"), gemm.panel_compensation_te(kt)
+        packing = te.create_prim_func([kt, panels_te])
+        comp = te.create_prim_func([kt, comp_te])
+    panels_shape = (batch, heads, gemm.ceil_to(tokens, 32) // 16, gemm.ceil_to(head_dim, 64) // 4, 16, 4)
+    assert tuple(int(d) for d in panels_te.shape) == panels_shape
+    target = tvm.target.Target(resolve_target("llvm"))
+    panels = _run(tvm.compile(tvm.IRModule({"main": packing}), target=target), keys, out_shape=panels_shape,
+                  out_dtype="int8")
+    for b, h in np.ndindex(batch, heads):
+        assert np.array_equal(panels[b, h], gemm.pack_linear_weight(keys[b, h].T.copy(), 1, amx=True))
+    bias = _run(tvm.compile(tvm.IRModule({"main": comp}), target=target), keys,
+                out_shape=tuple(int(d) for d in comp_te.shape), out_dtype="int64")
+    qt, pt = te.placeholder(q.shape, "int8", name="q"), te.placeholder(panels_shape, "int8", name="p")
+    bt = te.placeholder(bias.shape, "int64", name="b")
+    with gemm.amx_layout():
+        func = te.create_prim_func([qt, pt, bt, gemm.packed_gemm_te(qt, pt, bt, 7, tokens)])
+    sch = tvm.s_tir.Schedule(func)
+    assert amx.amx_shape(sch) is not None
+    schedules.apply_gemm_schedule(sch, vnni=True, amx=True)
+    lib = _compile(sch)
+    assert "tdpbusd" in lib.mod.inspect_source("asm")
+    got = _run(lib, q, panels, bias, out_shape=(batch, heads, tokens, tokens), out_dtype="int64")
+    ref = ops.int_matmul(torch.from_numpy(q), torch.from_numpy(keys).transpose(-1, -2)).numpy()
+    assert np.array_equal(got, ref)
+
+
+@needs_amx
+def test_amx_and_vnni_modules_equal_torch_and_ort(tiny_qvit):
+    """The whole model with its int8 GEMMs on AMX equals the VNNI build, the torch integer model and ORT."""
+    q = tiny_qvit
+    x = adversarial_inputs(16, 3, 32, q.scales["input"])
+    proto = to_onnx(q)
+    modules = {isa: compile_onnx(proto, "llvm", batch=8, isa=isa) for isa in ("amx", "vnni")}
+    assert modules["amx"].isa == "amx" and modules["vnni"].isa == "vnni"
+    s = session(proto)
+    assert_matches_reference(q, x, lambda batch: lambda xb: s.run(None, {"images": xb.numpy()}), (8,))
+    assert_matches_reference(q, x, lambda batch: modules["amx"], (8,))
+    for i in range(0, 16, 8):
+        assert np.array_equal(modules["amx"](x[i:i + 8])[1], modules["vnni"](x[i:i + 8])[1])
+
+
+@needs_amx
+def test_embedded_model_amx_equals_vnni_and_torch(embedded_qvit):
+    """The embedded Fashion-MNIST model (patch K = 49, head_dim 32, 10 classes, 17 tokens) with its int8
+    GEMMs on AMX equals the VNNI build and the torch integer model exactly, at batch 1 (every linear a
+    single 32-row block) and 8."""
+    from intvit.models import fmnist
+    q = embedded_qvit
+    x, _ = fmnist.load_test_set(16)
+    proto = to_onnx(q)
+    for batch in (1, 8):
+        modules = {isa: compile_onnx(proto, "llvm", batch=batch, isa=isa) for isa in ("amx", "vnni")}
+        assert modules["amx"].isa == "amx" and modules["vnni"].isa == "vnni"
+        assert_matches_reference(q, x, lambda b: modules["amx"], (batch,))
+        for i in range(0, 16, batch):
+            assert np.array_equal(modules["amx"](x[i:i + batch])[1], modules["vnni"](x[i:i + batch])[1])
+
+
+@needs_amx
+def test_default_isa_is_amx_on_this_host():
+    assert build.resolve_isa(None, build.make_target(resolve_target("llvm"))) == "amx"
+
+
+def test_forced_amx_where_it_cannot_run_is_refused(tiny_qvit, monkeypatch):
+    """``isa="amx"`` on a host that refuses the tile state, or for a CPU without AMX: a clear error, no SIGILL;
+    the default then falls back to VNNI."""
+    proto = to_onnx(tiny_qvit)
+    monkeypatch.setattr(amx, "request_tile_permission", lambda: False)
+    assert not amx.host_has_amx()
+    host = build.make_target(resolve_target("llvm"))
+    if amx.target_has_amx(host):
+        with pytest.raises(IsaUnavailableError, match="refused this process the AMX tile state.*isa='vnni'"):
+            compile_onnx(proto, "llvm", batch=1, isa="amx")
+    with pytest.raises(IsaUnavailableError, match="haswell has no AMX-INT8.*isa='vnni'"):
+        compile_onnx(proto, {"kind": "llvm", "mcpu": "haswell"}, batch=1, isa="amx")
+    with pytest.raises(IsaUnavailableError, match="haswell has no AVX-512 VNNI"):
+        compile_onnx(proto, {"kind": "llvm", "mcpu": "haswell"}, batch=1, isa="vnni")
+    with pytest.raises(build.UnknownTargetError, match="unknown isa 'sme'"):
+        compile_onnx(proto, "llvm", batch=1, isa="sme")
+    assert build.resolve_isa(None, host) in ("vnni", "generic")
+
+
+@needs_amx
+def test_amx_module_refuses_to_run_without_the_tile_permission(tiny_qvit, monkeypatch):
+    module = compile_onnx(to_onnx(tiny_qvit), "llvm", batch=1, isa="amx")
+    monkeypatch.setattr(amx, "request_tile_permission", lambda: False)
+    with pytest.raises(IsaUnavailableError, match="use Intel AMX"):
+        module(adversarial_inputs(5, 3, 32, tiny_qvit.scales["input"])[:1])
+
+
+@needs_amx
+def test_tuning_with_amx_keeps_the_amx_gemms_and_tunes_the_rest(tiny_qvit, tmp_path):
+    """``tune`` with ``isa="amx"``: the AMX kernels keep their fixed schedule; only the int16 (A·V) GEMMs,
+    which stay on VNNI, are tuned; the module is exact."""
+    proto = to_onnx(tiny_qvit)
+    module = compile_onnx(proto, "llvm", batch=2, tune=2, tuning_dir=str(tmp_path / "db"), isa="amx")
+    s = module.tuning
+    assert module.isa == "amx" and s.verified is True
+    assert s.kernels == len(tiny_qvit.spec.blocks) and s.shapes == s.tuned == 1      # one A·V per block
+    assert_matches_reference(tiny_qvit, adversarial_inputs(4, 3, 32, tiny_qvit.scales["input"]),
+                             lambda batch: module, batches=(2,))

@@ -1,0 +1,369 @@
+"""Intel AMX-INT8 for intvit's u8 × s8 linear kernels: host checks, the tensor intrinsic, the schedule.
+
+**What the instruction computes.** AMX holds 8 tile registers ``tmm0..7`` of
+at most 16 rows × 64 bytes, shaped by a 64-byte *tile configuration*
+(``ldtilecfg``). ``tdpbusd C, A, B`` with ``A`` a tile of unsigned bytes
+(16 rows × 64 B) and ``B`` a tile of signed bytes in the "VNNI" layout
+(16 rows × 64 B, row ``r`` = the 4-byte K-group ``r`` for 16 output columns)
+computes, for the 16 × 16 int32 tile ``C``::
+
+    C[m, n] += Σ_{r<16} Σ_{q<4} A[m, 4r + q] · B[r, 4n + q]        (u8 × s8 → s32, 16·16·64 MACs)
+
+with no saturation (int32 wrap-around only; intvit's accumulator bound keeps
+sums in range, ``ops.gemm.check_accumulator_fits``).
+
+**Why the existing packing feeds it.** ``gemm.packed_gemm_te`` reads the
+activations as ``u[r, k] = x[r, k] + 128`` (uint8, block ``shifted_input``,
+``[rows_p, Kp]``) and the weight as panels ``Wp[n/16, k/4, n%16, k%4]``. Rows
+``64c .. 64c+63`` of K in panel ``p`` are the 16 consecutive ``[k/4]`` rows
+``Wp[p, 16c : 16c+16, :, :]``: 16 rows of 64 contiguous bytes, i.e. exactly
+a ``B`` tile (row stride 64 B). An ``A`` tile is 16 rows × 64 bytes of ``u``
+(row stride ``Kp``). So with ``Kp % 64 == 0``, ``rows_p % 32 == 0`` and
+``Np % 32 == 0`` (``gemm.amx_layout`` pads the packing and the staged rows
+that way) the kernel's reduction
+
+    acc[r, n] = Σ_k u[r, k] · Wp[n/16, k/4, n%16, k%4]
+
+is a sum of ``tdpbusd`` over 64-wide K chunks: the same products and the same
+int32 sums as ``vpdpbusd`` (integer addition is associative), so the result
+is bit-identical to the VNNI schedule.
+
+**The schedule** (``apply_amx_gemm_schedule``). The activations are
+staged once (``shifted_input``, its own parallel loop, rows padded with
+copies of the last row and K with zeros). Then one parallel task per
+(batch item, chunk of ``NC`` columns, 32-row block); the task is one call of
+the tensor intrinsic ``intvit_amx_u8s8s32_32x{NC}x{Kp}``: ``ldtilecfg``
+(eight 16 × 64 B tiles; the configuration is per thread and loading it
+zeroes the tiles, so it is loaded once per task, never per block), then for
+each 32 × 32 output block ``tilezero`` the 2 × 2 accumulator tiles
+``tmm0..3``, for each 64-wide K chunk load two ``A`` tiles (rows 0–15,
+16–31) and two ``B`` tiles (panels ``2b``, ``2b+1``) and issue four
+``tdpbusd``, and after the whole K ``tilestored`` the four tiles into the
+task's int32 block ``[32, NC]``; finally ``tilerelease``. The bias + requant
+epilogue (``int_gemm_out``) then runs on that block while it is in cache,
+on 16 int64 lanes. ``NC`` (``column_chunk``: a multiple of 32 dividing
+``Np``, at most ``MAX_COL_BLOCKS`` blocks, fewer when the kernel would
+otherwise have under ``MIN_TASKS`` tasks) keeps the task's weight chunk in
+L2 and amortises ``ldtilecfg``; chunks are the outer index of the parallel
+loop, so consecutive tasks share their weights. Attention's ``Q·Kᵀ``
+(panels per batch item and head) is scheduled the same way; the int16
+``A·V`` kernels stay on VNNI (AMX has no int16 dot product).
+
+**Which kernels** (``amx_shape``, the one predicate the schedules consult):
+every u8 × s8 ``packed_gemm_te`` kernel built under ``gemm.amx_layout()``,
+whatever its sizes, since the layout pads them to whole tiles: K = 49 (a
+7 × 7 × 1 patch embedding) runs as one 64-wide chunk with 15 zero columns,
+head_dim 32 or 8 (``Q·Kᵀ``) likewise, N = 10 classes as one 32-column block
+(22 zero columns, never stored), 17 or 17·8 rows as one or five 32-row
+blocks. Only the int16 kernels, and kernels not built in the AMX layout,
+keep the VNNI schedule.
+
+**Operand addresses.** The intrinsic hands the tile loads and stores
+``T.address_of(buffer[element])`` pointers, not ``tvm_access_ptr``. A kernel
+of a single task (at most 32 rows and 32 columns and no leading axes: a
+classifier head) loses its extent-1 parallel loop to simplification, so
+TVM's ``StorageRewrite`` sees the uint8 staged rows die at the last
+``tileloadd`` and the int32 accumulator born at the first ``tilestored``,
+and gives the accumulator the staged rows' memory when it fits (32 rows of
+K = 128 are 4 KB, a 32 × 32 int32 block too). That reuse is sound, and it
+rewrites element accesses with their own type; a ``tvm_access_ptr`` would
+keep its int32 element type over the uint8 allocation, which ``LowerIntrin``
+rejects ("tvm_access_ptr element type must match the source buffer").
+
+**Using it.** A process must ask Linux for the AMX tile state once
+(``request_tile_permission``: ``arch_prctl(ARCH_REQ_XCOMP_PERM,
+XFEATURE_XTILEDATA)``) before any tile instruction runs, or the first one
+kills it with SIGILL. ``host_has_amx`` checks both the CPU and the
+permission. The compiled kernels also ask for it themselves at entry
+(``with_tile_request``: one system call per kernel call), so a module run
+by a process that never asked works, and one run where Linux refuses AMX
+fails with an error instead of SIGILL.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import platform
+import sys
+
+import numpy as np
+
+from .gemm import ACC_BLOCK, AMX_COLS, AMX_K, AMX_ROWS, OUT_BLOCK, SHIFTED_INPUT_BLOCK
+from .x86 import LANES, has_features, host_cpu
+
+AMX_FEATURES = ("amx-tile", "amx-int8")     # LLVM's names; what a module using this schedule needs
+TILE_ROWS = 16                              # rows of a tile (A, B and C)
+TILE_BYTES = 64                             # bytes per tile row: 64 u8/s8 of K (A), 16 int32 (C), 16×4 s8 (B)
+ROW_BLOCK = 2 * TILE_ROWS                   # output rows per block: two A tiles
+COL_BLOCK = 2 * LANES                       # output columns per block: two B tiles
+K_BLOCK = TILE_BYTES                        # K per tdpbusd
+MAX_COL_BLOCKS = 12                         # 32-column blocks per task (one intrinsic call)
+MIN_TASKS = 8                               # parallel tasks a kernel keeps, if its shape allows
+EPILOGUE_LANES = 16                         # int64 lanes per step of the fused epilogue (two zmm)
+if (ROW_BLOCK, COL_BLOCK, K_BLOCK) != (AMX_ROWS, AMX_COLS, AMX_K):      # gemm.amx_layout pads to these
+    raise ImportError("gemm.AMX_ROWS/AMX_COLS/AMX_K disagree with the AMX tile geometry")
+
+_SYS_ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA = 158, 0x1023, 18   # x86-64 Linux
+_permission: bool | None = None
+
+
+def request_tile_permission() -> bool:
+    """Ask Linux once for this process's permission to use the AMX tile state; True when granted.
+
+    Idempotent (the answer is cached; the grant holds for every thread of the
+    process, present and future). False on other systems and on kernels that
+    refuse (before 5.16, or AMX disabled), where a tile instruction would
+    raise SIGILL.
+    """
+    global _permission
+    if _permission is None:
+        _permission = False
+        if sys.platform.startswith("linux") and platform.machine() in ("x86_64", "AMD64"):
+            try:
+                libc = ctypes.CDLL(None, use_errno=True)
+                _permission = libc.syscall(_SYS_ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA) == 0
+            except (OSError, AttributeError):
+                _permission = False
+    return _permission
+
+
+def cpu_has_amx(mcpu: str) -> bool:
+    """Whether LLVM's CPU model ``mcpu`` has AMX-TILE and AMX-INT8."""
+    return bool(mcpu) and has_features(mcpu, *AMX_FEATURES)
+
+
+def host_has_amx() -> bool:
+    """This CPU has AMX-INT8 (LLVM's model of the host) and Linux lets this process use the tiles."""
+    return cpu_has_amx(host_cpu()) and request_tile_permission()
+
+
+def target_has_amx(target) -> bool:
+    """True when ``target`` (a ``tvm.target.Target`` of kind llvm) may emit AMX-INT8."""
+    if str(target.kind.name) != "llvm":
+        return False
+    mattr = [str(a) for a in target.attrs.get("mattr", [])] if "mattr" in target.attrs else []
+    if all(f"+{f}" in mattr for f in AMX_FEATURES):
+        return True
+    return cpu_has_amx(str(target.attrs.get("mcpu", "")) if "mcpu" in target.attrs else "")
+
+
+TILE_REQUEST_MESSAGE = ("this kernel uses Intel AMX, and Linux refused this process the AMX tile state "
+                        "(arch_prctl(ARCH_REQ_XCOMP_PERM, XTILEDATA) failed: no AMX-INT8 on this CPU, a kernel older "
+                        "than 5.16, or AMX disabled for this VM); recompile the module with isa='vnni'")
+
+
+def with_tile_request(func):
+    """``func`` (a scheduled AMX kernel) with the tile-state request at its entry, before any parallel task:
+    ``arch_prctl(ARCH_REQ_XCOMP_PERM, XTILEDATA)`` (idempotent, one system call per kernel call), asserted
+    to succeed. A module run by a process that never asked (loaded without intvit) then works, and on a
+    machine that refuses AMX it raises this message instead of dying with SIGILL."""
+    from tvm import tirx
+    from tvm.ir import StringImm
+    i64 = lambda v: tirx.const(v, "int64")  # noqa: E731
+    granted = tirx.call_extern("int64", "syscall", i64(_SYS_ARCH_PRCTL), i64(_ARCH_REQ_XCOMP_PERM),
+                               i64(_XFEATURE_XTILEDATA)) == i64(0)
+    kind, message = StringImm("RuntimeError"), [StringImm(TILE_REQUEST_MESSAGE)]
+    try:
+        check = tirx.AssertStmt(kind, granted, message)
+    except TypeError:       # TVM 0.27's Python wrapper names (kind, condition); its FFI takes (condition, kind)
+        check = tirx.AssertStmt(granted, kind, message)
+    return func.with_body(tirx.SeqStmt([check, func.body]))
+
+
+# -- the tensor intrinsic ---------------------------------------------------------------------------
+
+def tile_config_words() -> list[int]:
+    """The 64-byte ``ldtilecfg`` operand as eight little-endian int64 words: palette 1, tiles 0–7 all
+    16 rows × 64 bytes (bytes 16–31: ``colsb`` as uint16 per tile; bytes 48–55: ``rows`` per tile)."""
+    cfg = bytearray(64)
+    cfg[0] = 1
+    for t in range(8):
+        cfg[16 + 2 * t] = TILE_BYTES
+        cfg[48 + t] = TILE_ROWS
+    return [int.from_bytes(cfg[8 * w:8 * w + 8], "little", signed=True) for w in range(8)]
+
+
+def _tile(op: str, *args):
+    from tvm.script import tirx as T
+    return T.evaluate(T.call_llvm_intrin("void", f"llvm.x86.{op}", *args))
+
+
+@functools.lru_cache(maxsize=None)
+def register_amx_intrinsics(kp: int, cols: int) -> tuple[str, str]:
+    """Register (once) the tensor-intrinsic pair for one task, ``C[32, cols] = A[32, kp] · B`` (u8 × s8 →
+    s32) with ``B`` the ``[cols/16, kp/4, 16, 4]`` panels; returns ``(init name, update name)``.
+
+    The two are one unit. The update's description is the reduction step
+    ``C += A·B`` over the whole K; its implementation starts the accumulator
+    tiles with ``tilezero`` and never reads ``C``. The init's description is
+    the reduction's ``C = 0``; its implementation is empty, as the update does
+    not read what it would write. Together they compute the block exactly,
+    without zeroing and re-reading the int32 block in memory; apply them
+    together (``apply_amx_gemm_schedule``), never one alone.
+    """
+    from tvm.s_tir import TensorIntrin
+    from tvm.script import tirx as T
+
+    if kp % K_BLOCK or cols % COL_BLOCK:
+        raise ValueError(f"AMX tiles need K % {K_BLOCK} == 0 and columns % {COL_BLOCK} == 0, got {kp}, {cols}")
+    kg, panels, rb = kp // 4, cols // LANES, ROW_BLOCK
+    words = tile_config_words()
+    u8 = T.uint8
+
+    @T.prim_func(s_tir=True)
+    def init_desc(c: T.handle) -> None:
+        C = T.match_buffer(c, (rb, cols), "int32", offset_factor=1)
+        with T.sblock("root"):
+            T.reads()
+            T.writes(C[0:rb, 0:cols])
+            for i, j in T.grid(rb, cols):
+                with T.sblock("init"):
+                    vi, vj = T.axis.remap("SS", [i, j])
+                    C[vi, vj] = 0
+
+    @T.prim_func(s_tir=True)
+    def init_impl(c: T.handle) -> None:
+        C = T.match_buffer(c, (rb, cols), "int32", offset_factor=1)
+        with T.sblock("root"):
+            T.reads()
+            T.writes(C[0:rb, 0:cols])
+            T.evaluate(0)
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (rb, kp), "uint8", offset_factor=1)
+        B = T.match_buffer(b, (panels, kg, 16, 4), "int8", offset_factor=1)
+        C = T.match_buffer(c, (rb, cols), "int32", offset_factor=1)
+        with T.sblock("root"):
+            T.reads(C[0:rb, 0:cols], A[0:rb, 0:kp], B[0:panels, 0:kg, 0:16, 0:4])
+            T.writes(C[0:rb, 0:cols])
+            for i, j, k in T.grid(rb, cols, kp):
+                with T.sblock("update"):
+                    vi, vj, vk = T.axis.remap("SSR", [i, j, k])
+                    C[vi, vj] = C[vi, vj] + T.cast(A[vi, vk], "int32") * T.cast(
+                        B[vj // 16, vk // 4, vj % 16, vk % 4], "int32")
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        sa = T.int32()
+        sb0 = T.int32()
+        sb1 = T.int32()
+        sb2 = T.int32()
+        sc = T.int32()
+        A = T.match_buffer(a, (rb, kp), "uint8", offset_factor=1, strides=[sa, 1])
+        B = T.match_buffer(b, (panels, kg, 16, 4), "int8", offset_factor=1, strides=[sb0, sb1, sb2, 1])
+        C = T.match_buffer(c, (rb, cols), "int32", offset_factor=1, strides=[sc, 1])
+        with T.sblock("root"):
+            T.reads(C[0:rb, 0:cols], A[0:rb, 0:kp], B[0:panels, 0:kg, 0:16, 0:4])
+            T.writes(C[0:rb, 0:cols])
+            cfg = T.alloc_buffer((8,), "int64")     # global scope: under 1 KB, TVM puts it on the stack
+            for w in T.unroll(8):
+                cfg[w] = T.Select(w == 0, T.int64(words[0]), T.Select(w == 2, T.int64(words[2]), T.Select(
+                    w == 3, T.int64(words[3]), T.Select(w == 6, T.int64(words[6]), T.int64(0)))))
+            # operands by element address, not tvm_access_ptr: see "Operand addresses" in the module docstring
+            _tile("ldtilecfg", T.address_of(cfg[0]))
+            for jb in T.serial(cols // COL_BLOCK):
+                for t in T.unroll(4):
+                    _tile("tilezero", T.Cast("uint8", t))
+                for kk in T.serial(kp // K_BLOCK):
+                    # tmm4/5: rows 0-15/16-31 of A; tmm6/7: panels 2jb, 2jb+1 (16 K-groups each)
+                    _tile("tileloadd64", u8(4), T.address_of(A[0, kk * 64]), T.int64(sa))
+                    _tile("tileloadd64", u8(6), T.address_of(B[2 * jb, kk * 16, 0, 0]), T.int64(sb1))
+                    _tile("tdpbusd", u8(0), u8(4), u8(6))
+                    _tile("tileloadd64", u8(7), T.address_of(B[2 * jb + 1, kk * 16, 0, 0]), T.int64(sb1))
+                    _tile("tdpbusd", u8(1), u8(4), u8(7))
+                    _tile("tileloadd64", u8(5), T.address_of(A[16, kk * 64]), T.int64(sa))
+                    _tile("tdpbusd", u8(2), u8(5), u8(6))
+                    _tile("tdpbusd", u8(3), u8(5), u8(7))
+                _tile("tilestored64", u8(0), T.address_of(C[0, jb * 32]), T.int64(sc * 4))
+                _tile("tilestored64", u8(1), T.address_of(C[0, jb * 32 + 16]), T.int64(sc * 4))
+                _tile("tilestored64", u8(2), T.address_of(C[16, jb * 32]), T.int64(sc * 4))
+                _tile("tilestored64", u8(3), T.address_of(C[16, jb * 32 + 16]), T.int64(sc * 4))
+            _tile("tilerelease")
+
+    name = f"intvit_amx_u8s8s32_{rb}x{cols}x{kp}"
+    TensorIntrin.register(name + "_init", init_desc, init_impl, override=True)
+    TensorIntrin.register(name, desc, impl, override=True)
+    return name + "_init", name
+
+
+# -- the schedule -----------------------------------------------------------------------------------
+
+def column_chunk(np_: int, row_tasks: int = 1) -> int:
+    """Columns per task: the most 32-column blocks (at most ``MAX_COL_BLOCKS``) that divide ``np_`` and
+    still leave ``MIN_TASKS`` tasks to share out with the ``row_tasks`` (leading index, row block) pairs;
+    the fewest when none does."""
+    blocks = np_ // COL_BLOCK
+    divisors = [d for d in range(1, min(blocks, MAX_COL_BLOCKS) + 1) if blocks % d == 0]
+    enough = [d for d in divisors if row_tasks * (blocks // d) >= MIN_TASKS]
+    return (max(enough) if enough else min(divisors)) * COL_BLOCK
+
+
+def amx_shape(sch):
+    """``(lead extents, rows_p, np_, kp)`` of the ``packed_gemm_te`` VPDPBUSD kernel in ``sch`` when the AMX
+    schedule applies to it (rows, columns and K padded to 32, 32 and 64), else None."""
+    from .schedules import block_names
+    names = block_names(sch)
+    if not {ACC_BLOCK, OUT_BLOCK, SHIFTED_INPUT_BLOCK} <= set(names):
+        return None
+    if str(sch.get(sch.get_sblock(SHIFTED_INPUT_BLOCK)).writes[0].source.dtype) != "uint8":
+        return None                     # the int16 (vpdpwssd) form: AMX has no int16 dot product
+    acc = sch.get(sch.get_sblock(ACC_BLOCK))
+    *lead, rows_p, np_, kp = (int(iv.dom.extent) for iv in acc.iter_vars)
+    if rows_p % ROW_BLOCK or np_ % COL_BLOCK or kp % K_BLOCK:
+        return None
+    return lead, rows_p, np_, kp
+
+
+def _fold_rows(dims: list[int]):
+    """The index map ``(i0, ..., i_{d-2}, n) -> (flat row, n)`` over an output of shape ``dims``."""
+    from tvm.tirx import IndexMap
+
+    def index_map(*i):
+        flat = i[0]
+        for d, v in zip(dims[1:-1], i[1:-1]):
+            flat = flat * d + v
+        return flat, i[-1]
+    return IndexMap.from_func(index_map, ndim=len(dims), index_dtype="int32")
+
+
+def apply_amx_gemm_schedule(sch, cols: int | None = None) -> None:
+    """Schedule the ``gemm.packed_gemm_te`` VPDPBUSD kernel in ``sch`` (a ``s_tir.Schedule``) for AMX, in place.
+
+    One parallel task per (leading index, ``cols``-column chunk, 32-row block;
+    default ``column_chunk``), tensorized as one call of the
+    ``register_amx_intrinsics`` pair (tile configuration loaded once, 2 × 2
+    accumulator tiles per 32 × 32 block over the whole K); the epilogue
+    block is computed per task from the task's int32 block; the shifted
+    activations are staged once, in their own parallel loop. Raises
+    ``ValueError`` for a kernel ``amx_shape`` refuses. The caller adds
+    ``with_tile_request`` to the scheduled function (``schedules`` does).
+    """
+    from .schedules import parallel_rows
+    shape = amx_shape(sch)
+    if shape is None:
+        raise ValueError("not a u8 x s8 packed GEMM with rows, columns and K padded to 32, 32 and 64 "
+                         "(build it under gemm.amx_layout())")
+    lead_dims, rows_p, np_, kp = shape
+    cols = cols or column_chunk(np_, int(np.prod(lead_dims, dtype=np.int64)) * (rows_p // ROW_BLOCK))
+    acc, out = sch.get_sblock(ACC_BLOCK), sch.get_sblock(OUT_BLOCK)
+    *lead, i, j, k = sch.get_loops(acc)
+    io, ii = sch.split(i, [None, ROW_BLOCK])
+    jc, jj = sch.split(j, [None, cols])
+    sch.reorder(*lead, jc, io, ii, jj, k)
+    task = sch.fuse(*lead, jc, io)
+    sch.parallel(task)
+    out_dims = [int(iv.dom.extent) for iv in sch.get(out).iter_vars]
+    if len(out_dims) > len(lead) + 2:          # leading axes folded into the rows (gemm._amx_linear_te)
+        sch.transform_block_layout(out, _fold_rows(out_dims))
+    sch.reverse_compute_at(out, task)
+    shifted = sch.get_sblock(SHIFTED_INPUT_BLOCK)
+    parallel_rows(sch, shifted)
+    sch.vectorize(sch.get_loops(shifted)[-1])
+    init_intrin, update_intrin = register_amx_intrinsics(kp, cols)
+    init = sch.decompose_reduction(acc, ii)
+    sch.tensorize(ii, update_intrin)
+    sch.tensorize(sch.get_loops(init)[-2], init_intrin)
+    # the epilogue: int64 arithmetic on 16 lanes (explicit: LLVM's own vectorizer stops at 256 bits)
+    _, inner = sch.split(sch.get_loops(out)[-1], [None, EPILOGUE_LANES])
+    sch.vectorize(inner)
