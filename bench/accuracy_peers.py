@@ -34,6 +34,19 @@ def _logits(out):
 
 def pt2e_int8(model: torch.nn.Module, calib: torch.Tensor, batch_size: int = 32):
     """PT2E static INT8 of ``model`` (exported for ``batch_size`` images; smaller batches are padded)."""
+    converted = pt2e_converted(model, calib, batch_size)
+
+    @torch.no_grad()
+    def run(x):
+        n = x.shape[0]
+        return torch.cat([_logits(converted(_pad(x[i:i + batch_size], batch_size)))[:min(batch_size, n - i)]
+                          for i in range(0, n, batch_size)])
+    return run
+
+
+def pt2e_converted(model: torch.nn.Module, calib: torch.Tensor, batch_size: int):
+    """``model`` exported for ``batch_size`` images, calibrated on ``calib`` with the ``X86InductorQuantizer``
+    default static config and converted (the module PT2E hands to inductor); ``PeerUnavailable`` on failure."""
     try:
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
         from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
@@ -48,16 +61,9 @@ def pt2e_int8(model: torch.nn.Module, calib: torch.Tensor, batch_size: int = 32)
         with torch.no_grad():
             for i in range(0, calib.shape[0], batch_size):
                 prepared(_pad(calib[i:i + batch_size], batch_size))
-        converted = convert_pt2e(prepared)
+        return convert_pt2e(prepared)
     except Exception as exc:                     # noqa: BLE001 - any export/quantization failure is a reason
         raise PeerUnavailable(f"PT2E failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
-
-    @torch.no_grad()
-    def run(x):
-        n = x.shape[0]
-        return torch.cat([_logits(converted(_pad(x[i:i + batch_size], batch_size)))[:min(batch_size, n - i)]
-                          for i in range(0, n, batch_size)])
-    return run
 
 
 def ort_qdq_int8(model: torch.nn.Module, calib: torch.Tensor):

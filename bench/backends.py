@@ -14,6 +14,9 @@
 ``tvm_fp32``          the float ONNX through ``tvm.relax.frontend.onnx`` for the same llvm target as
                       intvit, with the same schedule effort: intvit's register-tiled GEMM and
                       row-wise schedules applied to the float graph (``bench.tvm_float_cpu``)
+``openvino_*``, ``torch_bf16``, ``torch_compile_bf16``, ``pt2e_int8_inductor``
+                      the peers of an AMX Xeon: OpenVINO FP32 / default precision / NNCF INT8,
+                      PyTorch BF16 eager and compiled, PT2E INT8 through inductor (``bench.cpu_peers``)
 ===================== =====================================================================
 
 (The GPU backends of ``--target cuda`` are in ``bench.cuda_backends``.)
@@ -39,15 +42,17 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .cpu_peers import PEER_BACKENDS
 from .models import BenchModel
 
 REFERENCE = "intvit_int8_tvm"
-ALL_BACKENDS = ("intvit_int8_tvm", "intvit_int8_tvm_vnni", "intvit_ivit_int8_tvm", "torch_fp32", "torch_compile_fp32", "ort_fp32",
-                "ort_int8_qdq", "intvit_int8_ort", "tvm_fp32")
+ALL_BACKENDS = ("intvit_int8_tvm", "intvit_int8_tvm_vnni", "intvit_ivit_int8_tvm", "torch_fp32", "torch_compile_fp32",
+                "ort_fp32", "ort_int8_qdq", "intvit_int8_ort", "tvm_fp32", *PEER_BACKENDS)
 # intvit_int8_ort runs the integer nonlinears as generic int64 ONNX ops (10-25x slower than the
 # rest): only when asked for.
-DEFAULT_BACKENDS = ("intvit_int8_tvm", "torch_fp32", "torch_compile_fp32", "ort_fp32", "ort_int8_qdq", "tvm_fp32")
-OPTIONAL = ("torch_compile_fp32", "tvm_fp32")     # may be unavailable on a machine: recorded, not fatal
+DEFAULT_BACKENDS = ("intvit_int8_tvm", "torch_fp32", "torch_compile_fp32", "ort_fp32", "ort_int8_qdq", "tvm_fp32",
+                    *PEER_BACKENDS)
+OPTIONAL = ("torch_compile_fp32", "tvm_fp32", *PEER_BACKENDS)   # may be unavailable on a machine: recorded, not fatal
 
 
 class UnknownBackendError(ValueError):
@@ -190,7 +195,7 @@ class ModelBackends:
         self._failed: dict[str, str] = {}         # optional backends that could not be built: name -> reason
         model = bm.model
 
-        if any(n in self.names for n in ("ort_fp32", "ort_int8_qdq", "tvm_fp32")):
+        if any(n in ("ort_fp32", "ort_int8_qdq", "tvm_fp32") or n.startswith("openvino_") for n in self.names):
             if bm.onnx_path:
                 self.fp32_path = bm.onnx_path
             else:
@@ -253,7 +258,33 @@ class ModelBackends:
             built["tvm_fp32"] = self._optional("tvm_fp32", self._tvm_fp32, batch)
         if "torch_compile_fp32" in self.names:
             built["torch_compile_fp32"] = self._optional("torch_compile_fp32", self._torch_compile, batch)
+        for name in PEER_BACKENDS:
+            if name in self.names:
+                built[name] = self._optional(name, lambda b, name=name: self._peer(name, b), batch)
         return {n: built[n] for n in ALL_BACKENDS if n in built}
+
+    def _peer(self, name: str, batch: int) -> Backend:
+        """One of ``cpu_peers.PEER_BACKENDS``, built for ``batch`` (a failure makes it unavailable: ``_optional``)."""
+        from . import cpu_peers
+        bm = self.bm
+        example = np.zeros((batch, bm.channels, bm.image, bm.image), np.float32)
+        t0 = time.perf_counter()
+        if name.startswith("openvino_"):
+            precision = {"openvino_fp32": "f32"}.get(name)
+            calib = bm.calib if name == "openvino_int8" else None
+            run, size, artifact = self._step(f"{name}: building for batch {batch}", cpu_peers.openvino_backend,
+                                             self.fp32_path, bm.input_name, batch, self.threads, precision, calib,
+                                             self.workdir)
+            return Backend(name, run, size, artifact, time.perf_counter() - t0)
+        if name in ("torch_bf16", "torch_compile_bf16"):
+            run, bf16 = self._step(f"{name}: building for batch {batch}", cpu_peers.torch_bf16_backend, bm.model,
+                                   batch, name == "torch_compile_bf16", example)
+            return Backend(name, run, torch_bytes(bf16), "parameters + buffers (bfloat16)", time.perf_counter() - t0)
+        torch._dynamo.reset()
+        run = self._step(f"{name}: quantizing and compiling for batch {batch}", cpu_peers.pt2e_inductor_backend,
+                         bm.model, bm.calib, batch, example)
+        return Backend(name, run, torch_bytes(bm.model), "float parameters (the INT8 weights live in the compiled "
+                       "graph)", time.perf_counter() - t0)
 
     def _optional(self, name: str, build, batch: int) -> Backend:
         """``build(batch)``, or the backend marked unavailable with the reason (not tried again for other batches)."""

@@ -22,8 +22,13 @@ OUT/<host>-<date>.json and a PNG chart (latency by batch size per backend).
 torch_fp32 (eager), torch_compile_fp32 (inductor; reported unavailable, with
 the reason, where it cannot compile), ort_fp32, ort_int8_qdq (ORT
 quantize_static, QDQ), tvm_fp32 (the float ONNX through tvm.relax.frontend,
-given intvit's own CPU schedules: tiled GEMMs, row-parallel nonlinears);
-opt-in: intvit_int8_ort (intvit's graph in ORT, a slow correctness reference),
+given intvit's own CPU schedules: tiled GEMMs, row-parallel nonlinears),
+and the peers of an AMX Xeon (pip install 'intvit[peers]'; each reported
+unavailable with the reason where it cannot run): openvino_fp32,
+openvino_default (OpenVINO's own precision: bf16 on AMX), openvino_int8 (NNCF
+post-training INT8 on the same calibration images), torch_bf16,
+torch_compile_bf16, pt2e_int8_inductor (PT2E X86InductorQuantizer INT8
+compiled by inductor); opt-in: intvit_int8_ort (intvit's graph in ORT, a slow correctness reference),
 intvit_ivit_int8_tvm (intvit quantized in the I-ViT form: ShiftGELU,
 symmetric grids, no migration, i.e. the default before those landed),
 intvit_int8_tvm_vnni (intvit's graph with its GEMMs forced onto AVX-512

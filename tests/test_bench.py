@@ -16,7 +16,7 @@ import torch
 from onnx import TensorProto, helper
 
 from intvit.bench import latency, targets
-from intvit.bench.backends import ALL_BACKENDS, DEFAULT_BACKENDS, export_float_onnx
+from intvit.bench.backends import ALL_BACKENDS, DEFAULT_BACKENDS, OPTIONAL, export_float_onnx
 from intvit.bench.models import build_model
 from intvit.bench.onnx_vit import load_float_vit
 from intvit.cli import main
@@ -51,8 +51,8 @@ def test_bench_cli_tiny_every_backend(tmp_path, capsys):
     for result in rep["results"]:
         assert list(result["backends"]) == list(ALL_BACKENDS)
         for name, r in result["backends"].items():
-            if not r["available"]:          # only a toolchain-dependent backend may be missing, with a reason
-                assert name == "torch_compile_fp32" and r["reason"]
+            if not r["available"]:          # only a toolchain- or package-dependent backend, with a reason
+                assert name in OPTIONAL and r["reason"]
                 continue
             assert set(NUMBERS) <= set(r), name
             assert 0 < r["min_ms"] <= r["median_ms"] <= r["p90_ms"] <= r["p99_ms"], name
@@ -331,3 +331,26 @@ def test_python_m_latency_is_the_same_command(capsys):
     assert exc.value.code == 0 and "--backends" in capsys.readouterr().out
     assert latency.main(["--model", "resnet50"]) == 2
     assert "unknown model 'resnet50'" in capsys.readouterr().err
+
+
+def test_cpu_peers_answer_like_the_float_model(tmp_path):
+    """Each peer of ``intvit bench`` (OpenVINO FP32 / default / NNCF INT8, torch BF16 eager and compiled, PT2E
+    INT8 through inductor) runs the same model: FP32 to float tolerance, the rest close to the float logits."""
+    from intvit.bench import cpu_peers
+    bm = build_model("tiny")
+    fp32 = tmp_path / "fp32.onnx"
+    export_float_onnx(bm.model, bm.channels, bm.image, str(fp32))
+    x = bm.calib[:2].numpy()
+    with torch.no_grad():
+        ref = bm.model(torch.from_numpy(x)).logits.numpy()
+    runs = {name: cpu_peers.openvino_backend(str(fp32), bm.input_name, 2, 1, precision,
+                                             bm.calib if name == "openvino_int8" else None, str(tmp_path))[0]
+            for name, precision in (("openvino_fp32", "f32"), ("openvino_default", None), ("openvino_int8", None))}
+    runs["torch_bf16"] = cpu_peers.torch_bf16_backend(bm.model, 2, False, x)[0]
+    runs["torch_compile_bf16"] = cpu_peers.torch_bf16_backend(bm.model, 2, True, x)[0]
+    runs["pt2e_int8_inductor"] = cpu_peers.pt2e_inductor_backend(bm.model, bm.calib, 2, x)
+    assert set(runs) == set(cpu_peers.PEER_BACKENDS)
+    scale = float(np.abs(ref).max())
+    for name, run in runs.items():
+        err = float(np.abs(run(x) - ref).max())
+        assert err <= (1e-4 if name == "openvino_fp32" else 0.1) * scale, (name, err, scale)
