@@ -28,6 +28,7 @@ def _quantize(args) -> int:
 
     if args.model == "fmnist":
         model = fmnist.load_model()
+        normalisation = {"mean": fmnist.MEAN, "std": fmnist.STD}
         calib = args.calib or fmnist.load_calibration_set()
         if args.calib and os.path.isdir(args.calib):
             from intvit.calibration import load_image_folder
@@ -50,12 +51,24 @@ def _quantize(args) -> int:
                   "(float32 images [N, C, H, W] normalised as the model expects, or image files)", file=sys.stderr)
             return 2
         calib = args.calib
+        mean, std, _ = _hf_normalisation(args.model)
+        normalisation = {"mean": mean, "std": std}
         if os.path.isdir(calib):
             calib = _folder_for_hf_model(args.model, model, calib, args.max_images)
-    q = intvit.quantize(model, calib, _quant_config(args, max_calib_images=args.max_images))
+    q = intvit.quantize(model, calib, _quant_config(args, max_calib_images=args.max_images, **normalisation))
     q.save(args.output, include_float=args.keep_float)
     print(f"wrote {args.output}")
     return 0
+
+
+def _hf_normalisation(model_dir: str) -> tuple[list[float], list[float], str]:
+    """``(mean, std, source)`` from the model directory's ``preprocessor_config.json``, else 0.5 (HF ViT's)."""
+    pre = os.path.join(model_dir, "preprocessor_config.json")
+    if not os.path.exists(pre):
+        return [0.5], [0.5], "mean = std = 0.5 (no preprocessor_config.json)"
+    with open(pre) as f:
+        p = json.load(f)
+    return p.get("image_mean", [0.5]), p.get("image_std", [0.5]), "preprocessor_config.json"
 
 
 def _folder_for_hf_model(model_dir: str, model, folder: str, max_images: int):
@@ -65,13 +78,7 @@ def _folder_for_hf_model(model_dir: str, model, folder: str, max_images: int):
     cfg = model.config
     size = getattr(cfg, "image_size", 224)
     size = (size, size) if isinstance(size, int) else tuple(size)
-    mean, std, source = [0.5], [0.5], "mean = std = 0.5 (no preprocessor_config.json)"
-    pre = os.path.join(model_dir, "preprocessor_config.json")
-    if os.path.exists(pre):
-        with open(pre) as f:
-            p = json.load(f)
-        mean, std = p.get("image_mean", mean), p.get("image_std", std)
-        source = "preprocessor_config.json"
+    mean, std, source = _hf_normalisation(model_dir)
     images = load_image_folder(folder, getattr(cfg, "num_channels", 3), size, mean, std, max_images)
     print(f"calibration: {images.shape[0]} images from {folder}, resized to {size[0]}x{size[1]}, "
           f"normalised with {source}")
@@ -134,17 +141,21 @@ ISA_NAMES = {"amx": "Intel AMX-INT8", "vnni": "AVX-512 VNNI", "generic": "a port
 
 
 def _run(args) -> int:
-    """Run a compiled module on a .npy batch (float32 images, preprocessed) or one image file, print the top-5."""
+    """Run a compiled module on one image file or a .npy batch (float32 images, preprocessed) and print the top-5
+    classes per image: an image is normalised with the mean and std recorded when the model was quantized (or
+    --mean/--std), and classes are printed by name where the model has labels."""
     import numpy as np
 
     from intvit.calibration.data import IMAGE_SUFFIXES, load_image, load_npy
     from intvit.runtime import load
     module = load(args.model)
     shape = module.meta["input"]["shape"]
+    prep = module.meta.get("preprocessing") or {}
     if args.input.lower().endswith(IMAGE_SUFFIXES):
-        images = load_image(args.input, shape[1], tuple(shape[2:]), _floats(args.mean), _floats(args.std)).numpy()
+        mean, std, source = _normalisation(args, prep)
+        images = load_image(args.input, shape[1], tuple(shape[2:]), mean, std).numpy()
         print(f"{args.input}: resized to {shape[2]}x{shape[3]}, {shape[1]} channel(s), "
-              f"(x/255 - {args.mean}) / {args.std}")
+              f"(x/255 - {_show(mean)}) / {_show(std)} ({source})")
         count = 1
         images = np.repeat(images, shape[0], axis=0)      # fill the compiled batch; report the one image
     elif args.input.endswith(".npy"):
@@ -154,10 +165,25 @@ def _run(args) -> int:
         raise ValueError(f"--input {args.input}: give an image ({', '.join(IMAGE_SUFFIXES)}) or a .npy array of "
                          f"preprocessed float32 images of shape {shape}")
     logits = module(images)
+    labels = prep.get("labels") or []
     for i, row in enumerate(logits[:count]):
         top = np.argsort(-row)[:5]
-        print(f"image {i}: " + ", ".join(f"{int(c)} ({row[c]:.3f})" for c in top))
+        print(f"image {i}: " + ", ".join(
+            f"{labels[c] if c < len(labels) else int(c)} ({row[c]:.3f})" for c in top))
     return 0
+
+
+def _normalisation(args, prep: dict) -> tuple[list[float], list[float], str]:
+    """``(mean, std, where they came from)``: the flags, else the module's recorded preprocessing, else 0.5."""
+    if args.mean is not None or args.std is not None:
+        return _floats(args.mean or "0.5"), _floats(args.std or "0.5"), "--mean/--std"
+    if "mean" in prep:
+        return prep["mean"], prep["std"], "recorded when the model was quantized"
+    return [0.5], [0.5], "no normalisation recorded with this model: Hugging Face ViT's 0.5; pass --mean/--std"
+
+
+def _show(values: list[float]) -> str:
+    return ",".join(f"{v:g}" for v in values)
 
 
 def _floats(text: str) -> list[float]:
@@ -443,9 +469,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description=_run.__doc__)
     r.add_argument("model", help="module written by 'intvit compile'")
     r.add_argument("--input", required=True, help="an image (.png/.jpg/.bmp) or a .npy array of preprocessed float32 images")
-    r.add_argument("--mean", default="0.5", help="per-channel mean for an image input, after /255 "
-                                                 "(default: %(default)s, Hugging Face ViT's; fmnist: 0.286)")
-    r.add_argument("--std", default="0.5", help="per-channel std for an image input (default: %(default)s; fmnist: 0.353)")
+    r.add_argument("--mean", help="per-channel mean for an image input, after /255 (default: the one recorded "
+                                  "when the model was quantized, else 0.5)")
+    r.add_argument("--std", help="per-channel std for an image input (default: the one recorded, else 0.5)")
     r.set_defaults(func=_run)
 
     v = sub.add_parser("eval", help="FP32 vs INT8 top-1 of the embedded model for each recipe and scale matching",

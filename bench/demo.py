@@ -17,6 +17,7 @@ the report that ``intvit demo`` also writes as JSON.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 
@@ -55,6 +56,7 @@ def run_demo(out_dir: str, n_images: int | None, n_calib: int, config, batch: in
         seconds[text.split()[0]] = round(time.perf_counter() - t0, 2)
         return value
 
+    config = dataclasses.replace(config, mean=fmnist.MEAN, std=fmnist.STD)     # recorded with the model
     qmodel = step(1, f"quantize the embedded ViT (HF ViTForImageClassification, "
                      f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters) on {calib.shape[0]} "
                      "calibration images", lambda: intvit.quantize(model, calib, config))

@@ -126,6 +126,9 @@ def iter_batches(data, batch_size: int = 32) -> Iterator[torch.Tensor]:
         raise CalibrationDataError(f"calibration data of type {type(data).__name__} is not iterable")
     for item in data:
         t = _as_tensor(item)
+        if t.dtype == torch.uint8:
+            raise CalibrationDataError("calibration images are uint8 pixels (0-255); normalise them as the float "
+                                       "model expects: (x / 255 - mean) / std with its own mean and std")
         if not t.is_floating_point():
             t = t.float()
         yield t

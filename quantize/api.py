@@ -14,6 +14,8 @@ from ..models import UnsupportedModelError, find_backbones, is_supported, to_spe
 from .config import QuantConfig
 from .integer_model import IntegerViT
 from .layout import check_widen_count, point_bits, resolve_layout, resolve_zero_points
+from .preprocessing import check_calibration_scale
+from .preprocessing import resolve as resolve_preprocessing
 from .sanity import SANITY_IMAGES, warn_degenerate
 from .serialize import load_integer_vit
 from .wrapper import IntegerBackbone, capture_backbone_inputs
@@ -47,6 +49,11 @@ def quantize(model, calib_data, config: QuantConfig | None = None):
         return wrapped
     spec = to_spec(model, image_size=config.image_size)
     meta = {"recipe": config.recipe, "gelu": config.gelu}
+    preprocessing = resolve_preprocessing(config, model, spec.in_chans)
+    if preprocessing:
+        meta["preprocessing"] = preprocessing
+    check_calibration_scale(take_batches(calib_data, config.batch_size, config.batch_size, "calibration")[0],
+                            preprocessing)
     if config.int16:
         meta["layout"] = resolve_layout(spec, config.int16)
     bits = point_bits(spec, meta.get("layout"))

@@ -18,6 +18,11 @@ class QuantConfig:
     max_calib_images: images used from the calibration data (at most).
     batch_size:       batch size when the data is one tensor or an .npz.
     image_size:       input size to quantize for (default: the model's own).
+    mean, std:        the per-channel normalisation the images get after /255
+                      (``(x/255 − mean)/std``), recorded with the model and used by
+                      ``intvit run`` (default: a timm model's ``pretrained_cfg``; else none).
+    labels:           class names in output order, recorded likewise (default: a Hugging
+                      Face model's ``config.id2label``).
     cache_path:       JSON file caching calibration ranges; reused when the model,
                       recipe and data are unchanged.
     progress:         show a progress bar while calibrating.
@@ -72,6 +77,9 @@ class QuantConfig:
     migration: tuple[str, ...] = ("*",)
     output_aware: bool = False
     bias_correction: bool = False
+    mean: float | tuple[float, ...] | None = None
+    std: float | tuple[float, ...] | None = None
+    labels: tuple[str, ...] | None = None
 
     def __post_init__(self):
         if self.recipe not in OBSERVERS:

@@ -28,6 +28,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from .. import __version__, ops
 from .onnx_functions import DOMAIN, OPSET, all_functions
+from .preprocessing import METADATA_KEY as PREPROCESSING_KEY
+from .preprocessing import to_metadata
 
 IR_VERSION = 10
 FLOAT_NODE_PREFIXES = ("input_quant/", "dequant/")
@@ -247,7 +249,10 @@ class _Exporter:
                                   producer_version=__version__,
                                   opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(DOMAIN, 1)])
         model.ir_version = IR_VERSION
-        helper.set_model_props(model, {"intvit.family": spec.family, "intvit.source_class": spec.source_class})
+        props = {"intvit.family": spec.family, "intvit.source_class": spec.source_class}
+        if m.meta.get("preprocessing"):
+            props[PREPROCESSING_KEY] = to_metadata(m.meta["preprocessing"])
+        helper.set_model_props(model, props)
         return model
 
 

@@ -38,6 +38,8 @@ import numpy as np
 
 from .. import __version__
 from ..files import sweep_stale_temps, temp_name
+from ..quantize.preprocessing import METADATA_KEY as PREPROCESSING_KEY
+from ..quantize.preprocessing import from_metadata
 from .build import ISAS, CompiledIntViT, NoDeviceError, compile_onnx, resolve_target
 from .amx import AMX_FEATURES, request_tile_permission
 from .x86 import has_features, host_cpu, isa_features
@@ -92,6 +94,8 @@ def compile_to_file(onnx_path, output, target="llvm", batch: int = 1, arch: str 
             "input": {"name": compiled.input_name, "shape": list(compiled.input_shape),
                       "dtype": compiled.input_dtype},
             "outputs": [o.name for o in proto.graph.output],
+            "preprocessing": from_metadata(next((p.value for p in proto.metadata_props
+                                                  if p.key == PREPROCESSING_KEY), None)),
             "source_onnx": os.path.basename(os.fspath(onnx_path)),
             "compile_seconds": round(time.perf_counter() - t0, 2),
             "tuning": compiled.tuning.as_dict() if compiled.tuning else None}
@@ -303,6 +307,8 @@ def check_sidecar_fields(meta, side: str) -> None:
         raise bad("field 'input' must hold a name, a dtype (float32 or int8) and a shape of 4 positive integers")
     if batch < 1 or shape[0] != batch:
         raise bad(f"batch {batch} does not match the input shape {shape}")
+    if meta.get("preprocessing") is not None and from_metadata(json.dumps(meta["preprocessing"])) is None:
+        raise bad("field 'preprocessing' must hold lists of numbers 'mean' and 'std' and a list of 'labels'")
     if meta.get("isa") not in (None, *ISAS):
         raise bad(f"field 'isa' is {meta.get('isa')!r}, not one of {list(ISAS)}")
     if len(meta["so_sha256"]) != 64 or any(c not in "0123456789abcdef" for c in meta["so_sha256"]):
