@@ -41,6 +41,9 @@ def _quantize(args) -> int:
                   "model directory (intvit never downloads models)", file=sys.stderr)
             return 2
         from transformers import AutoModel, AutoModelForImageClassification
+        if args.quiet:                       # transformers' own "Loading weights" bar
+            from transformers.utils import logging as hf_logging
+            hf_logging.disable_progress_bar()
         try:
             model = AutoModelForImageClassification.from_pretrained(args.model, local_files_only=True)
         except (ValueError, OSError):
@@ -270,7 +273,7 @@ def _eval(args) -> int:
     if args.images is not None and args.images < 1:
         raise ValueError(f"--images must be at least 1, got {args.images}")
     peers = peer_builders([] if args.peers == "none" else _csv(args.peers))
-    say = None if args.quiet else (lambda line: print("  " + line, flush=True))
+    say = None if args.quiet else (lambda line: print("  " + line, file=sys.stderr, flush=True))
     if args.model == "dinov2-probe":
         model, calib_pool, images, labels, config, batch, name = _dinov2_probe_task(args, max(calib_sizes))
     else:
@@ -281,7 +284,7 @@ def _eval(args) -> int:
     rows = []
     for k in calib_sizes:
         if not args.quiet:
-            print(f"{name}: {images.shape[0]} test images, {k} calibration images")
+            print(f"{name}: {images.shape[0]} test images, {k} calibration images", file=sys.stderr)
         rows += evaluate_recipes(model, calib_pool[:k], images, labels, recipes, matching, batch_size=batch,
                                  progress=say, ivit=args.ivit, peers=peers, config={**config, "max_calib_images": k})
     print("\n" + format_recipe_table(rows))

@@ -80,8 +80,10 @@ def add_arguments(p) -> None:
                         "(default: all but torch_compile_*)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                    help="threads for every backend, recorded in the report (default: all %(default)s cores)")
-    p.add_argument("--out", default=os.path.join("bench", "results"),
-                   help="directory for <host>-<date>.json and .png (default: %(default)s)")
+    p.add_argument("--out", default="intvit-bench",
+                   help="directory for <host>-<date>.json and .png, created if needed; a second run the same day "
+                        "writes <host>-<date>-2.* and so on, never over an earlier report (default: %(default)s "
+                        "in the working directory)")
     p.add_argument("--no-chart", action="store_true", help="write the JSON report only")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 

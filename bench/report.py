@@ -106,9 +106,15 @@ def format_report(report: dict) -> str:
 
 
 def output_stem(report: dict, out_dir: str) -> str:
-    """``out_dir/<host>-<date>`` (the host name reduced to file-name-safe characters)."""
+    """``out_dir/<host>-<date>`` (the host name reduced to file-name-safe characters), or ``…-2``, ``…-3``, …
+    when a report of that name is already there: a second run the same day never overwrites the first."""
     host = re.sub(r"[^A-Za-z0-9._-]", "_", report["machine"]["host"]) or "host"
-    return os.path.join(out_dir, f"{host}-{report['date'][:10]}")
+    base = os.path.join(out_dir, f"{host}-{report['date'][:10]}")
+    stem, n = base, 1
+    while os.path.exists(stem + ".json") or os.path.exists(stem + ".png"):
+        n += 1
+        stem = f"{base}-{n}"
+    return stem
 
 
 def write(report: dict, out_dir: str, chart: bool = True) -> tuple[str, str | None]:

@@ -354,3 +354,13 @@ def test_cpu_peers_answer_like_the_float_model(tmp_path):
     for name, run in runs.items():
         err = float(np.abs(run(x) - ref).max())
         assert err <= (1e-4 if name == "openvino_fp32" else 0.1) * scale, (name, err, scale)
+
+
+def test_a_second_report_the_same_day_does_not_overwrite_the_first(tmp_path):
+    from intvit.bench.report import output_stem
+    report = {"machine": {"host": "my host"}, "date": "2026-12-01T10:00:00"}
+    assert output_stem(report, str(tmp_path)) == str(tmp_path / "my_host-2026-12-01")
+    (tmp_path / "my_host-2026-12-01.json").write_text("{}")
+    assert output_stem(report, str(tmp_path)) == str(tmp_path / "my_host-2026-12-01-2")
+    (tmp_path / "my_host-2026-12-01-2.png").write_bytes(b"")
+    assert output_stem(report, str(tmp_path)) == str(tmp_path / "my_host-2026-12-01-3")
