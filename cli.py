@@ -397,7 +397,9 @@ def _add_quant_flags(parser) -> None:
                              "'shift' (I-ViT's ShiftGELU)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(bench_options: bool = True) -> argparse.ArgumentParser:
+    """The ``intvit`` parser; ``bench_options=False`` leaves out ``intvit bench``'s options (and the torch import
+    they need), for command lines that are not ``bench``."""
     from intvit import __version__
     p = OneLineParser(prog="intvit", description="Integer-only quantized inference for vision transformers.")
     p.add_argument("--version", action="version", version=f"intvit {__version__}")
@@ -514,10 +516,12 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--quiet", action="store_true", help="no progress bar")
     a.set_defaults(func=_analyze)
 
-    from intvit.bench.command import DESCRIPTION, add_arguments
     b = sub.add_parser("bench", help="latency of intvit INT8 vs FP32/INT8 baselines: table, JSON and PNG chart",
-                       description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(b)
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    if bench_options:                       # its options name the backends, which imports torch: only when asked
+        from intvit.bench.command import DESCRIPTION, add_arguments
+        b.description = DESCRIPTION
+        add_arguments(b)
     b.set_defaults(func=_bench)
     return p
 
@@ -531,7 +535,8 @@ def _quiet_known_warnings() -> None:
 
 def main(argv=None) -> int:
     _quiet_known_warnings()
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(bench_options="bench" in argv)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:               # --help, --version, or a usage error already printed in one line

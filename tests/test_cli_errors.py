@@ -112,3 +112,24 @@ def test_a_closed_pipe_is_not_an_error_message(files):
     proc = subprocess.run(f"{sys.executable} -m intvit inspect {files / 'm.onnx'} | head -1", shell=True,
                           capture_output=True, text=True, timeout=300)
     assert proc.stdout.startswith(str(files / "m.onnx")) and "Broken pipe" not in proc.stderr
+
+
+def test_help_imports_neither_torch_nor_tvm():
+    """`intvit --help` answers at once: the package's names load on first use, and only `intvit bench` builds the
+    options that need torch."""
+    code = ("import sys\nfrom intvit.cli import main\nassert main(['--help']) == 0\n"
+            "assert main(['demo', '--help']) == 0\n"
+            "print('torch' in sys.modules, 'tvm' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-500:]
+    assert proc.stdout.strip().splitlines()[-1] == "False False"
+
+
+def test_the_package_names_load_on_first_use_and_quantize_stays_the_function():
+    code = ("import sys, intvit\nassert 'torch' not in sys.modules\nimport intvit.quantize.sanity\n"
+            "assert callable(intvit.quantize) and intvit.quantize.__name__ == 'quantize'\n"
+            "from intvit import QuantConfig, load, qat, IntegerViT, UnsupportedModelError, CalibrationDataError\n"
+            "print(sorted(n for n in intvit.__all__ if n != '__version__'))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-500:]
+    assert "'quantize'" in proc.stdout and "'QuantConfig'" in proc.stdout
