@@ -44,6 +44,8 @@ def _linear_kernel(x_shape, w_shape, n: int, mr: int):
 @needs_amx
 @pytest.mark.parametrize("lead,rows,k,n", [
     ((), 197, 384, 1152), ((), 1, 64, 16), ((8,), 197, 384, 1536), ((), 197, 1536, 384), ((), 5, 100, 1000),
+    # DeiT-S fc2 at batch 8: one column chunk of 12 blocks per task, so the rows are staged inside the tasks
+    ((8,), 197, 1536, 384),
     # the embedded Fashion-MNIST model: patch embedding K = 49 (7×7×1), 17 tokens (alone and ×8 folded),
     # the 10-class head on 1 and 8 rows (one 32×32 block: a single task)
     ((), 17, 49, 128), ((8,), 17, 49, 128), ((8,), 16, 49, 128), ((), 17, 128, 384), ((8,), 17, 256, 128),

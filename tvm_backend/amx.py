@@ -28,26 +28,34 @@ is a sum of ``tdpbusd`` over 64-wide K chunks: the same products and the same
 int32 sums as ``vpdpbusd`` (integer addition is associative), so the result
 is bit-identical to the VNNI schedule.
 
-**The schedule** (``apply_amx_gemm_schedule``). The activations are
-staged once (``shifted_input``, its own parallel loop, rows padded with
-copies of the last row and K with zeros). Then one parallel task per
-(batch item, chunk of ``NC`` columns, 32-row block); the task is one call of
-the tensor intrinsic ``intvit_amx_u8s8s32_32x{NC}x{Kp}``: ``ldtilecfg``
-(eight 16 × 64 B tiles; the configuration is per thread and loading it
-zeroes the tiles, so it is loaded once per task, never per block), then for
-each 32 × 32 output block ``tilezero`` the 2 × 2 accumulator tiles
-``tmm0..3``, for each 64-wide K chunk load two ``A`` tiles (rows 0–15,
-16–31) and two ``B`` tiles (panels ``2b``, ``2b+1``) and issue four
-``tdpbusd``, and after the whole K ``tilestored`` the four tiles into the
-task's int32 block ``[32, NC]``; finally ``tilerelease``. The bias + requant
-epilogue (``int_gemm_out``) then runs on that block while it is in cache,
-on 16 int64 lanes. ``NC`` (``column_chunk``: a multiple of 32 dividing
-``Np``, at most ``MAX_COL_BLOCKS`` blocks, fewer when the kernel would
-otherwise have under ``MIN_TASKS`` tasks) keeps the task's weight chunk in
-L2 and amortises ``ldtilecfg``; chunks are the outer index of the parallel
-loop, so consecutive tasks share their weights. Attention's ``Q·Kᵀ``
-(panels per batch item and head) is scheduled the same way; the int16
-``A·V`` kernels stay on VNNI (AMX has no int16 dot product).
+**The schedule** (``apply_amx_gemm_schedule``). One parallel task per
+(batch item, chunk of ``NC`` columns, 32-row block); in the task, for each
+32 × 32 output block, one call of the tensor intrinsic
+``intvit_amx_u8s8s32_32x32x{Kp}_in_{NC}``: ``tilezero`` the 2 × 2
+accumulator tiles ``tmm0..3``, for each 64-wide K chunk load two ``A``
+tiles (rows 0–15, 16–31) and two ``B`` tiles (the block's two panels) and
+issue four ``tdpbusd``, and after the whole K ``tilestored`` the four tiles
+into a 4 KB int32 block; the bias + requant epilogue (``int_gemm_out``, 16
+int64 lanes) then runs on that block while it is in L1. The tile
+configuration (``ldtilecfg``: eight 16 × 64 B tiles; per thread, and
+loading it zeroes the tiles) is loaded by the task's first block only and
+the tiles released (``tilerelease``) after its last (measured: an
+``ldtilecfg`` per block costs about as much as the block's ``tdpbusd``).
+Keeping the int32 block at 32 × 32 matters: a task-wide ``[32, NC]`` block
+(48 KB at ``NC`` = 384) filled before the epilogue pushed the ``A`` rows and
+the weights out of the 48 KB L1, and the kernel ran well under the tile
+rate. ``NC`` (``column_chunk``: a multiple of 32 dividing ``Np``, at most
+``MAX_COL_BLOCKS`` blocks, fewer when the kernel would otherwise have under
+``MIN_TASKS`` tasks) keeps the task's weight chunk in L2 and amortises
+``ldtilecfg``; chunks are the outer index of the parallel loop, so
+consecutive tasks share their weights. The activations (``shifted_input``:
+``x + 128``, rows padded with copies of the last row and K with zeros) are
+staged once: inside each task, just before its tiles read them, when the
+kernel has a single column chunk (each row is then staged by exactly one
+task, and a large K such as fc2's 1536 no longer writes and re-reads the
+whole staged matrix), else in their own parallel loop ahead of the tasks.
+Attention's ``Q·Kᵀ`` (panels per batch item and head) is scheduled the same
+way; the int16 ``A·V`` kernels stay on VNNI (AMX has no int16 dot product).
 
 **Which kernels** (``amx_shape``, the one predicate the schedules consult):
 every u8 × s8 ``packed_gemm_te`` kernel built under ``gemm.amx_layout()``,
@@ -97,7 +105,7 @@ TILE_BYTES = 64                             # bytes per tile row: 64 u8/s8 of K 
 ROW_BLOCK = 2 * TILE_ROWS                   # output rows per block: two A tiles
 COL_BLOCK = 2 * LANES                       # output columns per block: two B tiles
 K_BLOCK = TILE_BYTES                        # K per tdpbusd
-MAX_COL_BLOCKS = 12                         # 32-column blocks per task (one intrinsic call)
+MAX_COL_BLOCKS = 12                         # 32-column blocks per task (one ldtilecfg)
 MIN_TASKS = 8                               # parallel tasks a kernel keeps, if its shape allows
 EPILOGUE_LANES = 16                         # int64 lanes per step of the fused epilogue (two zmm)
 if (ROW_BLOCK, COL_BLOCK, K_BLOCK) != (AMX_ROWS, AMX_COLS, AMX_K):      # gemm.amx_layout pads to these
@@ -189,9 +197,10 @@ def _tile(op: str, *args):
 
 
 @functools.lru_cache(maxsize=None)
-def register_amx_intrinsics(kp: int, cols: int) -> tuple[str, str]:
-    """Register (once) the tensor-intrinsic pair for one task, ``C[32, cols] = A[32, kp] · B`` (u8 × s8 →
-    s32) with ``B`` the ``[cols/16, kp/4, 16, 4]`` panels; returns ``(init name, update name)``.
+def register_amx_intrinsics(kp: int, chunk: int) -> tuple[str, str]:
+    """Register (once) the tensor-intrinsic pair for one 32 × 32 output block, ``C[32, 32] = A[32, kp] · B``
+    (u8 × s8 → s32) with ``B`` the two ``[2, kp/4, 16, 4]`` panels of the block, inside a task of ``chunk``
+    columns; returns ``(init name, update name)``.
 
     The two are one unit. The update's description is the reduction step
     ``C += A·B`` over the whole K; its implementation starts the accumulator
@@ -200,13 +209,23 @@ def register_amx_intrinsics(kp: int, cols: int) -> tuple[str, str]:
     not read what it would write. Together they compute the block exactly,
     without zeroing and re-reading the int32 block in memory; apply them
     together (``apply_amx_gemm_schedule``), never one alone.
+
+    The tile configuration is per thread and ``ldtilecfg`` costs about as
+    much as a block's eight ``tdpbusd`` K-steps, so the update loads it only
+    for the first block of a task and releases the tiles after the last: a
+    task's blocks are the ``chunk / 32`` consecutive column blocks of one
+    column chunk, run in order on one thread (``apply_amx_gemm_schedule``'s
+    serial block loop), and the block's place in its chunk is read off the
+    weight panels' element offset (panel ``2·jb`` of a chunk-aligned run of
+    ``chunk / 16`` panels of ``kp/4 · 64`` bytes each).
     """
     from tvm.s_tir import TensorIntrin
     from tvm.script import tirx as T
 
-    if kp % K_BLOCK or cols % COL_BLOCK:
-        raise ValueError(f"AMX tiles need K % {K_BLOCK} == 0 and columns % {COL_BLOCK} == 0, got {kp}, {cols}")
-    kg, panels, rb = kp // 4, cols // LANES, ROW_BLOCK
+    if kp % K_BLOCK or chunk % COL_BLOCK:
+        raise ValueError(f"AMX tiles need K % {K_BLOCK} == 0 and columns % {COL_BLOCK} == 0, got {kp}, {chunk}")
+    kg, rb, cols = kp // 4, ROW_BLOCK, COL_BLOCK
+    pair_bytes, blocks = 2 * kg * 16 * 4, chunk // COL_BLOCK      # one block's two panels; blocks per task
     words = tile_config_words()
     u8 = T.uint8
 
@@ -232,10 +251,10 @@ def register_amx_intrinsics(kp: int, cols: int) -> tuple[str, str]:
     @T.prim_func(s_tir=True)
     def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
         A = T.match_buffer(a, (rb, kp), "uint8", offset_factor=1)
-        B = T.match_buffer(b, (panels, kg, 16, 4), "int8", offset_factor=1)
+        B = T.match_buffer(b, (2, kg, 16, 4), "int8", offset_factor=1)
         C = T.match_buffer(c, (rb, cols), "int32", offset_factor=1)
         with T.sblock("root"):
-            T.reads(C[0:rb, 0:cols], A[0:rb, 0:kp], B[0:panels, 0:kg, 0:16, 0:4])
+            T.reads(C[0:rb, 0:cols], A[0:rb, 0:kp], B[0:2, 0:kg, 0:16, 0:4])
             T.writes(C[0:rb, 0:cols])
             for i, j, k in T.grid(rb, cols, kp):
                 with T.sblock("update"):
@@ -250,38 +269,40 @@ def register_amx_intrinsics(kp: int, cols: int) -> tuple[str, str]:
         sb1 = T.int32()
         sb2 = T.int32()
         sc = T.int32()
+        ob = T.int32()
         A = T.match_buffer(a, (rb, kp), "uint8", offset_factor=1, strides=[sa, 1])
-        B = T.match_buffer(b, (panels, kg, 16, 4), "int8", offset_factor=1, strides=[sb0, sb1, sb2, 1])
+        B = T.match_buffer(b, (2, kg, 16, 4), "int8", elem_offset=ob, offset_factor=1, strides=[sb0, sb1, sb2, 1])
         C = T.match_buffer(c, (rb, cols), "int32", offset_factor=1, strides=[sc, 1])
         with T.sblock("root"):
-            T.reads(C[0:rb, 0:cols], A[0:rb, 0:kp], B[0:panels, 0:kg, 0:16, 0:4])
+            T.reads(C[0:rb, 0:cols], A[0:rb, 0:kp], B[0:2, 0:kg, 0:16, 0:4])
             T.writes(C[0:rb, 0:cols])
-            cfg = T.alloc_buffer((8,), "int64")     # global scope: under 1 KB, TVM puts it on the stack
-            for w in T.unroll(8):
-                cfg[w] = T.Select(w == 0, T.int64(words[0]), T.Select(w == 2, T.int64(words[2]), T.Select(
-                    w == 3, T.int64(words[3]), T.Select(w == 6, T.int64(words[6]), T.int64(0)))))
-            # operands by element address, not tvm_access_ptr: see "Operand addresses" in the module docstring
-            _tile("ldtilecfg", T.address_of(cfg[0]))
-            for jb in T.serial(cols // COL_BLOCK):
-                for t in T.unroll(4):
-                    _tile("tilezero", T.Cast("uint8", t))
-                for kk in T.serial(kp // K_BLOCK):
-                    # tmm4/5: rows 0-15/16-31 of A; tmm6/7: panels 2jb, 2jb+1 (16 K-groups each)
-                    _tile("tileloadd64", u8(4), T.address_of(A[0, kk * 64]), T.int64(sa))
-                    _tile("tileloadd64", u8(6), T.address_of(B[2 * jb, kk * 16, 0, 0]), T.int64(sb1))
-                    _tile("tdpbusd", u8(0), u8(4), u8(6))
-                    _tile("tileloadd64", u8(7), T.address_of(B[2 * jb + 1, kk * 16, 0, 0]), T.int64(sb1))
-                    _tile("tdpbusd", u8(1), u8(4), u8(7))
-                    _tile("tileloadd64", u8(5), T.address_of(A[16, kk * 64]), T.int64(sa))
-                    _tile("tdpbusd", u8(2), u8(5), u8(6))
-                    _tile("tdpbusd", u8(3), u8(5), u8(7))
-                _tile("tilestored64", u8(0), T.address_of(C[0, jb * 32]), T.int64(sc * 4))
-                _tile("tilestored64", u8(1), T.address_of(C[0, jb * 32 + 16]), T.int64(sc * 4))
-                _tile("tilestored64", u8(2), T.address_of(C[16, jb * 32]), T.int64(sc * 4))
-                _tile("tilestored64", u8(3), T.address_of(C[16, jb * 32 + 16]), T.int64(sc * 4))
-            _tile("tilerelease")
+            if ob // pair_bytes % blocks == 0:          # the task's first block: configure the tiles
+                cfg = T.alloc_buffer((8,), "int64")     # global scope: under 1 KB, TVM puts it on the stack
+                for w in T.unroll(8):
+                    cfg[w] = T.Select(w == 0, T.int64(words[0]), T.Select(w == 2, T.int64(words[2]), T.Select(
+                        w == 3, T.int64(words[3]), T.Select(w == 6, T.int64(words[6]), T.int64(0)))))
+                # operands by element address, not tvm_access_ptr: see "Operand addresses" in the module docstring
+                _tile("ldtilecfg", T.address_of(cfg[0]))
+            for t in T.unroll(4):
+                _tile("tilezero", T.Cast("uint8", t))
+            for kk in T.serial(kp // K_BLOCK):
+                # tmm4/5: rows 0-15/16-31 of A; tmm6/7: panels 0, 1 (16 K-groups each)
+                _tile("tileloadd64", u8(4), T.address_of(A[0, kk * 64]), T.int64(sa))
+                _tile("tileloadd64", u8(6), T.address_of(B[0, kk * 16, 0, 0]), T.int64(sb1))
+                _tile("tdpbusd", u8(0), u8(4), u8(6))
+                _tile("tileloadd64", u8(7), T.address_of(B[1, kk * 16, 0, 0]), T.int64(sb1))
+                _tile("tdpbusd", u8(1), u8(4), u8(7))
+                _tile("tileloadd64", u8(5), T.address_of(A[16, kk * 64]), T.int64(sa))
+                _tile("tdpbusd", u8(2), u8(5), u8(6))
+                _tile("tdpbusd", u8(3), u8(5), u8(7))
+            _tile("tilestored64", u8(0), T.address_of(C[0, 0]), T.int64(sc * 4))
+            _tile("tilestored64", u8(1), T.address_of(C[0, 16]), T.int64(sc * 4))
+            _tile("tilestored64", u8(2), T.address_of(C[16, 0]), T.int64(sc * 4))
+            _tile("tilestored64", u8(3), T.address_of(C[16, 16]), T.int64(sc * 4))
+            if ob // pair_bytes % blocks == blocks - 1:     # the task's last block
+                _tile("tilerelease")
 
-    name = f"intvit_amx_u8s8s32_{rb}x{cols}x{kp}"
+    name = f"intvit_amx_u8s8s32_{rb}x{cols}x{kp}_in_{chunk}"
     TensorIntrin.register(name + "_init", init_desc, init_impl, override=True)
     TensorIntrin.register(name, desc, impl, override=True)
     return name + "_init", name
@@ -331,11 +352,13 @@ def apply_amx_gemm_schedule(sch, cols: int | None = None) -> None:
     """Schedule the ``gemm.packed_gemm_te`` VPDPBUSD kernel in ``sch`` (a ``s_tir.Schedule``) for AMX, in place.
 
     One parallel task per (leading index, ``cols``-column chunk, 32-row block;
-    default ``column_chunk``), tensorized as one call of the
-    ``register_amx_intrinsics`` pair (tile configuration loaded once, 2 × 2
-    accumulator tiles per 32 × 32 block over the whole K); the epilogue
-    block is computed per task from the task's int32 block; the shifted
-    activations are staged once, in their own parallel loop. Raises
+    default ``column_chunk``); in it a serial loop over the chunk's 32 × 32
+    blocks, each tensorized as one call of the ``register_amx_intrinsics``
+    pair (2 × 2 accumulator tiles over the whole K; the tile configuration
+    loaded by the task's first block, the tiles released after its last)
+    and followed by the epilogue block on that 32 × 32 int32 block. The
+    shifted activations are staged per task when there is one column chunk,
+    else once in their own parallel loop (module docstring). Raises
     ``ValueError`` for a kernel ``amx_shape`` refuses. The caller adds
     ``with_tile_request`` to the scheduled function (``schedules`` does).
     """
@@ -349,16 +372,19 @@ def apply_amx_gemm_schedule(sch, cols: int | None = None) -> None:
     acc, out = sch.get_sblock(ACC_BLOCK), sch.get_sblock(OUT_BLOCK)
     *lead, i, j, k = sch.get_loops(acc)
     io, ii = sch.split(i, [None, ROW_BLOCK])
-    jc, jj = sch.split(j, [None, cols])
-    sch.reorder(*lead, jc, io, ii, jj, k)
+    jc, jb, jj = sch.split(j, [None, cols // COL_BLOCK, COL_BLOCK])
+    sch.reorder(*lead, jc, io, jb, ii, jj, k)
     task = sch.fuse(*lead, jc, io)
     sch.parallel(task)
     out_dims = [int(iv.dom.extent) for iv in sch.get(out).iter_vars]
     if len(out_dims) > len(lead) + 2:          # leading axes folded into the rows (gemm._amx_linear_te)
         sch.transform_block_layout(out, _fold_rows(out_dims))
-    sch.reverse_compute_at(out, task)
+    sch.reverse_compute_at(out, jb)
     shifted = sch.get_sblock(SHIFTED_INPUT_BLOCK)
-    parallel_rows(sch, shifted)
+    if cols == np_:         # one column chunk: each task stages its own 32 rows, once, just before using them
+        sch.compute_at(shifted, task)
+    else:
+        parallel_rows(sch, shifted)
     sch.vectorize(sch.get_loops(shifted)[-1])
     init_intrin, update_intrin = register_amx_intrinsics(kp, cols)
     init = sch.decompose_reduction(acc, ii)
