@@ -54,7 +54,8 @@ def openvino_backend(fp32_onnx: str, input_name: str, batch: int, threads: int, 
         config["INFERENCE_PRECISION_HINT"] = precision
     compiled = core.compile_model(model, "CPU", config)
     request = compiled.create_infer_request()
-    used = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+    hint = compiled.get_property("INFERENCE_PRECISION_HINT")
+    used = hint.to_string() if hasattr(hint, "to_string") else str(hint)        # "bf16", "f32"
     output = compiled.output(0)
 
     def run(x):
