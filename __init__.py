@@ -5,6 +5,7 @@
     logits = qmodel(images)                                     # float logits after one dequantize
     int_logits = qmodel.forward_int(images)                     # the int32 logits themselves
     qmodel.save("model.intvit.safetensors"); intvit.load("model.intvit.safetensors")
+    intvit.save(wrapped, "backbone.safetensors"); intvit.export_onnx(wrapped, "backbone.onnx")   # a user module
     tuned = intvit.qat(qmodel, (train_images, train_labels), epochs=3)   # quantization-aware fine-tuning
 
 The names below are imported on first use, so ``import intvit`` (and
@@ -22,6 +23,8 @@ __version__ = "0.1.0"
 _LAZY = {  # public name -> (module, attribute)
     "quantize": ("intvit.quantize.api", "quantize"),
     "load": ("intvit.quantize.api", "load"),
+    "save": ("intvit.quantize.api", "save"),
+    "export_onnx": ("intvit.quantize.api", "export_onnx"),
     "QuantConfig": ("intvit.quantize.config", "QuantConfig"),
     "IntegerViT": ("intvit.quantize.integer_model", "IntegerViT"),
     "IntegerModelFileError": ("intvit.quantize.serialize", "IntegerModelFileError"),

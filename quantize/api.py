@@ -103,3 +103,32 @@ def _set_submodule(root: nn.Module, path: str, new: nn.Module) -> None:
 def load(path) -> IntegerViT:
     """Load a model saved with ``IntegerViT.save``; refuses corrupted files."""
     return load_integer_vit(path)
+
+
+def integer_vit_of(model) -> IntegerViT:
+    """The ``IntegerViT`` a quantized model runs: the model itself, or the one ``IntegerBackbone`` inside a user
+    module that ``quantize`` returned (the user's own head and pooling stay float code in their module)."""
+    if isinstance(model, IntegerViT):
+        return model
+    if isinstance(model, IntegerBackbone):
+        return model.integer_model
+    found = [(path, m) for path, m in model.named_modules() if isinstance(m, IntegerBackbone)] \
+        if isinstance(model, nn.Module) else []
+    if len(found) == 1:
+        return found[0][1].integer_model
+    if found:
+        raise ValueError(f"{type(model).__name__} holds {len(found)} integer backbones "
+                         f"({', '.join(p for p, _ in found)}); save or export each one: module.<path>.integer_model")
+    raise TypeError(f"{type(model).__name__} holds no integer model; quantize it first with intvit.quantize")
+
+
+def save(model, path, include_float: bool = False) -> None:
+    """Save a quantized model — an ``IntegerViT`` or a user module holding one ``IntegerBackbone`` — as its
+    integer model's file (``IntegerViT.save``); ``intvit.load`` returns that ``IntegerViT``."""
+    integer_vit_of(model).save(path, include_float=include_float)
+
+
+def export_onnx(model, path, integer_input: bool = False) -> str:
+    """The integer ONNX graph of a quantized model (an ``IntegerViT`` or a user module holding one
+    ``IntegerBackbone``: the backbone's graph, whose outputs are its tokens or logits)."""
+    return integer_vit_of(model).export_onnx(path, integer_input=integer_input)

@@ -59,6 +59,14 @@ class IntegerBackbone(nn.Module):
         super().__init__()
         self.integer_model = integer_model
 
+    def save(self, path, include_float: bool = False) -> None:
+        """The backbone's integer model to one file (``IntegerViT.save``)."""
+        self.integer_model.save(path, include_float=include_float)
+
+    def export_onnx(self, path, integer_input: bool = False) -> str:
+        """The backbone's integer ONNX graph (``IntegerViT.export_onnx``)."""
+        return self.integer_model.export_onnx(path, integer_input=integer_input)
+
     def forward(self, pixel_values=None, *args, **kwargs):
         from transformers.modeling_outputs import BaseModelOutputWithPooling
         tokens = self.integer_model(pixel_values)

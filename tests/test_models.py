@@ -103,6 +103,24 @@ def test_user_wrapper_gets_its_backbone_quantized_and_keeps_its_forward():
     assert sqnr_db(q(x), user(x)) > 12
 
 
+def test_a_wrapped_model_saves_and_exports_its_integer_backbone(tmp_path):
+    import numpy as np
+    import onnxruntime as ort
+    torch.manual_seed(0)
+    q = intvit.quantize(UserModel().eval(), images(16, size=28), intvit.QuantConfig(progress=False))
+    backbone = q.backbone.integer_model
+    x = images(2, size=28, seed=6) * 2.0                  # what the wrapper feeds its backbone
+    intvit.save(q, tmp_path / "b.safetensors")
+    assert torch.equal(intvit.load(tmp_path / "b.safetensors").forward_int(x), backbone.forward_int(x))
+    path = intvit.export_onnx(q, tmp_path / "b.onnx")
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    assert np.array_equal(session.run(None, {"images": x.numpy()})[1], backbone.forward_int(x).numpy())
+    q.backbone.save(tmp_path / "c.safetensors")
+    assert torch.equal(intvit.load(tmp_path / "c.safetensors").forward_int(x), backbone.forward_int(x))
+    with pytest.raises(TypeError, match="holds no integer model; quantize it first"):
+        intvit.save(UserModel(), tmp_path / "x.safetensors")
+
+
 def test_empty_and_misshapen_calibration_data(tiny_vit):
     cfg = intvit.QuantConfig(progress=False)
     with pytest.raises(intvit.CalibrationDataError, match="empty"):
