@@ -27,6 +27,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .. import __version__, ops
+from ..files import sweep_stale_temps, temp_name
 from .onnx_functions import DOMAIN, OPSET, all_functions
 from .preprocessing import METADATA_KEY as PREPROCESSING_KEY
 from .preprocessing import to_metadata
@@ -273,7 +274,8 @@ def export_onnx(model, path, integer_input: bool = False, check: bool = True) ->
     proto = to_onnx(model, integer_input)
     if check:
         onnx.checker.check_model(proto, full_check=True)
-    tmp = f"{path}.tmp{os.getpid()}"
+    sweep_stale_temps(path)
+    tmp = temp_name(path)
     try:
         with open(tmp, "wb") as f:
             f.write(proto.SerializeToString())
