@@ -76,17 +76,25 @@ def load_npy(path, what: str = "image array") -> np.ndarray:
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
+def check_mean_std(mean, std, channels: int) -> tuple[list[float], list[float]]:
+    """``(mean, std)`` of a ``(x/255 − mean)/std`` normalisation as lists of ``channels`` floats (a single value
+    is repeated); ``CalibrationDataError`` unless std is positive and both are finite, with 1 or C values."""
+    mean, std = (np.asarray(v, np.float64).reshape(-1) for v in (mean, std))
+    if mean.size not in (1, channels) or std.size not in (1, channels):
+        raise CalibrationDataError(f"mean/std need 1 or {channels} values (one per channel), got {mean.size} and "
+                                   f"{std.size}")
+    if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(std)) and np.all(std > 0)):
+        raise CalibrationDataError(f"std must be positive and mean/std finite, got mean {mean.tolist()} and "
+                                   f"std {std.tolist()}")
+    return [float(v) for v in np.broadcast_to(mean, channels)], [float(v) for v in np.broadcast_to(std, channels)]
+
+
 def load_image(path, channels: int, size: tuple[int, int], mean, std) -> torch.Tensor:
     """One image file as float32 ``[1, C, H, W]``: resized (bilinear) to ``size``, ``(x/255 − mean) / std``."""
     from PIL import Image
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no image at {path}")
-    mean, std = (np.asarray(v, np.float32).reshape(-1) for v in (mean, std))
-    if mean.size not in (1, channels) or std.size not in (1, channels):
-        raise CalibrationDataError(f"mean/std need 1 or {channels} values, got {mean.size} and {std.size}")
-    if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(std)) and np.all(std > 0)):
-        raise CalibrationDataError(f"std must be positive and mean/std finite, got mean {mean.tolist()} and "
-                                   f"std {std.tolist()}")
+    mean, std = (np.asarray(v, np.float32) for v in check_mean_std(mean, std, channels))
     height, width = size
     img = Image.open(path).convert("L" if channels == 1 else "RGB").resize((width, height), Image.BILINEAR)
     x = np.asarray(img, dtype=np.float32).reshape(height, width, -1).transpose(2, 0, 1) / 255.0

@@ -17,10 +17,11 @@ refuses uint8 ones).
 from __future__ import annotations
 
 import json
-import math
 import warnings
 
 import torch
+
+from ..calibration.data import check_mean_std
 
 METADATA_KEY = "intvit.preprocessing"
 UNNORMALISED_MAX = 20.0      # non-negative images above this were not divided by 255 (normalised ones stay far below)
@@ -36,23 +37,11 @@ def resolve(config, model, channels: int) -> dict:
     if (mean is None) != (std is None):
         raise ValueError("QuantConfig: give both mean and std (per channel, after /255), or neither")
     if mean is not None:
-        prep["mean"], prep["std"] = check_mean_std(mean, std, channels)
+        prep["mean"], prep["std"] = check_mean_std(mean, std, channels)     # one rule with load_image
     labels = list(config.labels) if config.labels is not None else model_labels(model)
     if labels:
         prep["labels"] = [str(label) for label in labels]
     return prep
-
-
-def check_mean_std(mean, std, channels: int) -> tuple[list[float], list[float]]:
-    """``(mean, std)`` as lists of ``channels`` floats (one value is repeated); std positive, both finite."""
-    mean = [float(v) for v in (mean if isinstance(mean, (list, tuple)) else [mean])]
-    std = [float(v) for v in (std if isinstance(std, (list, tuple)) else [std])]
-    if len(mean) not in (1, channels) or len(std) not in (1, channels):
-        raise ValueError(f"mean and std need 1 or {channels} values (one per channel), got {len(mean)} and "
-                         f"{len(std)}")
-    if not all(math.isfinite(v) for v in mean + std) or not all(v > 0 for v in std):
-        raise ValueError(f"std must be positive and mean/std finite, got mean {mean} and std {std}")
-    return mean * (channels // len(mean)), std * (channels // len(std))
 
 
 def model_labels(model) -> list[str] | None:
