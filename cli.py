@@ -169,6 +169,11 @@ def _run(args) -> int:
                          f"preprocessed float32 images of shape {shape}")
     logits = module(images)
     labels = prep.get("labels") or []
+    if module.meta.get("output", "logits") != "logits":        # a headless model: no classes to rank
+        for i, row in enumerate(logits[:count]):
+            print(f"image {i}: {module.meta['output']} {list(row.shape)}, L2 norm {float(np.linalg.norm(row)):.4g}, "
+                  f"first values {', '.join(f'{v:.3f}' for v in row.reshape(-1)[:5])}")
+        return 0
     for i, row in enumerate(logits[:count]):
         top = np.argsort(-row)[:5]
         print(f"image {i}: " + ", ".join(

@@ -12,7 +12,8 @@ Shape of the network::
         h = h + fc2(gelu(fc1(LN2(h))))      # and into fc2
     h = LN_final(h)                          # optional
     pooled = concat(selected tokens)         # 'cls' = token 0, 'mean' = mean of patch tokens
-    logits = head(pooled)                    # optional; without a head the tokens are the output
+    logits = head(pooled)                    # optional; without a head the output is the tokens,
+                                             # or ``pooled`` when ``pooled_output`` (timm num_classes=0)
 
 A ``hook(name, tensor) -> tensor`` passed to ``float_forward`` sees every
 quantization point by name (see ``QUANT_POINTS``); the calibrator observes
@@ -70,6 +71,7 @@ class ViTSpec:
     final_norm: Norm | None
     pool: tuple[str, ...] = ("cls",)  # each entry: 'cls', 'token<i>' or 'mean'
     head: Linear | None = None
+    pooled_output: bool = False     # headless: output the pooled features [B, len(pool)*D], not the tokens
     family: str = "vit"
     source_class: str = ""
     extra: dict = field(default_factory=dict)
@@ -124,6 +126,8 @@ def check_spec(spec: ViTSpec) -> None:
     bad = [item for item in spec.pool if item not in valid]
     if not spec.pool or bad:
         raise ValueError(f"pooling {list(spec.pool)} is not a list of {sorted(valid)}")
+    if spec.head is not None and spec.pooled_output:
+        raise ValueError("pooled_output is for headless models: a model with a head outputs its logits")
     if spec.head is not None and spec.head.weight.shape[1] != len(spec.pool) * d:
         raise ValueError(f"the head reads {spec.head.weight.shape[1]} features, pooling gives {len(spec.pool) * d}")
 
@@ -156,7 +160,8 @@ def pool_tokens(spec: ViTSpec, h: torch.Tensor) -> torch.Tensor:
 
 def float_forward(spec: ViTSpec, images: torch.Tensor, hook: Hook = _identity,
                   wfn: WeightFn = _weight) -> torch.Tensor:
-    """Reference float forward; returns logits, or tokens ``[B, T, D]`` when there is no head."""
+    """Reference float forward; returns logits, or without a head the tokens ``[B, T, D]`` (the pooled
+    features ``[B, len(pool)·D]`` when ``spec.pooled_output``)."""
     b = images.shape[0]
     x = hook("input", images)
     tok = _linear(patchify(x, spec.patch_size), spec.patch_embed, "patch_embed", wfn)
@@ -182,7 +187,7 @@ def float_forward(spec: ViTSpec, images: torch.Tensor, hook: Hook = _identity,
         n = spec.final_norm
         h = hook("norm", F.layer_norm(h, (spec.dim,), n.weight, n.bias, n.eps))
     if spec.head is None:
-        return h
+        return pool_tokens(spec, h) if spec.pooled_output else h
     return _linear(pool_tokens(spec, h), spec.head, "head", wfn)
 
 

@@ -4,11 +4,14 @@ Supported:
 
 * timm ``VisionTransformer`` (ViT, DeiT, and LayerScale variants: ``ls1``/``ls2``
   ``γ`` folded into ``proj``/``fc2`` as for DINOv2), with ``global_pool``
-  ``'token'`` or ``'avg'`` (without ``fc_norm``), and
+  ``'token'`` or ``'avg'`` (without ``fc_norm``); headless (``num_classes=0``)
+  it outputs the pooled features ``[B, D]`` as timm does (all tokens with
+  ``global_pool=''``), and
   ``VisionTransformerDistilled`` (DeiT distilled: the two heads averaged, as
   timm does at inference, folded into one head over ``[cls ; dist]``);
 * torchvision ``VisionTransformer`` (``vit_b_16`` style: ``conv_proj``,
-  ``encoder.layers[i]`` with ``nn.MultiheadAttention``, ``heads.head``).
+  ``encoder.layers[i]`` with ``nn.MultiheadAttention``, ``heads.head``; with
+  the head removed it outputs the class token ``[B, D]``, as torchvision does).
 
 Neither library is a dependency: the adapters read the modules' attributes
 and never import timm or torchvision. Both need the model's own input size
@@ -41,9 +44,14 @@ def _layer_scale(ls: nn.Module):
 def timm_vit_spec(model: nn.Module, image_size=None) -> ViTSpec:
     """timm ``VisionTransformer`` / ``VisionTransformerDistilled`` → ``ViTSpec``."""
     name = type(model).__name__
-    if getattr(model, "attn_pool", None) is not None or model.global_pool not in ("token", "avg"):
+    headless = not isinstance(model.head, nn.Linear)
+    if getattr(model, "attn_pool", None) is not None or model.global_pool not in ("token", "avg", "") or \
+            (model.global_pool == "" and not headless):
         raise UnsupportedModelError(f"{name}: global_pool={model.global_pool!r} is not supported "
-                                    "(use 'token' or 'avg')")
+                                    "(use 'token' or 'avg', or '' without a head)")
+    if getattr(model, "pool_include_prefix", False) and model.global_pool == "avg":
+        raise UnsupportedModelError(f"{name}: pool_include_prefix=True (averaging the class token in) is not "
+                                    "supported; intvit's 'avg' pooling averages the patch tokens")
     if not isinstance(getattr(model, "fc_norm", nn.Identity()), nn.Identity):
         raise UnsupportedModelError(f"fc_norm ({type(model.fc_norm).__name__}): a norm after pooling is not "
                                     "supported; use a model with the final norm before pooling")
@@ -69,9 +77,11 @@ def timm_vit_spec(model: nn.Module, image_size=None) -> ViTSpec:
     blocks = [Block(norm1=_norm(b.norm1), qkv=_lin(b.attn.qkv), proj=_scaled(_lin(b.attn.proj), _layer_scale(b.ls1)),
                     norm2=_norm(b.norm2), fc1=_lin(b.mlp.fc1), fc2=_scaled(_lin(b.mlp.fc2), _layer_scale(b.ls2)),
                     num_heads=b.attn.num_heads, source=f"blocks.{i}") for i, b in enumerate(model.blocks)]
-    head, pool = (_lin(model.head) if isinstance(model.head, nn.Linear) else None), \
-        (("cls",) if model.global_pool == "token" else ("mean",))
-    if dist is not None and isinstance(getattr(model, "head_dist", None), nn.Linear) and head is not None:
+    head, pool = (None if headless else _lin(model.head)), (("mean",) if model.global_pool == "avg" else ("cls",))
+    if dist is not None:
+        if headless:
+            raise UnsupportedModelError(f"{name} without heads (num_classes=0) returns the average of its class "
+                                        "and distillation tokens, which intvit does not pool; keep the heads")
         d = _lin(model.head_dist)
         head = Linear(torch.cat([head.weight, d.weight], dim=1) / 2, (head.bias + d.bias) / 2)
         pool = ("token0", "token1")
@@ -79,7 +89,7 @@ def timm_vit_spec(model: nn.Module, image_size=None) -> ViTSpec:
         image_size=size, in_chans=model.patch_embed.proj.in_channels, patch_size=p, patch_embed=pe,
         prefix_tokens=torch.stack(tokens) + pos[:n_prefix], pos_patches=pos[n_prefix:].clone(),
         blocks=blocks, final_norm=_norm(model.norm), pool=pool, head=head,
-        family="timm-deit-distilled" if dist is not None else "timm-vit", source_class=name)
+        pooled_output=headless and model.global_pool != "", family="timm-deit-distilled" if dist is not None else "timm-vit", source_class=name)
 
 
 def _split_mha(mha: nn.MultiheadAttention) -> tuple[Linear, Linear]:
@@ -89,6 +99,19 @@ def _split_mha(mha: nn.MultiheadAttention) -> tuple[Linear, Linear]:
     qkv = Linear(mha.in_proj_weight.detach().float().clone(),
                  mha.in_proj_bias.detach().float().clone() if mha.in_proj_bias is not None else None)
     return qkv, _lin(mha.out_proj)
+
+
+def _torchvision_head(heads: nn.Module) -> nn.Linear | None:
+    """torchvision's ``heads``: ``Sequential(head=Linear)`` as built, a bare ``Linear``, or removed
+    (``Identity`` / empty ``Sequential``: the model then returns the class token)."""
+    if isinstance(heads, nn.Linear):
+        return heads
+    if isinstance(heads, nn.Identity) or (isinstance(heads, nn.Sequential) and len(heads) == 0):
+        return None
+    if isinstance(heads, nn.Sequential) and list(heads._modules) == ["head"] and isinstance(heads.head, nn.Linear):
+        return heads.head
+    raise UnsupportedModelError(f"heads ({type(heads).__name__}: {', '.join(heads._modules) or 'no children'}): "
+                                "only one Linear (heads.head) or no head is supported")
 
 
 def torchvision_vit_spec(model: nn.Module, image_size=None) -> ViTSpec:
@@ -109,12 +132,12 @@ def torchvision_vit_spec(model: nn.Module, image_size=None) -> ViTSpec:
         blocks.append(Block(norm1=_norm(layer.ln_1), qkv=qkv, proj=proj, norm2=_norm(layer.ln_2),
                             fc1=_lin(fc1), fc2=_lin(fc2), num_heads=layer.self_attention.num_heads,
                             source=f"encoder.layers.{i}"))
-    head = model.heads.head if hasattr(model.heads, "head") else None
+    head = _torchvision_head(model.heads)
     return ViTSpec(
         image_size=size, in_chans=model.conv_proj.in_channels, patch_size=p, patch_embed=pe,
         prefix_tokens=(model.class_token.detach().float()[0, 0] + pos[0])[None], pos_patches=pos[1:].clone(),
         blocks=blocks, final_norm=_norm(model.encoder.ln), pool=("cls",),
-        head=_lin(head) if isinstance(head, nn.Linear) else None,
+        head=None if head is None else _lin(head), pooled_output=head is None,
         family="torchvision-vit", source_class=type(model).__name__)
 
 

@@ -18,7 +18,7 @@ from .preprocessing import check_calibration_scale
 from .preprocessing import resolve as resolve_preprocessing
 from .sanity import SANITY_IMAGES, warn_degenerate
 from .serialize import load_integer_vit
-from .wrapper import IntegerBackbone, capture_backbone_inputs
+from .wrapper import IntegerBackbone, capture_backbone_inputs, float_pooler_of, warn_float_pooler
 
 
 def quantize(model, calib_data, config: QuantConfig | None = None):
@@ -43,10 +43,17 @@ def quantize(model, calib_data, config: QuantConfig | None = None):
         path, backbone = found[0]
         inputs = capture_backbone_inputs(model.eval(), backbone, calib_data, config.batch_size,
                                          config.max_calib_images)
-        integer = quantize(backbone, inputs, config)
+        warn_float_pooler(backbone, wrapped=True)
+        integer = _quantize_supported(backbone, inputs, config)
         wrapped = copy.deepcopy(model)
-        _set_submodule(wrapped, path, IntegerBackbone(integer))
+        _set_submodule(wrapped, path, IntegerBackbone(integer, float_pooler_of(backbone)))
         return wrapped
+    warn_float_pooler(model, wrapped=False)
+    return _quantize_supported(model, calib_data, config)
+
+
+def _quantize_supported(model, calib_data, config: QuantConfig) -> IntegerViT:
+    """``quantize`` for a model an adapter takes directly."""
     spec = to_spec(model, image_size=config.image_size)
     meta = {"recipe": config.recipe, "gelu": config.gelu}
     preprocessing = resolve_preprocessing(config, model, spec.in_chans)

@@ -138,7 +138,8 @@ class IntegerViT(nn.Module):
 
     @torch.no_grad()
     def forward_int(self, images: torch.Tensor) -> torch.Tensor:
-        """Integer logits (int32 accumulators) or, without a head, int8 output tokens.
+        """Integer logits (int32 accumulators) or, without a head, the int8 output tokens (the pooled tokens
+        when ``spec.pooled_output``).
 
         Runs ``forward_int_core`` with its GEMMs evaluated through exact float64
         BLAS (``ops.float64_gemm_evaluation``: the same integers, faster on a
@@ -162,7 +163,7 @@ class IntegerViT(nn.Module):
             h = self._block_int(h, f"blocks.{i}.", blk.num_heads, taps)
         out = self._layernorm_int(h, "norm") if spec.final_norm is not None else h
         if not self.has_head:
-            return out
+            return self._pool_int(out) if spec.pooled_output else out
         return ops.int_linear(self._pool_int(out), p("head.w"), p("head.b"))
 
     def _embed_int(self, x):

@@ -233,6 +233,7 @@ class _Exporter:
             scale = g.init("head.out_scale", m.p("head.out_scale").numpy().astype(np.float64))
         else:
             from .qparams import output_point
+            out = self.pool(out) if spec.pooled_output else out
             point = output_point(spec)
             scale = g.init("out_scale", np.float64(m.scales[point]))
             zero = m.zeros[point]
@@ -242,7 +243,8 @@ class _Exporter:
             deq = g.op("Sub", deq, g.init("out_zero", np.float64(zero)), name="dequant/zero")
         deq = g.op("Mul", deq, scale, name="dequant/mul")
         g.nodes.append(helper.make_node("Cast", [deq], ["logits"], to=TensorProto.FLOAT, name="dequant/float"))
-        out_shape = ["batch", spec.head.weight.shape[0]] if m.has_head else ["batch", spec.num_tokens, spec.dim]
+        out_shape = ["batch", spec.head.weight.shape[0]] if m.has_head else \
+            ["batch", len(spec.pool) * spec.dim] if spec.pooled_output else ["batch", spec.num_tokens, spec.dim]
         outs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, out_shape),
                 helper.make_tensor_value_info("int_logits", TensorProto.INT64, out_shape)]
         graph = helper.make_graph(g.nodes, "intvit_integer_vit", [inp], outs, g.inits)
@@ -250,11 +252,21 @@ class _Exporter:
                                   producer_version=__version__,
                                   opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(DOMAIN, 1)])
         model.ir_version = IR_VERSION
-        props = {"intvit.family": spec.family, "intvit.source_class": spec.source_class}
+        props = {"intvit.family": spec.family, "intvit.source_class": spec.source_class,
+                 OUTPUT_KIND_KEY: output_kind(spec)}
         if m.meta.get("preprocessing"):
             props[PREPROCESSING_KEY] = to_metadata(m.meta["preprocessing"])
         helper.set_model_props(model, props)
         return model
+
+
+OUTPUT_KIND_KEY = "intvit.output"
+
+
+def output_kind(spec) -> str:
+    """What the graph's ``logits`` output holds: ``logits``, ``tokens`` ([B, T, D], headless) or ``features``
+    ([B, len(pool)·D], headless with ``pooled_output``); ``intvit run`` prints each its own way."""
+    return "logits" if spec.head is not None else "features" if spec.pooled_output else "tokens"
 
 
 def to_onnx(model, integer_input: bool = False) -> onnx.ModelProto:

@@ -68,7 +68,7 @@ def _spec_tensors(spec: ViTSpec) -> tuple[dict, dict]:
     header = {"image_size": list(spec.image_size), "in_chans": spec.in_chans, "patch_size": spec.patch_size,
               "pool": list(spec.pool), "family": spec.family, "source_class": spec.source_class,
               "blocks": blocks, "final_norm_eps": spec.final_norm.eps if spec.final_norm else None,
-              "has_head": spec.head is not None, "extra": spec.extra}
+              "has_head": spec.head is not None, "pooled_output": spec.pooled_output, "extra": spec.extra}
     return {k: v.detach().contiguous().float() for k, v in t.items()}, header
 
 
@@ -90,6 +90,7 @@ def _spec_from(t: dict, h: dict) -> ViTSpec:
                    patch_embed=lin("patch_embed"), prefix_tokens=t["spec.prefix_tokens"],
                    pos_patches=t["spec.pos_patches"], blocks=blocks, final_norm=final,
                    pool=tuple(h["pool"]), head=lin("head") if h["has_head"] else None,
+                   pooled_output=bool(h.get("pooled_output", False)),
                    family=h["family"], source_class=h["source_class"], extra=h.get("extra", {}))
 
 

@@ -7,8 +7,18 @@ data, captures the tensors that actually reach the backbone (so any
 preprocessing the wrapper does is respected), calibrates on those, and swaps
 in an ``IntegerBackbone`` that answers like the Hugging Face module did
 (``.last_hidden_state``, ``.pooler_output``, tuple indexing).
+
+``pooler_output`` is what the source module returns there: DINOv2's is its
+final-LayerNorm class token (integer, like the tokens); ViT's and DeiT's
+pooler is ``tanh(dense(class token))``, which intvit keeps in float: it runs in
+float32 on the dequantized class token, outside the integer graph (not in the
+exported ONNX or the compiled module), and ``IntegerBackbone.float_modules``
+names it; a ViT/DeiT built with ``add_pooling_layer=False`` returns None.
 """
 from __future__ import annotations
+
+import copy
+import warnings
 
 import torch
 from torch import nn
@@ -52,12 +62,42 @@ def capture_backbone_inputs(model: nn.Module, backbone: nn.Module, calib_data, b
     return captured
 
 
-class IntegerBackbone(nn.Module):
-    """Drop-in replacement for a Hugging Face backbone, running the integer model."""
+def float_pooler_of(backbone: nn.Module) -> nn.Module | None:
+    """The HF ViT/DeiT pooler (``dense`` + ``tanh``) of ``backbone``, or None (DINOv2, or built without one)."""
+    pooler = getattr(backbone, "pooler", None)
+    return pooler if isinstance(pooler, nn.Module) else None
 
-    def __init__(self, integer_model: nn.Module):
+
+def warn_float_pooler(backbone: nn.Module, wrapped: bool) -> None:
+    """Say once per quantize that a ViT/DeiT pooler is not in the integer graph, and where it runs instead."""
+    if float_pooler_of(backbone) is None:
+        return
+    name = type(backbone).__name__
+    where = ("pooler_output is computed in float32 from the integer tokens (IntegerBackbone.float_modules); "
+             "it is not in the exported ONNX or the compiled module") if wrapped else \
+        ("the integer model returns last_hidden_state only; to keep pooler_output, quantize a module that wraps "
+         f"the {name} (its pooler then runs in float32 on the integer tokens)")
+    warnings.warn(f"{name}.pooler (dense + tanh) stays float: {where}. Build the model with "
+                  "add_pooling_layer=False if nothing reads pooler_output.", UserWarning, stacklevel=3)
+
+
+class IntegerBackbone(nn.Module):
+    """Drop-in replacement for a Hugging Face backbone, running the integer model.
+
+    Called as the backbone was, it returns the head's logits (a model with a head) or a
+    ``BaseModelOutputWithPooling`` whose ``last_hidden_state`` is the dequantized integer tokens and whose
+    ``pooler_output`` follows the source model (module docstring).
+    """
+
+    def __init__(self, integer_model: nn.Module, pooler: nn.Module | None = None):
         super().__init__()
         self.integer_model = integer_model
+        self.pooler = copy.deepcopy(pooler) if pooler is not None else None
+
+    @property
+    def float_modules(self) -> list[str]:
+        """The submodules that run in float outside the integer graph."""
+        return ["pooler"] if self.pooler is not None else []
 
     def save(self, path, include_float: bool = False) -> None:
         """The backbone's integer model to one file (``IntegerViT.save``)."""
@@ -72,4 +112,10 @@ class IntegerBackbone(nn.Module):
         tokens = self.integer_model(pixel_values)
         if self.integer_model.has_head:
             return tokens
-        return BaseModelOutputWithPooling(last_hidden_state=tokens, pooler_output=tokens[:, 0])
+        if self.pooler is not None:
+            pooled = self.pooler(tokens)
+        elif self.integer_model.spec.family == "hf-dinov2":
+            pooled = tokens[:, 0]
+        else:
+            pooled = None
+        return BaseModelOutputWithPooling(last_hidden_state=tokens, pooler_output=pooled)

@@ -38,6 +38,7 @@ import numpy as np
 
 from .. import __version__
 from ..files import sweep_stale_temps, temp_name
+from ..quantize.onnx_export import OUTPUT_KIND_KEY
 from ..quantize.preprocessing import METADATA_KEY as PREPROCESSING_KEY
 from ..quantize.preprocessing import from_metadata
 from .build import ISAS, CompiledIntViT, NoDeviceError, compile_onnx, resolve_target
@@ -96,6 +97,7 @@ def compile_to_file(onnx_path, output, target="llvm", batch: int = 1, arch: str 
             "outputs": [o.name for o in proto.graph.output],
             "preprocessing": from_metadata(next((p.value for p in proto.metadata_props
                                                   if p.key == PREPROCESSING_KEY), None)),
+            "output": next((p.value for p in proto.metadata_props if p.key == OUTPUT_KIND_KEY), "logits"),
             "source_onnx": os.path.basename(os.fspath(onnx_path)),
             "compile_seconds": round(time.perf_counter() - t0, 2),
             "tuning": compiled.tuning.as_dict() if compiled.tuning else None}
