@@ -123,8 +123,6 @@ def _inspect(args) -> int:
 def _compile(args) -> int:
     """Compile an integer ONNX file (from intvit export) with TVM into model.so + model.so.json."""
     from intvit.tvm_backend.runtime import compile_to_file
-    where = f"{args.target} {args.arch}" if args.arch else args.target
-    print(f"compiling {args.model} for {where}, batch {args.batch} ...", flush=True)
     meta = compile_to_file(args.model, args.output, target=args.target, batch=args.batch, arch=args.arch,
                            tune=args.tune, tuning_dir=args.tuning_db, progress=lambda m: print(m, flush=True),
                            isa=args.isa)
@@ -265,9 +263,12 @@ def _eval(args) -> int:
     import torch
 
     from intvit.bench.accuracy_peers import peer_builders
+    from intvit.quantize.config import QuantConfig
     from intvit.quantize.evaluate import SCALE_MATCHING, evaluate_recipes, format_recipe_table
     torch.set_num_threads(args.threads)
     recipes, matching = _csv(args.recipes), _csv(args.matching)
+    for recipe in recipes:                       # every argument is checked before anything is loaded or printed
+        QuantConfig(recipe=recipe)
     unknown = [m for m in matching if m not in SCALE_MATCHING]
     if unknown:
         raise ValueError(f"unknown scale matching {unknown}; choose from {list(SCALE_MATCHING)}")

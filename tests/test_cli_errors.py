@@ -84,6 +84,8 @@ CASES = [  # (argv with {d} for the files' folder, a phrase the one line must ho
     ("quantize {d}/no_such_model -o {d}/q.safetensors", "no_such_model"),
     ("demo --images 0", "argument --images: must be at least 1"),
     ("eval --model resnet50", "resnet50"),
+    ("eval --recipes minmax,bogus", "unknown recipe 'bogus'"),        # before any banner or loading
+    ("eval --matching ptq,nope", "unknown scale matching ['nope']"),
     ("bench --model tiny --batch 0", "batch"),
     ("frobnicate", "invalid choice: 'frobnicate'"),
 ]
@@ -97,6 +99,7 @@ def test_user_error_is_one_line_and_a_non_zero_exit(files, capfd, argv, phrase):
     lines = err.strip().splitlines()
     assert "Traceback" not in err and len(lines) == 1, err
     assert phrase in lines[0], lines[0]
+    assert out == "", out                       # arguments are checked before any banner
     assert not (files / "x.so").exists() and not (files / "x.onnx").exists()     # nothing written half-way
 
 

@@ -69,6 +69,7 @@ def compile_to_file(onnx_path, output, target="llvm", batch: int = 1, arch: str 
     MetaSchedule database goes to ``tuning_dir`` (default ``output.tuning``)
     and the sidecar's ``"tuning"`` records what was tuned, reused, the
     tuning wall time and whether the tuned module matched ONNX Runtime.
+    ``progress(line)`` hears what is being compiled (after every input is checked) and tuning's steps.
     ``isa`` forces the CPU GEMMs' instruction set (``build.ISAS``; default:
     the best this CPU runs); the sidecar records it, and an AMX module lists
     the AMX features among those the CPU must have.
@@ -83,6 +84,9 @@ def compile_to_file(onnx_path, output, target="llvm", batch: int = 1, arch: str 
     proto = read_onnx(onnx_path)
     t0 = time.perf_counter()
     resolved = resolve_target(target, arch)
+    if progress:                                # only once the file, the folder and the target are known good
+        where = f"{target} {resolved['arch']}" if resolved.get("arch") else target
+        progress(f"compiling {onnx_path} for {where}, batch {batch} ...")
     compiled = compile_onnx(proto, target, batch, arch=resolved.get("arch"), tune=tune,
                             tuning_dir=(tuning_dir or tuning_dir_for(output)) if tune else None, progress=progress,
                             isa=isa)
