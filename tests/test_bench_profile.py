@@ -1,0 +1,38 @@
+"""``bench.profile``: the instrumented VM run classifies every kernel call and counts the model's GEMM work
+exactly (timings are not checked: tests never time)."""
+from intvit.bench.profile import format_profile, kernel_class, profile
+from intvit.tvm_backend.build import compile_onnx
+from intvit.quantize.onnx_export import to_onnx
+
+
+def _analytic_macs(spec, batch):
+    """Multiply-accumulates of one forward pass, from the spec's shapes."""
+    t, d, p = spec.num_tokens, spec.dim, spec.pos_patches.shape[0]
+    total = batch * p * spec.patch_embed.weight.shape[1] * d
+    for blk in spec.blocks:
+        f = blk.fc1.weight.shape[0]
+        total += batch * t * (3 * d * d + d * d + 2 * d * f) + 2 * batch * t * t * d
+    if spec.head is not None:
+        total += batch * spec.head.weight.numel()
+    return total
+
+
+def test_profile_counts_every_gemm_multiply_accumulate(tiny_qvit):
+    compiled = compile_onnx(to_onnx(tiny_qvit), "llvm", batch=2)
+    result = profile(compiled, repeat=2)
+    classes = result["classes"]
+    assert "other" not in classes, classes
+    gemm = sum(c["gmac"] for label, c in classes.items() if label.startswith("GEMM")) * 1e9
+    assert round(gemm) == _analytic_macs(tiny_qvit.spec, 2)
+    blocks = len(tiny_qvit.spec.blocks)
+    assert classes["GEMM int8: Q·Kᵀ"]["calls"] == blocks and classes["GEMM int16×int8: A·V"]["calls"] == blocks
+    assert classes["LayerNorm"]["calls"] == 2 * blocks + 1
+    table = format_profile(result)
+    assert "GEMM int8: linear" in table and "T MAC/s" in table
+
+
+def test_kernel_classes_by_name_and_shape():
+    assert kernel_class("vm.builtin.alloc_tensor", []) == "VM builtins (allocation, checks)"
+    assert kernel_class("int8_linear_requant2", [(1, 4, 17, 32), (1, 4, 17, 17)]) == "GEMM int8: Q·Kᵀ"
+    assert kernel_class("int8_linear_requant", [(1, 17, 128), (1, 17, 384)]) == "GEMM int8: linear"
+    assert kernel_class("intlayernorm", [(1, 17, 128)]) == "LayerNorm"
