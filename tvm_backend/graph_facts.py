@@ -105,6 +105,26 @@ def epilogue_chain(gemm, consumers: dict, consts: dict, widened: bool = False) -
     return chain if len(chain) > (0 if widened else 1) else []
 
 
+def residual_after(chain: list, consumers: dict, producers: dict, static: dict):
+    """``(skip_rescale, add, saturate)`` when a GEMM's ``Rescale`` is one side of a residual add:
+    ``Saturate(Add(Rescale(h), Rescale(branch)), lo, hi)`` with constant bounds (``onnx_export.residual``),
+    the skip ``Rescale`` read only by that add. The GEMM's epilogue can then finish the residual itself."""
+    if not chain or chain[-1].op_type != "Rescale":
+        return None
+    add = sole_consumer(chain[-1].output[0], consumers)
+    if add is None or add.op_type != "Add" or add.domain or len(add.input) != 2:
+        return None
+    other = add.input[0] if add.input[1] == chain[-1].output[0] else add.input[1]
+    skip = producers.get(other)
+    saturate = sole_consumer(add.output[0], consumers)
+    if skip is None or skip.domain != DOMAIN or skip.op_type != "Rescale" or \
+            sole_consumer(skip.output[0], consumers) is not add or saturate is None or \
+            saturate.domain != DOMAIN or saturate.op_type != "Saturate" or \
+            not all(n in static for n in saturate.input[1:]):
+        return None
+    return skip, add, saturate
+
+
 def table_after(chain: list, consumers: dict, static: dict):
     """``(nodes, table, lo)`` when a tabulable GELU chain reads a GEMM's saturating requant."""
     if not chain or chain[-1].op_type != "Requant":

@@ -26,7 +26,7 @@ from tvm import relax
 from ..ops.gemm import check_accumulator_fits
 from ..quantize.onnx_functions import DOMAIN
 from .graph_facts import kernel_args, narrowest_int
-from .kernels import EPILOGUE_VALUES
+from .kernels import EPILOGUE_VALUES, residual_value
 
 GEMM_FORMS = ("vnni", "tiled")
 
@@ -40,7 +40,7 @@ class GemmEmitter:
         self.bb, self.form, self.static, self.val = bb, form, static, val
 
     # -- the four patterns -------------------------------------------------------------------
-    def linear(self, x, w_kn: np.ndarray, chain: list, consts: dict, table=None):
+    def linear(self, x, w_kn: np.ndarray, chain: list, consts: dict, table=None, residual=None):
         """``x @ W (+ b)``: W constant ``[K, N]``."""
         check_accumulator_fits(w_kn.shape[0], f"a linear layer ({w_kn.shape[0]} → {w_kn.shape[1]})")
         n = w_kn.shape[1]
@@ -50,12 +50,12 @@ class GemmEmitter:
             from .gemm import folded_bias, linear_tile, pack_linear_weight
             wp = relax.const(pack_linear_weight(w_kn, linear_tile(n)[1]), "int8")
             fb = relax.const(folded_bias(w_kn, bias), "int64")
-            return self._vnni(x, wp, fb, n, chain, table)
+            return self._vnni(x, wp, fb, n, chain, table, residual=residual)
         from .gpu_gemm import pad_weight
         b = None if bias is None else relax.const(np.broadcast_to(bias.astype(np.int64), (n,)).copy(), "int64")
-        return self._tiled(x, relax.const(pad_weight(w_kn), "int8"), b, "nk", chain, table, n=n)
+        return self._tiled(x, relax.const(pad_weight(w_kn), "int8"), b, "nk", chain, table, n=n, residual=residual)
 
-    def wide_linear(self, x, w_kn: np.ndarray, chain: list, consts: dict, table=None):
+    def wide_linear(self, x, w_kn: np.ndarray, chain: list, consts: dict, table=None, residual=None):
         """``x @ W (+ b)`` for a 16-bit activation (int64-typed) of a widened layer (``quantize.layout``):
         int64 accumulation in the tiled form on every target (no int8 dot-product instruction applies)."""
         from .gpu_gemm import pad_weight, tiled_gemm_te
@@ -66,26 +66,27 @@ class GemmEmitter:
         w = relax.const(pad_weight(w_kn.astype(np.int64)), "int64")
         return self._emit(x, w, b, chain, table, "int16_linear",
                           lambda xt, wt, bt, ep, od: tiled_gemm_te(xt, wt, bt, "nk", ep, od, n=n, acc_dtype="int64"),
-                          plain_dtype="int64")
+                          plain_dtype="int64", residual=residual)
 
-    def keys(self, x, keys_nk, chain: list, table=None):
+    def keys(self, x, keys_nk, chain: list, table=None, residual=None):
         """``x @ keysᵀ`` for an int8 activation ``keys`` ``[..., N, K]`` (attention's ``Q·Kᵀ``)."""
         check_accumulator_fits(int(self.bb.normalize(keys_nk).ty.shape[-1]), "attention's Q·Kᵀ")
         if self.form == "tiled":
-            return self._tiled(x, keys_nk, None, "nk", chain, table)
+            return self._tiled(x, keys_nk, None, "nk", chain, table, residual=residual)
         from .gemm import pack_panels_te, panel_compensation_te
         wp = self.bb.emit_te(pack_panels_te, keys_nk, "nk", primfunc_name_hint="pack_panels")
         fb = self.bb.emit_te(panel_compensation_te, keys_nk, primfunc_name_hint="panel_compensation")
-        return self._vnni(x, wp, fb, int(self.bb.normalize(keys_nk).ty.shape[-2]), chain, table)
+        return self._vnni(x, wp, fb, int(self.bb.normalize(keys_nk).ty.shape[-2]), chain, table, residual=residual)
 
-    def probs_values(self, probs, values, chain: list, table=None):
+    def probs_values(self, probs, values, chain: list, table=None, residual=None):
         """``A·V``: 16-bit probabilities ``[..., T, T]`` × int8 values ``[..., T, N]``."""
         if self.form == "tiled":
-            return self._tiled(probs, values, None, "kn", chain, table)
+            return self._tiled(probs, values, None, "kn", chain, table, residual=residual)
         from .gemm import pack_panels_te
         from .x86 import VPDPWSSD
         vp = self.bb.emit_te(lambda v: pack_panels_te(v, "kn", VPDPWSSD), values, primfunc_name_hint="pack_values")
-        return self._vnni(probs, vp, None, int(self.bb.normalize(values).ty.shape[-1]), chain, table, dot=VPDPWSSD)
+        return self._vnni(probs, vp, None, int(self.bb.normalize(values).ty.shape[-1]), chain, table, dot=VPDPWSSD,
+                          residual=residual)
 
     def bmm(self, a, b):
         """``a @ b`` over the last two axes, int32, no epilogue."""
@@ -98,30 +99,39 @@ class GemmEmitter:
         return self.bb.emit_te(lambda at, bt: int_bmm_te(at, bt, mr, nr), a, b, primfunc_name_hint="int_bmm")
 
     # -- shared plumbing ---------------------------------------------------------------------
-    def _vnni(self, x, wp, fb, n: int, chain: list, table, dot=None):
+    def _vnni(self, x, wp, fb, n: int, chain: list, table, dot=None, residual=None):
         from .gemm import linear_tile, packed_gemm_te
         from .x86 import VPDPBUSD
         dot = dot or VPDPBUSD
         mr, _ = linear_tile(n)
         name = "int8_linear" if dot is VPDPBUSD else "int16_gemm"
         return self._emit(x, wp, fb, chain, table, name,
-                          lambda xt, wt, bt, ep, od: packed_gemm_te(xt, wt, bt, mr, n, dot, epilogue=ep, out_dtype=od))
+                          lambda xt, wt, bt, ep, od: packed_gemm_te(xt, wt, bt, mr, n, dot, epilogue=ep, out_dtype=od),
+                          residual=residual)
 
-    def _tiled(self, x, w, bias, layout: str, chain: list, table, n=None):
+    def _tiled(self, x, w, bias, layout: str, chain: list, table, n=None, residual=None):
         from .gpu_gemm import tiled_gemm_te
         int8 = str(self.bb.normalize(x).ty.dtype) == "int8"
         return self._emit(x, w, bias, chain, table, "int8_linear" if int8 else "int16_gemm",
-                          lambda xt, wt, bt, ep, od: tiled_gemm_te(xt, wt, bt, layout, ep, od, n=n))
+                          lambda xt, wt, bt, ep, od: tiled_gemm_te(xt, wt, bt, layout, ep, od, n=n), residual=residual)
 
-    def _emit(self, x, w, bias, chain: list, table, name: str, make, plain_dtype=None):
+    def _emit(self, x, w, bias, chain: list, table, name: str, make, plain_dtype=None, residual=None):
         """One kernel: ``make(x, w, bias, epilogue, out_dtype)`` with the chain's requant (and the
-        ``table = (values, lo)`` lookup ``table[v − lo]`` after it) as the epilogue."""
+        ``table = (values, lo)`` lookup ``table[v − lo]`` after it) as the epilogue. With ``residual =
+        (h, skip_args, lo, hi)`` the chain ends in the branch's ``Rescale`` and the epilogue finishes the
+        residual add it feeds (``graph_facts.residual_after``):
+        ``saturate(rescale(z) + rescale(h[idx]; skip_args), lo, hi)``, stored in the narrowest type of
+        ``[lo, hi]`` (int16 for the residual stream)."""
         rq = chain[-1] if chain and chain[-1].domain == DOMAIN else None
         args = kernel_args(rq.op_type, list(rq.input[1:]), self.static, self.val) if rq is not None else []
-        tensors = [a for a in args if not isinstance(a, int)]
+        skip_args, (lo, hi) = (residual[1], residual[2:]) if residual else ([], (None, None))
+        tensors = [a for a in args + skip_args if not isinstance(a, int)]
         # a saturating requant's output is stored in the narrowest type that holds it (int8 for
         # 8-bit activations: an eighth of the memory traffic of int64) and widened by its readers
         store = narrowest_int(args[-2], args[-1]) if rq is not None and rq.op_type == "Requant" else "int64"
+        if residual:
+            tensors.append(residual[0])
+            store = narrowest_int(lo, hi)
         if table is not None:      # int32 entries: on x86 the lookup vectorizes as a 16-lane gather
             tensors.append(relax.const(table[0].astype(np.int32)))
             store = str(table[0].dtype)
@@ -134,11 +144,15 @@ class GemmEmitter:
             it = iter(tens)
             bound = [a if isinstance(a, int) else next(it) for a in args]
             fn = EPILOGUE_VALUES[rq.op_type]
-            if table is None:
+            if residual:
+                skip = [a if isinstance(a, int) else next(it) for a in skip_args]
+                ht = next(it)
+                epilogue = lambda z, idx: residual_value(fn(z, idx, *bound), ht, idx, skip, lo, hi)  # noqa: E731
+            elif table is None:
                 epilogue = lambda z, idx: fn(z, idx, *bound)  # noqa: E731
             else:
                 lut = next(it)
                 epilogue = lambda z, idx: lut[(fn(z, idx, *bound) - table[1]).astype("int32")]  # noqa: E731
             return make(xt, wt, bt, epilogue, store)
-        suffix = "_requant" + ("_table" if table is not None else "") if rq else ""
+        suffix = ("_requant" + ("_table" if table is not None else "") if rq else "") + ("_residual" if residual else "")
         return self.bb.emit_te(kernel, x, w, *extra, *tensors, primfunc_name_hint=name + suffix)

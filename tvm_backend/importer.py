@@ -20,9 +20,9 @@ from tvm import relax
 
 from ..quantize.onnx_functions import DOMAIN
 from .graph_facts import (UnsupportedGraphError, attrs, epilogue_chain, int16_source, kernel_args, narrowest_int,
-                          note_range, table_after, table_chain, transposed_source)
+                          note_range, residual_after, sole_consumer, table_after, table_chain, transposed_source)
 from .import_gemm import GemmEmitter
-from .kernels import DOMAIN_KERNELS
+from .kernels import DOMAIN_KERNELS, int_layernorm_te, requant_value
 from .tabulate import build_table, lookup_te
 
 __all__ = ["UnsupportedGraphError", "check_intvit_graph", "to_relax"]
@@ -85,15 +85,24 @@ def to_relax(proto: onnx.ModelProto, batch: int = 1, gemm_form: str = "vnni"):
     narrowed: set[str] = set()       # int64 in the graph, stored narrower (a GEMM's saturated output)
 
     def emit_fused_gemm(gemm, emit, widened=False):
-        """Emit a GEMM with the epilogue nodes after it (requant, then a tabulated ShiftGELU chain)
-        folded in; ``emit(chain, table) -> relax value`` builds the kernel."""
+        """Emit a GEMM with the epilogue nodes after it (requant, then a tabulated ShiftGELU chain; or
+        rescale, then the residual add it feeds) folded in; ``emit(chain, table, residual) -> relax value``
+        builds the kernel."""
         chain = epilogue_chain(gemm, consumers, consts, widened)
         table = table_after(chain, consumers, static)
-        fused.update(id(n) for n in chain + (table[0] if table else []))
-        out = (table[0][-1] if table else chain[-1] if chain else gemm).output[0]
-        env[out] = emit(chain, table[1:] if table else None)
+        residual = None if table else residual_after(chain, consumers, producers, static)
+        tail = table[0] if table else list(residual) if residual else []
+        fused.update(id(n) for n in chain + tail)
+        out = (tail[-1] if tail else chain[-1] if chain else gemm).output[0]
+        if residual:
+            skip, _, saturate = residual
+            residual = (val(skip.input[0]), kernel_args("Rescale", list(skip.input[1:]), static, val),
+                        *kernel_args("Saturate", list(saturate.input[1:]), static, val))
+        env[out] = emit(chain, table[1:] if table else None, residual)
         _note_narrowed(bb, env, out, narrowed)
-        if chain and not table:
+        if tail and not table:
+            note_range(tail[-1], out, ranges, static)
+        elif chain and not table:
             note_range(chain[-1], out, ranges, static)
 
     with bb.function("main", [x]):
@@ -114,22 +123,31 @@ def to_relax(proto: onnx.ModelProto, batch: int = 1, gemm_form: str = "vnni"):
                         env[chain[-1].output[0]] = bb.emit_te(lookup_te, val(ins[0]), table, lo,
                                                               primfunc_name_hint=op.lower() + "_table")
                         continue
+                    requant = sole_consumer(out, consumers) if op == "IntLayerNorm" else None
+                    if requant is not None and requant.domain == DOMAIN and requant.op_type == "Requant":
+                        fused.add(id(requant))                 # LayerNorm + its requant: one kernel, int8 out
+                        env[requant.output[0]] = layernorm_requant(bb, val(ins[0]), kernel_args(
+                            "Requant", list(requant.input[1:]), static, val))
+                        note_range(requant, requant.output[0], ranges, static)
+                        _note_narrowed(bb, env, requant.output[0], narrowed)
+                        continue
                     args = [val(ins[0])] + kernel_args(op, ins[1:], static, val)
                     kernel = DOMAIN_KERNELS[op]
                     note_range(node, out, ranges, static)
-                    if op == "Shiftmax" and out in ranges:        # probabilities: stored as int16
-                        store = narrowest_int(*ranges[out])
+                    if op in ("Shiftmax", "Saturate") and out in ranges:   # probabilities, residual stream:
+                        store = narrowest_int(*ranges[out])                  # stored as int16
                         kernel = lambda *a, k=kernel, s=store: k(*a, out_dtype=s)  # noqa: E731
                     env[out] = bb.emit_te(kernel, *args, primfunc_name_hint=op.lower())
                     _note_narrowed(bb, env, out, narrowed)
                     continue
                 if op == "MatMulInteger" and ins[1] in consts and consts[ins[1]].ndim == 2:
-                    emit_fused_gemm(node, lambda chain, table: gemms.linear(
-                        val(ins[0]), consts[ins[1]], chain, consts, table))
+                    emit_fused_gemm(node, lambda chain, table, residual: gemms.linear(
+                        val(ins[0]), consts[ins[1]], chain, consts, table, residual))
                     continue
                 keys = transposed_source(ins[1], producers) if op == "MatMulInteger" else None
                 if keys is not None and str(bb.normalize(val(keys)).ty.dtype) == "int8":
-                    emit_fused_gemm(node, lambda chain, table: gemms.keys(val(ins[0]), val(keys), chain, table))
+                    emit_fused_gemm(node, lambda chain, table, residual: gemms.keys(val(ins[0]), val(keys), chain,
+                                                                                    table, residual))
                     continue
                 if node.domain:
                     raise UnsupportedGraphError(f"node {node.name}: unknown domain '{node.domain}'")
@@ -166,6 +184,12 @@ def to_relax(proto: onnx.ModelProto, batch: int = 1, gemm_form: str = "vnni"):
                     idx = int(static[ins[1]])
                     sliced = relax.op.strided_slice(val(ins[0]), [a["axis"]], [idx], [idx + 1])
                     env[out] = bb.emit(relax.op.squeeze(sliced, [a["axis"]]))
+                elif op == "Cast" and str(bb.normalize(val(ins[0])).ty.dtype) == _DTYPES[a["to"]]:
+                    env[out] = val(ins[0])                     # already stored as that type (narrowed)
+                    if ins[0] in ranges:
+                        ranges[out] = ranges[ins[0]]
+                    elif a["to"] == onnx.TensorProto.INT8:
+                        ranges[out] = (-128, 127)
                 elif op == "Cast":
                     env[out] = bb.emit(relax.op.astype(val(ins[0]), _DTYPES[a["to"]]))
                     if a["to"] == onnx.TensorProto.INT8:
@@ -182,10 +206,11 @@ def to_relax(proto: onnx.ModelProto, batch: int = 1, gemm_form: str = "vnni"):
                 elif op == "MatMul" and int16_source(ins[0], producers, ranges) \
                         and int16_source(ins[1], producers, ranges):   # A·V: probabilities × values
                     probs, values = (int16_source(i, producers, ranges) for i in ins)
-                    emit_fused_gemm(node, lambda chain, table: gemms.probs_values(val(probs), val(values), chain, table))
+                    emit_fused_gemm(node, lambda chain, table, residual: gemms.probs_values(
+                        val(probs), val(values), chain, table, residual))
                 elif op == "MatMul" and ins[1] in consts and consts[ins[1]].ndim == 2:   # a widened (16-bit) linear
-                    emit_fused_gemm(node, lambda chain, table: gemms.wide_linear(
-                        val(ins[0]), consts[ins[1]], chain, consts, table), widened=True)
+                    emit_fused_gemm(node, lambda chain, table, residual: gemms.wide_linear(
+                        val(ins[0]), consts[ins[1]], chain, consts, table, residual), widened=True)
                 elif op in ("MatMulInteger", "MatMul"):       # any other activation × activation
                     env[out] = gemms.bmm(val(ins[0]), val(ins[1]))
                 elif op == "ReduceSum":
@@ -205,6 +230,19 @@ def to_relax(proto: onnx.ModelProto, batch: int = 1, gemm_form: str = "vnni"):
 
 
 _VALUE_PRESERVING = ("Reshape", "Transpose", "Slice", "Gather", "Expand", "Identity")
+
+
+def layernorm_requant(bb, x, requant_args: list):
+    """``IntLayerNorm`` and the ``Requant`` after it as one kernel storing the narrowest type of the requant's
+    bounds (int8): the int64 normalised row never leaves the kernel."""
+    store = narrowest_int(requant_args[-2], requant_args[-1])
+    tensors = [a for a in requant_args if not isinstance(a, int)]
+
+    def kernel(xt, *tens):
+        it = iter(tens)
+        bound = [a if isinstance(a, int) else next(it) for a in requant_args]
+        return int_layernorm_te(xt, lambda v, idx: requant_value(v, idx, *bound), store)
+    return bb.emit_te(kernel, x, *tensors, primfunc_name_hint="intlayernorm_requant")
 
 
 def _note_narrowed(bb, env: dict, name: str, narrowed: set) -> None:

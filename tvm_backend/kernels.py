@@ -60,8 +60,11 @@ def floordiv_te(x, d):
     return _ew(x.shape, lambda i: tir.floordiv(_bcast(x, i), _bcast(d, i)), "floordiv")
 
 
-def saturate_te(x, lo, hi):
-    return _ew(x.shape, lambda i: tir.max(tir.min(_bcast(x, i), _bcast(hi, i)), _bcast(lo, i)), "saturate")
+def saturate_te(x, lo, hi, out_dtype=I64):
+    """``ops.saturate``; ``out_dtype`` may be any type holding ``[lo, hi]`` (the importer stores the 16-bit
+    residual stream as int16)."""
+    return _ew(x.shape, lambda i: tir.max(tir.min(_bcast(x, i), _bcast(hi, i)), _bcast(lo, i)).astype(out_dtype),
+               "saturate")
 
 
 def rescale_value(z, idx, m, e, half):
@@ -156,8 +159,10 @@ def _isqrt_step(v, res, b, step):
     return v_next, r_next
 
 
-def int_layernorm_te(x):
-    """``ops.int_layernorm`` along the last axis; output at scale √D / 2**30."""
+def int_layernorm_te(x, epilogue=None, out_dtype=I64):
+    """``ops.int_layernorm`` along the last axis; output at scale √D / 2**30. ``epilogue(v, idx)`` (the
+    requant that follows it in the graph, fused by the importer) maps each output before it is stored as
+    ``out_dtype``."""
     *lead, d = x.shape
     total = _row_reduce(x, lambda *i: _wide(x, i), "rowsum")
     mean = te.compute(total.shape, lambda *i: tir.floordiv(total(*i) + d // 2, d), name="mean")
@@ -168,11 +173,20 @@ def int_layernorm_te(x):
     for step in range(ISQRT_STEPS):                     # ops.isqrt: one result bit per stage
         v, res = _isqrt_step(v, res, _c(bit), step)
         bit >>= 2
-    return te.compute(x.shape, lambda *i: tir.floordiv(
-        y(*i) * tir.floordiv(_c(2**31 - 1), tir.max(res(*i[:-1], 0), _c(1))), _c(2)), name="ilayernorm")
+    def out(*i):
+        v = tir.floordiv(y(*i) * tir.floordiv(_c(2**31 - 1), tir.max(res(*i[:-1], 0), _c(1))), _c(2))
+        return (v if epilogue is None else epilogue(v, i)).astype(out_dtype)
+    return te.compute(x.shape, out, name="ilayernorm")
 
 
 EPILOGUE_VALUES = {"Requant": requant_value, "Rescale": rescale_value}   # fusable into a GEMM's output stage
+
+
+def residual_value(branch, h, idx, skip_consts, lo, hi):
+    """``ops.residual_add`` of one element, in a GEMM's epilogue: the rescaled ``branch`` (the GEMM's own
+    value) plus the skip stream ``h[idx]`` rescaled by ``skip_consts``, saturated to ``[lo, hi]``."""
+    v = branch + rescale_value(_wide(h, idx), idx, *skip_consts)
+    return tir.max(tir.min(v, _bcast(hi, idx)), _bcast(lo, idx))
 
 def lookup_te(x, table, lo):
     """``table[x − lo]`` (``ops.lookup``); the importer fuses a lookup after a GEMM into its epilogue instead."""
