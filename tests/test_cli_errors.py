@@ -86,6 +86,9 @@ CASES = [  # (argv with {d} for the files' folder, a phrase the one line must ho
     ("eval --model resnet50", "resnet50"),
     ("eval --recipes minmax,bogus", "unknown recipe 'bogus'"),        # before any banner or loading
     ("eval --matching ptq,nope", "unknown scale matching ['nope']"),
+    ("eval --model dinov2-probe --task cifar10", "--task 'cifar10': choose one of fmnist, mnist, photos"),
+    ("eval --model dinov2-probe --size 100", "give a multiple of 14"),
+    ("eval --task photos", "use them with --model dinov2-probe"),
     ("bench --model tiny --batch 0", "batch"),
     ("frobnicate", "invalid choice: 'frobnicate'"),
 ]
