@@ -89,7 +89,8 @@ def timm_vit_spec(model: nn.Module, image_size=None) -> ViTSpec:
         image_size=size, in_chans=model.patch_embed.proj.in_channels, patch_size=p, patch_embed=pe,
         prefix_tokens=torch.stack(tokens) + pos[:n_prefix], pos_patches=pos[n_prefix:].clone(),
         blocks=blocks, final_norm=_norm(model.norm), pool=pool, head=head,
-        pooled_output=headless and model.global_pool != "", family="timm-deit-distilled" if dist is not None else "timm-vit", source_class=name)
+        pooled_output=headless and model.global_pool != "",
+        family="timm-deit-distilled" if dist is not None else "timm-vit", source_class=name)
 
 
 def _split_mha(mha: nn.MultiheadAttention) -> tuple[Linear, Linear]:
