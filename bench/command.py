@@ -1,6 +1,6 @@
 """The ``intvit bench`` command line: its options and what it prints (``cli.py`` registers it).
 
-``python -m intvit.bench.latency`` takes the same options.
+``python -m intvit.bench.command`` takes the same options.
 """
 from __future__ import annotations
 
@@ -127,3 +127,20 @@ def run_command(args) -> int:
     print(f"\nwrote {report['path']}" + (f" and {report['chart']}" if report["chart"] else "")
           + f" ({report['wall_s']:.0f} s)")
     return 0
+
+
+def main(argv=None) -> int:
+    """``python -m intvit.bench.command``: the same command as ``intvit bench``."""
+    import argparse
+    import sys
+    parser = argparse.ArgumentParser(prog="python -m intvit.bench.command", description=DESCRIPTION.split("\n\n")[0])
+    add_arguments(parser)
+    try:
+        return run_command(parser.parse_args(argv))
+    except (ValueError, OSError, RuntimeError) as exc:
+        print(f"intvit bench: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -34,7 +34,7 @@ and memory:
   only when its work is done. Inputs stay on the GPU and outputs are left
   there, so no host copy is timed; the host's launch time is (the GPU waits
   for it), as in an application that synchronises after each batch.
-* **Statistics** as on the CPU (``bench.latency.summarize``).
+* **Statistics** as on the CPU (``bench.stats.summarize``).
 
 A backend other than intvit's that fails on its first call is reported
 unavailable with the reason and left out of the timing.
@@ -126,7 +126,7 @@ def measure_cuda(backends: dict, batch: int, repeat: int, warmup: int = 3, per_r
     import torch
 
     from .cuda_backends import tvm_on_torch_stream
-    from .latency import summarize
+    from .stats import summarize
     with tvm_on_torch_stream():
         peaks = _first_calls(backends)
         runs = {k: b.run for k, b in backends.items() if k in peaks}

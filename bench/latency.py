@@ -1,7 +1,7 @@
 """Time the backends of ``bench.backends`` side by side in one process: the measuring half of ``intvit bench``.
 
     intvit bench --model deit_small --batch 1,8 --repeat 10
-    python -m intvit.bench.latency ...          (the same command)
+    python -m intvit.bench.command ...          (the same command)
 
 How it measures on the CPU (``--target llvm``), per model and batch size:
 
@@ -44,9 +44,7 @@ import contextlib
 import ctypes
 import datetime as dt
 import gc
-import math
 import os
-import statistics
 import tempfile
 import time
 
@@ -55,6 +53,7 @@ import torch
 
 from .backends import ALL_BACKENDS, DEFAULT_BACKENDS, REFERENCE, ModelBackends, backend_names, check_backends
 from .models import build_model, check_model_name
+from .stats import summarize
 from .targets import check_cuda, check_target_options
 
 __all__ = ["ALL_BACKENDS", "DEFAULT_BACKENDS", "REFERENCE", "measure", "parse_batches", "run", "summarize"]
@@ -80,19 +79,6 @@ def _positive(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise BenchArgumentError(f"{name} must be a positive integer, got {value!r}")
     return value
-
-
-def percentile(sorted_values: list[float], q: float) -> float:
-    """Nearest-rank percentile ``q`` (0-100] of an ascending list."""
-    return sorted_values[max(0, math.ceil(q / 100 * len(sorted_values)) - 1)]
-
-
-def summarize(times_ms: list[float], batch: int) -> dict:
-    ts = sorted(times_ms)
-    median = statistics.median(ts)
-    return {"median_ms": median, "p90_ms": percentile(ts, 90), "p99_ms": percentile(ts, 99),
-            "mean_ms": statistics.fmean(ts), "min_ms": ts[0], "samples": len(ts),
-            "images_per_s": batch * 1000.0 / median}
 
 
 def _status_kib(field: str) -> int:
@@ -254,22 +240,3 @@ def run(models, batches, repeat: int, threads: int, out_dir=None, progress=print
     if out_dir:
         report["path"], report["chart"] = rep.write(report, out_dir, chart=chart)
     return report
-
-
-def main(argv=None) -> int:
-    """``python -m intvit.bench.latency``: the same command as ``intvit bench``."""
-    import argparse
-    import sys
-
-    from .command import add_arguments, run_command
-    parser = argparse.ArgumentParser(prog="python -m intvit.bench.latency", description=__doc__.split("\n\n")[0])
-    add_arguments(parser)
-    try:
-        return run_command(parser.parse_args(argv))
-    except (ValueError, OSError, RuntimeError) as exc:
-        print(f"intvit bench: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -15,7 +15,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from intvit.bench import latency, targets
+from intvit.bench import command, latency, stats, targets
 from intvit.bench.backends import ALL_BACKENDS, DEFAULT_BACKENDS, OPTIONAL, export_float_onnx
 from intvit.bench.models import build_model
 from intvit.bench.onnx_vit import load_float_vit
@@ -317,19 +317,19 @@ def test_call_peak_mib_sees_a_calls_transient_memory():
 
 def test_statistics_and_batch_parsing():
     ts = [float(v) for v in range(100, 0, -1)]
-    s = latency.summarize(ts, batch=4)
+    s = stats.summarize(ts, batch=4)
     assert (s["median_ms"], s["p90_ms"], s["p99_ms"], s["min_ms"], s["samples"]) == (50.5, 90.0, 99.0, 1.0, 100)
     assert s["images_per_s"] == pytest.approx(4000 / 50.5)
-    assert latency.summarize([3.0, 1.0, 2.0], batch=1)["p99_ms"] == 3.0       # few samples: p99 is the slowest
+    assert stats.summarize([3.0, 1.0, 2.0], batch=1)["p99_ms"] == 3.0       # few samples: p99 is the slowest
     assert latency.parse_batches("1, 8,32") == [1, 8, 32]
     assert {"torch_compile_fp32", "tvm_fp32"} <= set(DEFAULT_BACKENDS) and "intvit_int8_ort" not in DEFAULT_BACKENDS
 
 
-def test_python_m_latency_is_the_same_command(capsys):
+def test_python_m_bench_command_is_the_same_command(capsys):
     with pytest.raises(SystemExit) as exc:
-        latency.main(["--help"])
+        command.main(["--help"])
     assert exc.value.code == 0 and "--backends" in capsys.readouterr().out
-    assert latency.main(["--model", "resnet50"]) == 2
+    assert command.main(["--model", "resnet50"]) == 2
     assert "unknown model 'resnet50'" in capsys.readouterr().err
 
 

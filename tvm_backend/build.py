@@ -20,7 +20,12 @@ import os
 import numpy as np
 import onnx
 
+from .compiled import CompiledIntViT
+from .errors import IsaUnavailableError, NoDeviceError, UnknownTargetError
 from .importer import to_relax
+
+__all__ = ["CompiledIntViT", "IsaUnavailableError", "NoDeviceError", "UnknownTargetError", "compile_onnx",
+           "resolve_target", "ISAS", "TARGETS"]
 
 TARGETS = ("llvm", "cuda")
 OPAQUE_PATTERN = 8          # relax OpPatternKind.kOpaque: FuseOps leaves the function alone
@@ -30,14 +35,6 @@ PACK_PREFIXES = ("pack_panels", "pack_values")    # index arithmetic hides that 
 
 
 ISAS = ("amx", "vnni", "generic")      # the CPU GEMM schedules compile_onnx(isa=...) can force
-
-
-class UnknownTargetError(ValueError):
-    """The target name is not one intvit can compile for."""
-
-
-class IsaUnavailableError(RuntimeError):
-    """The instruction set forced with ``isa=`` cannot be used for this target, or cannot run on this machine."""
 
 
 def resolve_target(target, arch: str | None = None) -> dict:
@@ -161,96 +158,6 @@ def schedule(mod, target, database=None, isa: str | None = None):
 def lower(mod, target):
     """Fuse and schedule a Relax module from ``to_relax``; returns the module ``tvm.compile`` takes."""
     return schedule(fuse(mod, target), target)
-
-
-class NoDeviceError(RuntimeError):
-    """The module was compiled for a device this machine does not have."""
-
-
-class CompiledIntViT:
-    """A compiled integer ViT: ``model(images) -> (logits, int_logits)`` as numpy arrays.
-
-    ``device`` is ``"cpu"`` or ``"cuda"``; the virtual machine is created on
-    the first call, so a CUDA module can be built and exported on a machine
-    without a GPU. ``isa`` is the CPU GEMMs' instruction set (``ISAS``; None
-    for CUDA or unknown): an ``"amx"`` module checks, before its first call,
-    that this process may use the AMX tiles (``amx.host_has_amx``).
-    """
-
-    def __init__(self, executable, batch: int, input_name: str, input_shape, input_dtype, device: str = "cpu",
-                 isa: str | None = None):
-        self.executable, self.device, self.isa = executable, device, isa
-        self.batch, self.input_name = batch, input_name
-        self.input_shape, self.input_dtype = tuple(input_shape), input_dtype
-        self._vm = self._dev = None
-        self.tuning = None          # a tuning.TuningSummary when compiled with tune=N
-
-    def replica(self) -> "CompiledIntViT":
-        """The same compiled module with a virtual machine of its own (created on first call): what one more
-        caller thread runs on (``runtime.LoadedModule``)."""
-        return CompiledIntViT(self.executable, self.batch, self.input_name, self.input_shape, self.input_dtype,
-                              self.device, self.isa)
-
-    @property
-    def dev(self):
-        """The device, checked once (not on every call)."""
-        if self._dev is None:
-            import tvm
-            dev = tvm.cuda(0) if self.device == "cuda" else tvm.cpu()
-            if not dev.exist:
-                raise NoDeviceError("this module was compiled for an NVIDIA GPU (--target cuda) and this machine "
-                                    "has none TVM can use; run it on a GPU machine, or compile for --target llvm")
-            self._dev = dev
-        return self._dev
-
-    @property
-    def vm(self):
-        if self._vm is None:
-            from tvm import relax
-            if self.device == "cuda":
-                from .cuda import install_loader
-                install_loader()
-            if self.isa == "amx":
-                from .amx import host_has_amx
-                if not host_has_amx():       # before any tile instruction: without the grant they raise SIGILL
-                    raise IsaUnavailableError(
-                        "this module's GEMMs use Intel AMX, and this CPU has no AMX-INT8 or Linux refused this "
-                        "process the tile state (arch_prctl(ARCH_REQ_XCOMP_PERM, XTILEDATA)); recompile it "
-                        "with isa='vnni' (intvit compile on this machine picks what it can run)")
-            self._vm = relax.VirtualMachine(self.executable, self.dev)
-        return self._vm
-
-    def __call__(self, images):
-        import tvm
-        arr = np.asarray(images.detach().cpu().numpy() if hasattr(images, "detach") else images)
-        if arr.shape != self.input_shape:
-            raise ValueError(f"this module was compiled for input shape {list(self.input_shape)}, "
-                             f"got {list(arr.shape)}; recompile with --batch {arr.shape[0]}"
-                             if arr.shape[1:] == self.input_shape[1:] else
-                             f"expected input shape {list(self.input_shape)}, got {list(arr.shape)}")
-        arr = self.check_input_dtype(arr)
-        out = self.vm["main"](tvm.runtime.tensor(arr, self.dev))
-        return out[0].numpy(), out[1].numpy()
-
-    def check_input_dtype(self, arr: np.ndarray) -> np.ndarray:
-        """``arr`` as the module's input dtype, refusing what a cast would silently change: integers or
-        booleans into a float module (they are not normalised images), anything but int8 into an int8
-        one, and NaN/±Inf (``ops.check_finite_input``)."""
-        from ..ops.checks import check_finite_input
-        if self.input_dtype == "int8":
-            if arr.dtype != np.int8:
-                raise TypeError(f"this module takes int8 images (exported with --int8-input), got {arr.dtype}")
-            return arr
-        if not np.issubdtype(arr.dtype, np.floating):
-            raise TypeError(f"this module takes float images (normalised as the float model expects), got "
-                            f"{arr.dtype}; convert and normalise them first, e.g. (x / 255 - mean) / std")
-        check_finite_input(arr)
-        return arr.astype(self.input_dtype, copy=False)
-
-    def run_on_device(self, tensor):
-        """Run on an input already on ``self.dev`` (a ``tvm.runtime.Tensor`` of the compiled shape and dtype);
-        returns ``(logits, int_logits)`` as tensors on the device: nothing is copied to or from the host."""
-        return self.vm["main"](tensor)
 
 
 def compile_onnx(model, target="llvm", batch: int = 1, arch: str | None = None, tune: int = 0,

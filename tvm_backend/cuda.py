@@ -54,7 +54,7 @@ def nvcc_archs() -> tuple[str, ...]:
 
 def check_arch(arch: str) -> str:
     """``arch`` if nvcc knows it, else ``UnknownTargetError`` naming the archs it does know."""
-    from .build import UnknownTargetError
+    from .errors import UnknownTargetError
     if not isinstance(arch, str) or not _ARCH.fullmatch(arch):
         raise UnknownTargetError(f"CUDA arch must look like sm_80 or sm_90, got {arch!r}")
     known = nvcc_archs()

@@ -293,7 +293,7 @@ def differs_from_onnx_runtime(compiled, proto, batches: int = 2, seed: int = 0) 
     import onnxruntime as ort
     import tvm
 
-    from .build import CompiledIntViT
+    from .compiled import CompiledIntViT
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(seed)
     with tempfile.TemporaryDirectory(prefix="intvit-verify-") as tmp:
