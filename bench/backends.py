@@ -89,6 +89,7 @@ class Backend:
     artifact: str = ""                  # what size_bytes counts
     build_s: float = 0.0                # quantize / compile seconds (torch.compile: compile and first call)
     unavailable: str | None = None      # why it cannot run here; None when it runs
+    compiled: object = None             # intvit's build.CompiledIntViT, for --profile (bench.profile)
 
 
 def _reason(exc: BaseException) -> str:
@@ -303,7 +304,7 @@ class ModelBackends:
                             lambda *a: compile_onnx(*a, isa=isa), proto or self.proto, "llvm", batch)
         build_s = time.perf_counter() - t0
         size = _export_size(module.executable, os.path.join(self.workdir, f"{name}-b{batch}.so"))
-        return Backend(name, lambda x: module(x)[0], size, "compiled .so", build_s)
+        return Backend(name, lambda x: module(x)[0], size, "compiled .so", build_s, compiled=module)
 
     def _tvm_fp32(self, batch: int) -> Backend:
         import tvm

@@ -84,6 +84,9 @@ def add_arguments(p) -> None:
                    help="directory for <host>-<date>.json and .png, created if needed; a second run the same day "
                         "writes <host>-<date>-2.* and so on, never over an earlier report (default: %(default)s "
                         "in the working directory)")
+    p.add_argument("--profile", action="store_true",
+                   help="--target llvm: after the timing, print and record each intvit TVM backend's kernel profile "
+                        "(per kernel class: time, share, achieved int8 MAC/s; bench/profile.py)")
     p.add_argument("--no-chart", action="store_true", help="write the JSON report only")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
@@ -92,7 +95,7 @@ def _command_line(args, backends, arch) -> str:
     """The command that repeats this run (every option spelled out, defaults included)."""
     return (f"intvit bench --model {args.model} --target {args.target}" + (f" --arch {arch}" if arch else "") +
             f" --batch {args.batch} --repeat {args.repeat} --per-round {args.per_round} --warmup {args.warmup} "
-            f"--backends {','.join(backends)} --threads {args.threads}")
+            f"--backends {','.join(backends)} --threads {args.threads}" + (" --profile" if args.profile else ""))
 
 
 def _build_only(args, models, batches, backends, progress) -> int:
@@ -121,9 +124,14 @@ def run_command(args) -> int:
                                              args.warmup, args.target, args.arch)
     report = run(models, batches, args.repeat, args.threads, out_dir=args.out, progress=progress, backends=backends,
                  per_round=args.per_round, warmup=args.warmup, target=args.target, chart=not args.no_chart,
-                 command=_command_line(args, backends, arch), arch=arch)
+                 command=_command_line(args, backends, arch), arch=arch, profile=args.profile)
+    from .profile import format_profile
     from .report import format_report
     print(format_report(report))
+    for result in report["results"]:
+        for name, entry in result["backends"].items():
+            if entry.get("profile"):
+                print(f"\n{result['model']}, {name}, kernel profile: " + format_profile(entry["profile"]))
     print(f"\nwrote {report['path']}" + (f" and {report['chart']}" if report["chart"] else "")
           + f" ({report['wall_s']:.0f} s)")
     return 0

@@ -177,10 +177,13 @@ def check_run_arguments(models, batches, repeat, threads, backends, per_round, w
 
 def run(models, batches, repeat: int, threads: int, out_dir=None, progress=print, backends=None,
         per_round: int = 3, warmup: int = 3, target: str = "llvm", chart: bool = True, command: str = "",
-        arch: str | None = None) -> dict:
+        arch: str | None = None, profile: bool = False) -> dict:
     """Benchmark ``backends`` (default: the target's defaults) for each model and batch size on ``target``
     (``llvm``: this CPU; ``cuda``: GPU 0, built for ``arch``, default the GPU's own); returns the report
     (see ``bench.report``).
+
+    ``profile`` (CPU): after the timing, each intvit TVM backend's kernel profile (``bench.profile``: per kernel
+    class time, share and achieved int8 MAC/s) goes into its result entry as ``"profile"``.
 
     Every argument is checked before anything is built, and nothing is written
     unless the whole run succeeds: then ``out_dir/<host>-<date>.json`` and (if
@@ -190,6 +193,8 @@ def run(models, batches, repeat: int, threads: int, out_dir=None, progress=print
     from . import report as rep
     from .machine import machine_facts
 
+    if profile and target == "cuda":
+        raise BenchArgumentError("--profile times the kernels of intvit's CPU module; use it with --target llvm")
     backends, batches, repeat, per_round, threads, arch = check_run_arguments(
         models, batches, repeat, threads, backends, per_round, warmup, target, arch)
     cuda = target == "cuda"
@@ -233,6 +238,12 @@ def run(models, batches, repeat: int, threads: int, out_dir=None, progress=print
                     s["vs_intvit_tvm"] = s["median_ms"] / ref
                 result = {"model": bm.label, "batch": batch, **prepared.facts,
                           "backends": {k: _backend_entry(b, stats.get(k)) for k, b in ready.items()}}
+                if profile and not cuda:
+                    from .profile import profile as profile_kernels
+                    for k, b in ready.items():
+                        if b.compiled is not None:
+                            say(f"{bm.label}, batch {batch}: profiling {k}'s kernels")
+                            result["backends"][k]["profile"] = profile_kernels(b.compiled, repeat=max(3, repeat))
                 report["results"].append(result)
                 ready = fns = None          # let this batch's modules and sessions go before the next are built
                 say(f"{bm.label}, batch {batch}: done")

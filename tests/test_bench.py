@@ -364,3 +364,20 @@ def test_a_second_report_the_same_day_does_not_overwrite_the_first(tmp_path):
     assert output_stem(report, str(tmp_path)) == str(tmp_path / "my_host-2026-12-01-2")
     (tmp_path / "my_host-2026-12-01-2.png").write_bytes(b"")
     assert output_stem(report, str(tmp_path)) == str(tmp_path / "my_host-2026-12-01-3")
+
+
+def test_profile_option_records_and_prints_the_kernel_profile(tmp_path, capsys):
+    """``intvit bench --profile``: each intvit TVM backend's result carries its kernel profile (the GEMM MACs
+    counted from the shapes), the output prints it, and the GPU target refuses the option."""
+    assert command.main(["--model", "tiny", "--batch", "2", "--repeat", "1", "--per-round", "1", "--warmup", "0",
+                         "--backends", "intvit_int8_tvm", "--threads", "1", "--out", str(tmp_path), "--no-chart",
+                         "--quiet", "--profile"]) == 0
+    out = capsys.readouterr().out
+    assert "tiny, intvit_int8_tvm, kernel profile: batch 2" in out and "GEMM int8: linear" in out
+    report = json.loads(next(tmp_path.glob("*.json")).read_text())
+    profile = report["results"][0]["backends"]["intvit_int8_tvm"]["profile"]
+    assert profile["batch"] == 2 and profile["classes"]["GEMM int8: linear"]["gmac"] > 0
+    assert "--profile" in report["command"]
+    with pytest.raises(latency.BenchArgumentError, match="use it with --target llvm"):
+        latency.run(["tiny"], [1], repeat=1, threads=1, target="cuda", arch="sm_90", profile=True,
+                    backends=("intvit_int8_tvm",))
