@@ -92,3 +92,21 @@ def assert_exact_in_ort_tvm_and_file(q, x, path):
     again = intvit.load(path)
     assert np.array_equal(again.forward_int(x).numpy(), ref)
     return proto, again
+
+
+def errors_from_threads(fn, threads: int = 4) -> list:
+    """Run ``fn()`` in ``threads`` threads at once; the exceptions they raised (empty when all succeeded)."""
+    import threading
+    errors = []
+
+    def call():
+        try:
+            fn()
+        except Exception as exc:  # noqa: BLE001 (the caller asserts the list is empty)
+            errors.append(exc)
+    workers = [threading.Thread(target=call) for _ in range(threads)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    return errors

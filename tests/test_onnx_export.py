@@ -234,20 +234,8 @@ def test_cli_export_and_inspect(tiny_qvit, tmp_path, capsys):
 
 def test_threads_exporting_one_path_do_not_collide(tiny_qvit, tmp_path):
     """Exports name their temp file per writer (``intvit.files``): they shared ``<path>.tmp<pid>`` before."""
-    import threading
-    errors = []
-
-    def export():
-        try:
-            tiny_qvit.export_onnx(tmp_path / "m.onnx")
-        except Exception as exc:  # noqa: BLE001 (any failure fails the test below)
-            errors.append(exc)
-    threads = [threading.Thread(target=export) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == [] and [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
+    from conftest import errors_from_threads
+    assert errors_from_threads(lambda: tiny_qvit.export_onnx(tmp_path / "m.onnx")) == [] and [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
     x = images(2)
     assert np.array_equal(session(onnx.load(tmp_path / "m.onnx")).run(None, {"images": x.numpy()})[1],
                           tiny_qvit.forward_int(x).numpy())

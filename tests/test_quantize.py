@@ -246,21 +246,9 @@ def test_requant_constants_follow_ops(tiny_qvit):
 def test_threads_saving_one_path_do_not_collide(tiny_qvit, tmp_path):
     """Four threads saving the same path at once (they shared one temp name before): every save succeeds,
     the file loads, and no temp file is left."""
-    import threading
+    from conftest import errors_from_threads
     path = tmp_path / "m.safetensors"
-    errors = []
-
-    def save():
-        try:
-            tiny_qvit.save(path)
-        except Exception as exc:  # noqa: BLE001 (any failure fails the test below)
-            errors.append(exc)
-    threads = [threading.Thread(target=save) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    assert errors_from_threads(lambda: tiny_qvit.save(path)) == []
     assert torch.equal(intvit.load(path).forward_int(images(2)), tiny_qvit.forward_int(images(2)))
     assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]
 
