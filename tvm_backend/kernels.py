@@ -60,11 +60,15 @@ def floordiv_te(x, d):
     return _ew(x.shape, lambda i: tir.floordiv(_bcast(x, i), _bcast(d, i)), "floordiv")
 
 
+def _saturated(v, idx, lo, hi):
+    """``ops.saturate`` of one element ``v`` at output index ``idx``: ``min(max(v, lo), hi)``."""
+    return tir.max(tir.min(v, _bcast(hi, idx)), _bcast(lo, idx))
+
+
 def saturate_te(x, lo, hi, out_dtype=I64):
     """``ops.saturate``; ``out_dtype`` may be any type holding ``[lo, hi]`` (the importer stores the 16-bit
     residual stream as int16)."""
-    return _ew(x.shape, lambda i: tir.max(tir.min(_bcast(x, i), _bcast(hi, i)), _bcast(lo, i)).astype(out_dtype),
-               "saturate")
+    return _ew(x.shape, lambda i: _saturated(_bcast(x, i), i, lo, hi).astype(out_dtype), "saturate")
 
 
 def rescale_value(z, idx, m, e, half):
@@ -78,8 +82,7 @@ def rescale_value(z, idx, m, e, half):
 
 def requant_value(z, idx, m, e, half, offset, lo, hi):
     """``ops.requantize`` of one element: ``saturate((z·m + offset + 2**(e−1)) >> e)``."""
-    v = (z * _bcast(m, idx) + _bcast(offset, idx) + _bcast(half, idx)) >> _bcast(e, idx)
-    return tir.max(tir.min(v, _bcast(hi, idx)), _bcast(lo, idx))
+    return _saturated((z * _bcast(m, idx) + _bcast(offset, idx) + _bcast(half, idx)) >> _bcast(e, idx), idx, lo, hi)
 
 
 def rescale_te(z, *consts):
@@ -185,8 +188,7 @@ EPILOGUE_VALUES = {"Requant": requant_value, "Rescale": rescale_value}   # fusab
 def residual_value(branch, h, idx, skip_consts, lo, hi):
     """``ops.residual_add`` of one element, in a GEMM's epilogue: the rescaled ``branch`` (the GEMM's own
     value) plus the skip stream ``h[idx]`` rescaled by ``skip_consts``, saturated to ``[lo, hi]``."""
-    v = branch + rescale_value(_wide(h, idx), idx, *skip_consts)
-    return tir.max(tir.min(v, _bcast(hi, idx)), _bcast(lo, idx))
+    return _saturated(branch + rescale_value(_wide(h, idx), idx, *skip_consts), idx, lo, hi)
 
 def lookup_te(x, table, lo):
     """``table[x − lo]`` (``ops.lookup``); the importer fuses a lookup after a GEMM into its epilogue instead."""
