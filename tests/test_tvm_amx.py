@@ -82,6 +82,64 @@ def test_amx_linear_kernel_equals_ops(lead, rows, k, n):
 
 
 @needs_amx
+@pytest.mark.parametrize("lead,rows,k,n", [((8,), 197, 384, 1536), ((), 197, 384, 64), ((3,), 17, 100, 32),
+                                           ((), 1, 64, 96), ((2,), 32, 64, 64)])
+def test_amx_gelu_byte_table_kernel_equals_ops(lead, rows, k, n):
+    """fc1 with its GELU table on AMX: requant to int8, then ``ops.lookup`` in a 256-entry int8 table, looked
+    up 32 bytes at a time with ``vpermi2b`` (``tvm_backend.byte_table``). Rows that are not whole 32-row
+    blocks (197, 17, 1), folded batches; every table entry is hit, in all four 64-entry quarters."""
+    import tvm
+    from tvm import te
+    from intvit.tvm_backend.byte_table import BYTE_TABLE_BLOCK
+    rng = np.random.default_rng(rows + k + n)
+    x = rng.integers(-128, 128, (*lead, rows, k)).astype(np.int8)
+    w = rng.integers(-128, 128, (k, n)).astype(np.int8)
+    x[..., 0, :], w[0] = -128, 127
+    bias = rng.integers(-2**20, 2**20, n)
+    m = rng.integers(1, 2**12, n).astype(np.int64)
+    table = ops.gelu_table(0.05, 0.02).to(torch.int8).numpy()          # GELU of [-6.4, 6.35], saturating
+    table[::7] = rng.integers(-128, 128, table[::7].shape)              # and arbitrary entries
+    mr, nr = gemm.linear_tile(n)
+    wp = gemm.pack_linear_weight(w, nr, amx=True)
+    xt, wt = te.placeholder(x.shape, "int8", name="x"), te.placeholder(wp.shape, "int8", name="w")
+    bt, mt = te.placeholder((n,), "int64", name="b"), te.placeholder((n,), "int64", name="m")
+    lt = te.placeholder((256,), "int8", name="table")
+    ep = lambda z, idx: requant_value(z, idx, mt, E, 1 << (E - 1), 0, -128, 127)  # noqa: E731
+    with gemm.amx_layout():
+        out = gemm.packed_gemm_te(xt, wt, bt, mr, n, epilogue=ep, out_dtype="int8", byte_table=lt)
+        func = te.create_prim_func([xt, wt, bt, mt, lt, out])
+    assert BYTE_TABLE_BLOCK in schedules.block_names(tvm.s_tir.Schedule(func))
+    scheduled = schedules.schedule_gemm(func, vnni=True, amx=True)
+    lib = tvm.compile(tvm.IRModule({"main": scheduled.with_attr("global_symbol", "main")}),
+                      target=tvm.target.Target(resolve_target("llvm")))
+    asm = lib.mod.inspect_source("asm")
+    # vpermi2b, or its twin vpermt2b (the same lookup, overwriting the other table register): LLVM's choice
+    assert "tdpbusd" in asm and ("vpermi2b" in asm or "vpermt2b" in asm) and "gather" not in asm
+    got = _run(lib, x, wp, gemm.folded_bias(w, bias), m, table, out_shape=x.shape[:-1] + (n,), out_dtype="int8")
+    acc = ops.int_linear(torch.from_numpy(x), torch.from_numpy(w.T.copy()), torch.from_numpy(bias))
+    q = ops.requantize(acc, torch.from_numpy(m), torch.tensor(E), 8)
+    ref = ops.lookup(q, torch.from_numpy(table.astype(np.int64)), -128).numpy()
+    assert np.array_equal(got, ref)
+    if q.numel() > 10_000:
+        assert len(np.unique(q.numpy())) == 256                        # every entry of the table was read
+
+
+def test_byte_table_outside_the_amx_layout_is_refused():
+    """The byte-table form is a sum over 256 entries that only the AMX schedule turns into lookups: building
+    it outside the AMX layout, or scheduling it without AMX, is refused instead of run 256 times slower."""
+    from tvm import te
+    xt, wt = te.placeholder((4, 64), "int8", name="x"), te.placeholder((4, 16, 16, 4), "int8", name="w")
+    lt = te.placeholder((256,), "int8", name="table")
+    with pytest.raises(ValueError, match="AMX layout"):
+        gemm.packed_gemm_te(xt, wt, None, 4, 64, out_dtype="int8", byte_table=lt)
+    with gemm.amx_layout():
+        out = gemm.packed_gemm_te(xt, wt, None, 4, 64, out_dtype="int8", byte_table=lt)
+    func = te.create_prim_func([xt, wt, lt, out])
+    with pytest.raises(ValueError, match="only the AMX schedule"):
+        schedules.schedule_gemm(func, vnni=True, amx=False)
+
+
+@needs_amx
 @pytest.mark.parametrize("rows,n", [(1, 10), (8, 10), (17, 10), (32, 32), (8, 7)])
 def test_amx_single_task_kernel_without_epilogue_equals_ops(rows, n):
     """A kernel that is one 32 × 32 block (a classifier head: N ≤ 32 on at most 32 rows) without an
@@ -167,6 +225,20 @@ def test_amx_and_vnni_modules_equal_torch_and_ort(tiny_qvit):
     assert_matches_reference(q, x, lambda batch: modules["amx"], (8,))
     for i in range(0, 16, 8):
         assert np.array_equal(modules["amx"](x[i:i + 8])[1], modules["vnni"](x[i:i + 8])[1])
+    # and every block's fc1 + GELU table ran as a byte-table lookup (the AMX import; the VNNI one gathers)
+    assert _byte_table_kernels(proto, amx_layout=True) == len(q.spec.blocks)
+    assert _byte_table_kernels(proto, amx_layout=False) == 0
+
+
+def _byte_table_kernels(proto, amx_layout: bool) -> int:
+    """How many kernels of the imported module end in a byte-table lookup."""
+    import tvm
+    from intvit.tvm_backend.byte_table import BYTE_TABLE_BLOCK
+    from intvit.tvm_backend.importer import to_relax
+    with gemm.amx_layout(amx_layout):
+        mod = to_relax(proto, 8)
+    return sum(BYTE_TABLE_BLOCK in schedules.block_names(tvm.s_tir.Schedule(f)) for f in mod.functions.values()
+               if isinstance(f, tvm.tirx.PrimFunc))
 
 
 @needs_amx

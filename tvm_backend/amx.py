@@ -96,10 +96,13 @@ import sys
 
 import numpy as np
 
+from .byte_table import BYTE_TABLE_BLOCK, BYTE_TABLE_OUT_BLOCK, tensorize_byte_table
 from .gemm import ACC_BLOCK, AMX_COLS, AMX_K, AMX_ROWS, OUT_BLOCK, SHIFTED_INPUT_BLOCK
 from .x86 import LANES, has_features, host_cpu
 
-AMX_FEATURES = ("amx-tile", "amx-int8")     # LLVM's names; what a module using this schedule needs
+# LLVM's names; what a module using this schedule needs (VBMI: the GELU table's vpermi2b, ``byte_table``;
+# every AMX-INT8 CPU has it)
+AMX_FEATURES = ("amx-tile", "amx-int8", "avx512vbmi")
 TILE_ROWS = 16                              # rows of a tile (A, B and C)
 TILE_BYTES = 64                             # bytes per tile row: 64 u8/s8 of K (A), 16 int32 (C), 16×4 s8 (B)
 ROW_BLOCK = 2 * TILE_ROWS                   # output rows per block: two A tiles
@@ -362,7 +365,7 @@ def apply_amx_gemm_schedule(sch, cols: int | None = None) -> None:
     ``ValueError`` for a kernel ``amx_shape`` refuses. The caller adds
     ``with_tile_request`` to the scheduled function (``schedules`` does).
     """
-    from .schedules import parallel_rows
+    from .schedules import block_names, parallel_rows
     shape = amx_shape(sch)
     if shape is None:
         raise ValueError("not a u8 x s8 packed GEMM with rows, columns and K padded to 32, 32 and 64 "
@@ -380,6 +383,15 @@ def apply_amx_gemm_schedule(sch, cols: int | None = None) -> None:
     if len(out_dims) > len(lead) + 2:          # leading axes folded into the rows (gemm._amx_linear_te)
         sch.transform_block_layout(out, _fold_rows(out_dims))
     sch.reverse_compute_at(out, jb)
+    if BYTE_TABLE_BLOCK in block_names(sch):      # the GELU table after fc1: looked up on the same block
+        lookup, copy = sch.get_sblock(BYTE_TABLE_BLOCK), sch.get_sblock(BYTE_TABLE_OUT_BLOCK)
+        sch.reverse_compute_at(lookup, jb)
+        copy_dims = [int(iv.dom.extent) for iv in sch.get(copy).iter_vars]
+        if len(copy_dims) > 2:
+            sch.transform_block_layout(copy, _fold_rows(copy_dims))
+        sch.reverse_compute_at(copy, jb)
+        sch.vectorize(sch.get_loops(copy)[-1])
+        tensorize_byte_table(sch, lookup)
     shifted = sch.get_sblock(SHIFTED_INPUT_BLOCK)
     if cols == np_:         # one column chunk: each task stages its own 32 rows, once, just before using them
         sch.compute_at(shifted, task)

@@ -68,6 +68,11 @@ def amx_layout(enabled: bool = True):
         _AMX_LAYOUT.reset(token)
 
 
+def amx_layout_active() -> bool:
+    """Whether the current import runs inside ``amx_layout()``."""
+    return _AMX_LAYOUT.get()
+
+
 def _amx(amx: bool | None, u8: bool) -> bool:
     return u8 and (_AMX_LAYOUT.get() if amx is None else amx)
 
@@ -149,7 +154,7 @@ def panel_compensation_te(b):
 
 
 def packed_gemm_te(x, wp, bias, mr: int, n: int, dot: DotInstruction = VPDPBUSD, epilogue=None,
-                   out_dtype="int64", amx: bool | None = None):
+                   out_dtype="int64", amx: bool | None = None, byte_table=None):
     """``epilogue(x @ W + bias)`` on packed panels ``wp``.
 
     ``dot`` fixes the operand form: ``VPDPBUSD`` feeds ``x + 128`` as uint8
@@ -163,6 +168,10 @@ def packed_gemm_te(x, wp, bias, mr: int, n: int, dot: DotInstruction = VPDPBUSD,
     Rows are padded to a multiple of ``mr``, or with ``amx`` (default: inside
     ``amx_layout()``, for ``VPDPBUSD`` panels padded for AMX) to 32, with a
     shared weight's leading axes folded into the rows (``_amx_linear_te``).
+
+    ``byte_table`` (AMX only: an int8 ``[256]`` tensor) looks the int8
+    epilogue output up in it (``byte_table.byte_table_te``): the output is
+    ``byte_table[epilogue(...) + 128]``.
     """
     from tvm import te
     from tvm import tirx as tir
@@ -172,8 +181,11 @@ def packed_gemm_te(x, wp, bias, mr: int, n: int, dot: DotInstruction = VPDPBUSD,
     kp, np_ = int(wp.shape[-3]) * g, int(wp.shape[-4]) * LANES
     w_lead = len(wp.shape) - 4                 # 0: one weight for all rows; len(lead): one per batch item
     amx = _amx(amx, dot is VPDPBUSD) and kp % AMX_K == 0 and np_ % AMX_COLS == 0
-    if amx and lead and not w_lead:
-        return _amx_linear_te(x, wp, bias, n, epilogue, out_dtype)
+    if byte_table is not None and not (amx and not w_lead and n % AMX_COLS == 0):
+        raise ValueError("a byte-table epilogue needs a u8 x s8 kernel with one weight and a multiple of "
+                         f"{AMX_COLS} columns in the AMX layout (gemm.amx_layout)")
+    if amx and not w_lead and (lead or byte_table is not None):
+        return _amx_linear_te(x, wp, bias, n, epilogue, out_dtype, byte_table)
     rows_p = ceil_to(rows, AMX_ROWS if amx else mr)
     shift = UNSIGNED_SHIFT if dot is VPDPBUSD else 0
 
@@ -196,7 +208,7 @@ def packed_gemm_te(x, wp, bias, mr: int, n: int, dot: DotInstruction = VPDPBUSD,
     return te.compute((*lead, rows, n), out, name=OUT_BLOCK)
 
 
-def _amx_linear_te(x, wp, bias, n: int, epilogue, out_dtype):
+def _amx_linear_te(x, wp, bias, n: int, epilogue, out_dtype, byte_table=None):
     """``packed_gemm_te`` (VPDPBUSD, one weight) with ``x``'s leading axes folded into the rows: one GEMM of
     ``R = prod(lead)·rows`` rows padded to 32 (``x[min(r, R−1)]``), read back per output index."""
     from tvm import te
@@ -223,15 +235,32 @@ def _amx_linear_te(x, wp, bias, n: int, epilogue, out_dtype):
         au[r, red].astype("int32") * wp[j // LANES, red // 4, j % LANES, red % 4].astype("int32"), axis=red),
         name=ACC_BLOCK)
 
-    def out(*i):
+    def flat_row(i):
         flat = i[0]
         for d, v in zip(dims[1:], i[1:-1]):
             flat = flat * d + v
-        z = acc[flat, i[-1]].astype("int64")
+        return flat
+
+    def out(*i):
+        z = acc[flat_row(i), i[-1]].astype("int64")
         if bias is not None:
             z = z + bias(*i[:len(bias.shape) - 1], i[-1])
         return (z if epilogue is None else epilogue(z, i)).astype(out_dtype)
-    return te.compute((*lead, rows, n), out, name=OUT_BLOCK)
+    if byte_table is None:
+        return te.compute((*lead, rows, n), out, name=OUT_BLOCK)
+    # With a byte table the epilogue and the lookup run on every staged row (the padding rows repeat the
+    # last row), so that each 32 x 32 block is whole for the lookup's tensor intrinsic; a copy per block
+    # then writes the real rows.
+    from .byte_table import BYTE_TABLE_OUT_BLOCK, byte_table_te
+    if bias is not None and len(bias.shape) > 1:
+        raise ValueError("a byte-table epilogue takes a shared bias only")
+
+    def padded(r, j):
+        z = acc[r, j].astype("int64") + (0 if bias is None else bias[j])
+        return (z if epilogue is None else epilogue(z, (*unravel(tir.min(r, total - 1)), j))).astype(out_dtype)
+    requantized = te.compute((ceil_to(total, AMX_ROWS), n), padded, name=OUT_BLOCK)
+    looked_up = byte_table_te(requantized, byte_table)
+    return te.compute((*lead, rows, n), lambda *i: looked_up[flat_row(i), i[-1]], name=BYTE_TABLE_OUT_BLOCK)
 
 
 def int_bmm_te(a, b, mr: int, nr: int):

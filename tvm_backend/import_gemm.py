@@ -99,6 +99,17 @@ class GemmEmitter:
         return self.bb.emit_te(lambda at, bt: int_bmm_te(at, bt, mr, nr), a, b, primfunc_name_hint="int_bmm")
 
     # -- shared plumbing ---------------------------------------------------------------------
+    def _amx_bytes(self, name: str, table, requant_args: list) -> bool:
+        """Whether a table after this kernel's requant is looked up as a byte table (``byte_table``): an
+        int8 u8 × s8 kernel of the x86 form built in the AMX layout (which always gets the AMX schedule),
+        a requant to the whole int8 range, a 256-entry int8 table."""
+        from .byte_table import byte_table_applies
+        from .gemm import amx_layout_active
+        low, high = requant_args[-2:] if len(requant_args) >= 2 else (None, None)
+        return (self.form == "vnni" and name == "int8_linear" and amx_layout_active()
+                and isinstance(low, int) and isinstance(high, int)
+                and byte_table_applies(table[0], table[1], low, high))
+
     def _vnni(self, x, wp, fb, n: int, chain: list, table, dot=None, residual=None):
         from .gemm import linear_tile, packed_gemm_te
         from .x86 import VPDPBUSD
@@ -106,7 +117,8 @@ class GemmEmitter:
         mr, _ = linear_tile(n)
         name = "int8_linear" if dot is VPDPBUSD else "int16_gemm"
         return self._emit(x, wp, fb, chain, table, name,
-                          lambda xt, wt, bt, ep, od: packed_gemm_te(xt, wt, bt, mr, n, dot, epilogue=ep, out_dtype=od),
+                          lambda xt, wt, bt, ep, od, lut=None: packed_gemm_te(xt, wt, bt, mr, n, dot, epilogue=ep,
+                                                                              out_dtype=od, byte_table=lut),
                           residual=residual)
 
     def _tiled(self, x, w, bias, layout: str, chain: list, table, n=None, residual=None):
@@ -132,7 +144,12 @@ class GemmEmitter:
         if residual:
             tensors.append(residual[0])
             store = narrowest_int(lo, hi)
-        if table is not None:      # int32 entries: on x86 the lookup vectorizes as a 16-lane gather
+        # a GELU byte table on the AMX path: looked up with vpermi2b after the requant (``byte_table``)
+        bytes_lut = table is not None and self._amx_bytes(name, table, args)
+        if bytes_lut:
+            tensors.append(relax.const(table[0]))
+            store = "int8"
+        elif table is not None:      # int32 entries: on x86 the lookup vectorizes as a 16-lane gather
             tensors.append(relax.const(table[0].astype(np.int32)))
             store = str(table[0].dtype)
         extra = [] if bias is None else [bias]
@@ -148,11 +165,13 @@ class GemmEmitter:
                 skip = [a if isinstance(a, int) else next(it) for a in skip_args]
                 ht = next(it)
                 epilogue = lambda z, idx: residual_value(fn(z, idx, *bound), ht, idx, skip, lo, hi)  # noqa: E731
-            elif table is None:
+            elif table is None or bytes_lut:
                 epilogue = lambda z, idx: fn(z, idx, *bound)  # noqa: E731
             else:
                 lut = next(it)
                 epilogue = lambda z, idx: lut[(fn(z, idx, *bound) - table[1]).astype("int32")]  # noqa: E731
+            if bytes_lut:
+                return make(xt, wt, bt, epilogue, store, next(it))
             return make(xt, wt, bt, epilogue, store)
         suffix = ("_requant" + ("_table" if table is not None else "") if rq else "") + ("_residual" if residual else "")
         return self.bb.emit_te(kernel, x, w, *extra, *tensors, primfunc_name_hint=name + suffix)

@@ -26,6 +26,7 @@ definitions; the arithmetic is untouched, which the bit-exactness tests check.
 from __future__ import annotations
 
 from .amx import amx_shape, apply_amx_gemm_schedule, with_tile_request
+from .byte_table import BYTE_TABLE_BLOCK
 from .kernels import MATERIALIZE
 from .gemm import ACC_BLOCK, OUT_BLOCK, PACK_BLOCK, SHIFTED_INPUT_BLOCK, linear_tile
 from .gpu_gemm import LHS_BLOCK, RHS_BLOCK
@@ -101,6 +102,9 @@ def apply_gemm_schedule(sch, vnni: bool, blocking: str | None = None, amx: bool 
     if amx and blocking is None and amx_shape(sch) is not None:
         apply_amx_gemm_schedule(sch)
         return
+    if BYTE_TABLE_BLOCK in block_names(sch):
+        raise ValueError("this GEMM ends in a byte-table lookup (byte_table), which only the AMX schedule "
+                         "runs; it was imported under gemm.amx_layout(): schedule it with amx=True")
     linear = SHIFTED_INPUT_BLOCK in block_names(sch)
     acc, out = sch.get_sblock(ACC_BLOCK), sch.get_sblock(OUT_BLOCK)
     *lead, i, j, k = sch.get_loops(acc)
