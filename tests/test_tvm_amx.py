@@ -124,6 +124,46 @@ def test_amx_gelu_byte_table_kernel_equals_ops(lead, rows, k, n):
         assert len(np.unique(q.numpy())) == 256                        # every entry of the table was read
 
 
+@needs_amx
+@pytest.mark.parametrize("batch,heads,tokens,head_dim", [(2, 3, 197, 64), (1, 4, 17, 32), (1, 1, 17, 32),
+                                                         (8, 6, 197, 64), (2, 2, 64, 96)])
+def test_amx_probs_values_byte_split_equals_ops(batch, heads, tokens, head_dim):
+    """Attention's ``A·V`` on AMX (``gemm.split_probs_gemm_te``): 16-bit probabilities split into their two
+    unsigned bytes, two u8 × s8 tile GEMMs on the values packed in-graph, ``256·hi + lo`` in the
+    epilogue; equal to ``ops.int_matmul`` + requant at the extremes (p = 0 and 2**15 − 1, every byte value,
+    v = −128), 197 and 17 tokens (rows and K not whole tiles), one task and many."""
+    import tvm
+    from tvm import te
+    rng = np.random.default_rng(batch * tokens + head_dim)
+    p = rng.integers(0, 2**15, (batch, heads, tokens, tokens)).astype(np.int16)
+    p[..., 0, :], p[..., -1, :] = 2**15 - 1, 0
+    p[..., 1, :min(tokens, 256)] = (np.arange(min(tokens, 256)) * 257)[None, None] % 2**15   # both bytes vary
+    v = rng.integers(-128, 128, (batch, heads, tokens, head_dim)).astype(np.int8)
+    v[..., 0, :] = -128
+    m = rng.integers(1, 2**10, head_dim).astype(np.int64)
+    e = 20
+    pt, vt = te.placeholder(p.shape, "int16", name="p"), te.placeholder(v.shape, "int8", name="v")
+    mt = te.placeholder((head_dim,), "int64", name="m")
+    with gemm.amx_layout():
+        panels = gemm.pack_panels_te(vt, "kn")
+        pack = te.create_prim_func([vt, panels])
+        pp = te.placeholder(tuple(int(d) for d in panels.shape), "int8", name="panels")
+        out = gemm.split_probs_gemm_te(pt, pp, head_dim, lambda z, idx: requant_value(
+            z, idx, mt, e, 1 << (e - 1), 0, -128, 127), "int8")
+        func = te.create_prim_func([pt, pp, mt, out])
+    assert amx.amx_shape(tvm.s_tir.Schedule(func)) is not None
+    lib = tvm.compile(tvm.IRModule({"main": schedules.schedule_gemm(func, vnni=True, amx=True).with_attr(
+        "global_symbol", "main")}), target=tvm.target.Target(resolve_target("llvm")))
+    assert "tdpbusd" in lib.mod.inspect_source("asm") and "vpdpwssd" not in lib.mod.inspect_source("asm")
+    packed = _run(_compile(tvm.s_tir.Schedule(schedules.schedule_rowwise(pack))), v,
+                  out_shape=tuple(int(d) for d in panels.shape), out_dtype="int8")
+    got = _run(lib, p, packed, m, out_shape=(batch, heads, tokens, head_dim), out_dtype="int8")
+    acc = ops.int_matmul(torch.from_numpy(p.astype(np.int64)), torch.from_numpy(v.astype(np.int64)))
+    ref = ops.requantize(acc, torch.from_numpy(m), torch.tensor(e), 8).numpy()
+    assert np.array_equal(got, ref)
+    assert len(np.unique(ref)) > min(100, ref.size // 20)          # the outputs span int8, not just its ends
+
+
 def test_byte_table_outside_the_amx_layout_is_refused():
     """The byte-table form is a sum over 256 entries that only the AMX schedule turns into lookups: building
     it outside the AMX layout, or scheduling it without AMX, is refused instead of run 256 times slower."""
@@ -226,19 +266,32 @@ def test_amx_and_vnni_modules_equal_torch_and_ort(tiny_qvit):
     for i in range(0, 16, 8):
         assert np.array_equal(modules["amx"](x[i:i + 8])[1], modules["vnni"](x[i:i + 8])[1])
     # and every block's fc1 + GELU table ran as a byte-table lookup (the AMX import; the VNNI one gathers)
-    assert _byte_table_kernels(proto, amx_layout=True) == len(q.spec.blocks)
-    assert _byte_table_kernels(proto, amx_layout=False) == 0
+    assert _kernels_with(proto, True, _ends_in_byte_table) == len(q.spec.blocks)
+    assert _kernels_with(proto, False, _ends_in_byte_table) == 0
 
 
-def _byte_table_kernels(proto, amx_layout: bool) -> int:
-    """How many kernels of the imported module end in a byte-table lookup."""
-    import tvm
+def _ends_in_byte_table(sch) -> bool:
     from intvit.tvm_backend.byte_table import BYTE_TABLE_BLOCK
+    return BYTE_TABLE_BLOCK in schedules.block_names(sch)
+
+
+def _splits_bytes(sch) -> bool:
+    return gemm.ACC_BLOCK in schedules.block_names(sch) and gemm.BYTE_SPLIT in sch.get(
+        sch.get_sblock(gemm.ACC_BLOCK)).annotations
+
+
+def _kernels_with(proto, amx_layout: bool, test) -> int:
+    """How many kernel calls of the module imported from ``proto`` (batch 8, in the AMX layout or not) run a
+    kernel that passes ``test`` (equal kernels are one function called several times)."""
+    import re
+    import tvm
     from intvit.tvm_backend.importer import to_relax
     with gemm.amx_layout(amx_layout):
         mod = to_relax(proto, 8)
-    return sum(BYTE_TABLE_BLOCK in schedules.block_names(tvm.s_tir.Schedule(f)) for f in mod.functions.values()
-               if isinstance(f, tvm.tirx.PrimFunc))
+    calls = re.findall(r"R\.call_tir\((?:cls\.)?(\w+),", mod["main"].script())
+    passing = {gv.name_hint for gv, f in mod.functions.items()
+               if isinstance(f, tvm.tirx.PrimFunc) and test(tvm.s_tir.Schedule(f))}
+    return sum(name in passing for name in calls)
 
 
 @needs_amx
@@ -256,6 +309,10 @@ def test_embedded_model_amx_equals_vnni_and_torch(embedded_qvit):
         assert_matches_reference(q, x, lambda b: modules["amx"], (batch,))
         for i in range(0, 16, batch):
             assert np.array_equal(modules["amx"](x[i:i + batch])[1], modules["vnni"](x[i:i + batch])[1])
+    # every block's A·V (heads 32 wide) ran as two byte GEMMs on AMX, and its fc1 + GELU as a byte table
+    assert _kernels_with(proto, True, _splits_bytes) == len(q.spec.blocks)
+    assert _kernels_with(proto, True, _ends_in_byte_table) == len(q.spec.blocks)
+    assert _kernels_with(proto, False, _splits_bytes) == 0
 
 
 @needs_amx

@@ -97,7 +97,7 @@ import sys
 import numpy as np
 
 from .byte_table import BYTE_TABLE_BLOCK, BYTE_TABLE_OUT_BLOCK, tensorize_byte_table
-from .gemm import ACC_BLOCK, AMX_COLS, AMX_K, AMX_ROWS, OUT_BLOCK, SHIFTED_INPUT_BLOCK
+from .gemm import ACC_BLOCK, AMX_COLS, AMX_K, AMX_ROWS, BYTE_SPLIT, OUT_BLOCK, SHIFTED_INPUT_BLOCK, SPLIT_CROP_BLOCK
 from .x86 import LANES, has_features, host_cpu
 
 # LLVM's names; what a module using this schedule needs (VBMI: the GELU table's vpermi2b, ``byte_table``;
@@ -200,10 +200,13 @@ def _tile(op: str, *args):
 
 
 @functools.lru_cache(maxsize=None)
-def register_amx_intrinsics(kp: int, chunk: int) -> tuple[str, str]:
+def register_amx_intrinsics(kp: int, chunk: int, configure_last: bool = False) -> tuple[str, str]:
     """Register (once) the tensor-intrinsic pair for one 32 × 32 output block, ``C[32, 32] = A[32, kp] · B``
     (u8 × s8 → s32) with ``B`` the two ``[2, kp/4, 16, 4]`` panels of the block, inside a task of ``chunk``
-    columns; returns ``(init name, update name)``.
+    columns; returns ``(init name, update name)``. ``configure_last``: also load the tile configuration on
+    the task's last block, for a kernel that calls the intrinsic twice per block
+    (``split_probs_gemm_te``): the first call on the last block releases the tiles, the second one
+    configures them again (``ldtilecfg`` zeroes the tiles; the update starts with ``tilezero`` anyway).
 
     The two are one unit. The update's description is the reduction step
     ``C += A·B`` over the whole K; its implementation starts the accumulator
@@ -230,6 +233,7 @@ def register_amx_intrinsics(kp: int, chunk: int) -> tuple[str, str]:
     kg, rb, cols = kp // 4, ROW_BLOCK, COL_BLOCK
     pair_bytes, blocks = 2 * kg * 16 * 4, chunk // COL_BLOCK      # one block's two panels; blocks per task
     words = tile_config_words()
+    reconfigure_at = blocks - 1 if configure_last else 0
     u8 = T.uint8
 
     @T.prim_func(s_tir=True)
@@ -279,7 +283,8 @@ def register_amx_intrinsics(kp: int, chunk: int) -> tuple[str, str]:
         with T.sblock("root"):
             T.reads(C[0:rb, 0:cols], A[0:rb, 0:kp], B[0:2, 0:kg, 0:16, 0:4])
             T.writes(C[0:rb, 0:cols])
-            if ob // pair_bytes % blocks == 0:          # the task's first block: configure the tiles
+            # the task's first block (and with configure_last its last one too): configure the tiles
+            if ob // pair_bytes % blocks == 0 or ob // pair_bytes % blocks == reconfigure_at:
                 cfg = T.alloc_buffer((8,), "int64")     # global scope: under 1 KB, TVM puts it on the stack
                 for w in T.unroll(8):
                     cfg[w] = T.Select(w == 0, T.int64(words[0]), T.Select(w == 2, T.int64(words[2]), T.Select(
@@ -305,7 +310,7 @@ def register_amx_intrinsics(kp: int, chunk: int) -> tuple[str, str]:
             if ob // pair_bytes % blocks == blocks - 1:     # the task's last block
                 _tile("tilerelease")
 
-    name = f"intvit_amx_u8s8s32_{rb}x{cols}x{kp}_in_{chunk}"
+    name = f"intvit_amx_u8s8s32_{rb}x{cols}x{kp}_in_{chunk}" + ("_reconfigured" if configure_last else "")
     TensorIntrin.register(name + "_init", init_desc, init_impl, override=True)
     TensorIntrin.register(name, desc, impl, override=True)
     return name + "_init", name
@@ -365,14 +370,17 @@ def apply_amx_gemm_schedule(sch, cols: int | None = None) -> None:
     ``ValueError`` for a kernel ``amx_shape`` refuses. The caller adds
     ``with_tile_request`` to the scheduled function (``schedules`` does).
     """
-    from .schedules import block_names, parallel_rows
+    from .schedules import block_names
     shape = amx_shape(sch)
     if shape is None:
         raise ValueError("not a u8 x s8 packed GEMM with rows, columns and K padded to 32, 32 and 64 "
                          "(build it under gemm.amx_layout())")
     lead_dims, rows_p, np_, kp = shape
-    cols = cols or column_chunk(np_, int(np.prod(lead_dims, dtype=np.int64)) * (rows_p // ROW_BLOCK))
     acc, out = sch.get_sblock(ACC_BLOCK), sch.get_sblock(OUT_BLOCK)
+    if BYTE_SPLIT in sch.get(acc).annotations:
+        _apply_amx_split_schedule(sch, lead_dims[1:], rows_p, np_, kp, cols)
+        return
+    cols = cols or column_chunk(np_, int(np.prod(lead_dims, dtype=np.int64)) * (rows_p // ROW_BLOCK))
     *lead, i, j, k = sch.get_loops(acc)
     io, ii = sch.split(i, [None, ROW_BLOCK])
     jc, jb, jj = sch.split(j, [None, cols // COL_BLOCK, COL_BLOCK])
@@ -392,16 +400,46 @@ def apply_amx_gemm_schedule(sch, cols: int | None = None) -> None:
         sch.reverse_compute_at(copy, jb)
         sch.vectorize(sch.get_loops(copy)[-1])
         tensorize_byte_table(sch, lookup)
+    _stage_and_tensorize(sch, task, cols == np_, acc, ii, kp, cols)
+    # the epilogue: int64 arithmetic on 16 lanes (explicit: LLVM's own vectorizer stops at 256 bits)
+    _, inner = sch.split(sch.get_loops(out)[-1], [None, EPILOGUE_LANES])
+    sch.vectorize(inner)
+
+
+def _stage_and_tensorize(sch, task, one_chunk: bool, acc, rows_loop, kp: int, cols: int,
+                         configure_last: bool = False) -> None:
+    """Stage the u8 operand (in each task when the kernel has one column chunk, else in its own parallel
+    loop) and tensorize the accumulator block at ``rows_loop`` with the AMX intrinsic pair."""
+    from .schedules import parallel_rows
     shifted = sch.get_sblock(SHIFTED_INPUT_BLOCK)
-    if cols == np_:         # one column chunk: each task stages its own 32 rows, once, just before using them
+    if one_chunk:           # one column chunk: each task stages its own 32 rows, once, just before using them
         sch.compute_at(shifted, task)
     else:
         parallel_rows(sch, shifted)
     sch.vectorize(sch.get_loops(shifted)[-1])
-    init_intrin, update_intrin = register_amx_intrinsics(kp, cols)
-    init = sch.decompose_reduction(acc, ii)
-    sch.tensorize(ii, update_intrin)
+    init_intrin, update_intrin = register_amx_intrinsics(kp, cols, configure_last=configure_last)
+    init = sch.decompose_reduction(acc, rows_loop)
+    sch.tensorize(rows_loop, update_intrin)
     sch.tensorize(sch.get_loops(init)[-2], init_intrin)
-    # the epilogue: int64 arithmetic on 16 lanes (explicit: LLVM's own vectorizer stops at 256 bits)
-    _, inner = sch.split(sch.get_loops(out)[-1], [None, EPILOGUE_LANES])
+
+
+def _apply_amx_split_schedule(sch, lead_dims, rows_p: int, np_: int, kp: int, cols: int | None) -> None:
+    """The AMX schedule of ``gemm.split_probs_gemm_te`` (A·V as two byte GEMMs): the same tasks and
+    32 × 32 blocks as ``apply_amx_gemm_schedule``, laid out from the epilogue block (which covers whole
+    blocks: the padded rows) with the two-byte accumulator computed per block — the intrinsic runs
+    twice per block, high bytes then low, so the tile configuration is loaded again on a task's last
+    block (``register_amx_intrinsics(configure_last=True)``) — and the real rows copied out per block."""
+    cols = cols or column_chunk(np_, int(np.prod(lead_dims, dtype=np.int64)) * (rows_p // ROW_BLOCK))
+    acc, out, crop = (sch.get_sblock(b) for b in (ACC_BLOCK, OUT_BLOCK, SPLIT_CROP_BLOCK))
+    *lead, i, j = sch.get_loops(out)
+    io, ii = sch.split(i, [None, ROW_BLOCK])
+    jc, jb, jj = sch.split(j, [None, cols // COL_BLOCK, COL_BLOCK])
+    sch.reorder(*lead, jc, io, jb, ii, jj)
+    task = sch.fuse(*lead, jc, io)
+    sch.parallel(task)
+    sch.compute_at(acc, jb)
+    sch.reverse_compute_at(crop, jb)
+    sch.vectorize(sch.get_loops(crop)[-1])
+    _stage_and_tensorize(sch, task, cols == np_, acc, sch.get_loops(acc)[-3], kp, cols, configure_last=True)
+    _, inner = sch.split(jj, [None, EPILOGUE_LANES])
     sch.vectorize(inner)

@@ -47,6 +47,8 @@ from .x86 import LANES, VPDPBUSD, DotInstruction
 ACC_BLOCK = "int_gemm_acc"      # the reduction block every GEMM schedule looks for
 OUT_BLOCK = "int_gemm_out"      # its output (crop + epilogue) block
 SHIFTED_INPUT_BLOCK = "shifted_input"
+BYTE_SPLIT = "intvit.byte_split"        # annotation of split_probs_gemm_te's accumulator: a leading byte axis
+SPLIT_CROP_BLOCK = "int_gemm_crop"      # split_probs_gemm_te: the real rows of its padded output
 PACK_BLOCK = "pack_panels"      # in-graph panel packing of an activation (schedules.schedule_rowwise)
 AMX_ROWS, AMX_COLS, AMX_K = 32, 32, 64      # amx.ROW_BLOCK, amx.COL_BLOCK, amx.K_BLOCK (checked at its import)
 
@@ -261,6 +263,50 @@ def _amx_linear_te(x, wp, bias, n: int, epilogue, out_dtype, byte_table=None):
     requantized = te.compute((ceil_to(total, AMX_ROWS), n), padded, name=OUT_BLOCK)
     looked_up = byte_table_te(requantized, byte_table)
     return te.compute((*lead, rows, n), lambda *i: looked_up[flat_row(i), i[-1]], name=BYTE_TABLE_OUT_BLOCK)
+
+
+def split_probs_gemm_te(p, vp, n: int, epilogue=None, out_dtype="int64"):
+    """Attention's ``A·V`` on AMX: ``epilogue(Σ_k p[..., r, k]·v[..., k, j])`` for probabilities ``p`` in
+    ``[0, 2**16)`` (int16-stored) and int8 values packed per batch item and head in the AMX layout
+    (``pack_panels_te(values, "kn", VPDPBUSD)`` under ``amx_layout()``).
+
+    AMX multiplies bytes only, so each probability is split into its two unsigned bytes,
+    ``p = 256·hi + lo`` with ``hi = p >> 8`` and ``lo = p & 255``, and
+
+        Σ_k p_k·v_k = 256·Σ_k hi_k·v_k + Σ_k lo_k·v_k              (exact)
+
+    two u8 × s8 GEMMs on the same panels, one accumulator block with a leading
+    byte axis ``s`` (``acc[0]``: high bytes, ``acc[1]``: low; each ``<= K·255·128``,
+    inside int32 for ``K <= 65 793``, ``ops.gemm.MAX_INT32_REDUCTION``), combined
+    in int64 by the epilogue. No +128 shift: both operands are unsigned already.
+    The accumulator block carries the ``BYTE_SPLIT`` annotation, which the AMX
+    schedule reads.
+    """
+    from tvm import te
+    from tvm import tirx as tir
+
+    *lead, rows, k = (int(d) for d in p.shape)
+    kp, np_ = int(vp.shape[-3]) * VPDPBUSD.group, int(vp.shape[-4]) * LANES
+    if kp % AMX_K or np_ != n or n % AMX_COLS or len(vp.shape) - 4 != len(lead):
+        raise ValueError("split_probs_gemm_te takes values packed per batch item and head in the AMX layout, "
+                         f"{AMX_COLS}·m columns wide")
+
+    def byte(s, *i):        # in 16-bit lanes: 32 per vector
+        v = p(*i[:-2], tir.min(i[-2], rows - 1), tir.min(i[-1], k - 1)).astype("uint16")
+        v = tir.Select(s == 0, v >> tir.const(8, "uint16"), v & tir.const(255, "uint16"))
+        return tir.Select(i[-1] < k, v.astype("uint8"), tir.const(0, "uint8"))
+    staged = te.compute((2, *lead, ceil_to(rows, AMX_ROWS), kp), byte, name=SHIFTED_INPUT_BLOCK)
+    red = te.reduce_axis((0, kp), name="k")
+    acc = te.compute((2, *lead, ceil_to(rows, AMX_ROWS), np_), lambda s, *i: te.sum(
+        staged(s, *i[:-1], red).astype("int32")
+        * vp(*i[:-2], i[-1] // LANES, red // 4, i[-1] % LANES, red % 4).astype("int32"), axis=red),
+        name=ACC_BLOCK, attrs={BYTE_SPLIT: 1})
+
+    def padded(*i):         # on every staged row, so that the schedule works on whole 32 × 32 blocks
+        z = acc(0, *i).astype("int64") * 256 + acc(1, *i).astype("int64")
+        return (z if epilogue is None else epilogue(z, (*i[:-2], tir.min(i[-2], rows - 1), i[-1]))).astype(out_dtype)
+    out = te.compute((*lead, ceil_to(rows, AMX_ROWS), np_), padded, name=OUT_BLOCK)
+    return te.compute((*lead, rows, n), lambda *i: out(*i), name=SPLIT_CROP_BLOCK)
 
 
 def int_bmm_te(a, b, mr: int, nr: int):

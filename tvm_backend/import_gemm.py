@@ -31,6 +31,14 @@ from .kernels import EPILOGUE_VALUES, residual_value
 GEMM_FORMS = ("vnni", "tiled")
 
 
+def split_probs_apply(probs_range: tuple[int, int], values_range: tuple[int, int], width: int) -> bool:
+    """Whether ``A·V`` splits into two u8 × s8 products (``gemm.split_probs_gemm_te``): probabilities in
+    ``[0, 2**16)`` (two unsigned bytes each), values in int8, heads a multiple of 32 wide."""
+    from .gemm import AMX_COLS
+    return (0 <= probs_range[0] and probs_range[1] < (1 << 16) and -128 <= values_range[0]
+            and values_range[1] <= 127 and width % AMX_COLS == 0)
+
+
 class GemmEmitter:
     """Emit the GEMM patterns into ``bb`` in one ``form``; ``static``/``val`` are the importer's constants and values."""
 
@@ -78,12 +86,21 @@ class GemmEmitter:
         fb = self.bb.emit_te(panel_compensation_te, keys_nk, primfunc_name_hint="panel_compensation")
         return self._vnni(x, wp, fb, int(self.bb.normalize(keys_nk).ty.shape[-2]), chain, table, residual=residual)
 
-    def probs_values(self, probs, values, chain: list, table=None, residual=None):
-        """``A·V``: 16-bit probabilities ``[..., T, T]`` × int8 values ``[..., T, N]``."""
+    def probs_values(self, probs, values, chain: list, table=None, residual=None, ranges=None):
+        """``A·V``: 16-bit probabilities ``[..., T, T]`` × int8 values ``[..., T, N]``; ``ranges`` = the
+        ``(lo, hi)`` bounds of both operands where known. In the AMX layout, with probabilities in
+        ``[0, 2**16)`` and int8 values, as two u8 × s8 GEMMs (``gemm.split_probs_gemm_te``); else
+        ``vpdpwssd`` on int16 panels."""
         if self.form == "tiled":
             return self._tiled(probs, values, None, "kn", chain, table, residual=residual)
-        from .gemm import pack_panels_te
-        from .x86 import VPDPWSSD
+        from .gemm import amx_layout_active, pack_panels_te, split_probs_gemm_te
+        from .x86 import VPDPBUSD, VPDPWSSD
+        n = int(self.bb.normalize(values).ty.shape[-1])
+        if amx_layout_active() and ranges is not None and split_probs_apply(*ranges, n):
+            vp = self.bb.emit_te(lambda v: pack_panels_te(v, "kn", VPDPBUSD), values,
+                                 primfunc_name_hint="pack_values")
+            return self._emit(probs, vp, None, chain, table, "int16_gemm",
+                              lambda xt, wt, bt, ep, od: split_probs_gemm_te(xt, wt, n, ep, od), residual=residual)
         vp = self.bb.emit_te(lambda v: pack_panels_te(v, "kn", VPDPWSSD), values, primfunc_name_hint="pack_values")
         return self._vnni(probs, vp, None, int(self.bb.normalize(values).ty.shape[-1]), chain, table, dot=VPDPWSSD,
                           residual=residual)

@@ -207,7 +207,7 @@ def to_relax(proto: onnx.ModelProto, batch: int = 1, gemm_form: str = "vnni"):
                         and int16_source(ins[1], producers, ranges):   # A·V: probabilities × values
                     probs, values = (int16_source(i, producers, ranges) for i in ins)
                     emit_fused_gemm(node, lambda chain, table, residual: gemms.probs_values(
-                        val(probs), val(values), chain, table, residual))
+                        val(probs), val(values), chain, table, residual, ranges=(ranges[probs], ranges[values])))
                 elif op == "MatMul" and ins[1] in consts and consts[ins[1]].ndim == 2:   # a widened (16-bit) linear
                     emit_fused_gemm(node, lambda chain, table, residual: gemms.wide_linear(
                         val(ins[0]), consts[ins[1]], chain, consts, table, residual), widened=True)
