@@ -320,6 +320,34 @@ def test_default_isa_is_amx_on_this_host():
     assert build.resolve_isa(None, build.make_target(resolve_target("llvm"))) == "amx"
 
 
+def test_512_bit_vectors_only_where_amx_is():
+    """LLVM's 256-bit preference is turned off for AMX CPUs only (``x86.vectorize_512``)."""
+    from intvit.tvm_backend.x86 import vectorize_512
+    assert vectorize_512("sapphirerapids") and vectorize_512("emeraldrapids")
+    assert not vectorize_512("skylake-avx512") and not vectorize_512("znver4") and not vectorize_512("haswell")
+    assert not vectorize_512("")
+
+
+@needs_amx
+def test_row_kernels_use_512_bit_vectors_on_this_host():
+    """On this AMX host the host target drops ``prefer-256-bit``, so a row kernel (Shiftmax, compiled as the
+    importer emits it) is vectorized on zmm registers; the result is unchanged (``ops.shiftmax``)."""
+    import tvm
+    from tvm import te
+    from intvit.tvm_backend.kernels import shiftmax_te
+    assert "-prefer-256-bit" in resolve_target("llvm").get("mattr", [])
+    scale = 0.02
+    x0 = ops.shiftexp_x0(scale)
+    xt = te.placeholder((6, 197, 197), "int16", name="x")
+    func = te.create_prim_func([xt, shiftmax_te(xt, x0, ops.SHIFTMAX_N * x0, ops.SHIFTMAX_N, 2**47, "int16")])
+    lib = tvm.compile(tvm.IRModule({"main": schedules.schedule_rowwise(func).with_attr("global_symbol", "main")}),
+                      target=build.make_target(resolve_target("llvm")))
+    assert "zmm" in lib.mod.inspect_source("asm")
+    x = np.random.default_rng(0).integers(-400, 400, (6, 197, 197)).astype(np.int16)     # logits up to 16 apart
+    got = _run(lib, x, out_shape=x.shape, out_dtype="int16")
+    assert np.array_equal(got, ops.shiftmax(torch.from_numpy(x), x0, 16).numpy())
+
+
 def test_forced_amx_where_it_cannot_run_is_refused(tiny_qvit, monkeypatch):
     """``isa="amx"`` on a host that refuses the tile state, or for a CPU without AMX: a clear error, no SIGILL;
     the default then falls back to VNNI."""

@@ -53,8 +53,11 @@ def resolve_target(target, arch: str | None = None) -> dict:
         return {"kind": "cuda", "arch": check_arch(arch)}
     if arch is not None:
         raise UnknownTargetError(f"--arch {arch} applies to --target cuda, not {target!r}")
-    from .x86 import host_cpu
-    return {"kind": "llvm", "mcpu": host_cpu(), "num-cores": os.cpu_count() or 1}
+    from .x86 import host_cpu, vectorize_512
+    resolved = {"kind": "llvm", "mcpu": host_cpu(), "num-cores": os.cpu_count() or 1}
+    if vectorize_512(resolved["mcpu"]):
+        resolved["mattr"] = ["-prefer-256-bit"]
+    return resolved
 
 
 def make_target(resolved: dict):
