@@ -54,9 +54,11 @@ def gemm_macs(shapes: list[tuple]) -> int:
     return math.prod(shapes[-1]) * shapes[0][-1]
 
 
-def profile(compiled, repeat: int = 20, seed: int = 0) -> dict:
+def profile(compiled, repeat: int = 20, seed: int = 0, peaks: bool = True) -> dict:
     """Per-class totals over ``repeat`` runs of a ``build.CompiledIntViT`` on random images (median run time
-    reported too). Returns ``{"batch", "median_ms", "classes": {label: {"ms", "calls", "gmac"}}}`` per run."""
+    reported too). Returns ``{"batch", "median_ms", "classes": {label: {"ms", "calls", "gmac"}}, "isa",
+    "peaks"}`` per run; ``peaks`` (``bench.peaks.measure_peaks``, measured right after the profiled runs
+    unless ``peaks=False``) are what the GEMM rates are compared with."""
     import tvm
     from tvm import relax
     vm = relax.VirtualMachine(compiled.executable, compiled.dev)
@@ -92,16 +94,36 @@ def profile(compiled, repeat: int = 20, seed: int = 0) -> dict:
         runs.append(time.perf_counter() - t0)
     classes = {label: {"ms": 1e3 * s / repeat, "calls": calls // repeat, "gmac": macs / repeat / 1e9}
                for label, (s, calls, macs) in sorted(totals.items(), key=lambda kv: -kv[1][0])}
-    return {"batch": compiled.batch, "median_ms": 1e3 * float(np.median(runs)), "classes": classes}
+    result = {"batch": compiled.batch, "median_ms": 1e3 * float(np.median(runs)), "classes": classes,
+              "isa": getattr(compiled, "isa", None)}
+    if peaks:
+        from .peaks import measure_peaks
+        result["peaks"] = measure_peaks()
+    return result
+
+
+def peak_of(result: dict) -> tuple[str, float] | None:
+    """``(name, T MAC/s)``: the measured peak of the instruction the module's int8 GEMMs use (AMX for an
+    ``isa="amx"`` module, else VNNI), or None when it was not measured."""
+    peaks = result.get("peaks") or {}
+    name, key = ("AMX", "amx_tmacs") if result.get("isa") == "amx" else ("VNNI", "vnni_tmacs")
+    return (name, peaks[key]) if peaks.get(key) else None
 
 
 def format_profile(result: dict) -> str:
     total = sum(c["ms"] for c in result["classes"].values())
-    lines = [f"batch {result['batch']}: {result['median_ms']:.2f} ms a run (median, instrumented); per run:",
-             f"{'kernel class':<36} {'calls':>6} {'ms':>9} {'share':>7} {'GMAC':>8} {'T MAC/s':>8}"]
+    peak = peak_of(result)
+    lines = [f"batch {result['batch']}: {result['median_ms']:.2f} ms a run (median, instrumented); per run:"]
+    if result.get("peaks"):
+        from .peaks import format_peaks
+        lines.append(format_peaks(result["peaks"]))
+    lines.append(f"{'kernel class':<36} {'calls':>6} {'ms':>9} {'share':>7} {'GMAC':>8} {'T MAC/s':>8}"
+                 + (f" {'of ' + peak[0] + ' peak':>12}" if peak else ""))
     for label, c in result["classes"].items():
         gmac, rate = (f"{c['gmac']:.2f}", f"{c['gmac'] / c['ms']:.3f}") if c["gmac"] else ("", "")
-        lines.append(f"{label:<36} {c['calls']:>6} {c['ms']:>9.3f} {100 * c['ms'] / total:>6.1f}% {gmac:>8} {rate:>8}")
+        share = f" {100 * c['gmac'] / c['ms'] / peak[1]:>11.1f}%" if peak and c["gmac"] else ""
+        lines.append(f"{label:<36} {c['calls']:>6} {c['ms']:>9.3f} {100 * c['ms'] / total:>6.1f}% {gmac:>8} {rate:>8}"
+                     + share)
     return "\n".join(lines)
 
 

@@ -19,7 +19,7 @@ def _analytic_macs(spec, batch):
 
 def test_profile_counts_every_gemm_multiply_accumulate(tiny_qvit):
     compiled = compile_onnx(to_onnx(tiny_qvit), "llvm", batch=2)
-    result = profile(compiled, repeat=2)
+    result = profile(compiled, repeat=2, peaks=False)
     classes = result["classes"]
     assert "other" not in classes, classes
     gemm = sum(c["gmac"] for label, c in classes.items() if label.startswith("GEMM")) * 1e9
@@ -36,3 +36,31 @@ def test_kernel_classes_by_name_and_shape():
     assert kernel_class("int8_linear_requant2", [(1, 4, 17, 32), (1, 4, 17, 17)]) == "GEMM int8: Q·Kᵀ"
     assert kernel_class("int8_linear_requant", [(1, 17, 128), (1, 17, 384)]) == "GEMM int8: linear"
     assert kernel_class("intlayernorm", [(1, 17, 128)]) == "LayerNorm"
+
+
+def test_peaks_run_the_instruction_they_name_and_the_profile_compares_with_them(tiny_qvit):
+    """``bench.peaks``: each loop's machine code holds its instruction and reaches a positive rate where
+    the CPU has it (None where it does not); the profile then prints each GEMM class against the peak
+    of its module's ISA. (Rates are printed, never checked: tests do not time.)"""
+    from intvit.bench import peaks
+    from intvit.tvm_backend.amx import host_has_amx
+    from intvit.tvm_backend.x86 import has_features, host_cpu
+    measured = peaks.measure_peaks(iterations=2000, repeats=1)
+    assert measured["threads"] >= 1
+    if has_features(host_cpu(), "avx512vnni", "avx512bw"):
+        assert "vpdpbusd" in peaks._vnni_kernel(measured["threads"]).mod.inspect_source("asm")
+        assert measured["vnni_tmacs"] > 0
+    else:
+        assert measured["vnni_tmacs"] is None
+    if host_has_amx():
+        assert "tdpbusd" in peaks._amx_kernel(measured["threads"]).mod.inspect_source("asm")
+        assert measured["amx_tmacs"] > 0
+    else:
+        assert measured["amx_tmacs"] is None
+    compiled = compile_onnx(to_onnx(tiny_qvit), "llvm", batch=1)
+    result = profile(compiled, repeat=1, peaks=False)
+    result["peaks"] = measured
+    table = format_profile(result)
+    assert "measured int8 peaks" in table
+    if (compiled.isa == "amx" and measured["amx_tmacs"]) or (compiled.isa != "amx" and measured["vnni_tmacs"]):
+        assert "peak" in table.splitlines()[2] and "%" in next(l for l in table.splitlines() if "linear" in l)

@@ -1,0 +1,151 @@
+"""The machine's int8 instruction peaks, measured now: AMX ``tdpbusd`` and AVX-512 VNNI ``vpdpbusd``.
+
+``python -m intvit.bench.peaks`` compiles two TVM kernels that do nothing but the instruction, on all
+``TVM_NUM_THREADS`` threads, and prints the multiply-accumulates per second they reach:
+
+* **AMX**: per thread, four 16 × 16 int32 accumulator tiles fed by two A and two B tiles loaded once
+  (2 × 2 blocking, as intvit's GEMMs), ``ITERATIONS`` × 4 ``tdpbusd`` (16·16·64 MACs each);
+* **VNNI**: per thread, ``VNNI_CHAINS`` independent zmm accumulators (enough to hide the instruction's
+  latency), ``ITERATIONS`` × that many ``vpdpbusd`` (16·4 MACs each).
+
+Neither touches memory in its loop, so these are the rates the GEMM kernels are compared with in the
+kernel profile (``bench.profile``): the machine's own, measured in the same process as the profile
+(on a shared host they move with the load: one figure from another day would mislead).
+"""
+from __future__ import annotations
+
+import functools
+import time
+
+import numpy as np
+
+ITERATIONS = 200_000
+VNNI_CHAINS = 12
+TDPBUSD_MACS = 16 * 16 * 64
+VPDPBUSD_MACS = 16 * 4
+
+
+def _threads() -> int:
+    from intvit.tvm_backend.threads import use_physical_cores
+    use_physical_cores()
+    import os
+    return int(os.environ.get("TVM_NUM_THREADS") or os.cpu_count() or 1)
+
+
+@functools.lru_cache(maxsize=None)
+def _amx_kernel(threads: int):
+    import tvm
+    from tvm.script import tirx as T
+
+    from intvit.tvm_backend.amx import tile_config_words
+    from intvit.tvm_backend.build import make_target, resolve_target
+    words = tile_config_words()
+    u8 = T.uint8
+
+    def tile(op, *args):
+        return T.evaluate(T.call_llvm_intrin("void", f"llvm.x86.{op}", *args))
+
+    @T.prim_func(s_tir=True)
+    def main(src: T.Buffer((1024,), "int8"), out: T.Buffer((threads, 256), "int32"), n: T.int32):
+        for t in T.parallel(threads):
+            cfg = T.alloc_buffer((8,), "int64")
+            for w in T.unroll(8):
+                cfg[w] = T.Select(w == 0, T.int64(words[0]), T.Select(w == 2, T.int64(words[2]), T.Select(
+                    w == 3, T.int64(words[3]), T.Select(w == 6, T.int64(words[6]), T.int64(0)))))
+            tile("ldtilecfg", T.address_of(cfg[0]))
+            for r in T.unroll(4):
+                tile("tilezero", T.Cast("uint8", r))
+            for r in T.unroll(4):
+                tile("tileloadd64", T.Cast("uint8", r + 4), T.address_of(src[0]), T.int64(64))
+            for _ in range(n):
+                tile("tdpbusd", u8(0), u8(4), u8(6))
+                tile("tdpbusd", u8(1), u8(4), u8(7))
+                tile("tdpbusd", u8(2), u8(5), u8(6))
+                tile("tdpbusd", u8(3), u8(5), u8(7))
+            tile("tilestored64", u8(0), T.address_of(out[t, 0]), T.int64(64))
+            tile("tilerelease")
+
+    from intvit.tvm_backend.amx import with_tile_request
+    lib = tvm.compile(tvm.IRModule({"main": with_tile_request(main)}), target=make_target(resolve_target("llvm")))
+    return lib
+
+
+@functools.lru_cache(maxsize=None)
+def _vnni_kernel(threads: int):
+    import tvm
+    from tvm.script import tirx as T
+
+    from intvit.tvm_backend.build import make_target, resolve_target
+    chains = VNNI_CHAINS
+
+    @T.prim_func(s_tir=True)
+    def main(a: T.Buffer((64,), "int8"), b: T.Buffer((64,), "int8"), out: T.Buffer((threads, 16), "int32"),
+             n: T.int32):
+        for t in T.parallel(threads):
+            acc = T.alloc_buffer((chains * 16,), "int32")
+            for c in T.unroll(chains):
+                acc[T.ramp(c * 16, 1, 16)] = T.broadcast(T.int32(0), 16)
+            for _ in range(n):
+                for c in T.unroll(chains):
+                    acc[T.ramp(c * 16, 1, 16)] = T.call_llvm_pure_intrin(
+                        "int32x16", "llvm.x86.avx512.vpdpbusd.512", acc[T.ramp(c * 16, 1, 16)],
+                        a.vload([0], "int8x64"), b.vload([0], "int8x64"))
+            out[t, T.ramp(0, 1, 16)] = acc[T.ramp(0, 1, 16)]
+            for c in range(1, chains):
+                out[t, T.ramp(0, 1, 16)] = out[t, T.ramp(0, 1, 16)] + acc[T.ramp(c * 16, 1, 16)]
+
+    return tvm.compile(tvm.IRModule({"main": main}), target=make_target(resolve_target("llvm")))
+
+
+def _rate(lib, args, macs_per_iteration: int, threads: int, iterations: int, repeats: int) -> float:
+    lib["main"](*args, 1000)                                   # warm up (thread pool, AMX state)
+    best = 0.0
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        lib["main"](*args, iterations)
+        best = max(best, threads * iterations * macs_per_iteration / (time.perf_counter() - t0))
+    return best
+
+
+def measure_peaks(iterations: int = ITERATIONS, repeats: int = 5) -> dict:
+    """``{"threads", "amx_tmacs", "vnni_tmacs"}``: the best of ``repeats`` runs of each instruction loop, in
+    T int8 MAC/s over all threads; a peak is None where this CPU (or Linux) cannot run the instruction."""
+    import tvm
+
+    from intvit.tvm_backend.amx import host_has_amx
+    from intvit.tvm_backend.x86 import has_features, host_cpu
+    threads = _threads()
+    dev = tvm.cpu()
+    result = {"threads": threads, "amx_tmacs": None, "vnni_tmacs": None}
+    ones = np.ones(1024, np.int8)
+    if has_features(host_cpu(), "avx512vnni", "avx512bw"):
+        args = [tvm.runtime.tensor(ones[:64], dev), tvm.runtime.tensor(ones[:64], dev),
+                tvm.runtime.tensor(np.zeros((threads, 16), np.int32), dev)]
+        result["vnni_tmacs"] = _rate(_vnni_kernel(threads), args, VNNI_CHAINS * VPDPBUSD_MACS, threads,
+                                     iterations, repeats) / 1e12
+    if host_has_amx():
+        args = [tvm.runtime.tensor(ones, dev), tvm.runtime.tensor(np.zeros((threads, 256), np.int32), dev)]
+        result["amx_tmacs"] = _rate(_amx_kernel(threads), args, 4 * TDPBUSD_MACS, threads, iterations // 4,
+                                    repeats) / 1e12
+    return result
+
+
+def format_peaks(peaks: dict) -> str:
+    parts = [f"{name} {peaks[key]:.2f} T MAC/s" for name, key in (("AMX tdpbusd", "amx_tmacs"),
+                                                                   ("VNNI vpdpbusd", "vnni_tmacs"))
+             if peaks.get(key)]
+    return (f"measured int8 peaks ({peaks['threads']} threads): " + ", ".join(parts)) if parts else \
+        "measured int8 peaks: none (no AMX or AVX-512 VNNI here)"
+
+
+def main(argv=None) -> int:
+    import argparse
+    ap = argparse.ArgumentParser(prog="python -m intvit.bench.peaks", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--iterations", type=int, default=ITERATIONS, help="loop iterations (default: %(default)s)")
+    args = ap.parse_args(argv)
+    print(format_peaks(measure_peaks(args.iterations)))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
