@@ -79,6 +79,31 @@ def test_lowered_module_check_catches_a_float_op(tiny_qvit):
     assert float_ops_in_integer_region(to_relax(proto, batch=1))
 
 
+@pytest.mark.parametrize("shape,perm", [((8, 6, 197, 64), (0, 2, 1, 3)), ((2, 3, 17, 32), (0, 2, 1, 3)),
+                                         ((4, 5, 7), (0, 2, 1))])
+def test_layout_kernels_copy_whole_vector_runs_and_stay_exact(shape, perm):
+    """A transpose + reshape (attention's heads back to channels) is scheduled by ``schedule_rowwise`` with
+    its innermost axis vectorized in runs of 64/32/16 (``_vectorize_layout_copy``): vector loads, not
+    bytes inserted one by one, and the same bytes as numpy."""
+    import tvm
+    from tvm import te, topi
+    from intvit.tvm_backend.build import make_target, resolve_target
+    from intvit.tvm_backend.schedules import schedule_rowwise
+    x = te.placeholder(shape, "int8", name="x")
+    moved = topi.transpose(x, perm)
+    out_shape = (*[shape[p] for p in perm][:-2], shape[perm[-2]] * shape[perm[-1]])
+    func = te.create_prim_func([x, topi.reshape(moved, out_shape)])
+    scheduled = schedule_rowwise(func)
+    lib = tvm.compile(tvm.IRModule({"main": scheduled.with_attr("global_symbol", "main")}),
+                      target=make_target(resolve_target("llvm")))
+    if out_shape[-1] % 16 == 0:
+        assert "T.vectorized" in scheduled.script() and "vpinsrb" not in lib.mod.inspect_source("asm")
+    a = np.random.default_rng(0).integers(-128, 128, shape).astype(np.int8)
+    got = tvm.runtime.tensor(np.zeros(out_shape, np.int8))
+    lib["main"](tvm.runtime.tensor(a), got)
+    assert np.array_equal(got.numpy(), a.transpose(perm).reshape(out_shape))
+
+
 def test_round_half_even_kernel_matches_torch_round():
     import tvm
     from tvm import relax

@@ -217,7 +217,28 @@ def schedule_rowwise(func):
             sch.compute_at(blk, row_loop, preserve_unit_loops=True)
         except Exception:                      # not row-aligned with the output: its own parallel loop
             parallel_rows(sch, blk)
+    _vectorize_layout_copy(sch, blocks[-1])
     return sch.mod["main"].with_attr(SCHEDULED_ATTR, True)
+
+
+LAYOUT_OPS = ("T_transpose", "T_reshape", "T_strided_slice")    # Relax's data-movement blocks
+COPY_RUNS = (64, 32, 16)
+
+
+def _vectorize_layout_copy(sch, block) -> None:
+    """Vectorize a layout kernel's innermost output axis in runs of 64, 32 or 16 elements (the largest that
+    divides it). A transpose or slice reads such a run contiguously when the run divides the source's
+    innermost extent (a head's 64 channels); TVM's vectorizer then emits one vector load and store per
+    run, where LLVM alone assembled the vector byte by byte (``vpinsrb``) from the index arithmetic."""
+    if not sch.get(block).name_hint.startswith(LAYOUT_OPS) or is_reduction(sch, block):
+        return
+    inner = sch.get_loops(block)[-1]
+    extent = int(sch.get(inner).extent)
+    run = next((r for r in COPY_RUNS if extent % r == 0 and extent > r // 2), None)
+    if run is None:
+        return
+    _, lanes = sch.split(inner, [None, run])
+    sch.vectorize(lanes)
 
 
 def _schedule_pack(sch, block):
