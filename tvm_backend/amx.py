@@ -55,7 +55,10 @@ kernel has a single column chunk (each row is then staged by exactly one
 task, and a large K such as fc2's 1536 no longer writes and re-reads the
 whole staged matrix), else in their own parallel loop ahead of the tasks.
 Attention's ``Q·Kᵀ`` (panels per batch item and head) is scheduled the same
-way; the int16 ``A·V`` kernels stay on VNNI (AMX has no int16 dot product).
+way. AMX has no int16 dot product, so ``A·V`` (16-bit probabilities) runs as
+two byte GEMMs, ``p = 256·hi + lo`` (``gemm.split_probs_gemm_te``,
+``_apply_amx_split_schedule``), and fc1's GELU table is looked up on each
+block with ``vpermi2b`` (``byte_table``).
 
 **Which kernels** (``amx_shape``, the one predicate the schedules consult):
 every u8 × s8 ``packed_gemm_te`` kernel built under ``gemm.amx_layout()``,

@@ -19,7 +19,9 @@ registers.
 **Attention** uses the same kernel with panels packed in-graph
 (``pack_panels_te``): ``Q·Kᵀ`` packs the int8 keys for ``vpdpbusd`` (with a
 per-key compensation, ``panel_compensation_te``); ``A·V`` packs the values as
-int16 for ``vpdpwssd`` and feeds the 16-bit probabilities unshifted.
+int16 for ``vpdpwssd`` and feeds the 16-bit probabilities unshifted, or, in
+the AMX layout, packs them as int8 and splits each probability into its two
+bytes (``split_probs_gemm_te``).
 
 **Any other activation GEMM** (``int_bmm_te``): ``C[..., i, j] = Σ_k
 a[..., i, k]·b[..., k, j]`` in int32, row and column indices clamped to the
