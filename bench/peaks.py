@@ -37,22 +37,17 @@ def _amx_kernel(threads: int):
     import tvm
     from tvm.script import tirx as T
 
-    from intvit.tvm_backend.amx import tile_config_words
     from intvit.tvm_backend.build import make_target, resolve_target
-    words = tile_config_words()
     u8 = T.uint8
 
     def tile(op, *args):
         return T.evaluate(T.call_llvm_intrin("void", f"llvm.x86.{op}", *args))
 
     @T.prim_func(s_tir=True)
-    def main(src: T.Buffer((1024,), "int8"), out: T.Buffer((threads, 256), "int32"), n: T.int32):
+    def main(src: T.Buffer((1024,), "int8"), cfg: T.Buffer((8,), "int64"), out: T.Buffer((threads, 256), "int32"),
+             n: T.int32):
         for t in T.parallel(threads):
-            cfg = T.alloc_buffer((8,), "int64")
-            for w in T.unroll(8):
-                cfg[w] = T.Select(w == 0, T.int64(words[0]), T.Select(w == 2, T.int64(words[2]), T.Select(
-                    w == 3, T.int64(words[3]), T.Select(w == 6, T.int64(words[6]), T.int64(0)))))
-            tile("ldtilecfg", T.address_of(cfg[0]))
+            tile("ldtilecfg", T.address_of(cfg[0]))       # amx.tile_config_words(), passed in
             for r in T.unroll(4):
                 tile("tilezero", T.Cast("uint8", r))
             for r in T.unroll(4):
@@ -124,7 +119,9 @@ def measure_peaks(iterations: int = ITERATIONS, repeats: int = 5) -> dict:
         result["vnni_tmacs"] = _rate(_vnni_kernel(threads), args, VNNI_CHAINS * VPDPBUSD_MACS, threads,
                                      iterations, repeats) / 1e12
     if host_has_amx():
-        args = [tvm.runtime.tensor(ones, dev), tvm.runtime.tensor(np.zeros((threads, 256), np.int32), dev)]
+        from intvit.tvm_backend.amx import tile_config_words
+        args = [tvm.runtime.tensor(ones, dev), tvm.runtime.tensor(np.array(tile_config_words(), np.int64), dev),
+                tvm.runtime.tensor(np.zeros((threads, 256), np.int32), dev)]
         result["amx_tmacs"] = _rate(_amx_kernel(threads), args, 4 * TDPBUSD_MACS, threads, iterations // 4,
                                     repeats) / 1e12
     return result
