@@ -78,7 +78,7 @@ def amx_layout_active() -> bool:
 
 
 def _amx(amx: bool | None, u8: bool) -> bool:
-    return u8 and (_AMX_LAYOUT.get() if amx is None else amx)
+    return u8 and (amx_layout_active() if amx is None else amx)
 
 
 def ceil_to(v: int, m: int) -> int:

@@ -97,6 +97,7 @@ class GemmEmitter:
         from .x86 import VPDPBUSD, VPDPWSSD
         n = int(self.bb.normalize(values).ty.shape[-1])
         if amx_layout_active() and ranges is not None and split_probs_apply(*ranges, n):
+            check_accumulator_fits(int(self.bb.normalize(probs).ty.shape[-1]), "attention's A·V (two byte GEMMs)")
             vp = self.bb.emit_te(lambda v: pack_panels_te(v, "kn", VPDPBUSD), values,
                                  primfunc_name_hint="pack_values")
             return self._emit(probs, vp, None, chain, table, "int16_gemm",
