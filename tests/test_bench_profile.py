@@ -64,3 +64,18 @@ def test_peaks_run_the_instruction_they_name_and_the_profile_compares_with_them(
     assert "measured int8 peaks" in table
     if (compiled.isa == "amx" and measured["amx_tmacs"]) or (compiled.isa != "amx" and measured["vnni_tmacs"]):
         assert "peak" in table.splitlines()[2] and "%" in next(l for l in table.splitlines() if "linear" in l)
+
+
+def test_ab_refuses_modules_that_compute_different_things(tiny_qvit, tiny_qvit_shiftgelu):
+    """``bench.ab``: two builds of one model (AMX or VNNI and generic GEMMs) are compared and timed; modules
+    of different models (or batch sizes) are refused with one message each, before any timing."""
+    import pytest
+    from intvit.bench.ab import compare
+    proto = to_onnx(tiny_qvit)
+    a, b = compile_onnx(proto, "llvm", batch=1), compile_onnx(proto, "llvm", batch=1, isa="generic")
+    result = compare(a, b, repeat=1)
+    assert set(result) == {"before_ms", "after_ms", "speedup"} and result["speedup"] > 0
+    with pytest.raises(ValueError, match="different integer outputs"):
+        compare(a, compile_onnx(to_onnx(tiny_qvit_shiftgelu), "llvm", batch=1), repeat=1)
+    with pytest.raises(ValueError, match="same model and --batch"):
+        compare(a, compile_onnx(proto, "llvm", batch=2), repeat=1)
