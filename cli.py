@@ -126,9 +126,12 @@ def _compile(args) -> int:
     meta = compile_to_file(args.model, args.output, target=args.target, batch=args.batch, arch=args.arch,
                            tune=args.tune, tuning_dir=args.tuning_db, progress=lambda m: print(m, flush=True),
                            isa=args.isa)
-    built = (f"CUDA {meta['arch']}, device code embedded" if meta.get("arch")
+    gpu_gemms = {"imma": "int8 GEMMs on tensor cores (IMMA)", "dp4a": "int8 GEMMs on __dp4a"}
+    built = (f"CUDA {meta['arch']}, {gpu_gemms[meta['gpu_gemm']]}, device code embedded" if meta.get("arch")
              else f"CPU {meta['mcpu']}, GEMMs on {ISA_NAMES.get(meta.get('isa'), meta.get('isa'))}")
     print(f"wrote {args.output} and {args.output}.json ({built}) in {meta['compile_seconds']} s")
+    for note in meta.get("notes", []):
+        print(f"note: {note}")
     tuning = meta.get("tuning")
     if tuning:
         print(f"tuning: {tuning['tuned']} GEMM shape(s) tuned, {tuning['reused']} reused, in "

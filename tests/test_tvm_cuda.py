@@ -1,5 +1,5 @@
 """The CUDA target: builds without a GPU (nvcc at compile time, device code embedded), int8 GEMMs on
-``dp4a``, integer-only, clear errors; on a machine with an NVIDIA GPU, bit-exact against torch and the CPU."""
+tensor cores (sm_80+; ``dp4a`` below), integer-only, clear errors; on a machine with an NVIDIA GPU, bit-exact against torch and the CPU."""
 import json
 import shutil
 
@@ -10,6 +10,7 @@ from intvit.quantize.onnx_export import to_onnx
 from intvit.tvm_backend.build import NoDeviceError, UnknownTargetError, compile_onnx, lower, make_target, \
     resolve_target
 from intvit.tvm_backend.cuda import EMBED_MARKER, detect_arch, device_code, embed, unembed
+from intvit.tvm_backend.gpu_check import IMMA_PTX
 from intvit.tvm_backend.importer import to_relax
 from intvit.tvm_backend.inspect_ir import float_ops_in_integer_region
 from conftest import assert_matches_reference, images
@@ -26,23 +27,24 @@ def cuda_builds(tiny_qvit):
 
 
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
-def test_cuda_build_embeds_nvcc_output_with_int8_dot_products(cuda_builds, arch):
+def test_cuda_build_embeds_nvcc_output_with_int8_tensor_core_gemms(cuda_builds, arch):
     code = device_code(cuda_builds[arch].executable)
     assert code["arch"] == arch
     assert code["fatbin"][:4] == FATBIN_MAGIC
     ptx = code["ptx"]
     assert f".target sm_{arch[3:]}" in ptx
-    assert ptx.count("dp4a.s32.s32") >= 100          # every int8 GEMM's inner step
+    assert len(IMMA_PTX.findall(ptx)) >= 100 and "dp4a" not in ptx     # every int8 GEMM on IMMA (test_tvm_imma)
     # one kernel per fused function, none left unscheduled (each is a thread-bound launch)
     assert ptx.count(".entry ") >= 10 and "int8_linear_requant_table_kernel" in ptx
 
 
-def test_cuda_lowering_is_integer_only_and_uses_the_tiled_gemm_layout(tiny_qvit):
-    mod = lower(to_relax(to_onnx(tiny_qvit), batch=2, gemm_form="tiled"), make_target(resolve_target("cuda", "sm_90")))
+@pytest.mark.parametrize("arch,instruction", [("sm_90", "T.ptx_legacy.mma("), ("sm_75", "__dp4a")])
+def test_cuda_lowering_is_integer_only_and_uses_the_tiled_gemm_layout(tiny_qvit, arch, instruction):
+    mod = lower(to_relax(to_onnx(tiny_qvit), batch=2, gemm_form="tiled"), make_target(resolve_target("cuda", arch)))
     assert float_ops_in_integer_region(mod) == []
     gemm_blocks = {gv.name_hint: f.script() for gv, f in mod.functions.items() if "gemm" in f.script()}
     assert gemm_blocks and all("pack_panels" not in s and "shifted_input" not in s for s in gemm_blocks.values())
-    assert any("gemm_lhs_shared" in s and "__dp4a" in s for s in gemm_blocks.values())
+    assert any("gemm_lhs_shared" in s and instruction in s for s in gemm_blocks.values())
 
 
 def test_embedded_payload_round_trips():
@@ -72,9 +74,9 @@ def test_cuda_module_compiles_and_writes_here_but_refuses_to_run_without_a_gpu(t
     onnx_path, so = tmp_path / "m.onnx", tmp_path / "m.so"
     tiny_qvit.export_onnx(onnx_path)
     assert main(["compile", str(onnx_path), "--target", "cuda", "--arch", "sm_90", "--batch", "2", "-o", str(so)]) == 0
-    assert "CUDA sm_90, device code embedded" in capsys.readouterr().out
+    assert "CUDA sm_90, int8 GEMMs on tensor cores (IMMA), device code embedded" in capsys.readouterr().out
     meta = json.loads((tmp_path / "m.so.json").read_text())
-    assert meta["target"] == "cuda" and meta["arch"] == "sm_90" and meta["batch"] == 2
+    assert meta["target"] == "cuda" and meta["arch"] == "sm_90" and meta["batch"] == 2 and meta["gpu_gemm"] == "imma"
     with pytest.raises(NoDeviceError, match="compiled for an NVIDIA GPU \\(sm_90\\) and this machine has none"):
         load(so)
     assert main(["compile", str(onnx_path), "--target", "cuda", "--arch", "sm_999", "-o", str(tmp_path / "x.so")]) == 2

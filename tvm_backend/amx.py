@@ -100,7 +100,8 @@ import sys
 import numpy as np
 
 from .byte_table import BYTE_TABLE_BLOCK, BYTE_TABLE_OUT_BLOCK, tensorize_byte_table
-from .gemm import ACC_BLOCK, AMX_COLS, AMX_K, AMX_ROWS, BYTE_SPLIT, OUT_BLOCK, SHIFTED_INPUT_BLOCK, SPLIT_CROP_BLOCK
+from .gemm import ACC_BLOCK, AMX_COLS, AMX_K, AMX_ROWS, BYTE_SPLIT, OUT_BLOCK, SHIFTED_INPUT_BLOCK, SPLIT_CROP_BLOCK, \
+    fold_rows_map
 from .x86 import LANES, has_features, host_cpu
 
 # LLVM's names; what a module using this schedule needs (VBMI: the GELU table's vpermi2b, ``byte_table``;
@@ -347,18 +348,6 @@ def amx_shape(sch):
     return lead, rows_p, np_, kp
 
 
-def _fold_rows(dims: list[int]):
-    """The index map ``(i0, ..., i_{d-2}, n) -> (flat row, n)`` over an output of shape ``dims``."""
-    from tvm.tirx import IndexMap
-
-    def index_map(*i):
-        flat = i[0]
-        for d, v in zip(dims[1:-1], i[1:-1]):
-            flat = flat * d + v
-        return flat, i[-1]
-    return IndexMap.from_func(index_map, ndim=len(dims), index_dtype="int32")
-
-
 def apply_amx_gemm_schedule(sch, cols: int | None = None) -> None:
     """Schedule the ``gemm.packed_gemm_te`` VPDPBUSD kernel in ``sch`` (a ``s_tir.Schedule``) for AMX, in place.
 
@@ -392,14 +381,14 @@ def apply_amx_gemm_schedule(sch, cols: int | None = None) -> None:
     sch.parallel(task)
     out_dims = [int(iv.dom.extent) for iv in sch.get(out).iter_vars]
     if len(out_dims) > len(lead) + 2:          # leading axes folded into the rows (gemm._amx_linear_te)
-        sch.transform_block_layout(out, _fold_rows(out_dims))
+        sch.transform_block_layout(out, fold_rows_map(out_dims))
     sch.reverse_compute_at(out, jb)
     if BYTE_TABLE_BLOCK in block_names(sch):      # the GELU table after fc1: looked up on the same block
         lookup, copy = sch.get_sblock(BYTE_TABLE_BLOCK), sch.get_sblock(BYTE_TABLE_OUT_BLOCK)
         sch.reverse_compute_at(lookup, jb)
         copy_dims = [int(iv.dom.extent) for iv in sch.get(copy).iter_vars]
         if len(copy_dims) > 2:
-            sch.transform_block_layout(copy, _fold_rows(copy_dims))
+            sch.transform_block_layout(copy, fold_rows_map(copy_dims))
         sch.reverse_compute_at(copy, jb)
         sch.vectorize(sch.get_loops(copy)[-1])
         tensorize_byte_table(sch, lookup)

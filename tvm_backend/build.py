@@ -147,7 +147,7 @@ def schedule(mod, target, database=None, isa: str | None = None):
     """
     if is_cuda(target):
         from .gpu_schedules import schedule_module_gpu
-        return schedule_module_gpu(mod)
+        return schedule_module_gpu(mod, str(target.attrs["arch"]) if "arch" in target.attrs else None)
     from .schedules import schedule_module
     from .x86 import target_has_vnni
     if database is not None:
@@ -219,10 +219,7 @@ def compile_onnx(model, target="llvm", batch: int = 1, arch: str | None = None, 
         build_scope = contextlib.nullcontext()
     with build_scope:
         ex = tvm.compile(schedule(fused, tgt, database, isa), target=tgt)
-    inp = proto.graph.input[0]
-    dtype = "int8" if inp.name == "images_int8" else "float32"
-    shape = [batch] + [d.dim_value for d in inp.type.tensor_type.shape.dim[1:]]
-    compiled = CompiledIntViT(ex, batch, inp.name, shape, dtype, device="cuda" if cuda else "cpu", isa=isa)
+    compiled = wrap_executable(ex, proto, batch, device="cuda" if cuda else "cpu", isa=isa)
     if summary is not None:
         from .tuning import differs_from_onnx_runtime
         summary.verified = not differs_from_onnx_runtime(compiled, proto)
@@ -234,6 +231,14 @@ def compile_onnx(model, target="llvm", batch: int = 1, arch: str | None = None, 
                 compiled.executable = tvm.compile(schedule(fused_module(), tgt, isa=isa), target=tgt)
     compiled.tuning = summary
     return compiled
+
+
+def wrap_executable(ex, proto, batch: int, device: str = "cpu", isa: str | None = None) -> CompiledIntViT:
+    """``ex`` (the ``tvm.compile`` of ``proto`` at ``batch``) as a ``CompiledIntViT`` taking ``proto``'s input."""
+    inp = proto.graph.input[0]
+    dtype = "int8" if inp.name == "images_int8" else "float32"
+    shape = [batch] + [d.dim_value for d in inp.type.tensor_type.shape.dim[1:]]
+    return CompiledIntViT(ex, batch, inp.name, shape, dtype, device=device, isa=isa)
 
 
 def _vnni(target) -> bool:

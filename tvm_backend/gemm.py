@@ -212,6 +212,33 @@ def packed_gemm_te(x, wp, bias, mr: int, n: int, dot: DotInstruction = VPDPBUSD,
     return te.compute((*lead, rows, n), out, name=OUT_BLOCK)
 
 
+def unravel_row(r, dims):
+    """The index ``(i0, ..., i_{d-1})`` of flat row ``r`` in row-major ``dims`` (``r = Σ i_a·Π_{b>a} dims_b``)."""
+    from tvm import tirx as tir
+    idx = []
+    for d in reversed(dims):
+        idx.append(tir.floormod(r, d))
+        r = tir.floordiv(r, d)
+    return idx[::-1]
+
+
+def flat_row_index(idx, dims):
+    """The flat row of index ``idx`` in row-major ``dims``: the inverse of ``unravel_row``."""
+    flat = idx[0]
+    for d, v in zip(dims[1:], idx[1:]):
+        flat = flat * d + v
+    return flat
+
+
+def fold_rows_map(dims: list[int]):
+    """The index map ``(i0, ..., i_{d-2}, n) -> (flat row, n)`` over an output of shape ``dims``: a schedule
+    applies it to an output block whose GEMM folded the leading axes into its rows, so that the block
+    iterates over the same flat rows as the accumulator (``sch.transform_block_layout``)."""
+    from tvm.tirx import IndexMap
+    return IndexMap.from_func(lambda *i: (flat_row_index(i[:-1], dims[:-1]), i[-1]), ndim=len(dims),
+                              index_dtype="int32")
+
+
 def _amx_linear_te(x, wp, bias, n: int, epilogue, out_dtype, byte_table=None):
     """``packed_gemm_te`` (VPDPBUSD, one weight) with ``x``'s leading axes folded into the rows: one GEMM of
     ``R = prod(lead)·rows`` rows padded to 32 (``x[min(r, R−1)]``), read back per output index."""
@@ -224,11 +251,7 @@ def _amx_linear_te(x, wp, bias, n: int, epilogue, out_dtype, byte_table=None):
     kp, np_ = int(wp.shape[-3]) * VPDPBUSD.group, int(wp.shape[-4]) * LANES
 
     def unravel(r):
-        idx = []
-        for d in reversed(dims):
-            idx.append(tir.floormod(r, d))
-            r = tir.floordiv(r, d)
-        return idx[::-1]
+        return unravel_row(r, dims)
 
     def operand(r, kk):
         v = (x(*unravel(tir.min(r, total - 1)), tir.min(kk, k - 1)).astype("int32") + UNSIGNED_SHIFT).astype("uint8")
@@ -240,10 +263,7 @@ def _amx_linear_te(x, wp, bias, n: int, epilogue, out_dtype, byte_table=None):
         name=ACC_BLOCK)
 
     def flat_row(i):
-        flat = i[0]
-        for d, v in zip(dims[1:], i[1:-1]):
-            flat = flat * d + v
-        return flat
+        return flat_row_index(i[:-1], dims)
 
     def out(*i):
         z = acc[flat_row(i), i[-1]].astype("int64")

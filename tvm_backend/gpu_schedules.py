@@ -1,9 +1,14 @@
 """CUDA schedules for the fused PrimFuncs of an intvit module.
 
-Two schedules, chosen per PrimFunc by its blocks (as ``schedules`` does for
+Three schedules, chosen per PrimFunc by its blocks (as ``schedules`` does for
 the CPU):
 
-* **GEMM** (a ``gpu_gemm.tiled_gemm_te`` kernel): one thread block per
+* **GEMM on tensor cores** (``imma``): a ``gpu_gemm.tiled_gemm_te`` kernel
+  with two int8 operands (the linear layers, ``Q·Kᵀ``) on sm_80 and newer:
+  ``ldmatrix`` + ``mma.sync.m16n8k32`` s8 × s8 → s32, epilogue on the
+  block's int32 tile in shared memory.
+* **GEMM on ``dp4a``** (the other ``tiled_gemm_te`` kernels, and every one
+  below sm_80): one thread block per
   ``TILE_M × TILE_N`` output tile (and batch item/head), 16 × 16 threads each
   owning a ``THREAD_M × THREAD_N`` accumulator tile in registers. Per
   ``TILE_K`` step, the block stages the operand tiles in shared memory (the
@@ -27,7 +32,7 @@ from __future__ import annotations
 from .cuda_intrin import GROUP, register_dp4a
 from .gemm import ACC_BLOCK, OUT_BLOCK
 from .gpu_gemm import LHS_BLOCK, RHS_BLOCK, TILE_K, TILE_M, TILE_N
-from .schedules import SCHEDULED_ATTR, block_names, is_reduction, _numel, _spatial_prefix
+from .schedules import SCHEDULED_ATTR, block_names, fold_output_rows, is_reduction, _numel, _spatial_prefix
 
 THREADS_Y, THREADS_X = 16, 16                                   # GEMM thread block
 THREAD_M, THREAD_N = TILE_M // THREADS_Y, TILE_N // THREADS_X   # each thread's register tile
@@ -67,6 +72,7 @@ def schedule_gemm_gpu(func):
         sch.bind(ty, "threadIdx.y")
         sch.bind(tx, "threadIdx.x")
     sch.set_scope(acc, 0, "local")
+    fold_output_rows(sch, out, len(lead))
     sch.reverse_compute_at(out, j1)
     sch.decompose_reduction(acc, k0)
     if int8:
@@ -139,15 +145,24 @@ def schedule_rowwise_gpu(func):
     return sch.mod["main"].with_attr(SCHEDULED_ATTR, True)
 
 
-def schedule_module_gpu(mod):
-    """Schedule every PrimFunc of a fused module for CUDA."""
+def schedule_module_gpu(mod, arch: str | None = None):
+    """Schedule every PrimFunc of a fused module for CUDA: int8 × int8 GEMMs on tensor cores
+    (``imma.schedule_gemm_imma``) when ``arch`` has them (sm_80+), the other GEMMs on ``dp4a`` or int32
+    multiply-adds (``schedule_gemm_gpu``), everything else row-wise."""
     import tvm
+    from .imma import imma_arch, imma_shape, schedule_gemm_imma
+    tensor_cores = imma_arch(arch)
     out = {}
     for gv, func in mod.functions.items():
         if not isinstance(func, tvm.tirx.PrimFunc) or (func.attrs and SCHEDULED_ATTR in func.attrs):
             continue
-        names = block_names(tvm.s_tir.Schedule(func))
-        out[gv] = schedule_gemm_gpu(func) if ACC_BLOCK in names else schedule_rowwise_gpu(func)
+        sch = tvm.s_tir.Schedule(func)
+        if ACC_BLOCK not in block_names(sch):
+            out[gv] = schedule_rowwise_gpu(func)
+        elif tensor_cores and imma_shape(sch) is not None:
+            out[gv] = schedule_gemm_imma(func)
+        else:
+            out[gv] = schedule_gemm_gpu(func)
     for gv, func in out.items():
         mod[gv] = func
     return mod

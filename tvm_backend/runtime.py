@@ -42,6 +42,7 @@ from ..quantize.onnx_export import OUTPUT_KIND_KEY
 from ..quantize.preprocessing import METADATA_KEY as PREPROCESSING_KEY
 from ..quantize.preprocessing import from_metadata
 from .build import ISAS, CompiledIntViT, NoDeviceError, compile_onnx, resolve_target
+from .imma import GEMM_PATHS, gemm_path
 from .amx import AMX_FEATURES, request_tile_permission
 from .x86 import has_features, host_cpu, isa_features
 
@@ -105,6 +106,10 @@ def compile_to_file(onnx_path, output, target="llvm", batch: int = 1, arch: str 
             "source_onnx": os.path.basename(os.fspath(onnx_path)),
             "compile_seconds": round(time.perf_counter() - t0, 2),
             "tuning": compiled.tuning.as_dict() if compiled.tuning else None}
+    if resolved.get("arch"):
+        meta["gpu_gemm"], note = gemm_path(resolved["arch"])
+        if note:
+            meta["notes"] = [note]
     sweep_stale_temps(output)
     tmp_so = temp_name(output, ".so")
     tmp_js = tmp_so[:-len(".so")] + ".json"
@@ -316,6 +321,8 @@ def check_sidecar_fields(meta, side: str) -> None:
         raise bad(f"batch {batch} does not match the input shape {shape}")
     if meta.get("preprocessing") is not None and from_metadata(json.dumps(meta["preprocessing"])) is None:
         raise bad("field 'preprocessing' must hold lists of numbers 'mean' and 'std' and a list of 'labels'")
+    if meta.get("gpu_gemm") not in (None, *GEMM_PATHS):
+        raise bad(f"field 'gpu_gemm' is {meta.get('gpu_gemm')!r}, not one of {list(GEMM_PATHS)}")
     if meta.get("isa") not in (None, *ISAS):
         raise bad(f"field 'isa' is {meta.get('isa')!r}, not one of {list(ISAS)}")
     if len(meta["so_sha256"]) != 64 or any(c not in "0123456789abcdef" for c in meta["so_sha256"]):

@@ -28,12 +28,20 @@ from __future__ import annotations
 from .amx import amx_shape, apply_amx_gemm_schedule, with_tile_request
 from .byte_table import BYTE_TABLE_BLOCK
 from .kernels import MATERIALIZE
-from .gemm import ACC_BLOCK, OUT_BLOCK, PACK_BLOCK, SHIFTED_INPUT_BLOCK, linear_tile
+from .gemm import ACC_BLOCK, OUT_BLOCK, PACK_BLOCK, SHIFTED_INPUT_BLOCK, fold_rows_map, linear_tile
 from .gpu_gemm import LHS_BLOCK, RHS_BLOCK
 from .x86 import DOT_INSTRUCTIONS, LANES, register_dot_intrinsic
 
 SCHEDULED_ATTR = "tirx.is_scheduled"
 TILED_ROWS = 8                  # rows per parallel task of a tiled (int64) GEMM; divides TILE_M
+
+
+def fold_output_rows(sch, out, acc_lead: int) -> None:
+    """When the GEMM folded its leading axes into its rows (``gpu_gemm``, ``gemm._amx_linear_te``), make the
+    output block iterate over the same flat rows, so that it can be computed at the accumulator's tile loops."""
+    dims = [int(iv.dom.extent) for iv in sch.get(out).iter_vars]
+    if len(dims) > acc_lead + 2:
+        sch.transform_block_layout(out, fold_rows_map(dims))
 
 
 def block_names(sch) -> list[str]:
@@ -165,6 +173,7 @@ def schedule_tiled_gemm(func):
     acc, out = sch.get_sblock(ACC_BLOCK), sch.get_sblock(OUT_BLOCK)
     *lead, i, _, _ = sch.get_loops(acc)
     io, _ = sch.split(i, [None, TILED_ROWS])
+    fold_output_rows(sch, out, len(lead))
     sch.reverse_compute_at(out, io)
     sch.parallel(sch.fuse(*lead, io) if lead else io)
     return sch.mod["main"].with_attr(SCHEDULED_ATTR, True)
