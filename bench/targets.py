@@ -24,8 +24,8 @@ TARGETS = ("llvm", "cuda")
 
 # name -> what it runs on the GPU, in report order; every ratio is against the first
 CUDA_BACKENDS: dict[str, str] = {
-    "intvit_int8_tvm": "intvit's integer graph compiled by its TVM backend for CUDA (int8 GEMMs on dp4a; device "
-                       "code compiled by nvcc at build time)",
+    "intvit_int8_tvm": "intvit's integer graph compiled by its TVM backend for CUDA (int8 GEMMs on tensor cores "
+                       "from sm_80, dp4a below; device code compiled by nvcc at build time)",
     "tvm_fp32": "the float ONNX through tvm.relax.frontend.onnx, dlight's GPU schedules, float32",
     "tvm_fp16": "the same after relax ToMixedPrecision (float16 compute; dlight puts large matmuls on tensor cores)",
     "torch_fp32": "the float model, PyTorch eager on cuda:0 (default TF32 settings, recorded)",

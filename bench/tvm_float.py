@@ -79,11 +79,15 @@ def schedule_gpu(mod, target, tensor_cores: bool = False):
         return rules(mod)
 
 
-def build_float_cuda(path: str, input_name: str, shape: list[int], dtype: str, arch: str):
+def build_float_cuda(path: str, input_name: str, shape: list[int], dtype: str, arch: str,
+                     host: dict | None = None, lift_weights: int | None = None):
     """Compile the float ONNX at ``path`` for CUDA ``arch`` in ``dtype`` (``float32`` or ``float16``).
 
     Returns the ``tvm.compile`` executable, its device code nvcc-compiled and
-    embedded (``tvm_backend.cuda.device_code`` reads it back).
+    embedded (``tvm_backend.cuda.device_code`` reads it back). ``host``: the
+    host code's llvm target (default this CPU). ``lift_weights=N``: returns
+    ``(executable, [LiftedInput])`` instead, every constant of at least N
+    bytes an input of ``main`` after the images (``tvm_backend.lift``).
     """
     import tvm
 
@@ -91,10 +95,16 @@ def build_float_cuda(path: str, input_name: str, shape: list[int], dtype: str, a
     from ..tvm_backend.cuda import embedding
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
-    target = make_target(resolve_target("cuda", arch))
+    resolved = resolve_target("cuda", arch)
+    target = make_target({**resolved, "host": host} if host else resolved)
     mod = import_float_onnx(path, input_name, shape)
     if dtype == "float16":
         mod = to_float16(mod)
     mod = schedule_gpu(mod, target, tensor_cores=dtype == "float16")
+    lifted = None
+    if lift_weights is not None:
+        from ..tvm_backend.lift import lift_large_constants
+        mod, lifted, _ = lift_large_constants(mod, lift_weights)
     with embedding(arch):
-        return tvm.compile(mod, target=target)
+        executable = tvm.compile(mod, target=target)
+    return executable if lifted is None else (executable, lifted)

@@ -186,8 +186,9 @@ def test_build_only_compiles_intvit_int8_and_tvm_fp16_device_code_for_sm_90(tiny
     for a in (arts["intvit_int8_tvm"], arts["tvm_fp16"]):
         assert a.batch == 2 and a.size_bytes > 100_000 and a.build_s > 0 and ".target sm_90" in a.ptx
         assert a.device["arch"] == "sm_90" and a.device["fatbin_bytes"] > 10_000 and a.device["kernels"] >= 10
-    # intvit: every int8 GEMM's inner step is dp4a, and no float16 anywhere
-    assert arts["intvit_int8_tvm"].device["dp4a"] == intvit_ptx.count("dp4a.s32.s32") >= 100
+    # intvit: every int8 GEMM on the int8 tensor cores (sm_90), no dp4a, and no float16 anywhere
+    assert arts["intvit_int8_tvm"].device["mma"] == intvit_ptx.count("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32")
+    assert arts["intvit_int8_tvm"].device["mma"] >= 100 and arts["intvit_int8_tvm"].device["dp4a"] == 0
     assert arts["intvit_int8_tvm"].device["f16_arith"] == 0
     # TVM FP16: float16 arithmetic instructions (the matmuls' multiply-adds), no int8 dot products
     f16_ops = re.findall(r"\b(?:add|mul|fma)(?:\.rn)?\.f16(?:x2)?\b", fp16_ptx)
@@ -207,7 +208,7 @@ def test_build_only_lists_what_it_did_not_build_and_why(tiny_build_only):
     table = format_build_only(result)
     assert table.startswith("CUDA sm_90 artifacts") and "nothing written" in table.splitlines()[0]
     row = next(line for line in table.splitlines() if " intvit_int8_tvm " in line)
-    assert row.split()[:3] == ["tiny", "intvit_int8_tvm", "2"] and "dp4a" in row and "kernels" in row
+    assert row.split()[:3] == ["tiny", "intvit_int8_tvm", "2"] and "mma" in row and "kernels" in row
     assert any("compiling for sm_90, batch 2" in line for line in progress)
 
 

@@ -64,7 +64,8 @@ def make_target(resolved: dict):
     """A ``tvm.target.Target`` for a ``resolve_target`` dict (CUDA gets this CPU as its host)."""
     import tvm
     if resolved["kind"] == "cuda":
-        return tvm.target.Target(resolved, host=resolve_target("llvm"))
+        host = resolved.get("host", resolve_target("llvm"))
+        return tvm.target.Target({k: v for k, v in resolved.items() if k != "host"}, host=host)
     return tvm.target.Target(resolved)
 
 
@@ -164,7 +165,8 @@ def lower(mod, target):
 
 
 def compile_onnx(model, target="llvm", batch: int = 1, arch: str | None = None, tune: int = 0,
-                 tuning_dir: str | None = None, progress=None, isa: str | None = None) -> CompiledIntViT:
+                 tuning_dir: str | None = None, progress=None, isa: str | None = None,
+                 lift_weights: int | None = None) -> CompiledIntViT:
     """Compile an intvit integer ONNX graph (a path or a ``ModelProto``) for ``target`` at a fixed ``batch``.
 
     ``tune=N`` (CPU only) first tunes the GEMM kernels with MetaSchedule, N
@@ -181,6 +183,12 @@ def compile_onnx(model, target="llvm", batch: int = 1, arch: str | None = None, 
     ``IsaUnavailableError``. With ``"amx"`` the u8 × s8 GEMMs are imported in
     the AMX layout and keep the AMX schedule even with ``tune``, which then
     tunes the remaining (VNNI) GEMMs. The result's ``isa`` records the choice.
+
+    ``lift_weights=N``: every constant of at least N bytes becomes an input of
+    the module's ``main`` after the images (``lift.lift_large_constants``), so
+    the library holds no weights; the result's ``lifted`` lists them (and
+    ``lifted_values`` holds their values). Such a module is run through its
+    VM (``main(images, *weights)``), not by calling the result.
     """
     import contextlib
 
@@ -217,9 +225,14 @@ def compile_onnx(model, target="llvm", batch: int = 1, arch: str | None = None, 
         build_scope = embedding(resolved["arch"])
     else:
         build_scope = contextlib.nullcontext()
+    scheduled, lifted, lifted_values = schedule(fused, tgt, database, isa), [], []
+    if lift_weights is not None:
+        from .lift import lift_large_constants
+        scheduled, lifted, lifted_values = lift_large_constants(scheduled, lift_weights)
     with build_scope:
-        ex = tvm.compile(schedule(fused, tgt, database, isa), target=tgt)
+        ex = tvm.compile(scheduled, target=tgt)
     compiled = wrap_executable(ex, proto, batch, device="cuda" if cuda else "cpu", isa=isa)
+    compiled.lifted, compiled.lifted_values = lifted, lifted_values
     if summary is not None:
         from .tuning import differs_from_onnx_runtime
         summary.verified = not differs_from_onnx_runtime(compiled, proto)

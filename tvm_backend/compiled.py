@@ -24,6 +24,7 @@ class CompiledIntViT:
         self.input_shape, self.input_dtype = tuple(input_shape), input_dtype
         self._vm = self._dev = None
         self.tuning = None          # a tuning.TuningSummary when compiled with tune=N
+        self.lifted, self.lifted_values = [], []     # build.compile_onnx(lift_weights=...): main's extra inputs
 
     def replica(self) -> "CompiledIntViT":
         """The same compiled module with a virtual machine of its own (created on first call): what one more
@@ -46,7 +47,7 @@ class CompiledIntViT:
     @property
     def vm(self):
         if self._vm is None:
-            from tvm import relax
+            from tvm.runtime.vm import VirtualMachine     # not tvm.relax: a runtime-only TVM has it too
             if self.device == "cuda":
                 from .cuda import install_loader
                 install_loader()
@@ -57,7 +58,7 @@ class CompiledIntViT:
                         "this module's GEMMs use Intel AMX, and this CPU has no AMX-INT8 or Linux refused this "
                         "process the tile state (arch_prctl(ARCH_REQ_XCOMP_PERM, XTILEDATA)); recompile it "
                         "with isa='vnni' (intvit compile on this machine picks what it can run)")
-            self._vm = relax.VirtualMachine(self.executable, self.dev)
+            self._vm = VirtualMachine(self.executable, self.dev)
         return self._vm
 
     def __call__(self, images):
