@@ -95,6 +95,8 @@ def test_every_int8_gemm_kernel_runs_on_tensor_cores(arch, tiny_qvit, embedded_q
         for row in rows:
             assert row["imma"] >= 2 and row["dp4a"] == 0, row         # two m16n8k32 per 16 × 16 fragment
             assert row["spill_bytes"] == 0, row
+        if kernels == 7:      # DeiT-S / ViT-B: every K a multiple of 64, so every operand copy is cp.async
+            assert all(row["cp_async"] >= 2 for row in rows), rows
 
 
 @needs_nvcc

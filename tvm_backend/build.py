@@ -222,7 +222,10 @@ def compile_onnx(model, target="llvm", batch: int = 1, arch: str | None = None, 
         database, summary = tune_gemms(fused, tgt, tune, tuning_dir, vnni=_vnni(tgt), progress=progress)
     if cuda:
         from .cuda import embedding
-        build_scope = embedding(resolved["arch"])
+        build_scope = contextlib.ExitStack()
+        build_scope.enter_context(embedding(resolved["arch"]))
+        # the tensor-core GEMMs' operand copies, marked async (imma.ASYNC_COPY), become cp.async (sm_80+)
+        build_scope.enter_context(tvm.transform.PassContext(config={"tirx.use_async_copy": True}))
     else:
         build_scope = contextlib.nullcontext()
     scheduled, lifted, lifted_values = schedule(fused, tgt, database, isa), [], []

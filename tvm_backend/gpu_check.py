@@ -22,6 +22,7 @@ import subprocess
 import tempfile
 
 IMMA_PTX = re.compile(r"mma\.sync\.aligned\.m16n8k32\.row\.col\.s32\.s8\.s8\.s32")
+CP_ASYNC_PTX = re.compile(r"cp\.async\.c[ag]\.shared\.global")
 
 
 def compile_cpu_twin(proto, batch: int = 1):
@@ -79,11 +80,12 @@ def ptxas_spills(ptx: str, arch: str) -> dict[str, tuple[int, int]]:
 
 def gemm_kernel_report(ptx: str, arch: str) -> list[dict]:
     """For every kernel of ``ptx`` that multiplies int8 (IMMA or ``dp4a``): its name, instruction counts
-    and ``ptxas`` spill bytes."""
+    (``cp_async``: asynchronous global → shared copies) and ``ptxas`` spill bytes."""
     spills = ptxas_spills(ptx, arch)
     rows = []
     for name, body in ptx_kernels(ptx).items():
         imma, dp4a = len(IMMA_PTX.findall(body)), len(re.findall(r"\bdp4a\.", body))
         if imma or dp4a:
-            rows.append({"kernel": name, "imma": imma, "dp4a": dp4a, "spill_bytes": sum(spills.get(name, (0, 0)))})
+            rows.append({"kernel": name, "imma": imma, "dp4a": dp4a, "cp_async": len(CP_ASYNC_PTX.findall(body)),
+                         "spill_bytes": sum(spills.get(name, (0, 0)))})
     return rows

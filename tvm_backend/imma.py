@@ -17,6 +17,13 @@ padding). This schedule runs the reduction on tensor cores:
   shared memory (16-byte vectors; the row clamping and K zero-padding of
   ``lhs``/``rhs`` happen in this copy), rows padded by 16 bytes so that
   ``ldmatrix``'s eight row addresses fall in distinct banks;
+* the stage loop is software-pipelined (TVM's ``InjectSoftwarePipeline``,
+  ``PIPELINE``): the shared tiles are double-buffered, so stage k+1's copies
+  (``cp.async``, asynchronous global → shared, where the rows are whole
+  16-byte vectors; ``ASYNC_COPY``, lowered under ``tirx.use_async_copy``,
+  which ``build.compile_onnx`` sets for CUDA) are in flight while stage k's
+  MMAs run, and within a stage step s+1's ``ldmatrix`` loads overlap step
+  s's MMAs;
 * per 32-deep K step each warp loads its fragments with ``ldmatrix``
   (``LDMATRIX_i8_A``, and ``LDMATRIX_i8_B_TRANS`` for the ``[N, K]`` operand)
   and issues two ``mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32`` per
@@ -32,8 +39,9 @@ associative; ``|acc| ≤ K·2**14`` cannot wrap for K < 2**17), so an IMMA
 module is bit-identical to the ``dp4a`` one and to ``ops``.
 
 **Checked without a GPU** (``schedule_gemm_imma(func, gpu=False)``): the
-same splits, caches, compute-at points and fragment layout transforms
-(``ldmatrix``'s thread/register order) with the thread bindings left as
+same splits, caches, compute-at points, software pipeline (double buffers,
+prologue and epilogue) and fragment layout transforms (``ldmatrix``'s
+thread/register order) with the thread bindings left as
 serial loops, the tensor-core blocks kept as their plain definitions, and
 shared/warp buffers in global/local memory: a function LLVM compiles and
 the CPU runs, whose output must equal ``ops`` exactly. What it cannot check
@@ -62,6 +70,9 @@ THREADS = WARPS_M * WARPS_N * WARP                                          # 12
 COPY_VECTOR = 16                   # bytes per thread per shared-memory copy step
 SHARED_ROW_PAD = 16                # bytes added to each staged operand row (ldmatrix bank spread)
 STORE_INTRIN = "intvit_mma_store_16x16_i32_shared"
+PIPELINE = True
+ASYNC_COPY = True
+K0_STAGES = [0, 0, 1, 1, 1]     # k0 body: copy A, copy B, then k1 pipelined (prologue, loop, epilogue)
 
 
 def imma_arch(arch: str | None) -> bool:
@@ -204,6 +215,15 @@ def schedule_gemm_imma(func, gpu: bool = True):
     bind(ety, "threadIdx.y")
     bind(etx, "threadIdx.x")
 
+    if PIPELINE:
+        # double buffering: stage k+1's shared-memory copies overlap stage k's MMAs, and step k+1's ldmatrix
+        # loads overlap step k's MMAs (TVM's InjectSoftwarePipeline doubles the buffers)
+        sch.annotate(k0, "software_pipeline_stage", K0_STAGES)
+        sch.annotate(k0, "software_pipeline_order", list(range(len(K0_STAGES))))
+        sch.annotate(k1, "software_pipeline_stage", [0, 0, 1])
+        sch.annotate(k1, "software_pipeline_order", [0, 1, 2])
+        if gpu and ASYNC_COPY:
+            sch.annotate(k0, "software_pipeline_async_stages", [0])     # cp.async: the copies run behind the MMAs
     if gpu:
         sch.tensorize(loop_a, cuda.LDMATRIX_i8_A_INTRIN)
         sch.tensorize(loop_b, cuda.LDMATRIX_i8_B_TRANS_INTRIN)
