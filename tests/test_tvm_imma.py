@@ -51,8 +51,8 @@ def test_cpu_twin_is_exact_on_the_tiny_and_embedded_models(tiny_qvit, embedded_q
 @pytest.mark.parametrize("name,batches", [("deit_small", (1, 2)), ("vit_base", (1,))])
 def test_cpu_twin_is_exact_on_every_gemm_shape_of(name, batches, one_layer_models):
     q, x = one_layer_models[name]
-    # patch embedding, q, k, v, Q·Kᵀ, out, fc1, fc2, head (kernels of equal shape and epilogue are shared)
-    _assert_twin_exact(q, x, batches, min_twins=7)
+    # patch embedding, q, k, v, Q·Kᵀ, A·V, out, fc1, fc2, head (kernels of equal shape and epilogue are shared)
+    _assert_twin_exact(q, x, batches, min_twins=8)
 
 
 def test_cpu_twin_check_catches_a_wrong_row_mapping(tiny_qvit, monkeypatch):
@@ -80,9 +80,18 @@ def test_a_fragment_layout_other_than_ldmatrix_is_refused_by_tensorize(monkeypat
         imma.schedule_gemm_imma(func, gpu=True)
 
 
+_PTX = {}
+
+
+def _ptx(q, arch, batch=8):
+    key = (id(q), arch, batch)
+    if key not in _PTX:
+        _PTX[key] = device_code(compile_onnx(to_onnx(q), "cuda", batch=batch, arch=arch).executable)["ptx"]
+    return _PTX[key]
+
+
 def _gemm_report(q, arch, batch=2):
-    return gemm_kernel_report(device_code(compile_onnx(to_onnx(q), "cuda", batch=batch, arch=arch).executable)["ptx"],
-                              arch)
+    return gemm_kernel_report(_ptx(q, arch, batch), arch)
 
 
 @needs_nvcc
@@ -95,8 +104,11 @@ def test_every_int8_gemm_kernel_runs_on_tensor_cores(arch, tiny_qvit, embedded_q
         for row in rows:
             assert row["imma"] >= 2 and row["dp4a"] == 0, row         # two m16n8k32 per 16 × 16 fragment
             assert row["spill_bytes"] == 0, row
-        if kernels == 7:      # DeiT-S / ViT-B: every K a multiple of 64, so every operand copy is cp.async
-            assert all(row["cp_async"] >= 2 for row in rows), rows
+        if kernels == 7:      # DeiT-S / ViT-B linears: every K a multiple of 64, so every operand copy is cp.async
+            assert all(row["cp_async"] >= 2 for row in rows if "attention_av" not in row["kernel"]), rows
+        # A·V too (two signed bytes per probability): no int16 GEMM is left
+        assert any("attention_av" in row["kernel"] for row in rows)
+        assert not [k for k in ptx_kernels(_ptx(q, arch)) if k.startswith("int16_gemm")]
 
 
 @needs_nvcc
@@ -104,6 +116,7 @@ def test_sm75_keeps_dp4a_and_says_so(tiny_qvit, tmp_path, capsys):
     from intvit.cli import main
     rows = _gemm_report(tiny_qvit, "sm_75")
     assert rows and all(r["imma"] == 0 and r["dp4a"] > 0 for r in rows)
+    assert [k for k in ptx_kernels(_ptx(tiny_qvit, "sm_75", 2)) if k.startswith("int16_gemm")]   # A·V: SIMT
     onnx_path, so = tmp_path / "m.onnx", tmp_path / "m.so"
     tiny_qvit.export_onnx(onnx_path)
     for arch, path in (("sm_75", "dp4a"), ("sm_90", "imma")):
@@ -131,3 +144,42 @@ def test_ptx_parsing_helpers():
     kernels = ptx_kernels(ptx)
     assert set(kernels) == {"a_kernel", "b_kernel"}
     assert len(IMMA_PTX.findall(kernels["a_kernel"])) == 1 and not IMMA_PTX.findall(kernels["b_kernel"])
+
+
+@pytest.mark.parametrize("gpu", [False, True])
+def test_attention_av_as_two_signed_bytes_is_exact(gpu):
+    """``split_probs_tiled_te`` (p = 256·hi + lo, lo − 128 compensated in two extra K chunks) against numpy,
+    probabilities at 0, 255, 256, 2**15 − 1 and values at ±127/−128, also through the CPU twin of its IMMA
+    schedule; the GPU schedule tensorizes (every fragment matches the ldmatrix/mma intrinsics)."""
+    import tvm
+    from tvm import te
+    from intvit.tvm_backend.gpu_gemm import split_probs_tiled_te
+    from intvit.tvm_backend.imma import schedule_gemm_imma
+    lead, t, n = (2, 3), 197, 64
+    p = te.placeholder((*lead, t, t), "int16", name="p")
+    v = te.placeholder((*lead, t, n), "int8", name="v")
+    func = te.create_prim_func([p, v, split_probs_tiled_te(p, v, lambda z, i: (z + 64) >> 7, "int64")])
+    if gpu:
+        schedule_gemm_imma(func, gpu=True)         # raises if any fragment does not match the intrinsics
+        return
+    rng = np.random.default_rng(0)
+    pa = rng.integers(0, 1 << 15, (*lead, t, t)).astype(np.int16)
+    pa[0, 0, 0, :4] = [0, 255, 256, (1 << 15) - 1]
+    pa[1, 2, 5, :] = (1 << 15) - 1
+    va = rng.integers(-128, 128, (*lead, t, n)).astype(np.int8)
+    va[1, 2, :, 0], va[1, 2, :, 1] = -128, 127
+    ref = (pa.astype(np.int64) @ va.astype(np.int64) + 64) >> 7
+    for f in (func, schedule_gemm_imma(func, gpu=False)):
+        lib = tvm.compile(tvm.IRModule({"main": f}), target=tvm.target.Target({"kind": "llvm"}))
+        out = tvm.runtime.tensor(np.zeros(ref.shape, np.int64), tvm.cpu())
+        lib(tvm.runtime.tensor(pa, tvm.cpu()), tvm.runtime.tensor(va, tvm.cpu()), out)
+        assert np.array_equal(out.numpy(), ref)
+
+
+def test_attention_av_split_applies_only_where_exact():
+    from intvit.tvm_backend.import_gemm import split_probs_tiled_apply
+    assert split_probs_tiled_apply((0, (1 << 15) - 1), (-128, 127), 197)
+    assert not split_probs_tiled_apply((0, 1 << 15), (-128, 127), 197)       # the high byte would not be signed
+    assert not split_probs_tiled_apply((-1, 100), (-128, 127), 197)
+    assert not split_probs_tiled_apply((0, 100), (-129, 127), 197)
+    assert not split_probs_tiled_apply((0, 100), (-128, 127), 1 << 16)        # 3·K·2**14 past int32

@@ -207,7 +207,9 @@ def compile_onnx(model, target="llvm", batch: int = 1, arch: str | None = None, 
 
     def fused_module():
         from .gemm import amx_layout
-        with amx_layout(isa == "amx"):
+        from .gpu_gemm import imma_layout
+        from .imma import imma_arch
+        with amx_layout(isa == "amx"), imma_layout(cuda and imma_arch(resolved["arch"])):
             mod = fuse(to_relax(proto, batch, gemm_form="tiled" if cuda else "vnni"), tgt)
         if isa == "amx":
             from . import amx

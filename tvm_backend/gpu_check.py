@@ -32,12 +32,14 @@ def compile_cpu_twin(proto, batch: int = 1):
 
     from .build import fuse, make_target, resolve_target, wrap_executable
     from .gemm import ACC_BLOCK
+    from .gpu_gemm import imma_layout
     from .imma import imma_shape, schedule_gemm_imma
     from .importer import to_relax
     from .schedules import block_names, schedule_module
 
     target = make_target(resolve_target("llvm"))
-    mod = fuse(to_relax(proto, batch, gemm_form="tiled"), target)
+    with imma_layout():
+        mod = fuse(to_relax(proto, batch, gemm_form="tiled"), target)
     twins = 0
     for gv, func in list(mod.functions.items()):
         if not isinstance(func, tvm.tirx.PrimFunc):

@@ -31,6 +31,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from contextlib import contextmanager
+from contextvars import ContextVar
+
 from .gemm import ACC_BLOCK, OUT_BLOCK, ceil_to, flat_row_index, unravel_row
 
 TILE_M, TILE_N, TILE_K = 64, 64, 32      # one thread block's output tile and K step (gpu_schedules)
@@ -112,5 +115,78 @@ def tiled_gemm_te(a, b, bias=None, layout: str = "nk", epilogue=None, out_dtype=
         z = (acc(flat_row_index(i[:-1], dims), i[-1]) if fold else acc(*i)).astype("int64")
         if bias is not None:
             z = z + bias(i[-1])
+        return (z if epilogue is None else epilogue(z, i)).astype(out_dtype)
+    return te.compute((*lead, rows, n), out, name=OUT_BLOCK)
+
+
+_IMMA_LAYOUT: ContextVar[bool] = ContextVar("intvit_imma_layout", default=False)
+PROBS_LIMIT = 1 << 15                 # split_probs_tiled_te: probabilities in [0, 2**15), two signed bytes
+
+
+@contextmanager
+def imma_layout(enabled: bool = True):
+    """Within this context the importer emits ``A·V`` as ``split_probs_tiled_te`` (int8 × int8, for the
+    tensor-core schedule; ``build.compile_onnx`` sets it for CUDA archs with IMMA)."""
+    token = _IMMA_LAYOUT.set(enabled)
+    try:
+        yield
+    finally:
+        _IMMA_LAYOUT.reset(token)
+
+
+def imma_layout_active() -> bool:
+    return _IMMA_LAYOUT.get()
+
+
+def split_probs_tiled_te(p, v, epilogue=None, out_dtype="int64"):
+    """Attention's ``A·V`` as one int8 × int8 GEMM, for tensor cores: ``epilogue(Σ_k p[..., r, k]·v[..., k, j])``
+    for probabilities ``p`` in ``[0, 2**15)`` (int16-stored) and int8 values ``v`` ``[..., K, N]``.
+
+    Each probability is split into two signed bytes, ``p = 256·hi + lo`` with
+    ``hi = p >> 8`` in ``[0, 127]`` and ``lo = (p & 255)`` in ``[0, 255]``, stored
+    as ``lo − 128``. The GEMM has two rows per output row (``2r``: the high
+    bytes, ``2r + 1``: the low ones, so both land in the same 64-row tile) and
+    three K chunks of ``Kp`` (``K`` padded to ``TILE_K``), so that the ``+128`` of
+    the low bytes comes out of the same products::
+
+        lhs[2r,   (k, k', k'')] = (hi_k, 0, 0)          rhs[j, (k, k', k'')] = (v_kj, v_kj, v_kj)
+        lhs[2r+1, (k, k', k'')] = (lo_k − 128, 64, 64)  (zero past K)
+
+        acc[2r]   = Σ_k hi_k·v_kj
+        acc[2r+1] = Σ_k (lo_k − 128)·v_kj + 64·Σ_k v_kj + 64·Σ_k v_kj = Σ_k lo_k·v_kj
+        y[r, j]   = epilogue(256·acc[2r] + acc[2r+1])                      (exact)
+
+    Each accumulator is at most ``3·K·128·128`` in magnitude: int32 for K below 43,690.
+    """
+    from tvm import te
+    from tvm import tirx as tir
+
+    *lead, rows, k = (int(d) for d in p.shape)
+    n = int(v.shape[-1])
+    kp, np_ = ceil_to(k, TILE_K), ceil_to(n, TILE_N)
+    rows2 = ceil_to(2 * rows, TILE_M)
+    i32, i8 = "int32", "int8"
+
+    def lhs_value(*i):
+        r2, kk = i[-2], i[-1]
+        chunk, kc = tir.floordiv(kk, kp), tir.floormod(kk, kp)
+        pv = p(*i[:-2], tir.min(tir.floordiv(r2, 2), rows - 1), tir.min(kc, k - 1)).astype(i32)
+        low = tir.floormod(r2, 2) == 1
+        value = tir.Select(chunk == 0, tir.Select(low, (pv & 255) - 128, pv >> 8),
+                           tir.Select(low, tir.const(64, i32), tir.const(0, i32)))
+        return tir.Select(kc < k, value, tir.const(0, i32)).astype(i8)
+    lhs = te.compute((*lead, rows2, 3 * kp), lhs_value, name=LHS_BLOCK)
+
+    def rhs_value(*i):
+        j, kc = i[-2], tir.floormod(i[-1], kp)
+        value = v(*i[:-2], tir.min(kc, k - 1), tir.min(j, n - 1))
+        return tir.Select(tir.all(j < n, kc < k), value, tir.const(0, v.dtype)).astype(i8)
+    rhs = te.compute((*lead, np_, 3 * kp), rhs_value, name=RHS_BLOCK)
+    red = te.reduce_axis((0, 3 * kp), name="k")
+    acc = te.compute((*lead, rows2, np_), lambda *i: te.sum(
+        lhs(*i[:-1], red).astype(i32) * rhs(*i[:-2], i[-1], red).astype(i32), axis=red), name=ACC_BLOCK)
+
+    def out(*i):
+        z = acc(*i[:-2], 2 * i[-2], i[-1]).astype("int64") * 256 + acc(*i[:-2], 2 * i[-2] + 1, i[-1]).astype("int64")
         return (z if epilogue is None else epilogue(z, i)).astype(out_dtype)
     return te.compute((*lead, rows, n), out, name=OUT_BLOCK)

@@ -39,6 +39,14 @@ def split_probs_apply(probs_range: tuple[int, int], values_range: tuple[int, int
             and values_range[1] <= 127 and width % AMX_COLS == 0)
 
 
+def split_probs_tiled_apply(probs_range: tuple[int, int], values_range: tuple[int, int], k: int) -> bool:
+    """Whether ``A·V`` is one int8 × int8 tensor-core GEMM (``gpu_gemm.split_probs_tiled_te``): probabilities
+    in ``[0, 2**15)`` (two signed bytes), int8 values, and ``3·K·2**14`` inside int32."""
+    from .gpu_gemm import PROBS_LIMIT
+    return (0 <= probs_range[0] and probs_range[1] < PROBS_LIMIT and -128 <= values_range[0]
+            and values_range[1] <= 127 and 3 * k * (1 << 14) < (1 << 31))
+
+
 class GemmEmitter:
     """Emit the GEMM patterns into ``bb`` in one ``form``; ``static``/``val`` are the importer's constants and values."""
 
@@ -90,8 +98,15 @@ class GemmEmitter:
         """``A·V``: 16-bit probabilities ``[..., T, T]`` × int8 values ``[..., T, N]``; ``ranges`` = the
         ``(lo, hi)`` bounds of both operands where known. In the AMX layout, with probabilities in
         ``[0, 2**16)`` and int8 values, as two u8 × s8 GEMMs (``gemm.split_probs_gemm_te``); else
-        ``vpdpwssd`` on int16 panels."""
+        ``vpdpwssd`` on int16 panels. In the CUDA form under ``gpu_gemm.imma_layout()``, with
+        probabilities in ``[0, 2**15)``, as one int8 × int8 GEMM for tensor cores
+        (``gpu_gemm.split_probs_tiled_te``); else the plain tiled GEMM (int32 multiply-adds)."""
         if self.form == "tiled":
+            from .gpu_gemm import imma_layout_active, split_probs_tiled_te
+            k = int(self.bb.normalize(probs).ty.shape[-1])
+            if imma_layout_active() and ranges is not None and split_probs_tiled_apply(*ranges, k):
+                return self._emit(probs, values, None, chain, table, "int8x2_attention_av",
+                                  lambda xt, wt, bt, ep, od: split_probs_tiled_te(xt, wt, ep, od), residual=residual)
             return self._tiled(probs, values, None, "kn", chain, table, residual=residual)
         from .gemm import amx_layout_active, pack_panels_te, split_probs_gemm_te
         from .x86 import VPDPBUSD, VPDPWSSD
