@@ -58,6 +58,15 @@ _AMX_LAYOUT: ContextVar[bool] = ContextVar("intvit_amx_layout", default=False)
 
 
 @contextmanager
+def import_flag(flag: ContextVar, enabled: bool):
+    """Within this context ``flag`` (a layout choice the importer's GEMM emitters read) is ``enabled``."""
+    token = flag.set(enabled)
+    try:
+        yield
+    finally:
+        flag.reset(token)
+
+
 def amx_layout(enabled: bool = True):
     """Within this context, u8 × s8 kernels and their packings take the AMX layout (see the module docstring).
 
@@ -65,11 +74,7 @@ def amx_layout(enabled: bool = True):
     schedule will run: the importer's calls of ``pack_linear_weight``,
     ``pack_panels_te`` and ``packed_gemm_te`` read it.
     """
-    token = _AMX_LAYOUT.set(enabled)
-    try:
-        yield
-    finally:
-        _AMX_LAYOUT.reset(token)
+    return import_flag(_AMX_LAYOUT, enabled)
 
 
 def amx_layout_active() -> bool:

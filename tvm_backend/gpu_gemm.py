@@ -31,10 +31,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from contextlib import contextmanager
 from contextvars import ContextVar
 
-from .gemm import ACC_BLOCK, OUT_BLOCK, ceil_to, flat_row_index, unravel_row
+from .gemm import ACC_BLOCK, OUT_BLOCK, ceil_to, flat_row_index, import_flag, unravel_row
 
 TILE_M, TILE_N, TILE_K = 64, 64, 32      # one thread block's output tile and K step (gpu_schedules)
 LHS_BLOCK = "gemm_lhs"
@@ -123,15 +122,10 @@ _IMMA_LAYOUT: ContextVar[bool] = ContextVar("intvit_imma_layout", default=False)
 PROBS_LIMIT = 1 << 15                 # split_probs_tiled_te: probabilities in [0, 2**15), two signed bytes
 
 
-@contextmanager
 def imma_layout(enabled: bool = True):
     """Within this context the importer emits ``A·V`` as ``split_probs_tiled_te`` (int8 × int8, for the
     tensor-core schedule; ``build.compile_onnx`` sets it for CUDA archs with IMMA)."""
-    token = _IMMA_LAYOUT.set(enabled)
-    try:
-        yield
-    finally:
-        _IMMA_LAYOUT.reset(token)
+    return import_flag(_IMMA_LAYOUT, enabled)
 
 
 def imma_layout_active() -> bool:
