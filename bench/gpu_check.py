@@ -197,6 +197,10 @@ def main(argv=None) -> int:
               "tvm_runtime_only": bool(getattr(tvm.base, "_RUNTIME_ONLY", False)), "python": sys.version.split()[0]}
     if args.device == "cuda":
         import torch
+        if not torch.cuda.is_available():
+            print("gpu_check: no CUDA GPU is visible to torch here; run this on the lent GPU machine "
+                  "(bench/gpu_check.sh), or --device cpu for the dry run", file=sys.stderr)
+            return 2
         report["gpu"] = torch.cuda.get_device_name(0)
     report["exact"] = check_exact(args.bundle, manifest, args.device)
     if args.device == "cpu":        # the dry run: loading a CUDA module needs the driver; check its device code

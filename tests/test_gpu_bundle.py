@@ -88,3 +88,24 @@ def test_gpu_check_script_is_valid_bash_and_refuses_a_missing_bundle(tmp_path):
     assert subprocess.run(["bash", "-n", script]).returncode == 0
     run = subprocess.run(["bash", script, str(tmp_path / "none.tar.xz")], capture_output=True, text=True)
     assert run.returncode == 2 and "no bundle at" in run.stderr
+
+
+@needs_nvcc
+def test_runner_on_a_machine_without_a_gpu_says_so(small_bundle, tmp_path, capsys):
+    import torch
+    from intvit.bench import gpu_check
+    if torch.cuda.is_available():
+        pytest.skip("checks the no-GPU path")
+    out, _ = small_bundle
+    assert gpu_check.main([out, "--out", str(tmp_path / "r")]) == 2
+    assert "no CUDA GPU is visible" in capsys.readouterr().err and not (tmp_path / "r").exists()
+
+
+@needs_nvcc
+def test_a_bundle_over_the_device_limit_is_refused_and_nothing_is_left(tmp_path, monkeypatch):
+    from intvit.bench import gpu_bundle
+    monkeypatch.setattr(gpu_bundle, "DEVICE_LIMIT", gpu_bundle.TREE_ALLOWANCE + 1024)
+    out = str(tmp_path / "b")
+    with pytest.raises(gpu_bundle.BundleError, match="MiB beside the working tree"):
+        gpu_bundle.assemble(out, "sm_90", latency=False, exact_models=("tiny",), progress=lambda s: None)
+    assert os.listdir(tmp_path) == []
