@@ -78,16 +78,28 @@ def check_exact(bundle: str, manifest: dict, device: str, progress=print) -> lis
         folder = os.path.join(bundle, "exact")
         x = np.load(os.path.join(folder, entry["images"]))
         ref = np.load(os.path.join(folder, entry["reference"]))
-        vm, dev = _vm(os.path.join(folder, entry[device]), device)
         b = entry["batch"]
         n = (len(x) // b) * b
-        got = np.concatenate([vm["main"](tvm.runtime.tensor(x[i:i + b], dev))[1].numpy() for i in range(0, n, b)])
+        row = {"model": entry["model"], "batch": b, "device": device, "images": n}
+        try:        # one failing module must not cost the rest of a GPU session's checks
+            vm, dev = _vm(os.path.join(folder, entry[device]), device)
+            got = np.concatenate([vm["main"](tvm.runtime.tensor(x[i:i + b], dev))[1].numpy()
+                                  for i in range(0, n, b)])
+        except Exception as exc:
+            rows.append({**row, "equal": False, "error": _reason(exc)})
+            progress(f"exact  {entry['model']:18s} batch {b:2d} on {device}: FAILED {rows[-1]['error']}")
+            continue
         differing = int(np.count_nonzero(got != ref[:n]))
-        rows.append({"model": entry["model"], "batch": b, "device": device, "images": n,
-                     "equal": bool(differing == 0 and got.shape == ref[:n].shape), "differing_logits": differing})
+        rows.append({**row, "equal": bool(differing == 0 and got.shape == ref[:n].shape),
+                     "differing_logits": differing})
         progress(f"exact  {entry['model']:18s} batch {b:2d} on {device}: "
                  + ("bit-exact" if rows[-1]["equal"] else f"{differing} logits differ"))
     return rows
+
+
+def _reason(exc: BaseException) -> str:
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {first}"[:300]
 
 
 def _random_inputs(entry: dict, dev, rng):
@@ -129,31 +141,56 @@ def _torch_runs(model_name: str, batch: int) -> dict:
     return runs
 
 
+def _time_group(bundle: str, model: str, batch: int, entries: list[dict], repeat: int, rng, progress) -> dict:
+    """``measure_cuda``'s statistics for the bundle's modules of one (model, batch) and the torch baselines."""
+    from .backends import REFERENCE
+    from .cuda_latency import measure_cuda
+    backends = {}
+    for entry in sorted(entries, key=lambda e: e["backend"] != "intvit_int8"):
+        vm, dev = _vm(os.path.join(bundle, "latency", entry["module"]), "cuda")
+        x, weights = _random_inputs(entry, dev, rng)
+        backends[entry["backend"]] = _Timed(lambda vm=vm, x=x, w=weights: vm["main"](x, *w))
+    backends.update(_torch_runs(model, batch))
+    progress(f"latency {model} batch {batch}: {', '.join(backends)}")
+    return measure_cuda({(REFERENCE if k == "intvit_int8" else k): v for k, v in backends.items()},
+                        batch, repeat, progress=progress)
+
+
 def check_latency(bundle: str, manifest: dict, repeat: int, progress=print) -> list[dict]:
     """Time every latency module and the torch baselines, one (model, batch) at a time."""
     from .backends import REFERENCE
-    from .cuda_latency import measure_cuda
     rng = np.random.default_rng(0)
     groups = {}
     for entry in manifest["latency"]:
         groups.setdefault((entry["model"], entry["batch"]), []).append(entry)
     rows = []
     for (model, batch), entries in groups.items():
-        backends = {}
-        for entry in sorted(entries, key=lambda e: e["backend"] != "intvit_int8"):
-            vm, dev = _vm(os.path.join(bundle, "latency", entry["module"]), "cuda")
-            x, weights = _random_inputs(entry, dev, rng)
-            backends[entry["backend"]] = _Timed(lambda vm=vm, x=x, w=weights: vm["main"](x, *w))
-        backends.update(_torch_runs(model, batch))
-        progress(f"latency {model} batch {batch}: {', '.join(backends)}")
-        stats = measure_cuda({(REFERENCE if k == "intvit_int8" else k): v for k, v in backends.items()},
-                             batch, repeat, progress=progress)
+        try:        # a failing group is reported, and the next one still runs
+            stats = _time_group(bundle, model, batch, entries, repeat, rng, progress)
+        except Exception as exc:
+            rows.append({"model": model, "batch": batch, "backend": REFERENCE, "error": _reason(exc)})
+            progress(f"latency {model} batch {batch}: FAILED {rows[-1]['error']}")
+            continue
         base = stats[REFERENCE]["median_ms"]
         for name, s in stats.items():
             rows.append({"model": model, "batch": batch, "backend": name, **s,
                          "ratio_to_intvit": s["median_ms"] / base})
             progress(f"  {name:16s} {s['median_ms']:9.3f} ms   {s['median_ms'] / base:5.2f}x intvit")
     return rows
+
+
+def summary_table(rows: list[dict]) -> str:
+    """intvit INT8's median ms per (model, batch), and every other backend's median ÷ intvit's."""
+    from .backends import REFERENCE
+    others = sorted({r["backend"] for r in rows} - {REFERENCE})
+    lines = ["model       batch   intvit ms  " + "  ".join(f"{o:>11s}" for o in others)]
+    for model, batch in sorted({(r["model"], r["batch"]) for r in rows}):
+        by = {r["backend"]: r for r in rows if (r["model"], r["batch"]) == (model, batch)}
+        if REFERENCE not in by:
+            continue
+        cells = [f"{by[o]['ratio_to_intvit']:10.2f}x" if o in by else f"{'-':>11s}" for o in others]
+        lines.append(f"{model:11s} {batch:5d} {by[REFERENCE]['median_ms']:11.3f}  " + "  ".join(cells))
+    return "\n".join(lines)
 
 
 def _chart(rows: list[dict], path: str) -> bool:
@@ -218,9 +255,11 @@ def main(argv=None) -> int:
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "gpu_check.json"), "w") as f:
         json.dump(report, f, indent=1)
-    if report.get("latency"):
-        _chart(report["latency"], os.path.join(args.out, "gpu_check.png"))
-    ok = all(r["equal"] for r in report["exact"])
+    timed = [r for r in report.get("latency", []) if "median_ms" in r]
+    if timed:
+        _chart(timed, os.path.join(args.out, "gpu_check.png"))
+        print(summary_table(timed))
+    ok = all(r["equal"] for r in report["exact"]) and not any("error" in r for r in report.get("latency", []))
     print(f"{'all' if ok else 'NOT all'} {len(report['exact'])} exactness runs bit-exact; "
           f"report in {args.out}/gpu_check.json ({report['seconds']} s)")
     return 0 if ok else 1

@@ -17,4 +17,6 @@ python3 -m pip install -q --no-index --no-deps --no-compile --target "$WORK/site
 mkdir -p "$WORK/pkg" && ln -sfn "$PWD" "$WORK/pkg/intvit"
 export PYTHONPATH="$WORK/pkg:${BUNDLE}runtime:$WORK/site" TVM_USE_RUNTIME_LIB=1 PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,clocks.sm --format=csv,noheader || true
-python3 -m intvit.bench.gpu_check "$BUNDLE" --out "$OUT" "$@"
+mkdir -p "$OUT"
+set -o pipefail
+python3 -m intvit.bench.gpu_check "$BUNDLE" --out "$OUT" "$@" 2>&1 | tee "$OUT/gpu_check.log"

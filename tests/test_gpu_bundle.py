@@ -109,3 +109,24 @@ def test_a_bundle_over_the_device_limit_is_refused_and_nothing_is_left(tmp_path,
     with pytest.raises(gpu_bundle.BundleError, match="MiB beside the working tree"):
         gpu_bundle.assemble(out, "sm_90", latency=False, exact_models=("tiny",), progress=lambda s: None)
     assert os.listdir(tmp_path) == []
+
+
+@needs_nvcc
+def test_runner_reports_a_broken_module_and_goes_on(small_bundle, tmp_path):
+    from intvit.bench import gpu_check
+    out, manifest = small_bundle
+    copy = tmp_path / "b"
+    shutil.copytree(out, copy)
+    (copy / "exact" / manifest["exact"][0]["cpu"]).write_bytes(b"not a library")
+    assert gpu_check.main([str(copy), "--device", "cpu", "--out", str(tmp_path / "r")]) == 1
+    rows = json.loads((tmp_path / "r" / "gpu_check.json").read_text())["exact"]
+    assert rows[0]["equal"] is False and rows[0]["error"] and rows[1]["equal"] is True     # batch 8 still ran
+
+
+def test_summary_table_gives_each_backend_as_a_ratio_to_intvit():
+    from intvit.bench.backends import REFERENCE
+    from intvit.bench.gpu_check import summary_table
+    rows = [{"model": "vit_base", "batch": 8, "backend": REFERENCE, "median_ms": 2.0, "ratio_to_intvit": 1.0},
+            {"model": "vit_base", "batch": 8, "backend": "torch_fp16", "median_ms": 3.0, "ratio_to_intvit": 1.5}]
+    header, line = summary_table(rows).splitlines()
+    assert header.split()[-1] == "torch_fp16" and line.split() == ["vit_base", "8", "2.000", "1.50x"]
