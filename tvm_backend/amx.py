@@ -100,8 +100,8 @@ import sys
 import numpy as np
 
 from .byte_table import BYTE_TABLE_BLOCK, BYTE_TABLE_OUT_BLOCK, tensorize_byte_table
-from .gemm import ACC_BLOCK, AMX_COLS, AMX_K, AMX_ROWS, BYTE_SPLIT, OUT_BLOCK, SHIFTED_INPUT_BLOCK, SPLIT_CROP_BLOCK, \
-    fold_rows_map
+from .gemm import ACC_BLOCK, AMX_COLS, AMX_K, AMX_ROWS, BYTE_SPLIT, OUT_BLOCK, SHIFTED_INPUT_BLOCK, SPLIT_CROP_BLOCK
+from .schedule_blocks import block_names, fold_output_rows, parallel_rows
 from .x86 import LANES, has_features, host_cpu
 
 # LLVM's names; what a module using this schedule needs (VBMI: the GELU table's vpermi2b, ``byte_table``;
@@ -335,7 +335,6 @@ def column_chunk(np_: int, row_tasks: int = 1) -> int:
 def amx_shape(sch):
     """``(lead extents, rows_p, np_, kp)`` of the ``packed_gemm_te`` VPDPBUSD kernel in ``sch`` when the AMX
     schedule applies to it (rows, columns and K padded to 32, 32 and 64), else None."""
-    from .schedules import block_names
     names = block_names(sch)
     if not {ACC_BLOCK, OUT_BLOCK, SHIFTED_INPUT_BLOCK} <= set(names):
         return None
@@ -362,7 +361,6 @@ def apply_amx_gemm_schedule(sch, cols: int | None = None) -> None:
     ``ValueError`` for a kernel ``amx_shape`` refuses. The caller adds
     ``with_tile_request`` to the scheduled function (``schedules`` does).
     """
-    from .schedules import block_names
     shape = amx_shape(sch)
     if shape is None:
         raise ValueError("not a u8 x s8 packed GEMM with rows, columns and K padded to 32, 32 and 64 "
@@ -379,16 +377,12 @@ def apply_amx_gemm_schedule(sch, cols: int | None = None) -> None:
     sch.reorder(*lead, jc, io, jb, ii, jj, k)
     task = sch.fuse(*lead, jc, io)
     sch.parallel(task)
-    out_dims = [int(iv.dom.extent) for iv in sch.get(out).iter_vars]
-    if len(out_dims) > len(lead) + 2:          # leading axes folded into the rows (gemm._amx_linear_te)
-        sch.transform_block_layout(out, fold_rows_map(out_dims))
+    fold_output_rows(sch, out, len(lead))      # leading axes folded into the rows (gemm._amx_linear_te)
     sch.reverse_compute_at(out, jb)
     if BYTE_TABLE_BLOCK in block_names(sch):      # the GELU table after fc1: looked up on the same block
         lookup, copy = sch.get_sblock(BYTE_TABLE_BLOCK), sch.get_sblock(BYTE_TABLE_OUT_BLOCK)
         sch.reverse_compute_at(lookup, jb)
-        copy_dims = [int(iv.dom.extent) for iv in sch.get(copy).iter_vars]
-        if len(copy_dims) > 2:
-            sch.transform_block_layout(copy, fold_rows_map(copy_dims))
+        fold_output_rows(sch, copy, 0)
         sch.reverse_compute_at(copy, jb)
         sch.vectorize(sch.get_loops(copy)[-1])
         tensorize_byte_table(sch, lookup)
@@ -402,7 +396,6 @@ def _stage_and_tensorize(sch, task, one_chunk: bool, acc, rows_loop, kp: int, co
                          configure_last: bool = False) -> None:
     """Stage the u8 operand (in each task when the kernel has one column chunk, else in its own parallel
     loop) and tensorize the accumulator block at ``rows_loop`` with the AMX intrinsic pair."""
-    from .schedules import parallel_rows
     shifted = sch.get_sblock(SHIFTED_INPUT_BLOCK)
     if one_chunk:           # one column chunk: each task stages its own 32 rows, once, just before using them
         sch.compute_at(shifted, task)

@@ -32,7 +32,7 @@ from __future__ import annotations
 from .cuda_intrin import GROUP, register_dp4a
 from .gemm import ACC_BLOCK, OUT_BLOCK
 from .gpu_gemm import LHS_BLOCK, RHS_BLOCK, TILE_K, TILE_M, TILE_N
-from .schedules import SCHEDULED_ATTR, block_names, fold_output_rows, is_reduction, _numel, _spatial_prefix
+from .schedule_blocks import SCHEDULED_ATTR, block_names, fold_output_rows, is_reduction, _numel, _spatial_prefix
 
 THREADS_Y, THREADS_X = 16, 16                                   # GEMM thread block
 THREAD_M, THREAD_N = TILE_M // THREADS_Y, TILE_N // THREADS_X   # each thread's register tile

@@ -58,6 +58,7 @@ import functools
 
 from .gemm import ACC_BLOCK, OUT_BLOCK
 from .gpu_gemm import LHS_BLOCK, RHS_BLOCK
+from .schedule_blocks import SCHEDULED_ATTR, block_names, fold_output_rows
 
 MIN_IMMA_ARCH = 80                 # mma.sync m16n8k32 s8 (sm_80+)
 FRAG = 16                          # a fragment is 16 × 16 int32 (two m16n8 MMAs)
@@ -96,7 +97,6 @@ def gemm_path(arch: str) -> tuple[str, str | None]:
 def imma_shape(sch):
     """``(lead extents, rows_p, np_, kp)`` of a ``tiled_gemm_te`` kernel the IMMA schedule takes (two int8
     operands, rows and columns multiples of 64, K of 32), else None."""
-    from .schedules import block_names
     if not {ACC_BLOCK, OUT_BLOCK} <= set(block_names(sch)):
         return None
     acc = sch.get(sch.get_sblock(ACC_BLOCK))
@@ -133,7 +133,6 @@ def schedule_gemm_imma(func, gpu: bool = True):
     Raises ``ValueError`` for a kernel ``imma_shape`` refuses.
     """
     from tvm import s_tir
-    from .schedules import SCHEDULED_ATTR, block_names, fold_output_rows
     cuda = _tensor_intrinsics()
     sch = s_tir.Schedule(func)
     shape = imma_shape(sch)

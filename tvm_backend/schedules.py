@@ -28,52 +28,13 @@ from __future__ import annotations
 from .amx import amx_shape, apply_amx_gemm_schedule, with_tile_request
 from .byte_table import BYTE_TABLE_BLOCK
 from .kernels import MATERIALIZE
-from .gemm import ACC_BLOCK, OUT_BLOCK, PACK_BLOCK, SHIFTED_INPUT_BLOCK, fold_rows_map, linear_tile
+from .gemm import ACC_BLOCK, OUT_BLOCK, PACK_BLOCK, SHIFTED_INPUT_BLOCK, linear_tile
 from .gpu_gemm import LHS_BLOCK, RHS_BLOCK
+from .schedule_blocks import (SCHEDULED_ATTR, _fused_parallel, _numel, _spatial_prefix, block_names,  # noqa: F401
+                              fold_output_rows, is_reduction, parallel_rows)
 from .x86 import DOT_INSTRUCTIONS, LANES, register_dot_intrinsic
 
-SCHEDULED_ATTR = "tirx.is_scheduled"
 TILED_ROWS = 8                  # rows per parallel task of a tiled (int64) GEMM; divides TILE_M
-
-
-def fold_output_rows(sch, out, acc_lead: int) -> None:
-    """When the GEMM folded its leading axes into its rows (``gpu_gemm``, ``gemm._amx_linear_te``), make the
-    output block iterate over the same flat rows, so that it can be computed at the accumulator's tile loops."""
-    dims = [int(iv.dom.extent) for iv in sch.get(out).iter_vars]
-    if len(dims) > acc_lead + 2:
-        sch.transform_block_layout(out, fold_rows_map(dims))
-
-
-def block_names(sch) -> list[str]:
-    return [sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))]
-
-
-def _spatial_prefix(sch, block) -> list:
-    """The block's outer loops that are data-parallel (stop at the first reduction loop)."""
-    loops = sch.get_loops(block)
-    iters = sch.get(block).iter_vars
-    out = []
-    for loop, iv in zip(loops, iters):
-        if int(iv.iter_type) != 0:
-            break
-        out.append(loop)
-    return out
-
-
-def _fused_parallel(sch, loops: list):
-    """Fuse ``loops`` into one parallel loop (None when there are none)."""
-    if not loops:
-        return None
-    loop = sch.fuse(*loops) if len(loops) > 1 else loops[0]
-    sch.parallel(loop)
-    return loop
-
-
-def parallel_rows(sch, block):
-    """Fuse the block's leading spatial loops (all but the innermost axis) and parallelise them."""
-    spatial = _spatial_prefix(sch, block)
-    n_loops = len(sch.get_loops(block))
-    return _fused_parallel(sch, spatial[:-1] if len(spatial) == n_loops and len(spatial) > 1 else spatial)
 
 
 def schedule_gemm(func, vnni: bool, amx: bool = False):
@@ -177,17 +138,6 @@ def schedule_tiled_gemm(func):
     sch.reverse_compute_at(out, io)
     sch.parallel(sch.fuse(*lead, io) if lead else io)
     return sch.mod["main"].with_attr(SCHEDULED_ATTR, True)
-
-
-def _numel(sch, block) -> int:
-    n = 1
-    for d in sch.get(block).writes[0].source.shape:
-        n *= int(d)
-    return n
-
-
-def is_reduction(sch, block) -> bool:
-    return any(int(iv.iter_type) != 0 for iv in sch.get(block).iter_vars)
 
 
 def schedule_rowwise(func):
