@@ -10,8 +10,11 @@ them) → schedules → ``tvm.compile``. Targets:
   instruction set ``isa`` names (``ISAS``; by default AMX where this CPU and
   Linux allow it, else AVX-512 VNNI where the CPU has it, else generic);
 * ``"cuda"`` (with an ``arch`` such as ``sm_90``, or the GPU's own when one is
-  present): ``gpu_schedules.schedule_module_gpu``, device code compiled by
-  nvcc at build time and embedded (``cuda``).
+  present; a dict target may name the host code's llvm target as ``"host"``):
+  ``gpu_schedules.schedule_module_gpu``, the int8 GEMMs on tensor cores from
+  sm_80 (``imma``; imported under ``gpu_gemm.imma_layout`` so that A·V is an
+  int8 GEMM too), device code compiled by nvcc at build time and embedded
+  (``cuda``).
 """
 from __future__ import annotations
 
