@@ -73,6 +73,8 @@ def _vm(path: str, device: str):
 def check_exact(bundle: str, manifest: dict, device: str, progress=print) -> list[dict]:
     """Run every exactness module of ``device`` kind on its images and compare with its reference."""
     import tvm
+
+    from .backends import _reason
     rows = []
     for entry in manifest["exact"]:
         folder = os.path.join(bundle, "exact")
@@ -96,10 +98,6 @@ def check_exact(bundle: str, manifest: dict, device: str, progress=print) -> lis
                  + ("bit-exact" if rows[-1]["equal"] else f"{differing} logits differ"))
     return rows
 
-
-def _reason(exc: BaseException) -> str:
-    first = (str(exc).strip().splitlines() or [""])[0]
-    return f"{type(exc).__name__}: {first}"[:300]
 
 
 def _random_inputs(entry: dict, dev, rng):
@@ -158,7 +156,7 @@ def _time_group(bundle: str, model: str, batch: int, entries: list[dict], repeat
 
 def check_latency(bundle: str, manifest: dict, repeat: int, progress=print) -> list[dict]:
     """Time every latency module and the torch baselines, one (model, batch) at a time."""
-    from .backends import REFERENCE
+    from .backends import REFERENCE, _reason
     rng = np.random.default_rng(0)
     groups = {}
     for entry in manifest["latency"]:

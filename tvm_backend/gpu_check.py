@@ -17,6 +17,7 @@ it holds, and the spill bytes ``ptxas -v`` reports for it.
 """
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import tempfile
@@ -61,7 +62,6 @@ def ptx_kernels(ptx: str) -> dict[str, str]:
 def ptxas_spills(ptx: str, arch: str) -> dict[str, tuple[int, int]]:
     """``{kernel: (spill store bytes, spill load bytes)}`` as ``ptxas -v`` reports them for ``arch``."""
     from .cuda import CudaToolchainError, nvcc_path
-    import os
     ptxas = os.path.join(os.path.dirname(os.path.realpath(nvcc_path())), "ptxas")
     with tempfile.NamedTemporaryFile("w", suffix=".ptx") as f:
         f.write(ptx)
