@@ -28,6 +28,13 @@ def test_lifted_weights_give_the_same_outputs(tiny_qvit):
     assert np.array_equal(out[1].numpy(), tiny_qvit.forward_int(x).numpy())
     with pytest.raises(Exception):               # the weights are inputs now: main needs them
         vm["main"](tvm.runtime.tensor(x.numpy(), tvm.cpu()))
+    with pytest.raises(TypeError, match="compiled with lift_weights: its main takes the images and"):
+        compiled(x)
+
+
+def test_lift_weights_and_tune_together_are_refused(tiny_qvit, tmp_path):
+    with pytest.raises(ValueError, match="use tune or lift_weights, not both"):
+        compile_onnx(to_onnx(tiny_qvit), "llvm", tune=2, tuning_dir=str(tmp_path), lift_weights=4096)
 
 
 @pytest.fixture(scope="module")

@@ -206,6 +206,9 @@ def compile_onnx(model, target="llvm", batch: int = 1, arch: str | None = None, 
         raise ValueError("--tune tunes the CPU kernels: use it with --target llvm (the CUDA schedules are fixed)")
     if tune and not tuning_dir:
         raise ValueError("tune=N needs tuning_dir, the directory for the tuning database")
+    if tune and lift_weights is not None:
+        raise ValueError("tune=N checks the tuned module by running it, which a module with lifted weights "
+                         "cannot do alone; use tune or lift_weights, not both")
     isa = resolve_isa(isa, tgt)
 
     def fused_module():

@@ -70,6 +70,7 @@ class CompiledIntViT:
                              if arr.shape[1:] == self.input_shape[1:] else
                              f"expected input shape {list(self.input_shape)}, got {list(arr.shape)}")
         arr = self.check_input_dtype(arr)
+        self._check_not_lifted()
         out = self.vm["main"](tvm.runtime.tensor(arr, self.dev))
         return out[0].numpy(), out[1].numpy()
 
@@ -91,4 +92,11 @@ class CompiledIntViT:
     def run_on_device(self, tensor):
         """Run on an input already on ``self.dev`` (a ``tvm.runtime.Tensor`` of the compiled shape and dtype);
         returns ``(logits, int_logits)`` as tensors on the device: nothing is copied to or from the host."""
+        self._check_not_lifted()
         return self.vm["main"](tensor)
+
+    def _check_not_lifted(self) -> None:
+        if self.lifted:
+            raise TypeError(f"this module was compiled with lift_weights: its main takes the images and "
+                            f"{len(self.lifted)} weight tensors; call vm['main'](images, *weights) "
+                            "(the weights are in .lifted_values)")
