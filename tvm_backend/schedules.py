@@ -30,7 +30,7 @@ from .byte_table import BYTE_TABLE_BLOCK
 from .kernels import MATERIALIZE
 from .gemm import ACC_BLOCK, OUT_BLOCK, PACK_BLOCK, SHIFTED_INPUT_BLOCK, linear_tile
 from .gpu_gemm import LHS_BLOCK, RHS_BLOCK
-from .schedule_blocks import (SCHEDULED_ATTR, _fused_parallel, _numel, _spatial_prefix, block_names,  # noqa: F401
+from .schedule_blocks import (SCHEDULED_ATTR, _fused_parallel, _numel, block_names,  # noqa: F401 (re-exported)
                               fold_output_rows, is_reduction, parallel_rows)
 from .x86 import DOT_INSTRUCTIONS, LANES, register_dot_intrinsic
 
