@@ -9,7 +9,7 @@
   are the same).
 * ``ort_qdq`` — ONNX Runtime ``quantize_static`` on the float ONNX: QDQ
   format, uint8 activations, int8 per-channel weights, min-max calibration
-  (``bench.backends.quantize_qdq``, the same as ``intvit bench``'s row).
+  (``bench.onnx_float.quantize_qdq``, the same as ``intvit bench``'s row).
 
 Each builder returns ``logits(images) -> tensor``; a peer that cannot run
 here (its package missing, an export failure) raises ``PeerUnavailable`` with
@@ -70,7 +70,7 @@ def ort_qdq_int8(model: torch.nn.Module, calib: torch.Tensor):
     """ONNX Runtime's static QDQ INT8 of ``model`` exported to ONNX (batch dimension dynamic)."""
     import numpy as np
 
-    from .backends import _ort_session, export_float_onnx, quantize_qdq
+    from .onnx_float import export_float_onnx, ort_session, quantize_qdq
 
     class Logits(torch.nn.Module):            # ONNX export wants a tensor output
         def __init__(self, inner):
@@ -85,7 +85,7 @@ def ort_qdq_int8(model: torch.nn.Module, calib: torch.Tensor):
         try:
             export_float_onnx(Logits(model).eval(), calib.shape[1], calib.shape[-1], fp32)
             quantize_qdq(fp32, "pixel_values", calib, int8)
-            session = _ort_session(int8, torch.get_num_threads())
+            session = ort_session(int8, torch.get_num_threads())
         except Exception as exc:                 # noqa: BLE001
             raise PeerUnavailable(f"ONNX export or quantize_static failed: {type(exc).__name__}: "
                                   f"{str(exc).splitlines()[0][:200]}") from None

@@ -39,7 +39,8 @@ import time
 import numpy as np
 import torch
 
-from .backends import REFERENCE, Backend, _export_size, _reason, export_float_onnx, quantize_qdq, timed_step, torch_bytes
+from .backends import REFERENCE, Backend, _export_size, _reason, timed_step, torch_bytes
+from .onnx_float import export_float_onnx, quantize_qdq
 from .models import BenchModel
 
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}

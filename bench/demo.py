@@ -33,7 +33,7 @@ def run_demo(out_dir: str, n_images: int | None, n_calib: int, config, batch: in
     """Run the six steps; ``config`` is the ``QuantConfig``; ``progress(line)`` hears each step."""
     import intvit
     from intvit.models import fmnist
-    from intvit.quantize.evaluate import scores
+    from intvit.quantize.metrics import scores
     from intvit.runtime import load
     from intvit.tvm_backend.runtime import compile_to_file
 

@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
 
     import intvit
-    from intvit.quantize.evaluate import sqnr_db
+    from intvit.quantize.metrics import sqnr_db
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

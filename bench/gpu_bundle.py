@@ -162,7 +162,7 @@ def _build_latency(dest: str, arch: str, progress, models=LATENCY_MODELS, batche
 
     from ..quantize.onnx_export import to_onnx
     from ..tvm_backend.build import compile_onnx
-    from .backends import export_float_onnx
+    from .onnx_float import export_float_onnx
     from .models import build_model
     from .tvm_float import build_float_cuda
     os.makedirs(dest)

@@ -22,7 +22,7 @@ import torch
 
 import intvit
 from intvit.models import fmnist
-from intvit.quantize.evaluate import compare
+from intvit.quantize.metrics import compare
 
 
 def training_images(n: int, seed: int = 0):

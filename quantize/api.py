@@ -17,7 +17,6 @@ from .layout import check_widen_count, point_bits, resolve_layout, resolve_zero_
 from .preprocessing import check_calibration_scale
 from .preprocessing import resolve as resolve_preprocessing
 from .sanity import SANITY_IMAGES, warn_degenerate
-from .serialize import load_integer_vit
 from .wrapper import IntegerBackbone, capture_backbone_inputs, float_pooler_of, warn_float_pooler
 
 
@@ -109,7 +108,7 @@ def _set_submodule(root: nn.Module, path: str, new: nn.Module) -> None:
 
 def load(path) -> IntegerViT:
     """Load a model saved with ``IntegerViT.save``; refuses corrupted files."""
-    return load_integer_vit(path)
+    return IntegerViT.load(path)
 
 
 def integer_vit_of(model) -> IntegerViT:

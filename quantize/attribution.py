@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from .. import ops
 from ..models.spec import float_forward, layernorm_at, layernorm_input_point, quant_points
-from .evaluate import sqnr_db
+from .metrics import sqnr_db
 from .fake_quant import fake_quant, fake_quant_weight
 from .integer_model import IntegerViT
 

@@ -34,7 +34,9 @@ from .. import ops
 from ..models.spec import ViTSpec, check_input, check_spec, float_forward, linear_layers
 from .fake_quant import fake_quant, fake_quant_weight
 from .layout import check_zero_points, point_bits
+from .onnx_export import export_onnx
 from .qparams import act_grids, freeze, output_point
+from .serialize import read_integer_vit, save_integer_vit
 
 MODES = ("int", "fake", "float")
 
@@ -260,15 +262,25 @@ class IntegerViT(nn.Module):
     # ------------------------------------------------------------------ persistence
     def export_onnx(self, path, integer_input: bool = False) -> str:
         """Write the integer ONNX graph (``quantize.onnx_export``); returns the path."""
-        from .onnx_export import export_onnx
         return export_onnx(self, path, integer_input=integer_input)
 
     def save(self, path, include_float: bool = False) -> None:
         """Write the model to one ``.safetensors`` file (``quantize.serialize``): the integer tensors at their
         true widths, about the size of the int8 ONNX; ``include_float=True`` keeps the float weights too
         (needed to analyse, fine-tune or refreeze it later)."""
-        from .serialize import save_integer_vit
         save_integer_vit(self, path, include_float)
+
+    @classmethod
+    def load(cls, path) -> "IntegerViT":
+        """A model saved with ``save``; refuses damaged files (``serialize.IntegerModelFileError``). A file
+        with float weights is refrozen and must reproduce its stored integer tensors exactly."""
+        stored = read_integer_vit(path)
+        with stored.building():
+            if not stored.float_weights:
+                return cls.from_integer_params(stored.spec, stored.amax, stored.meta, stored.int_params)
+            model = cls(stored.spec, stored.amax, stored.meta)
+        stored.check_refrozen(model.integer_params())
+        return model
 
 
 def _bufname(name: str) -> str:

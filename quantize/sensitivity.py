@@ -13,7 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..models.spec import float_forward, linear_layers, quant_points
-from .evaluate import sqnr_db
+from .metrics import sqnr_db
 from .fake_quant import fake_quant, fake_quant_weight
 
 

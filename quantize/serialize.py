@@ -15,7 +15,8 @@ recomputed integer tensors equal the stored ones — a file whose scales were
 lost or altered (the I-ViT issue #6 failure: 0% top-1 after reload) is
 refused instead of run. Without the floats the stored integer tensors are
 checked against their digest and used as they are
-(``IntegerViT.from_integer_params``).
+(``IntegerViT.from_integer_params``). This module reads and checks the
+file; ``IntegerViT.load`` builds the model from what it read.
 
 Versions: 1 (before the GELU table), 2 (int64 tensors, floats always) and 3
 (this layout) all load.
@@ -25,9 +26,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .. import __version__
@@ -150,14 +153,47 @@ def header_digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def load_integer_vit(path):
-    from .integer_model import IntegerViT
+@dataclass
+class StoredModel:
+    """What an intvit model file holds, read and checked as far as the file alone allows; ``IntegerViT.load``
+    builds the model from it (this module never builds one, so it does not import the model class)."""
+
+    path: str
+    spec: ViTSpec
+    amax: dict
+    meta: dict | None
+    int_params: dict[str, torch.Tensor]
+    float_weights: bool
+
+    @contextmanager
+    def building(self):
+        """Building the model from a damaged header fails as one ``IntegerModelFileError``."""
+        try:
+            yield
+        except IntegerModelFileError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise IntegerModelFileError(f"{self.path}: model header is damaged ({type(exc).__name__}: {exc})") from None
+
+    def check_refrozen(self, rebuilt: dict[str, torch.Tensor]) -> None:
+        """A file with float weights: the integer tensors refrozen from its floats and scales must equal the
+        stored ones (a file whose scales were lost or altered is refused instead of run)."""
+        stored = self.int_params
+        bad = sorted(k for k in rebuilt if k not in stored or not torch.equal(stored[k], rebuilt[k]))
+        if bad or set(stored) != set(rebuilt):
+            raise IntegerModelFileError(
+                f"{self.path}: stored integer parameters disagree with the stored scales "
+                f"({(bad or sorted(set(stored) ^ set(rebuilt)))[:3]}…); the file is corrupted")
+
+
+def read_integer_vit(path) -> StoredModel:
+    """Read an intvit model file: format, version and both checksums checked; float-weight files' integer
+    tensors are checked later against a refreeze (``StoredModel.check_refrozen``)."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no intvit model at {path}")
     try:
         tensors = load_file(path)
-        from safetensors import safe_open
         with safe_open(path, framework="pt") as f:
             meta = f.metadata() or {}
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
@@ -176,28 +212,20 @@ def load_integer_vit(path):
     try:
         header = json.loads(meta["header"])
         if not header.get("float_weights", True):
-            return _frozen_model(path, header, stored)
+            return _frozen_record(path, header, stored)
         spec = _spec_from(tensors, header["spec"])
-        model = IntegerViT(spec, header["amax"], header.get("meta"))
         stored = {k: v.to(getattr(torch, header["int_dtypes"][k])) if "int_dtypes" in header else v
                   for k, v in stored.items()}
+        return StoredModel(path, spec, header["amax"], header.get("meta"), stored, float_weights=True)
     except IntegerModelFileError:
         raise
     except (KeyError, json.JSONDecodeError, TypeError, ValueError, AttributeError) as exc:
         raise IntegerModelFileError(f"{path}: model header is damaged ({type(exc).__name__}: {exc})") from None
-    rebuilt = model.integer_params()
-    bad = sorted(k for k in rebuilt if k not in stored or not torch.equal(stored[k], rebuilt[k]))
-    if bad or set(stored) != set(rebuilt):
-        raise IntegerModelFileError(
-            f"{path}: stored integer parameters disagree with the stored scales "
-            f"({(bad or sorted(set(stored) ^ set(rebuilt)))[:3]}…); the file is corrupted")
-    return model
 
 
-def _frozen_model(path: str, header: dict, stored: dict[str, torch.Tensor]):
-    """The model of a file saved without float weights: its integer tensors, checked against their digest,
-    widened to their in-memory dtypes, on a shape-only spec."""
-    from .integer_model import IntegerViT
+def _frozen_record(path: str, header: dict, stored: dict[str, torch.Tensor]) -> StoredModel:
+    """A file saved without float weights: its integer tensors, checked against their digest, widened to
+    their in-memory dtypes, on a shape-only spec."""
     if tensors_digest(stored) != header["int_sha256"]:
         raise IntegerModelFileError(f"{path}: the integer tensors do not match their checksum (the file is "
                                     "damaged); re-run intvit.quantize and save again")
@@ -206,4 +234,4 @@ def _frozen_model(path: str, header: dict, stored: dict[str, torch.Tensor]):
     params = {k: v.to(getattr(torch, header["int_dtypes"][k])) for k, v in stored.items()}
     if set(params) != set(header["int_dtypes"]):
         raise IntegerModelFileError(f"{path}: the file's integer tensors are not the ones its header lists")
-    return IntegerViT.from_integer_params(spec, header["amax"], header.get("meta"), params)
+    return StoredModel(path, spec, header["amax"], header.get("meta"), params, float_weights=False)

@@ -71,7 +71,7 @@ def tiny_qvit_shiftgelu(tiny_vit):
     return intvit.quantize(tiny_vit, images(32), intvit.QuantConfig(progress=False, gelu="shift"))
 
 
-from intvit.quantize.evaluate import sqnr_db  # noqa: E402,F401  (one definition, shared with reports)
+from intvit.quantize.metrics import sqnr_db  # noqa: E402,F401  (one definition, shared with reports)
 
 
 def assert_exact_in_ort_tvm_and_file(q, x, path):

@@ -16,7 +16,8 @@ import torch
 from onnx import TensorProto, helper
 
 from intvit.bench import command, latency, stats, targets
-from intvit.bench.backends import ALL_BACKENDS, DEFAULT_BACKENDS, OPTIONAL, export_float_onnx
+from intvit.bench.backends import ALL_BACKENDS, DEFAULT_BACKENDS, OPTIONAL
+from intvit.bench.onnx_float import export_float_onnx
 from intvit.bench.models import build_model
 from intvit.bench.onnx_vit import load_float_vit
 from intvit.cli import main

@@ -19,7 +19,7 @@ def embedded():
 
 
 def test_embedded_model_int8_accuracy_close_to_fp32(embedded):
-    from intvit.quantize.evaluate import compare
+    from intvit.quantize.metrics import compare
     model, q = embedded
     images, labels = fmnist.load_test_set(1000)
     r = compare(lambda x: model(x).logits, q, images, labels, progress=False)

@@ -4,7 +4,8 @@ import json
 import pytest
 import torch
 
-from intvit.quantize.evaluate import evaluate_recipes, scores
+from intvit.quantize.evaluate import evaluate_recipes
+from intvit.quantize.metrics import scores
 
 
 def test_scores_of_known_logits():

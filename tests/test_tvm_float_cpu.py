@@ -11,7 +11,7 @@ import tvm
 from onnx import TensorProto, helper
 from tvm import relax
 
-from intvit.bench.backends import export_float_onnx
+from intvit.bench.onnx_float import export_float_onnx
 from intvit.bench.models import build_model
 from intvit.bench.tvm_float import import_float_onnx
 from intvit.bench.tvm_float_cpu import MATMUL_BLOCK, build_float_cpu, lower_float_cpu, patchify_convolutions
