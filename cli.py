@@ -5,7 +5,6 @@ import argparse
 import json
 import os
 import sys
-import time
 
 
 def _demo(args) -> int:
@@ -24,8 +23,10 @@ def _demo(args) -> int:
 def _quantize(args) -> int:
     """Quantize a local Hugging Face checkpoint (or the embedded model) with a calibration .npz."""
     import intvit
+    from intvit.files import check_writable_target
     from intvit.models import fmnist
 
+    check_writable_target(args.output, "the quantized model")      # before minutes of calibration, not after
     if args.model == "fmnist":
         model = fmnist.load_model()
         normalisation = {"mean": fmnist.MEAN, "std": fmnist.STD}

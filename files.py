@@ -43,6 +43,39 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def check_writable_target(path, what: str = "the output") -> None:
+    """Refuse, before any work, an output path a writer could not publish: empty, an existing directory, or
+    in a folder that does not exist or is not writable (one ``OSError`` subclass saying which)."""
+    path = os.fspath(path)
+    if not path:
+        raise FileNotFoundError(f"{what}: the path is empty; give a file name")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"cannot write {what} to {path}: it is a directory; give a file name inside it")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise FileNotFoundError(f"cannot write {what} to {path}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot write {what} to {path}: directory {parent} is not writable")
+
+
+def read_whole(path, what: str) -> bytes:
+    """All bytes of ``path`` through one open file (a file replaced while it is read is still read whole, old
+    or new), or one ``OSError`` subclass that names ``what`` was expected and why it cannot be read."""
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no {what} at {path}") from None
+    except IsADirectoryError:
+        raise IsADirectoryError(f"{path} is a directory, not an {what} file") from None
+    except PermissionError:
+        raise PermissionError(f"cannot read {path}: permission denied (an {what} file must be readable by "
+                              "this user)") from None
+    except OSError as exc:
+        raise OSError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
 def give_default_mode(path) -> None:
     """``chmod`` ``path`` to what ``open()`` would have created: ``0o666`` less the process's umask (some
     writers, such as safetensors, create files readable by their owner only)."""

@@ -27,7 +27,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .. import __version__, ops
-from ..files import sweep_stale_temps, temp_name
+from ..files import check_writable_target, sweep_stale_temps, temp_name
 from .onnx_functions import DOMAIN, OPSET, all_functions
 from .preprocessing import METADATA_KEY as PREPROCESSING_KEY
 from .preprocessing import to_metadata
@@ -279,9 +279,10 @@ def to_onnx(model, integer_input: bool = False) -> onnx.ModelProto:
 def export_onnx(model, path, integer_input: bool = False, check: bool = True) -> str:
     """Write the integer ONNX graph to ``path`` atomically (no partial file on error)."""
     path = os.fspath(path)
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
-        raise OnnxExportError(f"cannot write {path}: directory {parent} does not exist or is not writable")
+    try:
+        check_writable_target(path, "the ONNX file")
+    except OSError as exc:
+        raise OnnxExportError(str(exc)) from None
     proto = to_onnx(model, integer_input)
     if check:
         onnx.checker.check_model(proto, full_check=True)

@@ -30,11 +30,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError
+from safetensors.torch import load as safetensors_load
+from safetensors.torch import save as safetensors_bytes
 
 from .. import __version__
-from ..files import give_default_mode, sweep_stale_temps, temp_name
+from ..files import check_writable_target, give_default_mode, read_whole, sweep_stale_temps, temp_name
 from ..models.spec import Block, Linear, Norm, ViTSpec
 
 FORMAT = "intvit.integer-vit"
@@ -131,13 +132,15 @@ def save_integer_vit(model, path, include_float: bool = False) -> None:
                        "float_weights": include_float, "int_dtypes": dtypes, "int_sha256": tensors_digest(ints)})
     meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "intvit_version": __version__,
             "header": text, "header_sha256": header_digest(text)}
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        raise FileNotFoundError(f"cannot save to {path}: directory {parent} does not exist")
+    check_writable_target(path, "the model")
+    data = safetensors_bytes(tensors, metadata=meta)
     sweep_stale_temps(path)
     tmp = temp_name(path)
     try:
-        save_file(tensors, tmp, metadata=meta)
+        # The bytes are written here, not by safetensors.save_file, which stages in a temp of its own
+        # (``.tmpXXXXXX`` beside the target) that a killed writer leaves behind and no sweep recognises.
+        with open(tmp, "wb") as f:
+            f.write(data)
         give_default_mode(tmp)
         os.replace(tmp, path)
     except OSError as exc:
@@ -186,17 +189,28 @@ class StoredModel:
                 f"({(bad or sorted(set(stored) ^ set(rebuilt)))[:3]}…); the file is corrupted")
 
 
+def _safetensors_metadata(data: bytes) -> dict:
+    """The ``__metadata__`` of a safetensors file's bytes: an 8-byte little-endian header length, then the
+    JSON header (read from the same bytes as the tensors, so a file replaced meanwhile cannot pair one file's
+    tensors with another's header)."""
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + size])
+    if not isinstance(header, dict):
+        raise ValueError("the safetensors header is not a JSON object")
+    return header.get("__metadata__") or {}
+
+
 def read_integer_vit(path) -> StoredModel:
     """Read an intvit model file: format, version and both checksums checked; float-weight files' integer
     tensors are checked later against a refreeze (``StoredModel.check_refrozen``)."""
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no intvit model at {path}")
+    data = read_whole(path, "intvit model")
+    if data[:4] == b"\x7fELF":
+        raise IntegerModelFileError(f"{path} is a compiled module (intvit compile), not an intvit model file; "
+                                    "run it with intvit.runtime.load / intvit run")
     try:
-        tensors = load_file(path)
-        with safe_open(path, framework="pt") as f:
-            meta = f.metadata() or {}
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        tensors, meta = safetensors_load(data), _safetensors_metadata(data)
+    except (SafetensorError, ValueError, RuntimeError, UnicodeDecodeError) as exc:
         raise IntegerModelFileError(f"{path} is not a readable intvit model file ({exc}); "
                                     "re-run intvit.quantize and save again") from None
     if meta.get("format") != FORMAT:

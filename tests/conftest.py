@@ -110,3 +110,18 @@ def errors_from_threads(fn, threads: int = 4) -> list:
     for t in workers:
         t.join()
     return errors
+
+
+@pytest.fixture(scope="session")
+def compiled_pair(tmp_path_factory, tiny_qvit):
+    """Two different models compiled for batch 1: (dir, first .so, second .so, their integer models)."""
+    import intvit
+    from intvit.tvm_backend.runtime import compile_to_file
+    d = tmp_path_factory.mktemp("modules")
+    other = intvit.quantize(hf_vit(seed=9), images(16), intvit.QuantConfig(progress=False))
+    paths = []
+    for name, q in (("a", tiny_qvit), ("b", other)):
+        q.export_onnx(d / f"{name}.onnx")
+        compile_to_file(d / f"{name}.onnx", d / f"{name}.so", batch=1)
+        paths.append(d / f"{name}.so")
+    return d, paths[0], paths[1], tiny_qvit, other

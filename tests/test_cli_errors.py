@@ -30,6 +30,7 @@ def files(tmp_path_factory, tiny_qvit):
     (d / "text.npy").write_text("not an array")
     (d / "notonnx.onnx").write_text("hello world")
     (d / "notes.txt").write_text("hello")
+    (d / "adir.so").mkdir()
     from PIL import Image
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(d / "img.png")
     meta = json.loads((d / "m.so.json").read_text())
@@ -57,7 +58,12 @@ CASES = [  # (argv with {d} for the files' folder, a phrase the one line must ho
     ("compile {d}/notonnx.onnx -o {d}/x.so", "is not a readable ONNX file"),
     ("compile {d}/missing.onnx -o {d}/x.so", "no ONNX file at"),
     ("compile {d}/m.onnx -o {d}/x.so --target tpu", "unknown target 'tpu'"),
-    ("compile {d}/m.onnx -o {d}/no/such/dir/x.so", "does not exist or is not writable"),
+    ("compile {d}/m.onnx -o {d}/no/such/dir/x.so", "does not exist"),
+    ("compile {d}/m.onnx -o {d}/adir.so", "it is a directory; give a file name inside it"),
+    ("compile {d}/m.onnx -o {d}/x.so --tune 1 --tuning-db {d}/notes.txt", "is a file; give a folder"),
+    ("export {d}/m.safetensors -o {d}/adir.so", "it is a directory; give a file name inside it"),
+    ("quantize fmnist -o {d}/no/such/dir/q.safetensors", "does not exist"),     # before quantizing, not after
+    ("run {d}/m.onnx --input {d}/nan.npy", "is an ONNX file, not a compiled module; compile it first"),
     ("compile {d}/m.onnx -o {d}/x.so --batch 0", "argument --batch: must be at least 1"),
     ("compile {d}/m.onnx -o {d}/x.so --isa sse", "argument --isa: invalid choice: 'sse'"),
     ("run {d}/missing.so --input {d}/nan.npy", "no compiled module at"),
@@ -139,3 +145,9 @@ def test_the_package_names_load_on_first_use_and_quantize_stays_the_function():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-500:]
     assert "'quantize'" in proc.stdout and "'QuantConfig'" in proc.stdout
+
+
+def test_an_empty_output_path_is_one_line(files, capfd):
+    assert main(["compile", str(files / "m.onnx"), "-o", ""]) == 2
+    err = capfd.readouterr().err.strip()
+    assert err == "intvit compile: the compiled module: the path is empty; give a file name"

@@ -7,23 +7,9 @@ import threading
 import numpy as np
 import pytest
 
-import intvit
 from intvit.runtime import ModuleMismatchError, load
 from intvit.tvm_backend.runtime import compile_to_file
-from conftest import hf_vit, images
-
-
-@pytest.fixture(scope="module")
-def compiled_pair(tmp_path_factory, tiny_qvit):
-    """Two different models compiled for batch 1: (dir, first .so, second .so, their integer models)."""
-    d = tmp_path_factory.mktemp("modules")
-    other = intvit.quantize(hf_vit(seed=9), images(16), intvit.QuantConfig(progress=False))
-    paths = []
-    for name, q in (("a", tiny_qvit), ("b", other)):
-        q.export_onnx(d / f"{name}.onnx")
-        compile_to_file(d / f"{name}.onnx", d / f"{name}.so", batch=1)
-        paths.append(d / f"{name}.so")
-    return d, paths[0], paths[1], tiny_qvit, other
+from conftest import images
 
 
 @pytest.fixture(autouse=True)

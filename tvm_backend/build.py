@@ -18,9 +18,10 @@ them) → schedules → ``tvm.compile``. Targets:
 """
 from __future__ import annotations
 
+import functools
 import os
+import threading
 
-import numpy as np
 import onnx
 
 from .compiled import CompiledIntViT
@@ -167,6 +168,20 @@ def lower(mod, target):
     return schedule(fuse(mod, target), target)
 
 
+def _one_at_a_time(compile_fn):
+    """TVM's Relax ``BlockBuilder`` keeps one process-wide stack: two imports at once on two threads broke
+    each other (``AssertionError`` in ``to_relax``), so this process compiles one model at a time."""
+    @functools.wraps(compile_fn)
+    def serialised(*args, **kwargs):
+        with _COMPILING:
+            return compile_fn(*args, **kwargs)
+    return serialised
+
+
+_COMPILING = threading.RLock()
+
+
+@_one_at_a_time
 def compile_onnx(model, target="llvm", batch: int = 1, arch: str | None = None, tune: int = 0,
                  tuning_dir: str | None = None, progress=None, isa: str | None = None,
                  lift_weights: int | None = None) -> CompiledIntViT:

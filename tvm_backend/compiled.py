@@ -63,7 +63,9 @@ class CompiledIntViT:
 
     def __call__(self, images):
         import tvm
-        arr = np.asarray(images.detach().cpu().numpy() if hasattr(images, "detach") else images)
+        arr = np.asarray(_host_array(images))
+        if arr.ndim == len(self.input_shape) and arr.shape[0] == 0:
+            raise ValueError(f"got an empty batch (0 images); this module runs batches of {self.batch}")
         if arr.shape != self.input_shape:
             raise ValueError(f"this module was compiled for input shape {list(self.input_shape)}, "
                              f"got {list(arr.shape)}; recompile with --batch {arr.shape[0]}"
@@ -87,7 +89,12 @@ class CompiledIntViT:
             raise TypeError(f"this module takes float images (normalised as the float model expects), got "
                             f"{arr.dtype}; convert and normalise them first, e.g. (x / 255 - mean) / std")
         check_finite_input(arr)
-        return arr.astype(self.input_dtype, copy=False)
+        with np.errstate(over="ignore"):
+            cast = arr.astype(self.input_dtype, copy=False)
+        if cast is not arr and not np.isfinite(cast).all():     # finite float64 beyond float32's range
+            raise ValueError(f"the images hold values beyond {self.input_dtype}'s range (|x| > "
+                             f"{np.finfo(self.input_dtype).max:.3g}); normalise them as the float model expects")
+        return cast
 
     def run_on_device(self, tensor):
         """Run on an input already on ``self.dev`` (a ``tvm.runtime.Tensor`` of the compiled shape and dtype);
@@ -100,3 +107,12 @@ class CompiledIntViT:
             raise TypeError(f"this module was compiled with lift_weights: its main takes the images and "
                             f"{len(self.lifted)} weight tensors; call vm['main'](images, *weights) "
                             "(the weights are in .lifted_values)")
+
+
+def _host_array(images):
+    """A numpy view of ``images``: a torch tensor is detached and brought to the host first (bfloat16, which
+    numpy lacks, widened exactly to float32)."""
+    if not hasattr(images, "detach"):
+        return images
+    t = images.detach().cpu()
+    return (t.float() if str(t.dtype) == "torch.bfloat16" else t).numpy()

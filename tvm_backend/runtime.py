@@ -20,7 +20,8 @@ Loading: the library is opened through a content-addressed copy
 in the same process runs the new code (the dynamic loader returns the
 library already open for a path), once per distinct content (TVM keeps part
 of every library it loads alive), and a ``LoadedModule`` serves concurrent
-callers: one virtual machine per calling thread over the shared library.
+callers: one virtual machine per worker thread over the shared library, the calls
+handed to a fixed set of worker threads (``callers``).
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 import threading
 import time
@@ -37,11 +39,12 @@ import time
 import numpy as np
 
 from .. import __version__
-from ..files import sweep_stale_temps, temp_name
+from ..files import check_writable_target, read_whole, sweep_stale_temps, temp_name
 from ..quantize.onnx_export import OUTPUT_KIND_KEY
 from ..quantize.preprocessing import METADATA_KEY as PREPROCESSING_KEY
 from ..quantize.preprocessing import from_metadata
 from .build import ISAS, CompiledIntViT, NoDeviceError, compile_onnx, resolve_target
+from .callers import on_worker
 from .imma import GEMM_PATHS, gemm_path
 from .amx import AMX_FEATURES, request_tile_permission
 from .x86 import has_features, host_cpu, isa_features
@@ -79,9 +82,14 @@ def compile_to_file(onnx_path, output, target="llvm", batch: int = 1, arch: str 
 
     from ..quantize.onnx_export import read_onnx
     output = os.fspath(output)
+    try:
+        check_writable_target(output, "the compiled module")
+        if tune and tuning_dir and os.path.exists(tuning_dir) and not os.path.isdir(tuning_dir):
+            raise NotADirectoryError(f"the tuning database {tuning_dir} is a file; give a folder (it is created "
+                                     "if missing)")
+    except OSError as exc:
+        raise ValueError(str(exc)) from None
     parent = os.path.dirname(os.path.abspath(output))
-    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
-        raise ValueError(f"cannot write {output}: directory {parent} does not exist or is not writable")
     proto = read_onnx(onnx_path)
     t0 = time.perf_counter()
     resolved = resolve_target(target, arch)
@@ -116,6 +124,7 @@ def compile_to_file(onnx_path, output, target="llvm", batch: int = 1, arch: str 
     try:
         compiled.executable.export_library(tmp_so)
         meta["so_sha256"] = file_sha256(tmp_so)
+        meta["sidecar_sha256"] = sidecar_digest(meta)
         with open(tmp_js, "w") as f:
             json.dump(meta, f, indent=1)
         with _directory_lock(parent):          # the two renames as one unit against other writers
@@ -129,11 +138,18 @@ def compile_to_file(onnx_path, output, target="llvm", batch: int = 1, arch: str 
 
 
 @contextlib.contextmanager
-def _directory_lock(directory: str):
-    """An exclusive ``flock`` on ``directory`` (no lock file left behind), held by one writer at a time."""
-    fd = os.open(directory, os.O_RDONLY)
+def _directory_lock(directory: str, shared: bool = False):
+    """A ``flock`` on ``directory`` (no lock file left behind): exclusive for a writer publishing a pair,
+    shared for readers. A reader of a folder it may not open (execute-only) goes on without one."""
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        if not shared:
+            raise
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)                        # closing releases the lock
@@ -147,6 +163,12 @@ def file_sha256(path) -> str:
     return h.hexdigest()
 
 
+def sidecar_digest(meta: dict) -> str:
+    """SHA-256 of the sidecar's fields (keys sorted) other than this digest: stored in it, checked on load."""
+    body = {k: v for k, v in meta.items() if k != "sidecar_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
 def module_cache_dir() -> str:
     """Where loaded libraries are copied under their digest (``INTVIT_MODULE_CACHE``, else the temp dir)."""
     return os.environ.get("INTVIT_MODULE_CACHE") or os.path.join(tempfile.gettempdir(), f"intvit-modules-{os.getuid()}")
@@ -156,6 +178,7 @@ def content_addressed_copy(path: str, digest: str) -> str:
     """``path`` copied to ``<cache>/<digest>.so`` (once; written atomically, checked against ``digest``)."""
     cache = module_cache_dir()
     os.makedirs(cache, mode=0o700, exist_ok=True)
+    check_private_folder(cache)
     target = os.path.join(cache, f"{digest}.so")
     if os.path.exists(target) and file_sha256(target) == digest:
         return target
@@ -172,6 +195,19 @@ def content_addressed_copy(path: str, digest: str) -> str:
     return target
 
 
+def check_private_folder(folder: str) -> None:
+    """The module cache holds code this process will run, so only this user may be able to write to it: a real
+    folder (not a link), owned by this user, not writable by group or others. Anyone else who could write
+    there could swap a library between its check and its load."""
+    st = os.lstat(folder)
+    problem = ("is not a folder (a link or a file)" if not stat.S_ISDIR(st.st_mode) else
+               f"is owned by uid {st.st_uid}, not by this user (uid {os.getuid()})" if st.st_uid != os.getuid() else
+               f"is writable by other users (mode {stat.S_IMODE(st.st_mode):o})" if st.st_mode & 0o022 else None)
+    if problem:
+        raise ModuleMismatchError(f"the module cache {folder} {problem}, so another user could replace the code "
+                                  "it loads; remove it, or set INTVIT_MODULE_CACHE to a folder only you can write")
+
+
 def latency_summary(times_ms: list[float]) -> dict:
     """Median and p90 (nearest rank) of a list of latencies in milliseconds."""
     ts = sorted(times_ms)
@@ -184,16 +220,18 @@ class LoadedModule:
     def __init__(self, compiled: CompiledIntViT, meta: dict):
         self.compiled, self.meta = compiled, meta
         self._per_thread = threading.local()
-        self._owner = threading.current_thread()      # the loading thread runs ``compiled`` itself
+        self._spare = [compiled]                      # the first worker to call runs ``compiled`` itself
+        self._spare_lock = threading.Lock()
 
     def __call__(self, images):
         return self.run(images)[0]
 
     def run(self, images):
-        """Run on ``images`` in the calling thread's own virtual machine.
+        """Run on ``images`` in a virtual machine of its own on one of the process's module workers
+        (``callers``: a fixed set of threads, so callers' threads never collect TVM thread pools).
 
         TVM's VM is not reentrant (one VM called from several threads raised
-        VM errors and crashed), so every thread gets its own VM over the one
+        VM errors and crashed), so every worker gets its own VM over the one
         shared library. Measured against one VM behind a lock, on 2 cores,
         calls per second with 1 / 2 / 4 / 8 caller threads (a 12-layer
         192-wide ViT at batch 1): per-thread VMs 97 / 90 / 96 / 97, the lock
@@ -203,42 +241,82 @@ class LoadedModule:
         constants in memory (+29 MB for 8 extra VMs of the 12-layer model).
         Measured with ``python -m intvit.bench.runtime_threads model.so``.
         """
+        return on_worker(self._run_here, images)
+
+    def _run_here(self, images):
         mine = getattr(self._per_thread, "compiled", None)
         if mine is None:
-            mine = self._per_thread.compiled = (self.compiled if threading.current_thread() is self._owner
-                                                else self.compiled.replica())
+            with self._spare_lock:
+                mine = self._spare.pop() if self._spare else None
+            mine = self._per_thread.compiled = mine or self.compiled.replica()
         return mine(images)
 
     def benchmark(self, repeat: int = 20, warmup: int = 3, seed: int = 0) -> dict:
-        """Median / p90 latency (ms) of one call on random inputs of the compiled shape."""
+        """Median / p90 latency (ms) of one call on random inputs of the compiled shape, timed on the worker
+        that runs them (without the hand-over from the calling thread)."""
         rng = np.random.default_rng(seed)
         shape, dtype = self.compiled.input_shape, self.compiled.input_dtype
         x = (rng.integers(-128, 128, shape) if dtype == "int8" else rng.standard_normal(shape)).astype(dtype)
+        return on_worker(self._benchmark_here, x, repeat, warmup)
+
+    def _benchmark_here(self, x, repeat: int, warmup: int) -> dict:
         for _ in range(warmup):
-            self.run(x)
+            self._run_here(x)
         times = []
         for _ in range(repeat):
             t0 = time.perf_counter_ns()
-            self.run(x)
+            self._run_here(x)
             times.append((time.perf_counter_ns() - t0) / 1e6)
         return {**latency_summary(times), "batch": self.compiled.batch, "repeat": repeat}
 
 
 def load(path) -> LoadedModule:
-    """Load ``model.so`` written by ``intvit compile`` after checking its sidecar."""
-    import tvm
+    """Load ``model.so`` written by ``intvit compile`` after checking its sidecar.
+
+    The sidecar is read and the library copied into the cache under a shared lock on the folder, the lock a
+    writer holds exclusively while it publishes a new pair, so a module recompiled meanwhile loads whole, old
+    or new (``compile_to_file``)."""
     path = os.fspath(path)
+    with _directory_lock(os.path.dirname(os.path.abspath(path)), shared=True):
+        meta, side = _read_sidecar(path)
+        _check_runnable(path, meta)
+        library = _library(path, meta["so_sha256"])
+    inp = meta["input"]
+    compiled = CompiledIntViT(library, meta["batch"], inp["name"], inp["shape"], inp["dtype"],
+                              device="cuda" if meta["target"] == "cuda" else "cpu", isa=meta.get("isa"))
+    return LoadedModule(compiled, meta)
+
+
+def _read_sidecar(path: str) -> tuple[dict, str]:
+    """The checked sidecar of ``path`` and its path: beside ``path``, or for a link without one (``current.so
+    -> v3.so``), beside the file the link names."""
+    if os.path.isfile(path) and path.endswith(".onnx"):
+        raise ModuleMismatchError(f"{path} is an ONNX file, not a compiled module; compile it first: "
+                                  f"intvit compile {path} -o model.so")
     if not os.path.exists(path):
         raise FileNotFoundError(f"no compiled module at {path}")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path} is a directory, not a compiled module (.so from `intvit compile`)")
     side = sidecar_path(path)
+    if not os.path.lexists(side) and os.path.islink(path):
+        side = sidecar_path(os.path.realpath(path))
     if not os.path.exists(side):
-        raise ModuleMismatchError(f"{path} has no sidecar {side}; recompile it with `intvit compile`")
-    with open(side) as f:
-        try:
-            meta = json.load(f)
-        except json.JSONDecodeError:
-            raise ModuleMismatchError(f"{side} is not valid JSON; recompile with `intvit compile`") from None
+        hint = (" (it is an intvit model file: load it with intvit.load, or compile it: intvit export, then "
+                "intvit compile)" if path.endswith(".safetensors") else "")
+        raise ModuleMismatchError(f"{path} has no sidecar {side}{hint}; recompile it with `intvit compile`")
+    try:
+        meta = json.loads(read_whole(side, "intvit sidecar").decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ModuleMismatchError(f"{side} is not valid UTF-8 JSON; recompile with `intvit compile`") from None
     check_sidecar_fields(meta, side)
+    return meta, side
+
+
+def _check_runnable(path: str, meta: dict) -> None:
+    """Refuse a module this process cannot run: another TVM, an unknown target, a GPU or CPU it lacks, a
+    ``.so`` that is not the sidecar's, AMX the kernel will not grant."""
+    import tvm
+    side = sidecar_path(path)
     if meta.get("tvm_version") != tvm.__version__:
         raise ModuleMismatchError(
             f"{path} was built with TVM {meta.get('tvm_version')}, this is TVM {tvm.__version__}; "
@@ -253,23 +331,21 @@ def load(path) -> LoadedModule:
         raise ModuleMismatchError(
             f"{path} was built for CPU {meta.get('mcpu')!r} and uses {', '.join(missing)}, which this CPU "
             f"({host_cpu()}) lacks; recompile it here with `intvit compile`")
-    digest = meta["so_sha256"]
-    if file_sha256(path) != digest:
+    if file_sha256(path) != meta["so_sha256"]:
         raise ModuleMismatchError(f"{path} is not the module its sidecar {side} was written for (its SHA-256 "
                                   "differs: truncated, modified, or another model's .so); recompile with "
                                   "`intvit compile`")
+    if "sidecar_sha256" in meta and sidecar_digest(meta) != meta["sidecar_sha256"]:   # absent in older sidecars
+        raise ModuleMismatchError(f"{side} was changed after `intvit compile` wrote it (its fields no longer match "
+                                  "their SHA-256: a hand edit or damage), so its input shape and batch cannot be "
+                                  "trusted; recompile with `intvit compile`")
     if meta.get("isa") == "amx" and not request_tile_permission():
         raise ModuleMismatchError(f"{path} runs its GEMMs on Intel AMX, and Linux refused this process the AMX tile "
                                   "state (arch_prctl ARCH_REQ_XCOMP_PERM, XTILEDATA); recompile it here with "
                                   "`intvit compile --isa vnni`")
-    inp = meta["input"]
     if meta["target"] == "cuda":
         from .cuda import install_loader
         install_loader()              # before loading: the module's device code is read at load time
-    library = _library(path, digest)
-    compiled = CompiledIntViT(library, meta["batch"], inp["name"], inp["shape"], inp["dtype"],
-                              device="cuda" if meta["target"] == "cuda" else "cpu", isa=meta.get("isa"))
-    return LoadedModule(compiled, meta)
 
 
 _LIBRARIES: dict[str, object] = {}        # SHA-256 → the TVM library loaded for it, once per process
@@ -325,6 +401,8 @@ def check_sidecar_fields(meta, side: str) -> None:
         raise bad(f"field 'gpu_gemm' is {meta.get('gpu_gemm')!r}, not one of {list(GEMM_PATHS)}")
     if meta.get("isa") not in (None, *ISAS):
         raise bad(f"field 'isa' is {meta.get('isa')!r}, not one of {list(ISAS)}")
+    if not all(isinstance(f, str) for f in meta["cpu_features"]):
+        raise bad("field 'cpu_features' must list feature names (strings)")
     if len(meta["so_sha256"]) != 64 or any(c not in "0123456789abcdef" for c in meta["so_sha256"]):
         raise bad("field 'so_sha256' is not a SHA-256 hex digest")
 

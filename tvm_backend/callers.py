@@ -1,0 +1,68 @@
+"""The threads that run loaded modules: one fixed set per process, shared by every ``LoadedModule``.
+
+TVM's CPU thread pool belongs to the thread that calls into a module: every
+calling thread gets workers of its own, and they outlive it (measured: 100
+short-lived caller threads left 200 OS threads behind, polling, two cores
+two-thirds busy while idle, and later calls 18× slower). Nor does a pool
+survive ``fork``: a child forked after its parent had run a module spun
+forever in the parent's pool, whose workers do not exist in the child.
+
+So a caller hands the call to one of a fixed set of long-lived worker threads
+and waits for it: the process holds at most ``INTVIT_RUNTIME_WORKERS``
+(default: the CPUs this process may use, at most 8) TVM pools however many
+threads call, and a forked child starts a set of its own on its first call.
+More callers than workers queue; as each call already runs on every core,
+that costs no throughput.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+ENV = "INTVIT_RUNTIME_WORKERS"
+MAX_DEFAULT_WORKERS = 8
+
+_state = threading.local()          # .is_worker on the workers
+_executor: ThreadPoolExecutor | None = None
+_lock = threading.Lock()
+
+
+def worker_count() -> int:
+    """``INTVIT_RUNTIME_WORKERS`` if set (a positive whole number), else the usable CPUs, at most 8."""
+    text = os.environ.get(ENV, "").strip()
+    if text:
+        if not text.isdigit() or int(text) < 1:
+            raise ValueError(f"{ENV}={text!r}: give a positive whole number of threads")
+        return int(text)
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cpus = os.cpu_count() or 1
+    return max(1, min(MAX_DEFAULT_WORKERS, cpus))
+
+
+def _mark_worker() -> None:
+    _state.is_worker = True
+
+
+def on_worker(fn, *args):
+    """``fn(*args)`` run on one of the process's module workers; its result, or its exception, here."""
+    global _executor
+    if getattr(_state, "is_worker", False):      # already on a worker (a module called from inside a call)
+        return fn(*args)
+    with _lock:
+        if _executor is None:
+            _executor = ThreadPoolExecutor(worker_count(), thread_name_prefix="intvit-run",
+                                           initializer=_mark_worker)
+        executor = _executor
+    return executor.submit(fn, *args).result()
+
+
+def _forget_parent_workers() -> None:
+    """In a forked child: the parent's workers (and their TVM pools) are not there; start afresh."""
+    global _executor, _lock
+    _executor, _lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_parent_workers)
