@@ -35,7 +35,13 @@ _LAZY = {  # public name -> (module, attribute)
 __all__ = sorted(_LAZY) + ["__version__"]
 
 
+# subpackages and modules reached as attributes after a plain ``import intvit`` (``intvit.runtime.load``)
+_SUBMODULES = ("runtime", "calibration", "models", "ops", "tvm_backend", "bench", "files", "cli")
+
+
 def __getattr__(name: str):
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")    # the import binds it on this package
     if name not in _LAZY:
         raise AttributeError(f"module 'intvit' has no attribute {name!r}")
     module, attr = _LAZY[name]
@@ -45,7 +51,7 @@ def __getattr__(name: str):
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | set(_SUBMODULES))
 
 
 class _Package(types.ModuleType):

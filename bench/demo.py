@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
+import sys
 import time
 
 import numpy as np
@@ -26,6 +28,7 @@ import torch
 
 SAMPLE = 64             # test images the bit-exactness check compares
 TIMING_REPEAT = 15      # interleaved timing rounds (each: one untimed call, then 3 timed ones per backend)
+NOISY_P90 = 1.5         # a p90 this many times the median: the timings are flagged as disturbed
 
 
 def run_demo(out_dir: str, n_images: int | None, n_calib: int, config, batch: int = 8, threads: int = 2,
@@ -38,6 +41,7 @@ def run_demo(out_dir: str, n_images: int | None, n_calib: int, config, batch: in
     from intvit.tvm_backend.runtime import compile_to_file
 
     from .latency import measure
+    from .machine import machine_facts
 
     torch.set_num_threads(threads)
     os.makedirs(out_dir, exist_ok=True)
@@ -80,9 +84,29 @@ def run_demo(out_dir: str, n_images: int | None, n_calib: int, config, batch: in
                        lambda: measure({"int8": module, "fp32": lambda b: model(torch.from_numpy(b)).logits}, x,
                                        TIMING_REPEAT))
     report.update(int8_ms=timings["int8"]["median_ms"], fp32_ms=timings["fp32"]["median_ms"],
+                  int8_p90_ms=timings["int8"]["p90_ms"], fp32_p90_ms=timings["fp32"]["p90_ms"],
                   speedup=round(timings["fp32"]["median_ms"] / timings["int8"]["median_ms"], 2),
-                  seconds=seconds, files=paths)
+                  timing_samples=timings["int8"]["samples"], seconds=seconds, files=paths,
+                  created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), command=" ".join(sys.argv),
+                  machine=machine_facts(threads))
     return report
+
+
+def noisy(report: dict) -> bool:
+    """Timings another process disturbed: a backend whose p90 is over 1.5× its median."""
+    return any(report[f"{k}_p90_ms"] > NOISY_P90 * report[f"{k}_ms"] for k in ("int8", "fp32"))
+
+
+def cli_prefix() -> str:
+    """How to run intvit again from the user's shell: ``intvit`` where that is on PATH, else the script that
+    runs now (``.venv/bin/intvit`` in an environment not activated), else ``python -m intvit``."""
+    script = sys.argv[0]
+    if os.path.basename(script) == "intvit":
+        on_path = shutil.which("intvit")
+        if on_path and os.path.realpath(on_path) == os.path.realpath(script):
+            return "intvit"
+        return script
+    return f"{sys.executable} -m intvit"
 
 
 def _logits(model, module, images: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,7 +130,8 @@ def _differing_elements(qmodel, module, sample: torch.Tensor, batch: int) -> int
     return differing
 
 
-def format_report(report: dict) -> str:
+def format_report(report: dict, cli: str = "intvit") -> str:
+    """The demo's summary; ``cli`` is how the next commands invoke intvit (``cli_prefix()``)."""
     files = report["files"]
     isa = {"amx": "Intel AMX", "vnni": "AVX-512 VNNI"}.get(report.get("isa"), report.get("isa") or "generic")
     exact = ("yes, 0 differing logits" if report["differing_elements"] == 0
@@ -121,6 +146,10 @@ def format_report(report: dict) -> str:
         f"  bit-exact vs PyTorch integer  {exact} ({report['bit_exact_images']} images)",
         f"  latency, batch {report['batch']:<3}            INT8 {report['int8_ms']:.3f} ms ({isa} GEMMs) vs FP32 "
         f"{report['fp32_ms']:.3f} ms: {report['speedup']:.2f}x",
+        f"                                (medians of {report['timing_samples']} calls each; p90 INT8 "
+        f"{report['int8_p90_ms']:.3f} ms, FP32 {report['fp32_p90_ms']:.3f} ms)",
+        *(["  note: these timings are noisy (a p90 over 1.5x its median): another process is using the CPU; "
+           "rerun on a quiet machine before quoting them"] if noisy(report) else []),
         "",
         f"  integer model    {files['model']}",
         f"  integer ONNX     {files['onnx']}",
@@ -129,10 +158,10 @@ def format_report(report: dict) -> str:
         f"  report           {files['report']}",
         "",
         "next:",
-        *_commands([(f"intvit run {files['module']} --input {files['sample']}", "top-5 per image"),
-                    (f"intvit inspect {files['onnx']}", "the integer graph's ops"),
-                    ("intvit eval", "accuracy next to PyTorch PT2E and ONNX Runtime INT8"),
-                    ("intvit bench --model deit_small --batch 1,8", "latency against FP32 and INT8 peers")]),
+        *_commands([(f"{cli} run {files['module']} --input {files['sample']}", "top-5 per image"),
+                    (f"{cli} inspect {files['onnx']}", "the integer graph's ops"),
+                    (f"{cli} eval", "accuracy next to PyTorch PT2E and ONNX Runtime INT8"),
+                    (f"{cli} bench --model deit_small --batch 1,8", "latency against FP32 and INT8 peers")]),
     ])
 
 

@@ -154,8 +154,11 @@ def _threads(n: int):
 def _backend_entry(backend, stats: dict | None) -> dict:
     if backend.unavailable:
         return {"available": False, "reason": backend.unavailable}
-    return {"available": True, **stats, "size_bytes": backend.size_bytes, "size_mb": backend.size_bytes / 1e6,
-            "artifact": backend.artifact, "build_s": round(backend.build_s, 2)}
+    entry = {"available": True, **stats, "size_bytes": backend.size_bytes, "size_mb": backend.size_bytes / 1e6,
+             "artifact": backend.artifact, "build_s": round(backend.build_s, 2)}
+    if getattr(backend.compiled, "isa", None):
+        entry["gemm_isa"] = backend.compiled.isa           # the instruction set intvit's GEMMs were built for
+    return entry
 
 
 def check_run_arguments(models, batches, repeat, threads, backends, per_round, warmup, target, arch=None,

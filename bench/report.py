@@ -136,6 +136,8 @@ def write_chart(report: dict, path: str) -> None:
     from matplotlib.figure import Figure
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, NullLocator
 
+    from matplotlib import colormaps
+    palette = colormaps["tab20"]
     models = list(dict.fromkeys(r["model"] for r in report["results"]))
     fig = Figure(figsize=(7 * len(models), 5), layout="constrained")
     FigureCanvasAgg(fig)
@@ -149,9 +151,9 @@ def write_chart(report: dict, path: str) -> None:
         for j, name in enumerate(report.get("backends", ALL_BACKENDS)):
             pts = [(r["batch"], r["backends"][name]["median_ms"]) for r in rows
                    if r["backends"].get(name, {}).get("available")]
-            if pts:       # past the 10 colours of the default cycle, dashed lines keep the GPU's 13 apart
+            if pts:       # tab20: a colour of its own for each of up to 20 backends (the CPU has 13 or more)
                 ax.plot(*zip(*pts), marker="o", linewidth=2.5 if name == REFERENCE else 1.2,
-                        color=f"C{j % 10}", linestyle="-" if j < 10 else "--",
+                        color=palette(j % palette.N), linestyle="-" if j < palette.N else "--",
                         label=name)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")

@@ -1,9 +1,10 @@
-"""Concurrent callers of one loaded module: one VM per calling thread (``LoadedModule.run``) against one VM
-behind a lock, and the memory the extra VMs take.
+"""Concurrent callers of one loaded module: calls handed to the process's module workers, one VM each
+(``LoadedModule.run``, ``tvm_backend.callers``), against one VM behind a lock called from the callers' own
+threads, and the memory the workers' VMs take.
 
 ``python -m intvit.bench.runtime_threads model.so [--calls 10]`` loads a module written by ``intvit
-compile`` and, for 1, 2, 4 and 8 caller threads, runs both ways three times each, alternating, and prints
-the median calls per second (the figures in ``tvm_backend/runtime.py`` and the README come from it).
+compile`` and, for 1, 2, 4 and 8 caller threads, runs each way three times (the workers first, then the
+lock) and prints the median calls per second (the figures in ``tvm_backend/runtime.py`` come from it).
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ def _calls_per_second(work, threads: int, calls: int) -> float:
 
 def main(argv=None) -> int:
     from intvit.runtime import load
+    from intvit.tvm_backend.callers import worker_count
     p = argparse.ArgumentParser(prog="python -m intvit.bench.runtime_threads", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("module", help="a .so written by intvit compile")
@@ -46,21 +48,20 @@ def main(argv=None) -> int:
             with lock:
                 module.compiled(x)
 
-    def per_thread():
+    def on_workers():
         for _ in range(args.calls):
             module.run(x)
 
     module.run(x)
     before = _rss_mb()
-    _calls_per_second(per_thread, 8, 1)
-    print(f"8 extra VMs: +{_rss_mb() - before:.1f} MB")
-    for threads in (1, 2, 4, 8):
-        rates = {"per-thread VM": [], "one VM + lock": []}
-        for _ in range(3):
-            rates["one VM + lock"].append(_calls_per_second(locked, threads, args.calls))
-            rates["per-thread VM"].append(_calls_per_second(per_thread, threads, args.calls))
-        print(f"{threads} threads: " + ", ".join(f"{k} {np.median(v):.1f} calls/s" for k, v in rates.items()),
-              flush=True)
+    _calls_per_second(on_workers, 8, 1)
+    print(f"VMs of {worker_count()} workers: +{_rss_mb() - before:.1f} MB")
+    # Workers first: every short-lived caller thread of the lock variant leaves a TVM pool behind, whose
+    # polling threads would slow whatever runs after it (the very cost the workers remove).
+    for name, work in (("workers", on_workers), ("one VM + lock", locked)):
+        rates = {threads: np.median([_calls_per_second(work, threads, args.calls) for _ in range(3)])
+                 for threads in (1, 2, 4, 8)}
+        print(f"{name}: " + ", ".join(f"{t} threads {r:.0f} calls/s" for t, r in rates.items()), flush=True)
     return 0
 
 

@@ -234,8 +234,8 @@ def plot_attribution(report: dict, path) -> str:
     base = report["integer"]["sqnr_db"]
     ax.axvline(base, color="tab:red", linestyle="--", label=f"integer model {base:.1f} dB")
     ax.set_xlabel("output SQNR against the float model (dB, higher is better)")
-    ax.set_title("intvit analyze --attribution: green = this approximation made float, "
-                 "blue = only this group quantized", fontsize=8)
+    ax.set_title("intvit analyze --attribution\ngreen: this approximation made float, the rest integer; "
+                 "blue: only this group quantized", fontsize=8, loc="right")
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

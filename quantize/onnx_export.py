@@ -20,6 +20,7 @@ Files load in onnxruntime 1.31: opset 21, IR version 10.
 """
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -253,7 +254,11 @@ class _Exporter:
                                   opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(DOMAIN, 1)])
         model.ir_version = IR_VERSION
         props = {"intvit.family": spec.family, "intvit.source_class": spec.source_class,
-                 OUTPUT_KIND_KEY: output_kind(spec)}
+                 OUTPUT_KIND_KEY: output_kind(spec),
+                 # how images become images_int8 (the graph's own input quantizer, or the caller's job)
+                 INPUT_QUANTIZER_KEY: json.dumps({"scale": float(m.scales["input"]), "zero_point": 0,
+                                                  "images_int8": "clip(round_half_even(images / scale), -128, 127)",
+                                                  "in_graph": not integer_input})}
         if m.meta.get("preprocessing"):
             props[PREPROCESSING_KEY] = to_metadata(m.meta["preprocessing"])
         helper.set_model_props(model, props)
@@ -261,6 +266,7 @@ class _Exporter:
 
 
 OUTPUT_KIND_KEY = "intvit.output"
+INPUT_QUANTIZER_KEY = "intvit.input_quantizer"
 
 
 def output_kind(spec) -> str:

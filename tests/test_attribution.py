@@ -70,7 +70,7 @@ def test_analyze_attribution_cli(tmp_path, capsys):
     assert main(["analyze", str(model), "--attribution", "--count", "16", "--quiet", "--json", str(out),
                  "--png", str(png)]) == 0
     report = json.loads(out.read_text())
-    assert report["images"] == 16 and "take one out" in capsys.readouterr().out
+    assert report["images"] == 16 and report["analysis"] == "attribution" and "take one out" in capsys.readouterr().out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["analyze", str(model), "--attribution", "--count", "0"]) == 2
     assert "argument --count: must be at least 1" in capsys.readouterr().err

@@ -65,6 +65,10 @@ def test_bench_cli_tiny_every_backend(tmp_path, capsys):
             assert f"\n  {name} " in stdout
         assert result["backends"]["intvit_int8_tvm"]["vs_intvit_tvm"] == 1.0
         assert result["backends"]["torch_fp32"]["artifact"] == "parameters + buffers"
+        assert result["backends"]["intvit_int8_tvm"]["gemm_isa"] in ("amx", "vnni", "generic")
+        vnni = result["backends"]["intvit_int8_tvm_vnni"]
+        assert not vnni["available"] or vnni["gemm_isa"] == "vnni"
+        assert "gemm_isa" not in result["backends"]["torch_fp32"]
     assert "tiny, batch 2" in stdout and "p99 ms" in stdout and "peak MiB" in stdout and f"wrote {tmp_path}" in stdout
 
 

@@ -148,10 +148,18 @@ def test_other_depth_heads_and_heads_ort_equals_torch():
 
 
 def test_integer_input_variant(tiny_qvit):
-    s = session(to_onnx(tiny_qvit, integer_input=True))
+    """The int8-input graph says in its metadata how to make its input: the rule applied by the caller
+    reproduces the model's own input quantizer and its outputs."""
+    import json
+    proto = to_onnx(tiny_qvit, integer_input=True)
+    s = session(proto)
     x = images(3)
     x8 = tiny_qvit.quantize_input(x).numpy().astype(np.int8)
     assert np.array_equal(s.run(None, {"images_int8": x8})[1], tiny_qvit.forward_int(x).numpy())
+    rule = json.loads({p.key: p.value for p in proto.metadata_props}["intvit.input_quantizer"])
+    assert rule["scale"] == float(tiny_qvit.scales["input"]) and rule["zero_point"] == 0 and not rule["in_graph"]
+    by_rule = np.clip(np.round(x.numpy() / np.float32(rule["scale"])), -128, 127).astype(np.int8)
+    assert np.array_equal(by_rule, x8)
 
 
 # ------------------------------------------------------------- integer-only graph walk

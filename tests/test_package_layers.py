@@ -108,3 +108,18 @@ def test_lower_layers_never_import_higher_ones():
     graph = import_graph()
     upward = sorted(f"{m} -> {d}" for m, deps in graph.items() if m for d in deps if layer(d) > layer(m))
     assert upward == []
+
+
+def test_a_plain_import_reaches_the_documented_dotted_paths():
+    """`import intvit` then `intvit.runtime.load`, `intvit.calibration.load_image_folder`, ... as the README
+    writes them (the root package loads its subpackages on first use, so `import intvit` stays light)."""
+    import subprocess
+    import sys
+    code = ("import sys, intvit\n"
+            "assert 'torch' not in sys.modules\n"
+            "fns = [intvit.runtime.load, intvit.calibration.load_image_folder, intvit.tvm_backend.build.compile_onnx,\n"
+            "       intvit.ops.requant, intvit.quantize]\n"
+            "assert all(callable(f) or f.__name__ == 'intvit.ops.requant' for f in fns)\n"
+            "print('ok')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT + "/..")
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-800:]

@@ -85,7 +85,7 @@ def test_worker_count_comes_from_the_environment(monkeypatch):
     with pytest.raises(ValueError, match="INTVIT_RUNTIME_WORKERS='zero': give a positive whole number"):
         callers.worker_count()
     monkeypatch.delenv(callers.ENV)
-    assert 1 <= callers.worker_count() <= callers.MAX_DEFAULT_WORKERS
+    assert callers.worker_count() == callers.DEFAULT_WORKERS == 1
 
 
 @pytest.mark.parametrize("how", ["others may write", "another owner", "a link"])

@@ -25,7 +25,9 @@ def test_analyze_cli_on_the_embedded_model(tmp_path, capsys):
     png = tmp_path / "s.png"
     assert main(["analyze", str(tmp_path / "f.safetensors"), "--count", "16", "--quiet", "--json", str(out),
                  "--top", "6", "--png", str(png)]) == 0
-    rows = json.loads(out.read_text())
+    saved = json.loads(out.read_text())
+    rows = saved["rows"]
+    assert saved["analysis"] == "sensitivity" and saved["images"] == 16 and saved["intvit"]
     assert rows and "rank" in capsys.readouterr().out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 2000
     assert main(["analyze", str(tmp_path / "f.safetensors"), "--images", str(tmp_path / "none.npy")]) == 2

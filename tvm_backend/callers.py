@@ -8,11 +8,15 @@ survive ``fork``: a child forked after its parent had run a module spun
 forever in the parent's pool, whose workers do not exist in the child.
 
 So a caller hands the call to one of a fixed set of long-lived worker threads
-and waits for it: the process holds at most ``INTVIT_RUNTIME_WORKERS``
-(default: the CPUs this process may use, at most 8) TVM pools however many
-threads call, and a forked child starts a set of its own on its first call.
-More callers than workers queue; as each call already runs on every core,
-that costs no throughput.
+and waits for it (about 40 µs per call on this repo's 2-core VM): the process
+holds ``INTVIT_RUNTIME_WORKERS`` TVM pools however many threads call, and a
+forked child starts workers of its own on its first call. The default is one
+worker: a call already runs on every core (``threads.use_physical_cores``),
+and a second worker's pool only competes for them — on the embedded model
+with 1, 2, 4 and 8 caller threads, one worker held its calls per second flat
+within each process, where two lost up to 40 % once two callers overlapped
+(``bench.runtime_threads``). Raise it, with a smaller ``TVM_NUM_THREADS``, to
+run several calls side by side on a large machine.
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 ENV = "INTVIT_RUNTIME_WORKERS"
-MAX_DEFAULT_WORKERS = 8
+DEFAULT_WORKERS = 1
 
 _state = threading.local()          # .is_worker on the workers
 _executor: ThreadPoolExecutor | None = None
@@ -29,17 +33,13 @@ _lock = threading.Lock()
 
 
 def worker_count() -> int:
-    """``INTVIT_RUNTIME_WORKERS`` if set (a positive whole number), else the usable CPUs, at most 8."""
+    """``INTVIT_RUNTIME_WORKERS`` if set (a positive whole number), else 1."""
     text = os.environ.get(ENV, "").strip()
-    if text:
-        if not text.isdigit() or int(text) < 1:
-            raise ValueError(f"{ENV}={text!r}: give a positive whole number of threads")
-        return int(text)
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cpus = os.cpu_count() or 1
-    return max(1, min(MAX_DEFAULT_WORKERS, cpus))
+    if not text:
+        return DEFAULT_WORKERS
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"{ENV}={text!r}: give a positive whole number of threads")
+    return int(text)
 
 
 def _mark_worker() -> None:

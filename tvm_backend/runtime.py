@@ -228,18 +228,16 @@ class LoadedModule:
 
     def run(self, images):
         """Run on ``images`` in a virtual machine of its own on one of the process's module workers
-        (``callers``: a fixed set of threads, so callers' threads never collect TVM thread pools).
+        (``callers``: a fixed set of threads, one by default, so callers' threads never collect TVM pools).
 
         TVM's VM is not reentrant (one VM called from several threads raised
         VM errors and crashed), so every worker gets its own VM over the one
-        shared library. Measured against one VM behind a lock, on 2 cores,
-        calls per second with 1 / 2 / 4 / 8 caller threads (a 12-layer
-        192-wide ViT at batch 1): per-thread VMs 97 / 90 / 96 / 97, the lock
-        102 / 76 / 54 / 40 — with the lock, each waiting caller's TVM thread
-        pool spins while another runs. The embedded model: 713 / 789 / 682 /
-        930 against 769 / 471 / 233 / 150. A VM costs about the model's
-        constants in memory (+29 MB for 8 extra VMs of the 12-layer model).
-        Measured with ``python -m intvit.bench.runtime_threads model.so``.
+        shared library. Calls per second of the embedded model at batch 1 with
+        1 / 2 / 4 / 8 caller threads, 2 cores: workers 2893 / 3541 / 3663 /
+        3615, one VM behind a lock called from the callers' own threads 1849
+        / 809 / 375 / 189 — each of those threads keeps a TVM pool that polls
+        for work after it. Measured with ``python -m intvit.bench.runtime_threads
+        model.so --calls 50``.
         """
         return on_worker(self._run_here, images)
 
