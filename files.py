@@ -74,22 +74,3 @@ def read_whole(path, what: str) -> bytes:
                               "this user)") from None
     except OSError as exc:
         raise OSError(f"cannot read {path}: {exc.strerror or exc}") from None
-
-
-def give_default_mode(path) -> None:
-    """``chmod`` ``path`` to what ``open()`` would have created: ``0o666`` less the process's umask (some
-    writers, such as safetensors, create files readable by their owner only)."""
-    os.chmod(path, 0o666 & ~_umask())
-
-
-def _umask() -> int:
-    """The process's umask, read from ``/proc/self/status`` (``os.umask`` can only read it by changing it,
-    which races with other threads); ``0o022`` where that file has no such line."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except OSError:
-        pass
-    return 0o022

@@ -35,7 +35,7 @@ from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_bytes
 
 from .. import __version__
-from ..files import check_writable_target, give_default_mode, read_whole, sweep_stale_temps, temp_name
+from ..files import check_writable_target, read_whole, sweep_stale_temps, temp_name
 from ..models.spec import Block, Linear, Norm, ViTSpec
 
 FORMAT = "intvit.integer-vit"
@@ -138,10 +138,9 @@ def save_integer_vit(model, path, include_float: bool = False) -> None:
     tmp = temp_name(path)
     try:
         # The bytes are written here, not by safetensors.save_file, which stages in a temp of its own
-        # (``.tmpXXXXXX`` beside the target) that a killed writer leaves behind and no sweep recognises.
+        # (``.tmpXXXXXX`` beside the target, mode 0600) that a killed writer leaves behind for good.
         with open(tmp, "wb") as f:
             f.write(data)
-        give_default_mode(tmp)
         os.replace(tmp, path)
     except OSError as exc:
         raise OSError(f"cannot save the model to {path}: {exc.strerror or exc}") from None

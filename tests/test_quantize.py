@@ -11,7 +11,6 @@ from intvit.calibration import calibrate
 from intvit.models import to_spec
 from intvit.models.spec import linear_layers
 from intvit.quantize.qparams import weight_scale
-from intvit.files import _umask
 from intvit.quantize.integer_model import FloatWeightsMissingError
 from intvit.quantize.serialize import header_digest
 from intvit.quantize.fake_quant import fake_quant, fake_quant_weight
@@ -263,7 +262,9 @@ def test_a_deployment_file_holds_integers_at_their_widths(tiny_qvit, tmp_path):
     tiny_qvit.save(full, include_float=True)
     tiny_qvit.export_onnx(onnx_path)
     assert os.path.getsize(compact) <= 1.1 * os.path.getsize(onnx_path) < os.path.getsize(full)
-    assert os.stat(compact).st_mode & 0o777 == 0o666 & ~_umask()          # as open() creates, not 0600
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert os.stat(compact).st_mode & 0o777 == 0o666 & ~umask          # as open() creates, not 0600
     with safe_open(str(compact), framework="pt") as f:
         names = list(f.keys())
         assert not any(n.startswith("spec.") for n in names)

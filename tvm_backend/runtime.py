@@ -277,7 +277,7 @@ def load(path) -> LoadedModule:
     path = os.fspath(path)
     with _directory_lock(os.path.dirname(os.path.abspath(path)), shared=True):
         meta, side = _read_sidecar(path)
-        _check_runnable(path, meta)
+        _check_runnable(path, meta, side)
         library = _library(path, meta["so_sha256"])
     inp = meta["input"]
     compiled = CompiledIntViT(library, meta["batch"], inp["name"], inp["shape"], inp["dtype"],
@@ -310,11 +310,10 @@ def _read_sidecar(path: str) -> tuple[dict, str]:
     return meta, side
 
 
-def _check_runnable(path: str, meta: dict) -> None:
+def _check_runnable(path: str, meta: dict, side: str) -> None:
     """Refuse a module this process cannot run: another TVM, an unknown target, a GPU or CPU it lacks, a
-    ``.so`` that is not the sidecar's, AMX the kernel will not grant."""
+    ``.so`` that is not the sidecar's (``side``), AMX the kernel will not grant."""
     import tvm
-    side = sidecar_path(path)
     if meta.get("tvm_version") != tvm.__version__:
         raise ModuleMismatchError(
             f"{path} was built with TVM {meta.get('tvm_version')}, this is TVM {tvm.__version__}; "
