@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 
 
@@ -13,7 +14,7 @@ def _demo(args) -> int:
     against the PyTorch integer model, and time INT8 against FP32 in this process."""
     from intvit.bench.demo import cli_prefix, format_report, run_demo
     report = run_demo(args.out, args.images, args.calib, _quant_config(args), batch=args.batch,
-                      threads=args.threads)
+                      threads=args.threads, command=args.invocation)
     with open(report["files"]["report"], "w") as f:
         json.dump(report, f, indent=1)
     print(format_report(report, cli_prefix()))
@@ -248,7 +249,7 @@ def _analyze(args) -> int:
         import time
         provenance = {"model": args.model, "analysis": "attribution" if args.attribution else "sensitivity",
                       "images": min(args.count, int(images.shape[0])), "intvit": intvit.__version__,
-                      "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": " ".join(sys.argv)}
+                      "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": args.invocation}
         with open(args.json, "w") as f:
             json.dump({**provenance, **(report if isinstance(report, dict) else {"rows": report})}, f, indent=1)
         print(f"wrote {args.json}")
@@ -567,6 +568,7 @@ def main(argv=None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    args.invocation = "intvit " + shlex.join(argv)          # what reports record as their command
     try:
         return args.func(args)
     except BrokenPipeError:                 # the reader went away (`intvit inspect m.onnx | head`): not an error

@@ -32,8 +32,9 @@ NOISY_P90 = 1.5         # a p90 this many times the median: the timings are flag
 
 
 def run_demo(out_dir: str, n_images: int | None, n_calib: int, config, batch: int = 8, threads: int = 2,
-             progress=print) -> dict:
-    """Run the six steps; ``config`` is the ``QuantConfig``; ``progress(line)`` hears each step."""
+             progress=print, command: str = "intvit demo") -> dict:
+    """Run the six steps; ``config`` is the ``QuantConfig``; ``progress(line)`` hears each step; ``command``
+    is recorded in the report as the command that ran it."""
     import intvit
     from intvit.models import fmnist
     from intvit.quantize.metrics import scores
@@ -87,7 +88,7 @@ def run_demo(out_dir: str, n_images: int | None, n_calib: int, config, batch: in
                   int8_p90_ms=timings["int8"]["p90_ms"], fp32_p90_ms=timings["fp32"]["p90_ms"],
                   speedup=round(timings["fp32"]["median_ms"] / timings["int8"]["median_ms"], 2),
                   timing_samples=timings["int8"]["samples"], seconds=seconds, files=paths,
-                  created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), command=" ".join(sys.argv),
+                  created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), command=command,
                   machine=machine_facts(threads))
     return report
 
