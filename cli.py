@@ -177,6 +177,7 @@ def _run(args) -> int:
             print(f"image {i}: {module.meta['output']} {list(row.shape)}, L2 norm {float(np.linalg.norm(row)):.4g}, "
                   f"first values {', '.join(f'{v:.3f}' for v in row.reshape(-1)[:5])}")
         return 0
+    print(f"top-5 classes per image: {'label' if labels else 'class index'} (logit)")
     for i, row in enumerate(logits[:count]):
         top = np.argsort(-row)[:5]
         print(f"image {i}: " + ", ".join(

@@ -189,6 +189,14 @@ def _copy_module(src, dst, edit=None):
         json.dump(meta, f)
 
 
+def test_the_sidecar_names_its_source_by_digest(compiled_pair):
+    """Which ONNX file a module came from, by content, not only by its base name."""
+    from intvit.tvm_backend.runtime import file_sha256
+    d, so, _, _, _ = compiled_pair
+    meta = json.loads(open(str(so) + ".json").read())
+    assert meta["source_onnx"] == "a.onnx" and meta["source_onnx_sha256"] == file_sha256(d / "a.onnx")
+
+
 def test_an_edited_sidecar_is_refused_before_tvm_sees_a_wrong_shape(compiled_pair, tmp_path):
     """The sidecar's own digest: an edited batch used to load and then fail inside TVM (match_cast)."""
     _, so, _, _, _ = compiled_pair

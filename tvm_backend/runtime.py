@@ -111,7 +111,7 @@ def compile_to_file(onnx_path, output, target="llvm", batch: int = 1, arch: str 
             "preprocessing": from_metadata(next((p.value for p in proto.metadata_props
                                                   if p.key == PREPROCESSING_KEY), None)),
             "output": next((p.value for p in proto.metadata_props if p.key == OUTPUT_KIND_KEY), "logits"),
-            "source_onnx": os.path.basename(os.fspath(onnx_path)),
+            "source_onnx": os.path.basename(os.fspath(onnx_path)), "source_onnx_sha256": file_sha256(onnx_path),
             "compile_seconds": round(time.perf_counter() - t0, 2),
             "tuning": compiled.tuning.as_dict() if compiled.tuning else None}
     if resolved.get("arch"):
