@@ -28,7 +28,6 @@ import torch
 
 SAMPLE = 64             # test images the bit-exactness check compares
 TIMING_REPEAT = 15      # interleaved timing rounds (each: one untimed call, then 3 timed ones per backend)
-NOISY_P90 = 1.5         # a p90 this many times the median: the timings are flagged as disturbed
 
 
 def run_demo(out_dir: str, n_images: int | None, n_calib: int, config, batch: int = 8, threads: int = 2,
@@ -94,8 +93,9 @@ def run_demo(out_dir: str, n_images: int | None, n_calib: int, config, batch: in
 
 
 def noisy(report: dict) -> bool:
-    """Timings another process disturbed: a backend whose p90 is over 1.5× its median."""
-    return any(report[f"{k}_p90_ms"] > NOISY_P90 * report[f"{k}_ms"] for k in ("int8", "fp32"))
+    """Timings another process disturbed (``stats.disturbed``) for either backend."""
+    from .stats import disturbed
+    return any(disturbed({"p90_ms": report[f"{k}_p90_ms"], "median_ms": report[f"{k}_ms"]}) for k in ("int8", "fp32"))
 
 
 def cli_prefix() -> str:

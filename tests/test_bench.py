@@ -327,6 +327,8 @@ def test_statistics_and_batch_parsing():
     assert (s["median_ms"], s["p90_ms"], s["p99_ms"], s["min_ms"], s["samples"]) == (50.5, 90.0, 99.0, 1.0, 100)
     assert s["images_per_s"] == pytest.approx(4000 / 50.5)
     assert stats.summarize([3.0, 1.0, 2.0], batch=1)["p99_ms"] == 3.0       # few samples: p99 is the slowest
+    assert stats.disturbed(s)                                   # p90 90 ms against a median of 50.5 ms
+    assert not stats.disturbed(stats.summarize([10.0] * 9 + [14.0], batch=1))
     assert latency.parse_batches("1, 8,32") == [1, 8, 32]
     assert {"torch_compile_fp32", "tvm_fp32"} <= set(DEFAULT_BACKENDS) and "intvit_int8_ort" not in DEFAULT_BACKENDS
 
