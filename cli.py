@@ -558,6 +558,15 @@ def _quiet_known_warnings() -> None:
     logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
 
 
+def _one_line_warnings(command: str) -> None:
+    """Warnings as one line each, naming the subcommand, not the library line that raised them."""
+    import warnings
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"intvit {command}: warning: {message}", file=sys.stderr)
+    warnings.showwarning = show
+
+
 def main(argv=None) -> int:
     _quiet_known_warnings()
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -570,6 +579,7 @@ def main(argv=None) -> int:
         parser.print_help()
         return 0
     args.invocation = "intvit " + shlex.join(argv)          # what reports record as their command
+    _one_line_warnings(args.command)
     try:
         return args.func(args)
     except BrokenPipeError:                 # the reader went away (`intvit inspect m.onnx | head`): not an error

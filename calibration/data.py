@@ -16,6 +16,10 @@ import numpy as np
 import torch
 
 
+class ImageFileError(ValueError):
+    """An image file PIL cannot read (damaged, truncated, or not an image under an image suffix)."""
+
+
 class CalibrationDataError(ValueError):
     """The calibration data is missing, empty, or of the wrong shape or type."""
 
@@ -96,7 +100,11 @@ def load_image(path, channels: int, size: tuple[int, int], mean, std) -> torch.T
         raise FileNotFoundError(f"no image at {path}")
     mean, std = (np.asarray(v, np.float32) for v in check_mean_std(mean, std, channels))
     height, width = size
-    img = Image.open(path).convert("L" if channels == 1 else "RGB").resize((width, height), Image.BILINEAR)
+    try:
+        with Image.open(path) as opened:
+            img = opened.convert("L" if channels == 1 else "RGB").resize((width, height), Image.BILINEAR)
+    except (OSError, Image.DecompressionBombError) as exc:      # PIL's UnidentifiedImageError is an OSError
+        raise ImageFileError(f"{path} is not a readable image ({exc}); remove or replace it") from None
     x = np.asarray(img, dtype=np.float32).reshape(height, width, -1).transpose(2, 0, 1) / 255.0
     return torch.from_numpy(((x - mean.reshape(-1, 1, 1)) / std.reshape(-1, 1, 1))[None].astype(np.float32))
 

@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -21,6 +22,8 @@ from tqdm.auto import tqdm
 from ..models.spec import ViTSpec, float_forward, quant_points
 from .data import CalibrationDataError, check_finite_activation, iter_batches, validate_batch
 from .observers import make_observer
+
+FEW_IMAGES = 8          # fewer calibration images than this: a warning
 
 STATE_VERSION = 2
 
@@ -79,6 +82,10 @@ def calibrate(spec: ViTSpec, data, recipe: str = "minmax", percentile: float = 9
     """Observe every quant point of ``spec`` on ``data`` (see ``calibration.data``)."""
     batches = list(_take(iter_batches(data, batch_size), spec, max_images))
     n = sum(b.shape[0] for b in batches)
+    if n < FEW_IMAGES:
+        warnings.warn(f"calibrating on {n} image{'s' if n != 1 else ''}: ranges observed on so few are likely to "
+                      "clip what other images hold; give 64 or more (the README's DINOv2 figures use 64 and 256)",
+                      stacklevel=4)         # the caller of intvit.quantize
     data_fp = hashlib.sha256()
     for b in batches:
         data_fp.update(b.contiguous().numpy().tobytes())

@@ -31,8 +31,12 @@ def files(tmp_path_factory, tiny_qvit):
     (d / "notonnx.onnx").write_text("hello world")
     (d / "notes.txt").write_text("hello")
     (d / "adir.so").mkdir()
+    (d / "badimgs").mkdir()
+    (d / "badimgs" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
     from PIL import Image
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(d / "img.png")
+    (d / "oneimg").mkdir()
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(d / "oneimg" / "a.png")
     meta = json.loads((d / "m.so.json").read_text())
     for name, edit in (("noinput", lambda m: m.pop("input")), ("nobatch", lambda m: m.pop("batch")),
                        ("list", None)):
@@ -62,7 +66,8 @@ CASES = [  # (argv with {d} for the files' folder, a phrase the one line must ho
     ("compile {d}/m.onnx -o {d}/adir.so", "it is a directory; give a file name inside it"),
     ("compile {d}/m.onnx -o {d}/x.so --tune 1 --tuning-db {d}/notes.txt", "is a file; give a folder"),
     ("export {d}/m.safetensors -o {d}/adir.so", "it is a directory; give a file name inside it"),
-    ("quantize fmnist -o {d}/no/such/dir/q.safetensors", "does not exist"),     # before quantizing, not after
+    ("quantize fmnist -o {d}/no/such/dir/q.safetensors", "does not exist"),
+    ("quantize fmnist --calib {d}/badimgs -o {d}/q.safetensors", "broken.png is not a readable image"),     # before quantizing, not after
     ("run {d}/m.onnx --input {d}/nan.npy", "is an ONNX file, not a compiled module; compile it first"),
     ("compile {d}/m.onnx -o {d}/x.so --batch 0", "argument --batch: must be at least 1"),
     ("compile {d}/m.onnx -o {d}/x.so --isa sse", "argument --isa: invalid choice: 'sse'"),
@@ -151,3 +156,12 @@ def test_an_empty_output_path_is_one_line(files, capfd):
     assert main(["compile", str(files / "m.onnx"), "-o", ""]) == 2
     err = capfd.readouterr().err.strip()
     assert err == "intvit compile: the compiled module: the path is empty; give a file name"
+
+
+def test_a_warning_is_one_line_naming_the_subcommand(files, capfd):
+    """One calibration image works, with a warning a user can read: one line, no library source line."""
+    assert main(["quantize", "fmnist", "--calib", str(files / "oneimg"), "--quiet",
+                 "-o", str(files / "one.safetensors")]) == 0
+    err = [line for line in capfd.readouterr().err.splitlines() if "warning" in line]
+    assert err and err[0].startswith("intvit quantize: warning: calibrating on 1 image:")
+    assert len(err) == 1
