@@ -25,6 +25,8 @@ import time
 
 import torch
 
+from .. import ops
+
 DEFAULT_MARGINS = (1.0, 1.5, 2.0, 3.0)
 
 
@@ -46,17 +48,20 @@ def channel_ranges(spec, points, images, batch: int = 16) -> dict:
     return {n: (lo[n], hi[n]) for n in points}
 
 
-def channel_steps(ranges: dict, margin: float) -> dict:
-    """The 8-bit step of each channel whose range (widened by ``margin``, always holding 0) is ``ranges``."""
-    steps = {}
+def channel_grids(ranges: dict, margin: float) -> tuple[dict, dict]:
+    """Each channel's 8-bit ``ops.asymmetric_grid`` for its range widened by ``margin``: ``(steps, zeros)``,
+    each ``{point: [C] tensor}``."""
+    steps, zeros = {}, {}
     for name, (lo, hi) in ranges.items():
-        lo, hi = torch.clamp(lo * margin, max=0), torch.clamp(hi * margin, min=0)
-        steps[name] = ((hi - lo) / 255).clamp_min(1e-12)
-    return steps, {n: torch.round(-torch.clamp(r[0] * margin, max=0) / steps[n]) - 128 for n, r in ranges.items()}
+        grids = [ops.asymmetric_grid(a * margin, b * margin, 8) for a, b in zip(lo.tolist(), hi.tolist())]
+        steps[name] = torch.tensor([g[0] for g in grids], dtype=lo.dtype)
+        zeros[name] = torch.tensor([g[1] for g in grids])
+    return steps, zeros
 
 
 def per_channel_fake_quant(x, step, zero):
-    return (torch.clamp(torch.round(x / step) + zero, -128, 127) - zero) * step
+    """``x`` rounded to its channels' grids (``ops.quantize_float_channels``) and dequantized."""
+    return (ops.quantize_float_channels(x, step, zero, 8) - zero).to(x.dtype) * step
 
 
 def main(argv=None) -> int:
@@ -98,14 +103,14 @@ def main(argv=None) -> int:
                                                                                    else argv),
               "task": "fmnist 112 px probe", "calib_images": args.calib, "test_images": args.test,
               "integer_model": {"sqnr_db": sqnr_db(over(lambda x: qm.dequantize(qm.forward_int(x))), ref)}}
-    ratio = torch.cat([channel_steps(ranges, 1.0)[0][n] / scales[n] for n in gelu])
+    ratio = torch.cat([channel_grids(ranges, 1.0)[0][n] / scales[n] for n in gelu])
     result["channel_step_over_layer_step_p10_p50_p90"] = [
         float(v) for v in torch.quantile(ratio, torch.tensor([0.1, 0.5, 0.9]))]
     print(f"integer model {result['integer_model']['sqnr_db']:.2f} dB; channel step / layer step p10/50/90 "
           f"{result['channel_step_over_layer_step_p10_p50_p90']}", flush=True)
     for setting in ("gelu_only", "all_ideal", "all_folded"):
         for margin in (None, *DEFAULT_MARGINS):
-            steps, zs = channel_steps(ranges, margin) if margin else ({}, {})
+            steps, zs = channel_grids(ranges, margin) if margin else ({}, {})
 
             def hook(name, x, steps=steps, zs=zs):
                 if name in steps:

@@ -14,7 +14,7 @@ from .layernorm import int_layernorm, isqrt, layernorm_input_bound, layernorm_ou
 from .nonlinear import (GELU_MODES, GELU_SIGMOID_COEF, SHIFTGELU_N, SHIFTMAX_N, check_shiftexp_constants,
                         gelu_table, lookup, shift_exp, shift_gelu, shiftexp_x0, shiftmax)
 from .requant import (asymmetric_grid, dyadic_multiplier, dyadic_value, max_shift_for_offset, offset_for,
-                      quantize_float, quantize_weight, requantize, rescale, residual_add, symmetric_scale,
-                      weight_scale)
+                      quantize_float, quantize_float_channels, quantize_weight, requantize, rescale, residual_add,
+                      symmetric_scale, weight_scale)
 
 __all__ = [name for name in dir() if not name.startswith("_")]

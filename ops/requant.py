@@ -141,9 +141,18 @@ def quantize_float(x: torch.Tensor, scale, bits: int, zero: int = 0) -> torch.Te
     if not x.is_floating_point():
         raise TypeError(f"the input quantizer expects a float tensor, got {x.dtype}")
     check_finite_input(x)
+    return _on_grid(x, torch.as_tensor(scale, dtype=x.dtype, device=x.device), bits, int(zero))
+
+
+def quantize_float_channels(x: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, bits: int) -> torch.Tensor:
+    """``quantize_float`` with a grid of its own for each channel of the last axis (``scales``, ``zeros``:
+    ``[C]``; analysis only — the integer graph has one grid per quant point)."""
+    check_finite_input(x)
+    return _on_grid(x, scales.to(x.dtype), bits, zeros.to(torch.int64))
+
+
+def _on_grid(x: torch.Tensor, s: torch.Tensor, bits: int, zero) -> torch.Tensor:
     lo, hi = signed_range(bits)
-    zero = int(zero)
-    s = torch.as_tensor(scale, dtype=x.dtype, device=x.device)
     return torch.clamp(torch.round(x / s), lo - zero, hi - zero).to(torch.int64) + zero
 
 

@@ -107,6 +107,21 @@ def test_input_quantizer_rounds_half_to_even_and_saturates():
         ops.quantize_float(t([1]), 1.0, 8)
 
 
+def test_per_channel_grids_are_the_input_quantizer_channel_by_channel():
+    """``quantize_float_channels`` is ``quantize_float`` with each last-axis channel on its own grid: ties to
+    even, saturation at each channel's ends (zero points 0, -128 and 127 included)."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 5, 4, generator=g) * 50
+    x[0, 0] = torch.tensor([0.5, 2.5, -1000.0, 1000.0])
+    scales, zeros = torch.tensor([1.0, 0.5, 0.25, 2.0]), torch.tensor([0, -128, 127, 7])
+    got = ops.quantize_float_channels(x, scales, zeros, 8)
+    for c in range(4):
+        assert torch.equal(got[..., c], ops.quantize_float(x[..., c], float(scales[c]), 8, int(zeros[c])))
+    assert int(got.min()) == -128 and int(got.max()) == 127
+    with pytest.raises(ValueError, match="NaN"):
+        ops.quantize_float_channels(torch.tensor([[float("nan")]]), scales[:1], zeros[:1], 8)
+
+
 # ---------------------------------------------------------------- ShiftExp family
 def ivit_shift_exp_float(x, x0, n):
     """I-ViT's released float formulation (quant_modules.int_exp_shift), in float64."""
