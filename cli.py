@@ -147,8 +147,8 @@ ISA_NAMES = {"amx": "Intel AMX-INT8", "vnni": "AVX-512 VNNI", "generic": "a port
 
 
 def _run(args) -> int:
-    """Run a compiled module on one image file or a .npy batch (float32 images, preprocessed) and print the top-5
-    classes per image: an image is normalised with the mean and std recorded when the model was quantized (or
+    """Run a compiled module on image files or a .npy batch (float32 images, preprocessed), any number of them,
+    and print the top-5 classes per image: an image is normalised with the mean and std recorded when the model was quantized (or
     --mean/--std), and classes are printed by name where the model has labels."""
     import numpy as np
 
@@ -157,30 +157,29 @@ def _run(args) -> int:
     module = load(args.model)
     shape = module.meta["input"]["shape"]
     prep = module.meta.get("preprocessing") or {}
-    if args.input.lower().endswith(IMAGE_SUFFIXES):
+    names = args.input
+    if all(name.lower().endswith(IMAGE_SUFFIXES) for name in names):
         mean, std, source = _normalisation(args, prep)
-        images = load_image(args.input, shape[1], tuple(shape[2:]), mean, std).numpy()
-        print(f"{args.input}: resized to {shape[2]}x{shape[3]}, {shape[1]} channel(s), "
-              f"(x/255 - {_show(mean)}) / {_show(std)} ({source})")
-        count = 1
-        images = np.repeat(images, shape[0], axis=0)      # fill the compiled batch; report the one image
-    elif args.input.endswith(".npy"):
-        images = load_npy(args.input, "--input array")
-        count = images.shape[0]
+        images = np.concatenate([load_image(name, shape[1], tuple(shape[2:]), mean, std).numpy() for name in names])
+        print(f"{', '.join(names) if len(names) <= 3 else f'{len(names)} images'}: resized to {shape[2]}x{shape[3]}, "
+              f"{shape[1]} channel(s), (x/255 - {_show(mean)}) / {_show(std)} ({source})")
+    elif len(names) == 1 and names[0].endswith(".npy"):
+        images = load_npy(names[0], "--input array")
+        names = [f"image {i}" for i in range(images.shape[0])]
     else:
-        raise ValueError(f"--input {args.input}: give an image ({', '.join(IMAGE_SUFFIXES)}) or a .npy array of "
-                         f"preprocessed float32 images of shape {shape}")
-    logits = module(images)
+        raise ValueError(f"--input {' '.join(names)}: give images ({', '.join(IMAGE_SUFFIXES)}) or one .npy "
+                         f"array of preprocessed float32 images of shape [N, {', '.join(map(str, shape[1:]))}]")
+    logits = module(images)          # any count: the module runs ceil(count / batch) calls of its compiled batch
     labels = prep.get("labels") or []
     if module.meta.get("output", "logits") != "logits":        # a headless model: no classes to rank
-        for i, row in enumerate(logits[:count]):
-            print(f"image {i}: {module.meta['output']} {list(row.shape)}, L2 norm {float(np.linalg.norm(row)):.4g}, "
+        for name, row in zip(names, logits):
+            print(f"{name}: {module.meta['output']} {list(row.shape)}, L2 norm {float(np.linalg.norm(row)):.4g}, "
                   f"first values {', '.join(f'{v:.3f}' for v in row.reshape(-1)[:5])}")
         return 0
     print(f"top-5 classes per image: {'label' if labels else 'class index'} (logit)")
-    for i, row in enumerate(logits[:count]):
+    for name, row in zip(names, logits):
         top = np.argsort(-row)[:5]
-        print(f"image {i}: " + ", ".join(
+        print(f"{name}: " + ", ".join(
             f"{labels[c] if c < len(labels) else int(c)} ({row[c]:.3f})" for c in top))
     return 0
 
@@ -489,10 +488,12 @@ def build_parser(bench_options: bool = True) -> argparse.ArgumentParser:
                         "(default: OUTPUT.tuning beside the module)")
     c.set_defaults(func=_compile)
 
-    r = sub.add_parser("run", help="run a compiled module on an image or a .npy batch and print top-5",
+    r = sub.add_parser("run", help="run a compiled module on images or a .npy batch and print top-5",
                        description=_run.__doc__)
     r.add_argument("model", help="module written by 'intvit compile'")
-    r.add_argument("--input", required=True, help="an image (.png/.jpg/.bmp) or a .npy array of preprocessed float32 images")
+    r.add_argument("--input", required=True, nargs="+", metavar="FILE",
+                   help="one or more images (.png/.jpg/.bmp), or one .npy array of preprocessed float32 images "
+                        "[N, C, H, W]; any number N (the module runs its compiled batch, the last call filled up)")
     r.add_argument("--mean", help="per-channel mean for an image input, after /255 (default: the one recorded "
                                   "when the model was quantized, else 0.5)")
     r.add_argument("--std", help="per-channel std for an image input (default: the one recorded, else 0.5)")

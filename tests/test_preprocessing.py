@@ -38,7 +38,7 @@ def test_run_on_a_png_uses_the_recorded_normalisation_and_prints_labels(fmnist_m
     assert "recorded when the model was quantized" in out and "(x/255 - 0.286) / 0.353" in out
     expected = load(d / "m.so")(load_image(d / "img.png", 1, (28, 28), [fmnist.MEAN], [fmnist.STD]).numpy())[0]
     best = int(np.argmax(expected))
-    assert out.splitlines()[-1].startswith(f"image 0: {fmnist.load_model().config.id2label[best]} "
+    assert out.splitlines()[-1].startswith(f"{d / 'img.png'}: {fmnist.load_model().config.id2label[best]} "
                                            f"({expected[best]:.3f})")
     assert main(["run", str(d / "m.so"), "--input", str(d / "img.png"), "--mean", "0.5", "--std", "0.5"]) == 0
     assert "(--mean/--std)" in capsys.readouterr().out
@@ -65,8 +65,14 @@ def test_resolve_takes_the_config_then_the_model():
     timm_like = types.SimpleNamespace(pretrained_cfg={"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)})
     assert resolve(intvit.QuantConfig(), timm_like, 3) == {"mean": [0.485, 0.456, 0.406],
                                                            "std": [0.229, 0.224, 0.225]}
-    assert resolve(intvit.QuantConfig(mean=0.5, std=0.25, labels=("a", "b")), timm_like, 3) == \
+    assert resolve(intvit.QuantConfig(mean=0.5, std=0.25, labels=("a", "b")), timm_like, 3, classes=2) == \
         {"mean": [0.5] * 3, "std": [0.25] * 3, "labels": ["a", "b"]}
+    with pytest.raises(ValueError, match="names 2 classes, the model outputs 10; give one name per output class"):
+        resolve(intvit.QuantConfig(labels=("a", "b")), timm_like, 3, classes=10)
+    with pytest.raises(ValueError, match="names 2 classes, the model has no classifier head"):
+        resolve(intvit.QuantConfig(labels=("a", "b")), timm_like, 3)
+    with pytest.raises(ValueError, match="look like the 0-255 scale; they apply after /255"):
+        resolve(intvit.QuantConfig(mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375)), timm_like, 3)
     generic = types.SimpleNamespace(config=types.SimpleNamespace(id2label={0: "LABEL_0", 1: "LABEL_1"}))
     assert model_labels(generic) is None and resolve(intvit.QuantConfig(), generic, 3) == {}
     for bad in ({"mean": 0.5}, {"mean": (0.5, 0.5), "std": (1, 1)}, {"mean": 0.5, "std": 0.0}):

@@ -135,10 +135,20 @@ def test_errors(tiny_qvit, tmp_path):
     with pytest.raises(UnsupportedGraphError, match="must hold powers of two"):
         compile_onnx(tampered)
     module = compile_onnx(proto, batch=2)
-    with pytest.raises(ValueError, match="compiled for input shape \\[2, 3, 32, 32\\].*--batch 3"):
-        module(images(3))
-    with pytest.raises(ValueError, match="expected input shape"):
+    with pytest.raises(ValueError, match="expected input shape \\['N', 3, 32, 32\\] \\(any number N"):
         module(images(2, size=16))
+
+
+@pytest.mark.parametrize("count", [1, 3, 5])
+def test_any_number_of_images_runs_in_compiled_batches(tiny_qvit, count):
+    """A batch-2 module takes 1, 3 or 5 images: ceil(N/2) calls, the last filled up; each image's integer
+    output is the PyTorch integer model's, whatever else shared its call."""
+    module = compile_onnx(to_onnx(tiny_qvit), batch=2)
+    x = images(count, seed=11)
+    logits, ints = module(x.numpy())
+    assert ints.shape[0] == logits.shape[0] == count
+    assert np.array_equal(ints, tiny_qvit.forward_int(x).numpy())
+    assert np.array_equal(logits, tiny_qvit(x).numpy())
 
 
 def test_compile_cli_runtime_load_and_run(tiny_qvit, tmp_path, capsys):
@@ -167,14 +177,20 @@ def test_compile_cli_runtime_load_and_run(tiny_qvit, tmp_path, capsys):
     x_png = torch.from_numpy(((pixels.astype(np.float32) / 255 - 0.5) / 0.25).transpose(2, 0, 1)[None].copy())
     top = int(np.argmax(tiny_qvit(x_png).numpy()[0]))
     printed = capsys.readouterr().out.splitlines()
-    assert printed[-1].startswith(f"image 0: {top} (") and not any(line.startswith("image 1") for line in printed)
+    assert printed[-1].startswith(f"{tmp_path / 'img.png'}: {top} (") and "image 1" not in "\n".join(printed)
     assert main(["run", str(so), "--input", str(tmp_path / "missing.png")]) == 2
     assert "no image at" in capsys.readouterr().err
-    # bad inputs: wrong batch, unknown target, missing sidecar, another TVM version
-    assert main(["run", str(so), "--input", str(tmp_path / "x.npy")]) == 0
-    np.save(tmp_path / "x3.npy", images(3).numpy())
-    assert main(["run", str(so), "--input", str(tmp_path / "x3.npy")]) == 2
-    assert "--batch 3" in capsys.readouterr().err
+    # three images on a batch-2 module: two calls, one line per image
+    np.save(tmp_path / "x3.npy", images(3, seed=5).numpy())
+    assert main(["run", str(so), "--input", str(tmp_path / "x3.npy")]) == 0
+    tops = np.argmax(tiny_qvit(images(3, seed=5)).numpy(), axis=1)
+    printed = capsys.readouterr().out.splitlines()[-3:]
+    assert [line.split(" (")[0] for line in printed] == [f"image {i}: {t}" for i, t in enumerate(tops)]
+    # several image files
+    assert main(["run", str(so), "--input", str(tmp_path / "img.png"), str(tmp_path / "img.png"),
+                 str(tmp_path / "img.png"), "--mean", "0.5", "--std", "0.25"]) == 0
+    assert capsys.readouterr().out.count(f"{tmp_path / 'img.png'}: {top} (") == 3
+    # bad inputs: unknown target, missing sidecar, another TVM version
     assert main(["compile", str(onnx_path), "--target", "cuda-int9", "-o", str(tmp_path / "c.so")]) == 2
     assert "unknown target" in capsys.readouterr().err and not (tmp_path / "c.so").exists()
     meta = json.loads((tmp_path / "m.so.json").read_text())

@@ -62,19 +62,32 @@ class CompiledIntViT:
         return self._vm
 
     def __call__(self, images):
+        """``(logits, int_logits)`` for any number of images of the compiled image shape.
+
+        The module runs batches of exactly ``self.batch``: ``N`` images take
+        ``ceil(N / batch)`` calls, the last one filled up with copies of its own
+        last image, and the outputs are cut back to ``N``. Every op of the
+        integer graph works per image (static scales, per-token rows), so an
+        image's output does not depend on what else is in its batch.
+        """
         import tvm
         arr = np.asarray(_host_array(images))
-        if arr.ndim == len(self.input_shape) and arr.shape[0] == 0:
+        if arr.ndim != len(self.input_shape) or arr.shape[1:] != self.input_shape[1:]:
+            raise ValueError(f"expected input shape {['N', *self.input_shape[1:]]} (any number N of images; "
+                             f"this module runs batches of {self.batch}), got {list(arr.shape)}")
+        count = arr.shape[0]
+        if count == 0:
             raise ValueError(f"got an empty batch (0 images); this module runs batches of {self.batch}")
-        if arr.shape != self.input_shape:
-            raise ValueError(f"this module was compiled for input shape {list(self.input_shape)}, "
-                             f"got {list(arr.shape)}; recompile with --batch {arr.shape[0]}"
-                             if arr.shape[1:] == self.input_shape[1:] else
-                             f"expected input shape {list(self.input_shape)}, got {list(arr.shape)}")
         arr = self.check_input_dtype(arr)
         self._check_not_lifted()
-        out = self.vm["main"](tvm.runtime.tensor(arr, self.dev))
-        return out[0].numpy(), out[1].numpy()
+        outputs = []
+        for start in range(0, count, self.batch):
+            chunk = _filled(arr[start:start + self.batch], self.batch)
+            out = self.vm["main"](tvm.runtime.tensor(np.ascontiguousarray(chunk), self.dev))
+            outputs.append((out[0].numpy(), out[1].numpy()))
+        if len(outputs) == 1:
+            return tuple(o[:count] for o in outputs[0])
+        return tuple(np.concatenate([o[k] for o in outputs])[:count] for k in range(2))
 
     def check_input_dtype(self, arr: np.ndarray) -> np.ndarray:
         """``arr`` as the module's input dtype, refusing what a cast would silently change: integers or
@@ -107,6 +120,12 @@ class CompiledIntViT:
             raise TypeError(f"this module was compiled with lift_weights: its main takes the images and "
                             f"{len(self.lifted)} weight tensors; call vm['main'](images, *weights) "
                             "(the weights are in .lifted_values)")
+
+
+def _filled(chunk: np.ndarray, batch: int) -> np.ndarray:
+    """``chunk`` (1..batch images) filled up to ``batch`` images with copies of its last one."""
+    short = batch - chunk.shape[0]
+    return chunk if short == 0 else np.concatenate([chunk, np.repeat(chunk[-1:], short, axis=0)])
 
 
 def _host_array(images):
