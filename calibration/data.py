@@ -10,7 +10,7 @@ instead.
 from __future__ import annotations
 
 import os
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -25,7 +25,7 @@ class CalibrationDataError(ValueError):
 
 
 def _as_tensor(item) -> torch.Tensor:
-    if isinstance(item, dict):
+    if isinstance(item, Mapping):
         if "pixel_values" not in item:
             raise CalibrationDataError("calibration batch is a dict without 'pixel_values'")
         item = item["pixel_values"]
@@ -131,7 +131,12 @@ def iter_batches(data, batch_size: int = 32) -> Iterator[torch.Tensor]:
             f"{data} is a folder: load its images with intvit.calibration.load_image_folder(folder, channels, "
             "size, mean, std) using your model's normalisation (or `intvit quantize --calib FOLDER`)")
     if isinstance(data, (str, os.PathLike)):
-        data = load_npz(data)
+        data = torch.from_numpy(load_npy(data, "calibration array")) if os.fspath(data).endswith(".npy") \
+            else load_npz(data)
+    if isinstance(data, Mapping):                   # a Hugging Face BatchFeature / processor output
+        data = _as_tensor(data)
+    if _is_images_and_labels(data):                 # (images, labels), the form intvit.qat takes
+        data = data[0]
     if isinstance(data, np.ndarray):
         data = torch.from_numpy(data)
     if isinstance(data, torch.Tensor):
@@ -141,13 +146,27 @@ def iter_batches(data, batch_size: int = 32) -> Iterator[torch.Tensor]:
     if not isinstance(data, Iterable):
         raise CalibrationDataError(f"calibration data of type {type(data).__name__} is not iterable")
     for item in data:
-        t = _as_tensor(item)
-        if t.dtype == torch.uint8:
-            raise CalibrationDataError("calibration images are uint8 pixels (0-255); normalise them as the float "
-                                       "model expects: (x / 255 - mean) / std with its own mean and std")
-        if not t.is_floating_point():
-            t = t.float()
-        yield t
+        yield as_float_images(_as_tensor(item))
+
+
+def as_float_images(t: torch.Tensor) -> torch.Tensor:
+    """A batch of images as float32 ``[B, C, H, W]``: other float types are widened or rounded to float32
+    (the float model's type), one image ``[C, H, W]`` becomes a batch of one; integer pixels are refused."""
+    t = t.detach().cpu()
+    if t.dtype == torch.uint8:
+        raise CalibrationDataError("calibration images are uint8 pixels (0-255); normalise them as the float "
+                                   "model expects: (x / 255 - mean) / std with its own mean and std")
+    if not t.is_floating_point():
+        raise CalibrationDataError(f"calibration images hold {t.dtype} values; pass float images normalised as "
+                                   "the float model expects: (x / 255 - mean) / std with its own mean and std")
+    if t.dim() == 3:
+        t = t[None]
+    return t.float()
+
+
+def _is_images_and_labels(data) -> bool:
+    return isinstance(data, tuple) and len(data) == 2 and all(isinstance(v, (torch.Tensor, np.ndarray)) for v in data) \
+        and data[0].ndim == 4 and data[1].ndim == 1 and len(data[0]) == len(data[1])
 
 
 def take_batches(data, max_images: int, batch_size: int = 32, purpose: str = "calibration") -> list[torch.Tensor]:

@@ -30,6 +30,13 @@ def to_spec(model: nn.Module, image_size=None) -> ViTSpec:
         return model
     if not isinstance(model, nn.Module):
         raise UnsupportedModelError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    devices = {p.device.type for p in model.parameters()}
+    if "meta" in devices:
+        raise UnsupportedModelError(f"{type(model).__name__}'s weights are on the meta device (not loaded yet); "
+                                    "load them before quantizing")
+    if devices - {"cpu"}:
+        raise UnsupportedModelError(f"{type(model).__name__} is on {', '.join(sorted(devices - {'cpu'}))}; intvit "
+                                    "calibrates on the CPU: pass model.cpu()")
     adapter = _adapters().get(_key(model))
     if adapter is None:
         found = find_backbones(model)

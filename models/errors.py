@@ -18,8 +18,8 @@ def check_leaf_modules(model: nn.Module, skip: tuple[str, ...] = ()) -> None:
     for path, mod in model.named_modules():
         if any(path == s or path.startswith(s + ".") for s in skip):
             continue
-        if list(mod.children()):
-            continue
+        if list(mod.children()) or (isinstance(mod, (nn.Sequential, nn.ModuleList, nn.ModuleDict)) and not len(mod)):
+            continue                                # a container, or an emptied one (a removed head)
         if isinstance(mod, SUPPORTED_LEAVES) or type(mod).__name__ in SUPPORTED_LEAF_NAMES:
             continue
         raise UnsupportedModelError(

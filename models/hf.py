@@ -29,7 +29,30 @@ def _lin(m: nn.Module) -> Linear:
 
 
 def _norm(m: nn.LayerNorm) -> Norm:
-    return Norm(m.weight.detach().clone().float(), m.bias.detach().clone().float(), float(m.eps))
+    """A LayerNorm's γ, β (1 and 0 where it has none: ``elementwise_affine=False`` / ``bias=False``) and ε."""
+    if not isinstance(m, nn.LayerNorm) or len(m.normalized_shape) != 1:
+        raise UnsupportedModelError(f"{type(m).__name__}: only a LayerNorm over the last axis is supported as a norm")
+    d = m.normalized_shape[0]
+    weight = torch.ones(d) if m.weight is None else m.weight.detach().clone().float()
+    bias = torch.zeros(d) if m.bias is None else m.bias.detach().clone().float()
+    return Norm(weight, bias, float(m.eps))
+
+
+def _classifier(model: nn.Module, attr: str = "classifier") -> tuple[Linear | None, bool]:
+    """``(head, pooled_output)`` of an HF model: a base model has no ``classifier`` (it outputs its tokens); a
+    classifier is a Linear, or ``Identity`` (``num_labels=0``: HF's logits are then the pooled features)."""
+    head = getattr(model, attr, None)
+    if head is None:
+        return None, False
+    if isinstance(head, nn.Linear):
+        return _lin(head), False
+    if isinstance(head, nn.Identity):
+        return None, True
+    raise UnsupportedModelError(
+        f"{attr} ({type(head).__name__}): intvit quantizes a classifier that is one nn.Linear (or nn.Identity "
+        f"with num_labels=0); to keep your own head in float, quantize a module of yours that holds the "
+        f"{type(model).__name__.split('For')[0]}Model backbone and your head (intvit then quantizes just the "
+        "backbone)")
 
 
 def _fuse_qkv(attn: nn.Module) -> Linear:
@@ -51,7 +74,7 @@ def _check_act(config, path: str) -> None:
     act = getattr(config, "hidden_act", "gelu")
     if act not in GELU_NAMES:
         raise UnsupportedModelError(
-            f"{path}: activation {act!r} is not supported (intvit implements GELU as ShiftGELU); "
+            f"{path}: activation {act!r} is not supported (intvit's integer GELU follows the exact erf GELU); "
             "use a model with hidden_act='gelu'")
 
 
@@ -103,10 +126,9 @@ def _resolved_pos(embeddings, size: tuple[int, int], patch: int, n_prefix: int) 
 
 def vit_spec(model: nn.Module, image_size=None) -> ViTSpec:
     """``ViTModel`` / ``ViTForImageClassification`` → ``ViTSpec``."""
-    head = getattr(model, "classifier", None)
     base = model.vit if hasattr(model, "vit") else model
     prefix = "vit." if hasattr(model, "vit") else ""
-    return _vit_like_spec(model, base, prefix, head, n_prefix=1, family="hf-vit", image_size=image_size)
+    return _vit_like_spec(model, base, prefix, _classifier(model), n_prefix=1, family="hf-vit", image_size=image_size)
 
 
 def deit_spec(model: nn.Module, image_size=None) -> ViTSpec:
@@ -114,15 +136,19 @@ def deit_spec(model: nn.Module, image_size=None) -> ViTSpec:
     base = model.deit if hasattr(model, "deit") else model
     prefix = "deit." if hasattr(model, "deit") else ""
     n_prefix = 2 if getattr(base.embeddings, "distillation_token", None) is not None else 1
-    head = getattr(model, "classifier", None)
     if hasattr(model, "cls_classifier"):
         c, d = model.cls_classifier, model.distillation_classifier
+        if not (isinstance(c, nn.Linear) and isinstance(d, nn.Linear)):
+            raise UnsupportedModelError(
+                f"{type(model).__name__} with cls_classifier {type(c).__name__} and distillation_classifier "
+                f"{type(d).__name__}: only two Linear heads are supported (without them HF returns the average of "
+                "the class and distillation tokens, which intvit does not pool)")
         w = torch.cat([c.weight, d.weight], dim=1).detach().float() / 2
         b = (c.bias + d.bias).detach().float() / 2
-        spec = _vit_like_spec(model, base, prefix, None, n_prefix, "hf-deit-distilled", image_size)
+        spec = _vit_like_spec(model, base, prefix, (None, False), n_prefix, "hf-deit-distilled", image_size)
         spec.head, spec.pool = Linear(w, b), ("token0", "token1")
         return spec
-    return _vit_like_spec(model, base, prefix, head, n_prefix, "hf-deit", image_size)
+    return _vit_like_spec(model, base, prefix, _classifier(model), n_prefix, "hf-deit", image_size)
 
 
 def _vit_like_spec(model, base, prefix, head, n_prefix, family, image_size) -> ViTSpec:
@@ -142,8 +168,7 @@ def _vit_like_spec(model, base, prefix, head, n_prefix, family, image_size) -> V
         image_size=size, in_chans=cfg.num_channels, patch_size=p, patch_embed=pe,
         prefix_tokens=torch.stack(prefix_tok) + pos[:n_prefix], pos_patches=pos[n_prefix:].clone(),
         blocks=_blocks(layers, layer_prefix, cfg.num_attention_heads, layer_scale=False),
-        final_norm=_norm(base.layernorm), pool=("cls",),
-        head=_lin(head) if isinstance(head, nn.Linear) else None,
+        final_norm=_norm(base.layernorm), pool=("cls",), head=head[0], pooled_output=head[1],
         family=family, source_class=type(model).__name__)
 
 
@@ -160,14 +185,13 @@ def dinov2_spec(model: nn.Module, image_size=None) -> ViTSpec:
     emb = base.embeddings
     pe, p = _patch_linear(emb.patch_embeddings.projection, prefix + "embeddings.patch_embeddings.projection")
     pos = _resolved_pos(emb, size, p, 1)
-    head = getattr(model, "classifier", None)
+    head, pooled = _classifier(model)
     return ViTSpec(
         image_size=size, in_chans=cfg.num_channels, patch_size=p, patch_embed=pe,
         prefix_tokens=(emb.cls_token.detach().float()[0, 0] + pos[0])[None], pos_patches=pos[1:].clone(),
         blocks=_blocks(base.encoder.layer, prefix + "encoder.layer", cfg.num_attention_heads,
                        layer_scale=True),
-        final_norm=_norm(base.layernorm), pool=("cls", "mean"),
-        head=_lin(head) if isinstance(head, nn.Linear) else None,
+        final_norm=_norm(base.layernorm), pool=("cls", "mean"), head=head, pooled_output=pooled,
         family="hf-dinov2", source_class=type(model).__name__)
 
 

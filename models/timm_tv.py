@@ -41,10 +41,73 @@ def _layer_scale(ls: nn.Module):
     return getattr(ls, "gamma", None) if not isinstance(ls, nn.Identity) else None
 
 
+def _check_timm_structure(model: nn.Module, name: str) -> None:
+    """Refuse, by name, what timm's ``VisionTransformer`` can hold but this adapter does not map: each of
+    these layers would otherwise be skipped without a word and the integer model would compute another
+    function."""
+    if getattr(model, "cls_token", None) is None:
+        raise UnsupportedModelError(f"{name}: class_token=False (e.g. vit_*_gap models) is not supported; intvit "
+                                    "needs the class token as the first token")
+    if getattr(model, "pos_embed", None) is None:
+        raise UnsupportedModelError(f"{name}: pos_embed='none' (no learned position embedding) is not supported")
+    for path, what in (("norm_pre", "pre_norm=True, as in timm's CLIP ViTs"),
+                       ("patch_embed.norm", "embed_norm_layer")):
+        mod = model.get_submodule(path) if _has_path(model, path) else nn.Identity()
+        if not isinstance(mod, nn.Identity):
+            raise UnsupportedModelError(f"{path} ({type(mod).__name__}, {what}): a norm on the patch embeddings "
+                                        "before the first block is not supported")
+    if not isinstance(getattr(model, "fc_norm", nn.Identity()), nn.Identity):
+        raise UnsupportedModelError(f"fc_norm ({type(model.fc_norm).__name__}): a norm after pooling is not "
+                                    "supported; use a model with the final norm before pooling")
+    if isinstance(model.norm, nn.Identity) and not isinstance(model.head, nn.Identity):
+        raise UnsupportedModelError(f"{name}: final_norm=False with a classifier head: intvit needs the final "
+                                    "LayerNorm before a head (its int8 input); keep final_norm, or remove the head")
+    if not isinstance(model.norm, (nn.LayerNorm, nn.Identity)):
+        raise UnsupportedModelError(f"norm ({type(model.norm).__name__}): only a LayerNorm (or none) is supported "
+                                    "as the final norm")
+    for i, blk in enumerate(model.blocks):
+        if type(blk).__name__ != "Block":
+            raise UnsupportedModelError(f"blocks.{i} ({type(blk).__name__}): only timm's pre-norm Block is "
+                                        "supported (not post-norm ResPostBlock or parallel blocks)")
+        if type(blk.mlp).__name__ != "Mlp" or blk.mlp.fc1.out_features != blk.mlp.fc2.in_features:
+            raise UnsupportedModelError(f"blocks.{i}.mlp ({type(blk.mlp).__name__}): only the plain fc1 → GELU → "
+                                        "fc2 MLP is supported (not gated MLPs such as GluMlp / SwiGLU)")
+        if not isinstance(getattr(blk.attn, "norm", nn.Identity()), nn.Identity):
+            raise UnsupportedModelError(f"blocks.{i}.attn.norm ({type(blk.attn.norm).__name__}, scale_attn_norm="
+                                        "True): a norm inside attention is not supported")
+        if not isinstance(blk.attn.q_norm, nn.Identity) or not isinstance(getattr(blk.mlp, "norm", nn.Identity()),
+                                                                          nn.Identity):
+            raise UnsupportedModelError(f"blocks.{i}: QK-norm / MLP norm layers are not supported")
+        if not isinstance(blk.mlp.act, nn.GELU) or getattr(blk.mlp.act, "approximate", "none") != "none":
+            raise UnsupportedModelError(f"blocks.{i}.mlp.act ({type(blk.mlp.act).__name__}): only exact GELU "
+                                        "is supported")
+
+
+def _has_path(model: nn.Module, path: str) -> bool:
+    try:
+        model.get_submodule(path)
+    except AttributeError:
+        return False
+    return True
+
+
+def _timm_head(model: nn.Module, attr: str, name: str) -> nn.Linear | None:
+    """``model.<attr>``: a Linear, or None where the head is removed (``Identity``, ``num_classes=0``)."""
+    head = getattr(model, attr)
+    if isinstance(head, (nn.Linear, nn.Identity)):
+        return head if isinstance(head, nn.Linear) else None
+    raise UnsupportedModelError(
+        f"{attr} ({type(head).__name__}): intvit quantizes a classifier head that is one nn.Linear, or none; to "
+        f"keep your own head in float, build the {name} with num_classes=0 and quantize a module of yours that "
+        "holds it and your head (intvit then quantizes just the backbone)")
+
+
 def timm_vit_spec(model: nn.Module, image_size=None) -> ViTSpec:
     """timm ``VisionTransformer`` / ``VisionTransformerDistilled`` → ``ViTSpec``."""
     name = type(model).__name__
-    headless = not isinstance(model.head, nn.Linear)
+    _check_timm_structure(model, name)
+    head_module = _timm_head(model, "head", name)
+    headless = head_module is None
     if getattr(model, "attn_pool", None) is not None or model.global_pool not in ("token", "avg", "") or \
             (model.global_pool == "" and not headless):
         raise UnsupportedModelError(f"{name}: global_pool={model.global_pool!r} is not supported "
@@ -52,19 +115,9 @@ def timm_vit_spec(model: nn.Module, image_size=None) -> ViTSpec:
     if getattr(model, "pool_include_prefix", False) and model.global_pool == "avg":
         raise UnsupportedModelError(f"{name}: pool_include_prefix=True (averaging the class token in) is not "
                                     "supported; intvit's 'avg' pooling averages the patch tokens")
-    if not isinstance(getattr(model, "fc_norm", nn.Identity()), nn.Identity):
-        raise UnsupportedModelError(f"fc_norm ({type(model.fc_norm).__name__}): a norm after pooling is not "
-                                    "supported; use a model with the final norm before pooling")
     if getattr(model, "no_embed_class", False) or getattr(model, "num_reg_tokens", 0):
         raise UnsupportedModelError(f"{name}: position embeddings without the class token / register tokens "
                                     "are not supported")
-    for i, blk in enumerate(model.blocks):
-        if not isinstance(blk.attn.q_norm, nn.Identity) or not isinstance(getattr(blk.mlp, "norm", nn.Identity()),
-                                                                          nn.Identity):
-            raise UnsupportedModelError(f"blocks.{i}: QK-norm / MLP norm layers are not supported")
-        if not isinstance(blk.mlp.act, nn.GELU) or getattr(blk.mlp.act, "approximate", "none") != "none":
-            raise UnsupportedModelError(f"blocks.{i}.mlp.act ({type(blk.mlp.act).__name__}): only exact GELU is "
-                                        "supported (intvit implements it as ShiftGELU)")
     check_leaf_modules(model)
     size = _native_size(model.patch_embed.img_size, image_size, "patch_embed")
     pe, p = _patch_linear(model.patch_embed.proj, "patch_embed.proj")
@@ -77,18 +130,20 @@ def timm_vit_spec(model: nn.Module, image_size=None) -> ViTSpec:
     blocks = [Block(norm1=_norm(b.norm1), qkv=_lin(b.attn.qkv), proj=_scaled(_lin(b.attn.proj), _layer_scale(b.ls1)),
                     norm2=_norm(b.norm2), fc1=_lin(b.mlp.fc1), fc2=_scaled(_lin(b.mlp.fc2), _layer_scale(b.ls2)),
                     num_heads=b.attn.num_heads, source=f"blocks.{i}") for i, b in enumerate(model.blocks)]
-    head, pool = (None if headless else _lin(model.head)), (("mean",) if model.global_pool == "avg" else ("cls",))
+    head, pool = (None if headless else _lin(head_module)), (("mean",) if model.global_pool == "avg" else ("cls",))
     if dist is not None:
-        if headless:
+        head_dist = _timm_head(model, "head_dist", name)
+        if headless or head_dist is None:
             raise UnsupportedModelError(f"{name} without heads (num_classes=0) returns the average of its class "
                                         "and distillation tokens, which intvit does not pool; keep the heads")
-        d = _lin(model.head_dist)
+        d = _lin(head_dist)
         head = Linear(torch.cat([head.weight, d.weight], dim=1) / 2, (head.bias + d.bias) / 2)
         pool = ("token0", "token1")
     return ViTSpec(
         image_size=size, in_chans=model.patch_embed.proj.in_channels, patch_size=p, patch_embed=pe,
         prefix_tokens=torch.stack(tokens) + pos[:n_prefix], pos_patches=pos[n_prefix:].clone(),
-        blocks=blocks, final_norm=_norm(model.norm), pool=pool, head=head,
+        blocks=blocks, final_norm=None if isinstance(model.norm, nn.Identity) else _norm(model.norm), pool=pool,
+        head=head,
         pooled_output=headless and model.global_pool != "",
         family="timm-deit-distilled" if dist is not None else "timm-vit", source_class=name)
 
@@ -128,8 +183,10 @@ def torchvision_vit_spec(model: nn.Module, image_size=None) -> ViTSpec:
     for i, layer in enumerate(model.encoder.layers):
         qkv, proj = _split_mha(layer.self_attention)
         fc1, act, fc2 = layer.mlp[0], layer.mlp[1], layer.mlp[3]
-        if not isinstance(act, nn.GELU):
-            raise UnsupportedModelError(f"encoder.layers.{i}.mlp.1 ({type(act).__name__}): only GELU is supported")
+        if not isinstance(act, nn.GELU) or act.approximate != "none":
+            raise UnsupportedModelError(f"encoder.layers.{i}.mlp.1 ({type(act).__name__}"
+                                        f"{'' if not isinstance(act, nn.GELU) else f', approximate={act.approximate!r}'}"
+                                        "): only exact GELU is supported")
         blocks.append(Block(norm1=_norm(layer.ln_1), qkv=qkv, proj=proj, norm2=_norm(layer.ln_2),
                             fc1=_lin(fc1), fc2=_lin(fc2), num_heads=layer.self_attention.num_heads,
                             source=f"encoder.layers.{i}"))

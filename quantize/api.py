@@ -2,15 +2,17 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 
 import torch
 from torch import nn
 
 from ..calibration import calibrate
-from ..calibration.data import take_batches
+from ..calibration.data import take_batches, validate_batch
 from ..calibration.migration import migrate, resolve_migration
 from ..calibration.output_ranges import output_aware_ranges
 from ..models import UnsupportedModelError, find_backbones, is_supported, to_spec
+from ..models.fidelity import check_spec_reproduces
 from .config import QuantConfig
 from .integer_model import IntegerViT
 from .layout import check_widen_count, point_bits, resolve_layout, resolve_zero_points
@@ -31,6 +33,16 @@ def quantize(model, calib_data, config: QuantConfig | None = None):
     ``.npz`` path, preprocessed exactly as the float model expects.
     """
     config = config or QuantConfig()
+    if not isinstance(config, QuantConfig):
+        raise TypeError(f"config must be an intvit.QuantConfig, got {type(config).__name__}; e.g. "
+                        "QuantConfig(**settings) for a dict of settings")
+    compiled = _compiled_path(model)
+    if compiled is not None:
+        raise UnsupportedModelError(
+            f"{compiled or 'the model'} is wrapped by torch.compile, whose compiled code would keep running the "
+            "float model; quantize the module itself (its ._orig_mod, or the model before torch.compile)")
+    if isinstance(calib_data, Iterator):            # a generator: every pass below would find it used up
+        calib_data = take_batches(calib_data, config.max_calib_images, config.batch_size, "calibration")
     if isinstance(model, nn.Module) and not is_supported(model):
         found = find_backbones(model)
         if not found:
@@ -40,8 +52,13 @@ def quantize(model, calib_data, config: QuantConfig | None = None):
                 f"{type(model).__name__} contains {len(found)} supported backbones "
                 f"({', '.join(p for p, _ in found)}); quantize each one separately")
         path, backbone = found[0]
-        inputs = capture_backbone_inputs(model.eval(), backbone, calib_data, config.batch_size,
-                                         config.max_calib_images)
+        modes = {m: m.training for m in model.modules()}
+        try:
+            inputs = capture_backbone_inputs(model.eval(), backbone, calib_data, config.batch_size,
+                                             config.max_calib_images)
+        finally:
+            for m, training in modes.items():       # the caller's model keeps its modes
+                m.training = training
         warn_float_pooler(backbone, wrapped=True)
         integer = _quantize_supported(backbone, inputs, config)
         wrapped = copy.deepcopy(model)
@@ -51,15 +68,28 @@ def quantize(model, calib_data, config: QuantConfig | None = None):
     return _quantize_supported(model, calib_data, config)
 
 
+def _compiled_path(model) -> str | None:
+    """The path of the first ``torch.compile`` wrapper (``torch._dynamo``'s ``OptimizedModule``, known by its
+    ``_orig_mod``) in ``model`` ('' for the model itself), or None."""
+    if not isinstance(model, nn.Module):
+        return None
+    return next((path for path, m in model.named_modules() if isinstance(getattr(m, "_orig_mod", None), nn.Module)),
+                None)
+
+
 def _quantize_supported(model, calib_data, config: QuantConfig) -> IntegerViT:
     """``quantize`` for a model an adapter takes directly."""
     spec = to_spec(model, image_size=config.image_size)
     meta = {"recipe": config.recipe, "gelu": config.gelu}
-    preprocessing = resolve_preprocessing(config, model, spec.in_chans)
+    preprocessing = resolve_preprocessing(config, model, spec.in_chans,
+                                          None if spec.head is None else spec.head.weight.shape[0])
     if preprocessing:
         meta["preprocessing"] = preprocessing
-    check_calibration_scale(take_batches(calib_data, config.batch_size, config.batch_size, "calibration")[0],
-                            preprocessing)
+    first = take_batches(calib_data, config.batch_size, config.batch_size, "calibration")[0]
+    check_calibration_scale(first, preprocessing)
+    if isinstance(model, nn.Module):              # before any calibration: refuse a model the adapter misread
+        validate_batch(first, (spec.in_chans, *spec.image_size))
+        check_spec_reproduces(model, spec, first)
     if config.int16:
         meta["layout"] = resolve_layout(spec, config.int16)
     bits = point_bits(spec, meta.get("layout"))

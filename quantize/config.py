@@ -84,15 +84,34 @@ class QuantConfig:
     def __post_init__(self):
         if self.recipe not in OBSERVERS:
             raise ValueError(f"unknown recipe {self.recipe!r}; choose one of {sorted(OBSERVERS)}")
-        if isinstance(self.int16, str):
-            self.int16 = (self.int16,)
-        if isinstance(self.zero_points, str):
-            self.zero_points = (self.zero_points,)
-        if isinstance(self.migration, str):
-            self.migration = (self.migration,)
+        for name in ("int16", "zero_points", "migration"):
+            setattr(self, name, _patterns(name, getattr(self, name)))
         if self.gelu not in GELU_MODES:
             raise ValueError(f"unknown gelu {self.gelu!r}; choose one of {list(GELU_MODES)}")
-        if self.auto_int16 < 0:
-            raise ValueError("auto_int16 must be 0 or more")
-        if self.max_calib_images < 1:
-            raise ValueError("max_calib_images must be at least 1")
+        for name, least in (("max_calib_images", 1), ("batch_size", 1), ("matching_images", 1), ("auto_int16", 0)):
+            _check_whole(name, getattr(self, name), least)
+        for name in ("progress", "attention_temperature", "output_balance", "output_aware", "bias_correction"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"QuantConfig({name}=...) takes True or False, got {getattr(self, name)!r}")
+        if self.image_size is not None:
+            size = (self.image_size,) * 2 if isinstance(self.image_size, int) else self.image_size
+            if isinstance(size, (str, bytes)) or not (isinstance(size, (tuple, list)) and len(size) == 2 and all(
+                    isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
+                raise TypeError(f"QuantConfig(image_size=...) takes a whole number of pixels or (height, width), "
+                                f"got {self.image_size!r}")
+
+
+def _patterns(name: str, value) -> tuple[str, ...]:
+    """A glob pattern or a sequence of them as a tuple; anything else is one clear error (``zero_points=True``
+    would otherwise fail deep inside with "'bool' object is not iterable")."""
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, (tuple, list)) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise TypeError(f"QuantConfig({name}=...) takes glob patterns of quant points, e.g. ('*',) for every one "
+                    f"or () for none, got {value!r}")
+
+
+def _check_whole(name: str, value, least: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ValueError(f"QuantConfig({name}=...) must be a whole number >= {least}, got {value!r}")

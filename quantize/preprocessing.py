@@ -27,8 +27,11 @@ METADATA_KEY = "intvit.preprocessing"
 UNNORMALISED_MAX = 20.0      # non-negative images above this were not divided by 255 (normalised ones stay far below)
 
 
-def resolve(config, model, channels: int) -> dict:
-    """The preprocessing to record: ``config``'s mean/std/labels where given, else what ``model`` says."""
+def resolve(config, model, channels: int, classes: int | None = None) -> dict:
+    """The preprocessing to record: ``config``'s mean/std/labels where given, else what ``model`` says.
+
+    ``classes`` is the model's number of output classes (None when it has no head): a label list of
+    another length is refused; a mean above 1 (the 0–255 scale: it applies after ``/255``) is refused too, since ``intvit run`` would normalise every image with it."""
     prep = {}
     mean, std = config.mean, config.std
     if mean is None and std is None:
@@ -38,7 +41,14 @@ def resolve(config, model, channels: int) -> dict:
         raise ValueError("QuantConfig: give both mean and std (per channel, after /255), or neither")
     if mean is not None:
         prep["mean"], prep["std"] = check_mean_std(mean, std, channels)     # one rule with load_image
+        if max(map(abs, prep["mean"])) > 1:        # the mean of a pixel scaled to [0, 1] cannot exceed 1
+            raise ValueError(f"QuantConfig: mean {prep['mean']} / std {prep['std']} look like the 0-255 scale; they "
+                             "apply after /255, e.g. mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)")
     labels = list(config.labels) if config.labels is not None else model_labels(model)
+    if labels and config.labels is not None and classes != len(labels):
+        raise ValueError(f"QuantConfig(labels=...) names {len(labels)} classes, the model "
+                         + (f"outputs {classes}" if classes else "has no classifier head") +
+                         "; give one name per output class, in order")
     if labels:
         prep["labels"] = [str(label) for label in labels]
     return prep

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..calibration.data import CalibrationDataError, iter_batches
+from ..models import UnsupportedModelError
 
 
 class _Captured(Exception):
@@ -39,6 +40,7 @@ def capture_backbone_inputs(model: nn.Module, backbone: nn.Module, calib_data, b
         x = kwargs.get("pixel_values", args[0] if args else None)
         if not isinstance(x, torch.Tensor):
             raise CalibrationDataError("the backbone was called without an image tensor")
+        check_call_options(type(model).__name__, args[1:], {k: v for k, v in kwargs.items() if k != "pixel_values"})
         captured.append(x.detach().clone())
         raise _Captured
 
@@ -53,13 +55,34 @@ def capture_backbone_inputs(model: nn.Module, backbone: nn.Module, calib_data, b
                     pass
                 else:
                     raise CalibrationDataError(
-                        f"{type(model).__name__}.forward never called its backbone on a calibration batch")
+                        f"{type(model).__name__}.forward never called its backbone ({type(backbone).__name__}) on a "
+                        "calibration batch; intvit replaces the backbone's forward, so call the backbone module "
+                        "itself (not, say, its forward_features)")
                 seen += captured[-1].shape[0]
                 if max_images is not None and seen >= max_images:
                     break
     finally:
         handle.remove()
     return captured
+
+
+#: keyword values a backbone call may carry: the integer backbone answers them as the float one did
+_NEUTRAL_OPTIONS = {"return_dict": (None, True), "output_hidden_states": (None, False),
+                    "output_attentions": (None, False), "interpolate_pos_encoding": (None, False),
+                    "bool_masked_pos": (None,), "head_mask": (None,)}
+
+
+def check_call_options(owner: str, extra_args: tuple, options: dict) -> None:
+    """Refuse a backbone call whose extra arguments ask for something the integer backbone does not return
+    (hidden states of every layer, attention maps, masks): the user's code would fail, or be wrong, later."""
+    if extra_args:
+        raise UnsupportedModelError(f"{owner} calls its backbone with {len(extra_args)} positional argument(s) "
+                                    "after the images; the integer backbone takes the images only")
+    for key, value in options.items():
+        if key not in _NEUTRAL_OPTIONS or not any(value is v for v in _NEUTRAL_OPTIONS[key]):
+            raise UnsupportedModelError(
+                f"{owner} calls its backbone with {key}={value!r}; the integer backbone returns the last hidden "
+                "state (and pooler output, or the logits) only, so call it with the images alone")
 
 
 def float_pooler_of(backbone: nn.Module) -> nn.Module | None:
@@ -108,14 +131,22 @@ class IntegerBackbone(nn.Module):
         return self.integer_model.export_onnx(path, integer_input=integer_input)
 
     def forward(self, pixel_values=None, *args, **kwargs):
+        """Answer as the source backbone did: timm and torchvision models return a tensor (logits, pooled
+        features or tokens); a Hugging Face classifier an output with ``.logits``; a Hugging Face base model a
+        ``BaseModelOutputWithPooling``."""
+        check_call_options(type(self).__name__, args, kwargs)
+        out = self.integer_model(pixel_values)
+        spec = self.integer_model.spec
+        if not spec.family.startswith("hf-"):
+            return out
+        if self.integer_model.has_head or spec.pooled_output:
+            from transformers.modeling_outputs import ImageClassifierOutput
+            return ImageClassifierOutput(logits=out)
         from transformers.modeling_outputs import BaseModelOutputWithPooling
-        tokens = self.integer_model(pixel_values)
-        if self.integer_model.has_head:
-            return tokens
         if self.pooler is not None:
-            pooled = self.pooler(tokens)
-        elif self.integer_model.spec.family == "hf-dinov2":
-            pooled = tokens[:, 0]
+            pooled = self.pooler(out)
+        elif spec.family == "hf-dinov2":
+            pooled = out[:, 0]
         else:
             pooled = None
-        return BaseModelOutputWithPooling(last_hidden_state=tokens, pooler_output=pooled)
+        return BaseModelOutputWithPooling(last_hidden_state=out, pooler_output=pooled)
