@@ -9,8 +9,10 @@ class UnsupportedModelError(ValueError):
 
 
 # Leaf modules an adapter maps onto the integer graph (or that are no-ops at inference).
-SUPPORTED_LEAVES = (nn.Linear, nn.Conv2d, nn.LayerNorm, nn.Dropout, nn.Identity, nn.GELU)
-SUPPORTED_LEAF_NAMES = {"GELUActivation", "Dinov2LayerScale", "Dinov2DropPath", "DropPath", "LayerScale"}
+SUPPORTED_LEAVES = (nn.Linear, nn.Conv2d, nn.LayerNorm, nn.Dropout, nn.Identity, nn.GELU, nn.ReLU, nn.SiLU,
+                    nn.Embedding)
+SUPPORTED_LEAF_NAMES = {"GELUActivation", "NewGELUActivation", "GELUTanh", "FastGELUActivation", "QuickGELUActivation",
+                        "SiLUActivation", "QuickGELU", "Dinov2LayerScale", "Dinov2DropPath", "DropPath", "LayerScale"}
 
 
 def check_leaf_modules(model: nn.Module, skip: tuple[str, ...] = ()) -> None:
@@ -24,4 +26,5 @@ def check_leaf_modules(model: nn.Module, skip: tuple[str, ...] = ()) -> None:
             continue
         raise UnsupportedModelError(
             f"module '{path}' of type {type(mod).__name__} is not supported by intvit; "
-            "supported layers: Linear, patch Conv2d, LayerNorm, GELU, Dropout/DropPath, LayerScale")
+            "supported layers: Linear, patch Conv2d, LayerNorm, GELU (and its tanh and quick forms), ReLU, SiLU, "
+            "Dropout/DropPath, LayerScale")

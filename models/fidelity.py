@@ -30,10 +30,13 @@ from .spec import ViTSpec, float_forward
 SPEC_TOLERANCE = 1e-3        # float32 rounding through a deep model stays below 1e-5 (adapter tests)
 EPS_TOLERANCE = 1e-2         # an ε this large moves the float output by 1 %: the integer model would not follow
 CHECK_IMAGES = 2
+#: the output field a Hugging Face family's spec stands for, where it is not ``logits`` / ``last_hidden_state``
+OUTPUT_FIELDS = {"hf-clip": "pooler_output", "hf-clip-projection": "image_embeds"}
 
 
 def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
     """``‖got − want‖₂ / ‖want‖₂`` (the absolute error where ``want`` is all zeros)."""
+    got, want = got.detach(), want.detach()
     diff = float(torch.linalg.vector_norm((got - want).double()))
     norm = float(torch.linalg.vector_norm(want.double()))
     return diff / norm if norm > 0 else diff
@@ -41,9 +44,10 @@ def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
 
 def source_output(model: nn.Module, images: torch.Tensor, spec: ViTSpec) -> torch.Tensor:
     """What ``model`` answers on ``images``, as the tensor the spec's output stands for: the tensor itself
-    (timm, torchvision), or a Hugging Face output's ``logits`` / ``last_hidden_state``."""
+    (timm, torchvision), or a Hugging Face output's field (``OUTPUT_FIELDS``, else ``logits`` /
+    ``last_hidden_state``)."""
     kwargs = {}
-    if spec.family in ("hf-vit", "hf-deit", "hf-deit-distilled"):
+    if spec.family in ("hf-vit", "hf-deit", "hf-deit-distilled", "hf-clip", "hf-clip-projection"):
         base = getattr(model, "config", None)
         size = getattr(base, "image_size", None)
         if size is not None and tuple(spec.image_size) != ((size, size) if isinstance(size, int) else tuple(size)):
@@ -51,7 +55,7 @@ def source_output(model: nn.Module, images: torch.Tensor, spec: ViTSpec) -> torc
     out = model(images, **kwargs)
     if isinstance(out, torch.Tensor):
         return out
-    for name in ("logits", "last_hidden_state"):
+    for name in (OUTPUT_FIELDS.get(spec.family, "logits"), "logits", "last_hidden_state"):
         value = getattr(out, name, None)
         if isinstance(value, torch.Tensor):
             return value

@@ -7,7 +7,12 @@ Supported (transformers 5.x module layout):
   ``DeiTModel`` (the distillation token; the two heads are averaged, as HF does
   at inference, by folding them into one head over ``[cls ; dist]``),
 * ``Dinov2Model`` / ``Dinov2ForImageClassification`` (LayerScale ``λ`` folded
-  into ``o_proj`` and ``fc2``: ``λ ⊙ (W x + b) = (diag(λ) W) x + λ ⊙ b``).
+  into ``o_proj`` and ``fc2``: ``λ ⊙ (W x + b) = (diag(λ) W) x + λ ⊙ b``),
+* ``CLIPVisionModelWithProjection`` (``image_embeds``) / ``CLIPVisionModel``
+  (``pooler_output``): CLIP's pre-LayerNorm and QuickGELU included.
+
+The MLP activation is any ``hidden_act`` in ``HF_ACTIVATIONS`` (the integer
+model holds it as a 256-entry table of the int8 fc1 output).
 
 Position embeddings are resolved for the fixed input size given to the
 adapter, with the model's own interpolation, so the spec needs no resampling.
@@ -20,7 +25,10 @@ from torch import nn
 from .errors import UnsupportedModelError, check_leaf_modules
 from .spec import Block, Linear, Norm, ViTSpec
 
-GELU_NAMES = {"gelu", "gelu_python"}
+#: Hugging Face ``hidden_act`` names → ``ops.ACTIVATIONS`` (the MLP activation's table in the integer model)
+HF_ACTIVATIONS = {"gelu": "gelu", "gelu_python": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
+                  "gelu_fast": "gelu_tanh", "quick_gelu": "quick_gelu", "relu": "relu", "silu": "silu",
+                  "swish": "silu"}
 
 
 def _lin(m: nn.Module) -> Linear:
@@ -70,12 +78,14 @@ def _scaled(lin: Linear, scale: torch.Tensor | None) -> Linear:
     return Linear(lin.weight * s[:, None], None if lin.bias is None else lin.bias * s)
 
 
-def _check_act(config, path: str) -> None:
+def _activation(config, path: str) -> str:
+    """The ``ops.ACTIVATIONS`` name of ``config.hidden_act``; one clear error for any other."""
     act = getattr(config, "hidden_act", "gelu")
-    if act not in GELU_NAMES:
+    if act not in HF_ACTIVATIONS:
         raise UnsupportedModelError(
-            f"{path}: activation {act!r} is not supported (intvit's integer GELU follows the exact erf GELU); "
-            "use a model with hidden_act='gelu'")
+            f"{path}: activation {act!r} is not supported; intvit's integer MLP activation is a table of one of "
+            f"{', '.join(sorted(HF_ACTIVATIONS))}")
+    return HF_ACTIVATIONS[act]
 
 
 def _patch_linear(conv: nn.Conv2d, path: str) -> tuple[Linear, int]:
@@ -153,7 +163,7 @@ def deit_spec(model: nn.Module, image_size=None) -> ViTSpec:
 
 def _vit_like_spec(model, base, prefix, head, n_prefix, family, image_size) -> ViTSpec:
     cfg = base.config
-    _check_act(cfg, prefix + "encoder")
+    act = _activation(cfg, prefix + "encoder")
     check_leaf_modules(model, skip=(prefix + "pooler",))
     size = _image_size(cfg, image_size)
     emb = base.embeddings
@@ -168,7 +178,7 @@ def _vit_like_spec(model, base, prefix, head, n_prefix, family, image_size) -> V
         image_size=size, in_chans=cfg.num_channels, patch_size=p, patch_embed=pe,
         prefix_tokens=torch.stack(prefix_tok) + pos[:n_prefix], pos_patches=pos[n_prefix:].clone(),
         blocks=_blocks(layers, layer_prefix, cfg.num_attention_heads, layer_scale=False),
-        final_norm=_norm(base.layernorm), pool=("cls",), head=head[0], pooled_output=head[1],
+        final_norm=_norm(base.layernorm), pool=("cls",), head=head[0], pooled_output=head[1], act=act,
         family=family, source_class=type(model).__name__)
 
 
@@ -179,7 +189,7 @@ def dinov2_spec(model: nn.Module, image_size=None) -> ViTSpec:
     cfg = base.config
     if getattr(cfg, "use_swiglu_ffn", False):
         raise UnsupportedModelError(f"{prefix}encoder.layer.0.mlp (SwiGLUFFN): SwiGLU MLPs are not supported")
-    _check_act(cfg, prefix + "encoder")
+    act = _activation(cfg, prefix + "encoder")
     check_leaf_modules(model)
     size = _image_size(cfg, image_size)
     emb = base.embeddings
@@ -191,8 +201,47 @@ def dinov2_spec(model: nn.Module, image_size=None) -> ViTSpec:
         prefix_tokens=(emb.cls_token.detach().float()[0, 0] + pos[0])[None], pos_patches=pos[1:].clone(),
         blocks=_blocks(base.encoder.layer, prefix + "encoder.layer", cfg.num_attention_heads,
                        layer_scale=True),
-        final_norm=_norm(base.layernorm), pool=("cls", "mean"), head=head, pooled_output=pooled,
+        final_norm=_norm(base.layernorm), pool=("cls", "mean"), head=head, pooled_output=pooled, act=act,
         family="hf-dinov2", source_class=type(model).__name__)
+
+
+@torch.no_grad()
+def clip_vision_spec(model: nn.Module, image_size=None) -> ViTSpec:
+    """``CLIPVisionModelWithProjection`` → its ``image_embeds`` (the projected, final-norm class token, what
+    CLIP compares with text); ``CLIPVisionModel`` → its ``pooler_output`` (the final-norm class token).
+
+    CLIP normalises the embedded tokens before the first block (``pre_layrnorm``: the spec's ``pre_norm``)
+    and applies ``post_layernorm`` to the class token only, which is the final norm followed by ``cls``
+    pooling; its ``last_hidden_state`` (without that norm) is not an output of the integer model.
+    """
+    base = model.vision_model if hasattr(model, "vision_model") else model
+    prefix = "vision_model." if hasattr(model, "vision_model") else ""
+    cfg = base.config
+    act = _activation(cfg, prefix + "encoder")
+    check_leaf_modules(model)
+    size = _image_size(cfg, image_size)
+    emb = base.embeddings
+    pe, p = _patch_linear(emb.patch_embedding, prefix + "embeddings.patch_embedding")
+    n_patches = (size[0] // p) * (size[1] // p)
+    dummy = torch.zeros(1, 1 + n_patches, cfg.hidden_size)
+    pos = emb.interpolate_pos_encoding(dummy, size[0], size[1]).detach().float()[0] \
+        if (size[0], size[1]) != (cfg.image_size, cfg.image_size) else emb.position_embedding.weight.detach().float()
+    blocks = []
+    for i, layer in enumerate(base.encoder.layers):
+        attn = layer.self_attn
+        blocks.append(Block(norm1=_norm(layer.layer_norm1), qkv=_fuse_qkv(attn), proj=_lin(attn.out_proj),
+                            norm2=_norm(layer.layer_norm2), fc1=_lin(layer.mlp.fc1), fc2=_lin(layer.mlp.fc2),
+                            num_heads=cfg.num_attention_heads, source=f"{prefix}encoder.layers.{i}"))
+    projection = getattr(model, "visual_projection", None)
+    if projection is not None and not isinstance(projection, nn.Linear):
+        raise UnsupportedModelError(f"visual_projection ({type(projection).__name__}): only a Linear is supported")
+    return ViTSpec(
+        image_size=size, in_chans=cfg.num_channels, patch_size=p, patch_embed=pe,
+        prefix_tokens=(emb.class_embedding.detach().float() + pos[0])[None], pos_patches=pos[1:].clone(),
+        blocks=blocks, final_norm=_norm(base.post_layernorm), pool=("cls",),
+        head=None if projection is None else _lin(projection), pooled_output=projection is None,
+        pre_norm=_norm(base.pre_layrnorm), act=act,
+        family="hf-clip-projection" if projection is not None else "hf-clip", source_class=type(model).__name__)
 
 
 ADAPTERS = {
@@ -203,4 +252,6 @@ ADAPTERS = {
     "DeiTModel": deit_spec,
     "Dinov2Model": dinov2_spec,
     "Dinov2ForImageClassification": dinov2_spec,
+    "CLIPVisionModel": clip_vision_spec,
+    "CLIPVisionModelWithProjection": clip_vision_spec,
 }

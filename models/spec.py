@@ -7,9 +7,10 @@ forward pass of that spec; adapter tests hold it to the source model's output.
 Shape of the network::
 
     tokens = [prefix tokens ; patch_embed(image) + pos_patches]      # [B, T, D]
+    h = LN_pre(tokens)                       # optional (CLIP's pre-LayerNorm); the residual stream starts here
     for each block:
         h = h + o_proj(attn(LN1(h)))        # LayerScale already folded into o_proj
-        h = h + fc2(gelu(fc1(LN2(h))))      # and into fc2
+        h = h + fc2(act(fc1(LN2(h))))       # and into fc2; act: exact GELU, or another in ops.ACTIVATIONS
     h = LN_final(h)                          # optional
     pooled = concat(selected tokens)         # 'cls' = token 0, 'mean' = mean of patch tokens
     logits = head(pooled)                    # optional; without a head the output is the tokens,
@@ -29,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from ..ops.gemm import patchify
+from ..ops.nonlinear import ACTIVATIONS
 
 Hook = Callable[[str, torch.Tensor], torch.Tensor]
 WeightFn = Callable[[str, torch.Tensor], torch.Tensor]
@@ -72,6 +74,8 @@ class ViTSpec:
     pool: tuple[str, ...] = ("cls",)  # each entry: 'cls', 'token<i>' or 'mean'
     head: Linear | None = None
     pooled_output: bool = False     # headless: output the pooled features [B, len(pool)*D], not the tokens
+    pre_norm: Norm | None = None    # a LayerNorm on the embedded tokens before the first block (CLIP)
+    act: str = "gelu"               # the MLP activation: a name in ops.ACTIVATIONS (exact erf GELU by default)
     family: str = "vit"
     source_class: str = ""
     extra: dict = field(default_factory=dict)
@@ -126,6 +130,8 @@ def check_spec(spec: ViTSpec) -> None:
     bad = [item for item in spec.pool if item not in valid]
     if not spec.pool or bad:
         raise ValueError(f"pooling {list(spec.pool)} is not a list of {sorted(valid)}")
+    if spec.act not in ACTIVATIONS:
+        raise ValueError(f"activation {spec.act!r} is not one of {', '.join(ACTIVATIONS)}")
     if spec.head is not None and spec.pooled_output:
         raise ValueError("pooled_output is for headless models: a model with a head outputs its logits")
     if spec.head is not None and spec.head.weight.shape[1] != len(spec.pool) * d:
@@ -168,6 +174,9 @@ def float_forward(spec: ViTSpec, images: torch.Tensor, hook: Hook = _identity,
     tok = tok + spec.pos_patches
     h = torch.cat([spec.prefix_tokens.expand(b, -1, -1), tok], dim=1)
     h = hook("embed", h)
+    if spec.pre_norm is not None:
+        n = spec.pre_norm
+        h = hook("norm_pre", F.layer_norm(h, (spec.dim,), n.weight, n.bias, n.eps))
     for i, blk in enumerate(spec.blocks):
         p = f"blocks.{i}."
         a = hook(p + "norm1", F.layer_norm(h, (spec.dim,), blk.norm1.weight, blk.norm1.bias, blk.norm1.eps))
@@ -181,7 +190,7 @@ def float_forward(spec: ViTSpec, images: torch.Tensor, hook: Hook = _identity,
         h = hook(p + "resid1", h + _linear(ctx, blk.proj, p + "proj", wfn))
         a = hook(p + "norm2", F.layer_norm(h, (d,), blk.norm2.weight, blk.norm2.bias, blk.norm2.eps))
         f = hook(p + "fc1", _linear(a, blk.fc1, p + "fc1", wfn))
-        g = hook(p + "gelu", F.gelu(f))
+        g = hook(p + "gelu", F.gelu(f) if spec.act == "gelu" else ACTIVATIONS[spec.act](f))
         h = hook(p + "resid2", h + _linear(g, blk.fc2, p + "fc2", wfn))
     if spec.final_norm is not None:
         n = spec.final_norm
@@ -193,7 +202,7 @@ def float_forward(spec: ViTSpec, images: torch.Tensor, hook: Hook = _identity,
 
 def quant_points(spec: ViTSpec) -> list[tuple[str, int]]:
     """Every activation quantization point ``(name, bits)`` in forward order."""
-    pts = [("input", 8), ("embed", 16)]
+    pts = [("input", 8), ("embed", 16)] + ([("norm_pre", 16)] if spec.pre_norm is not None else [])
     for i in range(len(spec.blocks)):
         p = f"blocks.{i}."
         pts += [(p + "norm1", 8), (p + "q", 8), (p + "k", 8), (p + "v", 8), (p + "logits", 16),
@@ -220,10 +229,19 @@ def select_by_patterns(patterns, names: list[str], what: str, noun: str, explain
     return [n for n in names if n in chosen]
 
 
+def stream_start(spec: ViTSpec) -> str:
+    """The quant point where the 16-bit residual stream starts: the pre-LayerNorm's output where the model has
+    one (``norm_pre``), else the embedded tokens (``embed``)."""
+    return "norm_pre" if spec.pre_norm is not None else "embed"
+
+
 def layernorm_at(spec: ViTSpec, norm_point: str) -> Norm:
-    """The LayerNorm whose output is the quant point ``norm_point`` (``blocks.i.norm1``/``norm2``, ``norm``)."""
+    """The LayerNorm whose output is the quant point ``norm_point`` (``blocks.i.norm1``/``norm2``, ``norm``,
+    ``norm_pre``)."""
     if norm_point == "norm":
         return spec.final_norm
+    if norm_point == "norm_pre":
+        return spec.pre_norm
     _, index, which = norm_point.split(".")
     return getattr(spec.blocks[int(index)], which)
 

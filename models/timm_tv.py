@@ -2,7 +2,8 @@
 
 Supported:
 
-* timm ``VisionTransformer`` (ViT, DeiT, and LayerScale variants: ``ls1``/``ls2``
+* timm ``VisionTransformer`` (ViT, DeiT, CLIP ViTs with ``pre_norm`` and
+  QuickGELU, and LayerScale variants: ``ls1``/``ls2``
   ``γ`` folded into ``proj``/``fc2`` as for DINOv2), with ``global_pool``
   ``'token'`` or ``'avg'`` (without ``fc_norm``); headless (``num_classes=0``)
   it outputs the pooled features ``[B, D]`` as timm does (all tokens with
@@ -50,12 +51,10 @@ def _check_timm_structure(model: nn.Module, name: str) -> None:
                                     "needs the class token as the first token")
     if getattr(model, "pos_embed", None) is None:
         raise UnsupportedModelError(f"{name}: pos_embed='none' (no learned position embedding) is not supported")
-    for path, what in (("norm_pre", "pre_norm=True, as in timm's CLIP ViTs"),
-                       ("patch_embed.norm", "embed_norm_layer")):
-        mod = model.get_submodule(path) if _has_path(model, path) else nn.Identity()
-        if not isinstance(mod, nn.Identity):
-            raise UnsupportedModelError(f"{path} ({type(mod).__name__}, {what}): a norm on the patch embeddings "
-                                        "before the first block is not supported")
+    norm = model.get_submodule("patch_embed.norm") if _has_path(model, "patch_embed.norm") else nn.Identity()
+    if not isinstance(norm, nn.Identity):
+        raise UnsupportedModelError(f"patch_embed.norm ({type(norm).__name__}, embed_norm_layer): a norm on the "
+                                    "patch embeddings before the position embedding is not supported")
     if not isinstance(getattr(model, "fc_norm", nn.Identity()), nn.Identity):
         raise UnsupportedModelError(f"fc_norm ({type(model.fc_norm).__name__}): a norm after pooling is not "
                                     "supported; use a model with the final norm before pooling")
@@ -78,9 +77,29 @@ def _check_timm_structure(model: nn.Module, name: str) -> None:
         if not isinstance(blk.attn.q_norm, nn.Identity) or not isinstance(getattr(blk.mlp, "norm", nn.Identity()),
                                                                           nn.Identity):
             raise UnsupportedModelError(f"blocks.{i}: QK-norm / MLP norm layers are not supported")
-        if not isinstance(blk.mlp.act, nn.GELU) or getattr(blk.mlp.act, "approximate", "none") != "none":
-            raise UnsupportedModelError(f"blocks.{i}.mlp.act ({type(blk.mlp.act).__name__}): only exact GELU "
-                                        "is supported")
+        activation(blk.mlp.act, f"blocks.{i}.mlp.act")
+
+
+def activation(module: nn.Module, path: str) -> str:
+    """The ``ops.ACTIVATIONS`` name of an MLP activation module (exact or tanh GELU, timm's QuickGELU, ReLU,
+    SiLU); one clear error for any other."""
+    if isinstance(module, nn.GELU):
+        return {"none": "gelu", "tanh": "gelu_tanh"}[module.approximate]
+    named = {nn.ReLU: "relu", nn.SiLU: "silu"}
+    for cls, name in named.items():
+        if isinstance(module, cls):
+            return name
+    if type(module).__name__ == "QuickGELU":
+        return "quick_gelu"
+    raise UnsupportedModelError(f"{path} ({type(module).__name__}): the MLP activation must be GELU (exact or tanh), "
+                                "QuickGELU, ReLU or SiLU")
+
+
+def _one_activation(acts: list[str], where: str) -> str:
+    if len(set(acts)) > 1:
+        raise UnsupportedModelError(f"{where}: the blocks use different MLP activations ({', '.join(sorted(set(acts)))}); "
+                                    "intvit takes one per model")
+    return acts[0] if acts else "gelu"
 
 
 def _has_path(model: nn.Module, path: str) -> bool:
@@ -143,7 +162,8 @@ def timm_vit_spec(model: nn.Module, image_size=None) -> ViTSpec:
         image_size=size, in_chans=model.patch_embed.proj.in_channels, patch_size=p, patch_embed=pe,
         prefix_tokens=torch.stack(tokens) + pos[:n_prefix], pos_patches=pos[n_prefix:].clone(),
         blocks=blocks, final_norm=None if isinstance(model.norm, nn.Identity) else _norm(model.norm), pool=pool,
-        head=head,
+        head=head, pre_norm=None if isinstance(model.norm_pre, nn.Identity) else _norm(model.norm_pre),
+        act=_one_activation([activation(b.mlp.act, f"blocks.{i}.mlp.act") for i, b in enumerate(model.blocks)], name),
         pooled_output=headless and model.global_pool != "",
         family="timm-deit-distilled" if dist is not None else "timm-vit", source_class=name)
 
@@ -179,14 +199,11 @@ def torchvision_vit_spec(model: nn.Module, image_size=None) -> ViTSpec:
     size = _native_size(model.image_size, image_size, "image_size")
     pe, p = _patch_linear(model.conv_proj, "conv_proj")
     pos = model.encoder.pos_embedding.detach().float()[0]
-    blocks = []
+    blocks, acts = [], []
     for i, layer in enumerate(model.encoder.layers):
         qkv, proj = _split_mha(layer.self_attention)
         fc1, act, fc2 = layer.mlp[0], layer.mlp[1], layer.mlp[3]
-        if not isinstance(act, nn.GELU) or act.approximate != "none":
-            raise UnsupportedModelError(f"encoder.layers.{i}.mlp.1 ({type(act).__name__}"
-                                        f"{'' if not isinstance(act, nn.GELU) else f', approximate={act.approximate!r}'}"
-                                        "): only exact GELU is supported")
+        acts.append(activation(act, f"encoder.layers.{i}.mlp.1"))
         blocks.append(Block(norm1=_norm(layer.ln_1), qkv=qkv, proj=proj, norm2=_norm(layer.ln_2),
                             fc1=_lin(fc1), fc2=_lin(fc2), num_heads=layer.self_attention.num_heads,
                             source=f"encoder.layers.{i}"))
@@ -196,7 +213,7 @@ def torchvision_vit_spec(model: nn.Module, image_size=None) -> ViTSpec:
         prefix_tokens=(model.class_token.detach().float()[0, 0] + pos[0])[None], pos_patches=pos[1:].clone(),
         blocks=blocks, final_norm=_norm(model.encoder.ln), pool=("cls",),
         head=None if head is None else _lin(head), pooled_output=head is None,
-        family="torchvision-vit", source_class=type(model).__name__)
+        act=_one_activation(acts, type(model).__name__), family="torchvision-vit", source_class=type(model).__name__)
 
 
 ADAPTERS = {

@@ -11,8 +11,8 @@ from .gemm import (MAX_INT32_REDUCTION, UNSIGNED_SHIFT, check_accumulator_fits, 
                    int_linear, int_linear_unsigned, int_matmul, patchify, unsigned_shift_compensation,
                    zero_point_correction)
 from .layernorm import int_layernorm, isqrt, layernorm_input_bound, layernorm_output_scale
-from .nonlinear import (GELU_MODES, GELU_SIGMOID_COEF, SHIFTGELU_N, SHIFTMAX_N, check_shiftexp_constants,
-                        gelu_table, lookup, shift_exp, shift_gelu, shiftexp_x0, shiftmax)
+from .nonlinear import (ACTIVATIONS, GELU_MODES, GELU_SIGMOID_COEF, SHIFTGELU_N, SHIFTMAX_N, check_activation,
+                        check_shiftexp_constants, gelu_table, lookup, shift_exp, shift_gelu, shiftexp_x0, shiftmax)
 from .requant import (asymmetric_grid, dyadic_multiplier, dyadic_value, max_shift_for_offset, offset_for,
                       quantize_float, quantize_float_channels, quantize_weight, requantize, rescale, residual_add,
                       symmetric_scale, weight_scale)

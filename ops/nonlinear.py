@@ -135,13 +135,35 @@ def shift_gelu(x: torch.Tensor, x0: int, out_bits: int = 8, n: int = SHIFTGELU_N
 GELU_MODES = ("table", "shift")
 
 
-def gelu_table(scale_in: float, scale_out: float, out_bits: int = 8, zero_out: int = 0,
-               in_bits: int = 8, zero_in: int = 0) -> torch.Tensor:
-    """The GELU of every ``in_bits``-bit input, requantized: int64 ``[2**in_bits]``.
+def _gelu(v: torch.Tensor) -> torch.Tensor:
+    return 0.5 * v * (1.0 + torch.special.erf(v / math.sqrt(2.0)))
 
-    ``T[x − lo] = saturate(round(GELU((x − z_in)·S_in) / S_out) + z_out, out_bits)`` for
-    ``x`` in ``[lo, hi] = signed_range(in_bits)``, with the exact
-    ``GELU(v) = v·Φ(v) = v/2 · (1 + erf(v/√2))`` and ``round`` half to even.
+
+#: The MLP activations a table can hold, as float functions (evaluated in float64 for the table): the
+#: exact erf GELU, its tanh form (HF ``gelu_new``/``gelu_pytorch_tanh``, ``nn.GELU(approximate='tanh')``),
+#: CLIP's QuickGELU ``x·σ(1.702x)``, ReLU and SiLU ``x·σ(x)``.
+ACTIVATIONS = {
+    "gelu": _gelu,
+    "gelu_tanh": lambda v: 0.5 * v * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (v + 0.044715 * v ** 3))),
+    "quick_gelu": lambda v: v * torch.sigmoid(GELU_SIGMOID_COEF * v),
+    "relu": lambda v: torch.clamp(v, min=0.0),
+    "silu": lambda v: v * torch.sigmoid(v),
+}
+
+
+def check_activation(act: str) -> None:
+    if act not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {act!r}; intvit's tables hold {', '.join(ACTIVATIONS)}")
+
+
+def gelu_table(scale_in: float, scale_out: float, out_bits: int = 8, zero_out: int = 0,
+               in_bits: int = 8, zero_in: int = 0, act: str = "gelu") -> torch.Tensor:
+    """The activation ``act`` (GELU unless named) of every ``in_bits``-bit input, requantized: int64
+    ``[2**in_bits]``.
+
+    ``T[x − lo] = saturate(round(f((x − z_in)·S_in) / S_out) + z_out, out_bits)`` for
+    ``x`` in ``[lo, hi] = signed_range(in_bits)``, with ``f = ACTIVATIONS[act]``, by default the exact
+    ``GELU(v) = v·Φ(v) = v/2 · (1 + erf(v/√2))``, and ``round`` half to even.
 
     ShiftGELU approximates GELU by ``x·σ(1.702x)`` with shift-based
     exponentials; on an 8-bit input that approximation is the largest single
@@ -151,15 +173,16 @@ def gelu_table(scale_in: float, scale_out: float, out_bits: int = 8, zero_out: i
     table in the model, and at run time GELU is a table lookup (``lookup``):
     integer-only, and the same stored table in every backend. Both sides may
     have zero points (``requant.asymmetric_grid``): the table absorbs them.
+    Any other elementwise activation on the same input is a table as well.
     """
+    check_activation(act)
     check_out_bits(out_bits, "gelu_table")
     check_out_bits(in_bits, "gelu_table", highest=16)
     if not (scale_in > 0 and scale_out > 0 and math.isfinite(scale_in) and math.isfinite(scale_out)):
         raise ValueError(f"GELU table needs positive finite scales, got {scale_in!r} -> {scale_out!r}")
     lo, hi = -(1 << (in_bits - 1)), (1 << (in_bits - 1)) - 1
     v = (torch.arange(lo, hi + 1, dtype=torch.float64) - int(zero_in)) * scale_in
-    gelu = 0.5 * v * (1.0 + torch.special.erf(v / math.sqrt(2.0)))
-    q = torch.round(gelu / scale_out).to(torch.int64) + int(zero_out)
+    q = torch.round(ACTIVATIONS[act](v) / scale_out).to(torch.int64) + int(zero_out)
     return saturate(q, out_bits)
 
 

@@ -54,8 +54,9 @@ class SubstitutedViT(IntegerViT):
     def __init__(self, model: IntegerViT, float_ops=(), wide_residual: bool = False):
         super().__init__(model.spec, model.amax, model.meta)
         self.float_ops, self.wide_residual = frozenset(float_ops), wide_residual
-        if wide_residual and model.spec.final_norm is None:
-            raise ValueError("widening the residual stream needs a final LayerNorm (it rescales the stream)")
+        if wide_residual and (model.spec.final_norm is None or model.spec.pre_norm is not None):
+            raise ValueError("widening the residual stream needs a final LayerNorm (it rescales the stream) and "
+                             "no pre-LayerNorm (the stream would start on its 16-bit grid)")
 
     def _on_grid(self, x: torch.Tensor, point: str) -> torch.Tensor:
         return ops.quantize_float(x, self.scales[point], self.bits[point], self.zeros[point])
@@ -69,7 +70,8 @@ class SubstitutedViT(IntegerViT):
     def _gelu_int(self, f, pre):
         if "gelu" not in self.float_ops:
             return super()._gelu_int(f, pre)
-        return self._on_grid(F.gelu((f - self.zeros[pre + "fc1"]).double() * self.scales[pre + "fc1"]), pre + "gelu")
+        v = (f - self.zeros[pre + "fc1"]).double() * self.scales[pre + "fc1"]
+        return self._on_grid(F.gelu(v) if self.spec.act == "gelu" else ops.ACTIVATIONS[self.spec.act](v), pre + "gelu")
 
     def _layernorm_int(self, h, name):
         if "layernorm" not in self.float_ops:
@@ -130,7 +132,7 @@ def attribute(qmodel: IntegerViT, images: torch.Tensor, readout=None, batch_size
     take_out = []
     variants = [((op,), False, label) for op, label in NONLINEARS]
     variants.append((tuple(op for op, _ in NONLINEARS), False, "all three → float"))
-    if spec.final_norm is not None:
+    if spec.final_norm is not None and spec.pre_norm is None:
         variants.append(((), True, f"residual stream 16 → {16 + WIDE_RESIDUAL_BITS} bits"))
     for float_ops, wide, label in variants:
         sub = SubstitutedViT(qmodel, float_ops, wide)
@@ -150,7 +152,7 @@ def attribute(qmodel: IntegerViT, images: torch.Tensor, readout=None, batch_size
         "attention operands (q, k, v, logits)": (tuple(n for n, _ in quant_points(spec) if n.split(".")[-1] in
                                                        ("q", "k", "v", "logits")), False),
         "residual stream (16-bit)": (tuple(n for n, _ in quant_points(spec) if n.split(".")[-1] in
-                                           ("embed", "resid1", "resid2")), False),
+                                           ("embed", "norm_pre", "resid1", "resid2")), False),
         "everything (fake-quant model)": (tuple(bits), True),
     }
     add_in = []
@@ -189,7 +191,7 @@ def residual_updates(qmodel: IntegerViT, images: torch.Tensor, batch_size: int =
                 s[1] += update.numel()
                 s[2] += int((update.abs() < step / 2).sum())
                 s[3] = max(s[3], float(x.abs().max()) / step)
-            if point in ("embed", "resid1", "resid2"):
+            if point in ("embed", "norm_pre", "resid1", "resid2"):
                 prev["h"] = x
             return x
         float_forward(spec, images[i:i + batch_size], hook)

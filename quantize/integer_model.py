@@ -161,6 +161,8 @@ class IntegerViT(nn.Module):
         """
         p, spec = self.p, self.spec
         h = self._embed_int(x)
+        if spec.pre_norm is not None:
+            h = self._layernorm_int(h, "norm_pre")            # 16 bits: the residual stream starts here
         for i, blk in enumerate(spec.blocks):
             h = self._block_int(h, f"blocks.{i}.", blk.num_heads, taps)
         out = self._layernorm_int(h, "norm") if spec.final_norm is not None else h

@@ -226,6 +226,8 @@ class _Exporter:
         prefix = g.op("Expand", g.init("embed.prefix", _i64(m.p("embed.prefix"))[None]), shape,
                       name="embed/prefix")
         h = self.saturate(g.op("Concat", prefix, tok, axis=1, name="embed/concat"), 16, "embed/saturate")
+        if spec.pre_norm is not None:
+            h = self.layernorm(h, "norm_pre")
         for i, blk in enumerate(spec.blocks):
             h = self.block(h, f"blocks.{i}.", blk.num_heads)
         out = self.layernorm(h, "norm") if spec.final_norm is not None else h

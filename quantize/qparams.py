@@ -22,7 +22,7 @@ import torch
 
 from .. import ops
 from ..ops import quantize_weight, weight_scale
-from ..models.spec import Linear, ViTSpec, quant_points
+from ..models.spec import Linear, ViTSpec, quant_points, stream_start
 
 P = dict  # name -> integer tensor
 
@@ -145,6 +145,9 @@ def freeze(spec: ViTSpec, scales: dict[str, float], temperatures: dict | None = 
         torch.round(spec.prefix_tokens.detach().double() / S["embed"]).to(torch.int64), 16)
 
     s_res = S["embed"]
+    if spec.pre_norm is not None:                  # the residual stream starts at the pre-LayerNorm's output
+        layernorm("norm_pre", spec.pre_norm, S["norm_pre"])
+        s_res = S["norm_pre"]
     for i, blk in enumerate(spec.blocks):
         b = f"blocks.{i}."
         dh = d // blk.num_heads
@@ -172,8 +175,12 @@ def freeze(spec: ViTSpec, scales: dict[str, float], temperatures: dict | None = 
         requant_to(b + "fc1.rq", acc / S[b + "fc1"], b + "fc1")
         if gelu == "table":
             p[b + "gelu.table"] = ops.gelu_table(S[b + "fc1"], S[b + "gelu"], (bits or {}).get(b + "gelu", 8),
-                                                 zeros.get(b + "gelu", 0), zero_in=zeros.get(b + "fc1", 0))
+                                                 zeros.get(b + "gelu", 0), zero_in=zeros.get(b + "fc1", 0),
+                                                 act=spec.act)
         else:
+            if spec.act != "gelu":
+                raise ValueError(f"ShiftGELU (gelu='shift') approximates the exact GELU; this model's activation "
+                                 f"is {spec.act}: quantize it with gelu='table'")
             x0 = ops.shiftexp_x0(ops.GELU_SIGMOID_COEF * S[b + "fc1"])
             ops.check_shiftexp_constants(x0, ops.SHIFTGELU_N)
             p[b + "gelu.x0"] = torch.tensor(x0)
@@ -197,4 +204,4 @@ def output_point(spec: ViTSpec) -> str:
     """The quant point a headless model outputs (its tokens)."""
     if spec.final_norm is not None:
         return "norm"
-    return f"blocks.{len(spec.blocks) - 1}.resid2" if spec.blocks else "embed"
+    return f"blocks.{len(spec.blocks) - 1}.resid2" if spec.blocks else stream_start(spec)

@@ -66,12 +66,15 @@ def _spec_tensors(spec: ViTSpec) -> tuple[dict, dict]:
                        "eps": [blk.norm1.eps, blk.norm2.eps]})
     if spec.final_norm is not None:
         t["spec.norm.weight"], t["spec.norm.bias"] = spec.final_norm.weight, spec.final_norm.bias
+    if spec.pre_norm is not None:
+        t["spec.norm_pre.weight"], t["spec.norm_pre.bias"] = spec.pre_norm.weight, spec.pre_norm.bias
     if spec.head is not None:
         t["spec.head.weight"] = spec.head.weight
         t["spec.head.bias"] = spec.head.bias if spec.head.bias is not None else torch.zeros(spec.head.weight.shape[0])
     header = {"image_size": list(spec.image_size), "in_chans": spec.in_chans, "patch_size": spec.patch_size,
               "pool": list(spec.pool), "family": spec.family, "source_class": spec.source_class,
               "blocks": blocks, "final_norm_eps": spec.final_norm.eps if spec.final_norm else None,
+              "pre_norm_eps": spec.pre_norm.eps if spec.pre_norm else None, "act": spec.act,
               "has_head": spec.head is not None, "pooled_output": spec.pooled_output, "extra": spec.extra}
     return {k: v.detach().contiguous().float() for k, v in t.items()}, header
 
@@ -90,11 +93,13 @@ def _spec_from(t: dict, h: dict) -> ViTSpec:
             fc1=lin(pre + "fc1"), fc2=lin(pre + "fc2"), num_heads=b["num_heads"], source=b["source"]))
     final = Norm(t["spec.norm.weight"], t["spec.norm.bias"], h["final_norm_eps"]) \
         if h["final_norm_eps"] is not None else None
+    pre = Norm(t["spec.norm_pre.weight"], t["spec.norm_pre.bias"], h["pre_norm_eps"]) \
+        if h.get("pre_norm_eps") is not None else None
     return ViTSpec(image_size=tuple(h["image_size"]), in_chans=h["in_chans"], patch_size=h["patch_size"],
                    patch_embed=lin("patch_embed"), prefix_tokens=t["spec.prefix_tokens"],
                    pos_patches=t["spec.pos_patches"], blocks=blocks, final_norm=final,
                    pool=tuple(h["pool"]), head=lin("head") if h["has_head"] else None,
-                   pooled_output=bool(h.get("pooled_output", False)),
+                   pooled_output=bool(h.get("pooled_output", False)), pre_norm=pre, act=h.get("act", "gelu"),
                    family=h["family"], source_class=h["source_class"], extra=h.get("extra", {}))
 
 

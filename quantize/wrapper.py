@@ -133,16 +133,21 @@ class IntegerBackbone(nn.Module):
     def forward(self, pixel_values=None, *args, **kwargs):
         """Answer as the source backbone did: timm and torchvision models return a tensor (logits, pooled
         features or tokens); a Hugging Face classifier an output with ``.logits``; a Hugging Face base model a
-        ``BaseModelOutputWithPooling``."""
+        ``BaseModelOutputWithPooling``; CLIP its ``image_embeds`` (with projection) or ``pooler_output`` only."""
         check_call_options(type(self).__name__, args, kwargs)
         out = self.integer_model(pixel_values)
         spec = self.integer_model.spec
         if not spec.family.startswith("hf-"):
             return out
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+        if spec.family == "hf-clip-projection":     # CLIP's image embeddings; its tokens are not computed
+            from transformers.models.clip.modeling_clip import CLIPVisionModelOutput
+            return CLIPVisionModelOutput(image_embeds=out)
+        if spec.family == "hf-clip":
+            return BaseModelOutputWithPooling(pooler_output=out)
         if self.integer_model.has_head or spec.pooled_output:
             from transformers.modeling_outputs import ImageClassifierOutput
             return ImageClassifierOutput(logits=out)
-        from transformers.modeling_outputs import BaseModelOutputWithPooling
         if self.pooler is not None:
             pooled = self.pooler(out)
         elif spec.family == "hf-dinov2":

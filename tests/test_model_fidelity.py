@@ -1,5 +1,6 @@
 """Models the adapters used to misread without a word (a red-team round): each is now refused by name, or
 read correctly and checked, and the fidelity check (``models.fidelity``) refuses what no adapter names."""
+import copy
 import functools
 
 import pytest
@@ -29,7 +30,6 @@ def _sqnr_db(got, want):
 
 
 @pytest.mark.parametrize("kw, phrase", [
-    (dict(pre_norm=True), "norm_pre (LayerNorm, pre_norm=True, as in timm's CLIP ViTs)"),
     (dict(embed_norm_layer=nn.LayerNorm), "patch_embed.norm (LayerNorm, embed_norm_layer)"),
     (dict(scale_attn_norm=True), "blocks.0.attn.norm (LayerNorm, scale_attn_norm=True)"),
     (dict(class_token=False, global_pool="avg"), "class_token=False"),
@@ -74,8 +74,10 @@ def test_norms_without_affine_or_bias_and_a_removed_torchvision_head_are_read_ex
     model.heads = nn.Sequential()                     # emptied: torchvision then returns the class token
     with torch.no_grad():
         assert relative_error(float_forward(to_spec(model), x), model(x)) < 1e-5
-    model.encoder.layers[0].mlp[1] = nn.GELU(approximate="tanh")
-    with pytest.raises(UnsupportedModelError, match="approximate='tanh'\\): only exact GELU"):
+    model.encoder.layers[0].mlp[1] = nn.GELU(approximate="tanh")      # one block of two activations
+    model.encoder.layers.append(copy.deepcopy(model.encoder.layers[0]))
+    model.encoder.layers[1].mlp[1] = nn.GELU()
+    with pytest.raises(UnsupportedModelError, match="the blocks use different MLP activations \\(gelu, gelu_tanh\\)"):
         to_spec(model)
 
 
