@@ -42,14 +42,10 @@ def _quantize(args) -> int:
             print(f"intvit quantize: {args.model} is neither 'fmnist' nor a local Hugging Face "
                   "model directory (intvit never downloads models)", file=sys.stderr)
             return 2
-        from transformers import AutoModel, AutoModelForImageClassification
         if args.quiet:                       # transformers' own "Loading weights" bar
             from transformers.utils import logging as hf_logging
             hf_logging.disable_progress_bar()
-        try:
-            model = AutoModelForImageClassification.from_pretrained(args.model, local_files_only=True)
-        except (ValueError, OSError):
-            model = AutoModel.from_pretrained(args.model, local_files_only=True)
+        model = _load_hf_folder(args.model)
         model.eval()
         if args.calib is None:
             print("intvit quantize: --calib FILE.npz or --calib FOLDER is required for a user model "
@@ -64,6 +60,21 @@ def _quantize(args) -> int:
     q.save(args.output, include_float=args.keep_float)
     print(f"wrote {args.output}")
     return 0
+
+
+def _load_hf_folder(model_dir: str):
+    """The model in a local Hugging Face folder: a CLIP checkpoint as its image encoder with projection
+    (``image_embeds``, what CLIP compares with text), anything else as an image classifier, else as a base
+    model."""
+    from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
+    config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
+    if config.model_type in ("clip", "clip_vision_model"):
+        from transformers import CLIPVisionModelWithProjection
+        return CLIPVisionModelWithProjection.from_pretrained(model_dir, local_files_only=True)
+    try:
+        return AutoModelForImageClassification.from_pretrained(model_dir, local_files_only=True)
+    except (ValueError, OSError):
+        return AutoModel.from_pretrained(model_dir, local_files_only=True)
 
 
 def _hf_normalisation(model_dir: str) -> tuple[list[float], list[float], str]:

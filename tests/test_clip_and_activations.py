@@ -115,3 +115,27 @@ def test_timm_and_torchvision_activation_modules_are_named_or_refused():
         ["gelu", "gelu_tanh", "relu", "silu"]
     with pytest.raises(UnsupportedModelError, match="blocks.3.mlp.act \\(Mish\\): the MLP activation must be"):
         activation(nn.Mish(), "blocks.3.mlp.act")
+
+
+def test_intvit_quantize_reads_a_clip_checkpoint_folder_as_its_image_encoder(tmp_path, capsys):
+    import numpy as np
+
+    from intvit.cli import main
+    torch.manual_seed(0)
+    text = transformers.CLIPTextConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                       num_attention_heads=2, max_position_embeddings=8)
+    vision = transformers.CLIPVisionConfig(image_size=16, patch_size=8, hidden_size=32, num_hidden_layers=1,
+                                           num_attention_heads=2, intermediate_size=64, projection_dim=12)
+    full = transformers.CLIPModel(transformers.CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(),
+                                                          projection_dim=12)).eval()
+    full.save_pretrained(tmp_path / "clip")
+    np.savez(tmp_path / "calib.npz", images=images(16, size=16).numpy())
+    out = tmp_path / "clip.int8.safetensors"
+    assert main(["quantize", str(tmp_path / "clip"), "--calib", str(tmp_path / "calib.npz"), "-o", str(out),
+                 "--quiet"]) == 0
+    q = intvit.load(out)
+    x = images(2, size=16, seed=4)
+    with torch.no_grad():
+        want = full.visual_projection(full.vision_model(pixel_values=x).pooler_output)   # CLIP's image features
+    assert q.spec.family == "hf-clip-projection" and q(x).shape == want.shape == (2, 12)
+    assert _sqnr_db(q(x), want) > 15
