@@ -77,7 +77,6 @@ def _check_timm_structure(model: nn.Module, name: str) -> None:
         if not isinstance(blk.attn.q_norm, nn.Identity) or not isinstance(getattr(blk.mlp, "norm", nn.Identity()),
                                                                           nn.Identity):
             raise UnsupportedModelError(f"blocks.{i}: QK-norm / MLP norm layers are not supported")
-        activation(blk.mlp.act, f"blocks.{i}.mlp.act")
 
 
 def activation(module: nn.Module, path: str) -> str:
@@ -125,6 +124,7 @@ def timm_vit_spec(model: nn.Module, image_size=None) -> ViTSpec:
     """timm ``VisionTransformer`` / ``VisionTransformerDistilled`` → ``ViTSpec``."""
     name = type(model).__name__
     _check_timm_structure(model, name)
+    act = _one_activation([activation(b.mlp.act, f"blocks.{i}.mlp.act") for i, b in enumerate(model.blocks)], name)
     head_module = _timm_head(model, "head", name)
     headless = head_module is None
     if getattr(model, "attn_pool", None) is not None or model.global_pool not in ("token", "avg", "") or \
@@ -163,7 +163,7 @@ def timm_vit_spec(model: nn.Module, image_size=None) -> ViTSpec:
         prefix_tokens=torch.stack(tokens) + pos[:n_prefix], pos_patches=pos[n_prefix:].clone(),
         blocks=blocks, final_norm=None if isinstance(model.norm, nn.Identity) else _norm(model.norm), pool=pool,
         head=head, pre_norm=None if isinstance(model.norm_pre, nn.Identity) else _norm(model.norm_pre),
-        act=_one_activation([activation(b.mlp.act, f"blocks.{i}.mlp.act") for i, b in enumerate(model.blocks)], name),
+        act=act,
         pooled_output=headless and model.global_pool != "",
         family="timm-deit-distilled" if dist is not None else "timm-vit", source_class=name)
 

@@ -66,9 +66,10 @@ def capture_backbone_inputs(model: nn.Module, backbone: nn.Module, calib_data, b
     return captured
 
 
-#: keyword values a backbone call may carry: the integer backbone answers them as the float one did
+#: keyword values a backbone call may carry: the integer backbone answers them as the float one did (its
+#: position embeddings are already resolved for the size it was quantized at)
 _NEUTRAL_OPTIONS = {"return_dict": (None, True), "output_hidden_states": (None, False),
-                    "output_attentions": (None, False), "interpolate_pos_encoding": (None, False),
+                    "output_attentions": (None, False), "interpolate_pos_encoding": (None, False, True),
                     "bool_masked_pos": (None,), "head_mask": (None,)}
 
 

@@ -60,8 +60,9 @@ def test_dinov2_classifier_and_deit_distilled_heads():
 
 def test_unsupported_activation_names_the_module():
     from transformers import ViTConfig, ViTForImageClassification
-    m = ViTForImageClassification(_cfg(ViTConfig, hidden_act="relu", num_channels=1)).eval()
-    with pytest.raises(intvit.UnsupportedModelError, match="vit.encoder.*'relu'|activation 'relu'"):
+    m = ViTForImageClassification(_cfg(ViTConfig, hidden_act="mish", num_channels=1)).eval()
+    with pytest.raises(intvit.UnsupportedModelError, match="vit.encoder: activation 'mish' is not supported; intvit's "
+                                                           "integer MLP activation is a table of one of"):
         to_spec(m)
 
 
