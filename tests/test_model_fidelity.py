@@ -213,3 +213,18 @@ def test_a_hf_dinov2_classifier_without_labels_quantizes_bit_exactly_to_its_pool
         assert q(x).shape == model(x).logits.shape == (2, 64)
         assert _sqnr_db(q(x), model(x).logits) > 15
     assert_exact_in_ort_tvm_and_file(q, x, tmp_path / "q.safetensors")
+
+
+def test_a_wrapper_running_its_backbone_at_another_size_is_quantized_for_that_size():
+    class Resized(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.vit = hf_vit(image=16, dim=32, layers=1, heads=2, mlp=64, labels=5).vit
+
+        def forward(self, x):
+            return self.vit(x, interpolate_pos_encoding=True).last_hidden_state[:, 0]
+
+    user, x = Resized().eval(), images(2, size=24, seed=3)
+    q = intvit.quantize(user, images(16, size=24), intvit.QuantConfig(**QUICK, image_size=24))
+    with torch.no_grad():
+        assert q(x).shape == user(x).shape == (2, 32) and _sqnr_db(q(x), user(x)) > 15
