@@ -271,10 +271,17 @@ OUTPUT_KIND_KEY = "intvit.output"
 INPUT_QUANTIZER_KEY = "intvit.input_quantizer"
 
 
+#: families whose head is a projection into an embedding space, not a classifier (CLIP's ``image_embeds``)
+EMBEDDING_HEADS = ("hf-clip-projection",)
+
+
 def output_kind(spec) -> str:
-    """What the graph's ``logits`` output holds: ``logits``, ``tokens`` ([B, T, D], headless) or ``features``
-    ([B, len(pool)·D], headless with ``pooled_output``); ``intvit run`` prints each its own way."""
-    return "logits" if spec.head is not None else "features" if spec.pooled_output else "tokens"
+    """What the graph's ``logits`` output holds: ``logits``, ``tokens`` ([B, T, D], headless), ``features``
+    ([B, len(pool)·D], headless with ``pooled_output``) or ``embeddings`` (a projection head, CLIP's
+    ``image_embeds``); ``intvit run`` ranks classes for ``logits`` only."""
+    if spec.head is not None:
+        return "embeddings" if spec.family in EMBEDDING_HEADS else "logits"
+    return "features" if spec.pooled_output else "tokens"
 
 
 def to_onnx(model, integer_input: bool = False) -> onnx.ModelProto:

@@ -139,3 +139,11 @@ def test_intvit_quantize_reads_a_clip_checkpoint_folder_as_its_image_encoder(tmp
         want = full.visual_projection(full.vision_model(pixel_values=x).pooler_output)   # CLIP's image features
     assert q.spec.family == "hf-clip-projection" and q(x).shape == want.shape == (2, 12)
     assert _sqnr_db(q(x), want) > 15
+    # export, compile and run it: the module's output is named embeddings, and run prints them, not classes
+    assert main(["export", str(out), "-o", str(tmp_path / "clip.onnx")]) == 0
+    assert main(["compile", str(tmp_path / "clip.onnx"), "--batch", "2", "-o", str(tmp_path / "clip.so")]) == 0
+    np.save(tmp_path / "x.npy", x.numpy())
+    capsys.readouterr()
+    assert main(["run", str(tmp_path / "clip.so"), "--input", str(tmp_path / "x.npy")]) == 0
+    printed = capsys.readouterr().out
+    assert "image 0: embeddings [12], L2 norm" in printed and "top-5" not in printed
