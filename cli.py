@@ -63,18 +63,28 @@ def _quantize(args) -> int:
 
 
 def _load_hf_folder(model_dir: str):
-    """The model in a local Hugging Face folder: a CLIP checkpoint as its image encoder with projection
-    (``image_embeds``, what CLIP compares with text), anything else as an image classifier, else as a base
-    model."""
-    from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
-    config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
+    """The model in a local Hugging Face folder, as the class its ``config.json`` names (``architectures``); a
+    CLIP checkpoint as its image encoder (with the projection, ``image_embeds``, unless it is a bare
+    ``CLIPVisionModel``). A class whose weights the checkpoint lacks is refused: Hugging Face would fill them
+    with random numbers (a base checkpoint loaded as a classifier gets a random head); a missing ViT pooler,
+    which intvit leaves out anyway, is not."""
+    import transformers
+    config = transformers.AutoConfig.from_pretrained(model_dir, local_files_only=True)
+    names = list(getattr(config, "architectures", None) or [])
     if config.model_type in ("clip", "clip_vision_model"):
-        from transformers import CLIPVisionModelWithProjection
-        return CLIPVisionModelWithProjection.from_pretrained(model_dir, local_files_only=True)
-    try:
-        return AutoModelForImageClassification.from_pretrained(model_dir, local_files_only=True)
-    except (ValueError, OSError):
-        return AutoModel.from_pretrained(model_dir, local_files_only=True)
+        cls = transformers.CLIPVisionModel if names == ["CLIPVisionModel"] else transformers.CLIPVisionModelWithProjection
+    elif names and hasattr(transformers, names[0]):
+        cls = getattr(transformers, names[0])
+    else:
+        cls = transformers.AutoModelForImageClassification
+    model, info = cls.from_pretrained(model_dir, local_files_only=True, output_loading_info=True)
+    # a ViT/DeiT pooler is not part of what intvit quantizes (quantize warns and returns the tokens)
+    missing = [k for k in info.get("missing_keys") or [] if not (k.startswith("pooler.") or ".pooler." in k)]
+    if missing:
+        raise ValueError(f"{model_dir}: the checkpoint lacks {len(missing)} weight(s) of {type(model).__name__} "
+                         f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); Hugging Face would "
+                         "initialise them at random. Save the model you want to quantize with save_pretrained")
+    return model
 
 
 def _hf_normalisation(model_dir: str) -> tuple[list[float], list[float], str]:

@@ -116,6 +116,8 @@ def check_spec_reproduces(model: nn.Module, spec: ViTSpec, images: torch.Tensor)
 
 
 def _norms(spec: ViTSpec):
+    if spec.pre_norm is not None:
+        yield spec.pre_norm
     for block in spec.blocks:
         yield block.norm1
         yield block.norm2
@@ -130,7 +132,8 @@ def _without_eps(spec: ViTSpec) -> ViTSpec:
     zero = lambda norm: dataclasses.replace(norm, eps=tiny)          # noqa: E731
     blocks = [dataclasses.replace(b, norm1=zero(b.norm1), norm2=zero(b.norm2)) for b in spec.blocks]
     return dataclasses.replace(spec, blocks=blocks,
-                               final_norm=None if spec.final_norm is None else zero(spec.final_norm))
+                               final_norm=None if spec.final_norm is None else zero(spec.final_norm),
+                               pre_norm=None if spec.pre_norm is None else zero(spec.pre_norm))
 
 
 def _hooked_modules(model: nn.Module) -> list[str]:

@@ -96,6 +96,10 @@ class ViTSpec:
         return (batch, self.in_chans, *self.image_size)
 
 
+#: families whose head projects into an embedding space instead of classifying (CLIP's ``image_embeds``)
+EMBEDDING_HEAD_FAMILIES = ("hf-clip-projection",)
+
+
 def check_input(spec: ViTSpec, images: torch.Tensor) -> None:
     """Raise a clear error unless ``images`` is a float ``[B, C, H, W]`` batch this spec takes."""
     if not isinstance(images, torch.Tensor):
@@ -247,14 +251,17 @@ def layernorm_at(spec: ViTSpec, norm_point: str) -> Norm:
 
 
 def layernorm_input_point(spec: ViTSpec, norm_point: str) -> str:
-    """The residual-stream quant point a LayerNorm reads: ``blocks.i.norm1`` reads the previous block's
-    ``resid2`` (``embed`` for block 0), ``blocks.i.norm2`` reads ``blocks.i.resid1``, ``norm`` the last stream."""
+    """The 16-bit quant point a LayerNorm reads: ``blocks.i.norm1`` reads the previous block's ``resid2`` (the
+    stream's start for block 0: ``stream_start``), ``blocks.i.norm2`` reads ``blocks.i.resid1``, ``norm`` the last
+    stream, ``norm_pre`` the embedded tokens."""
+    if norm_point == "norm_pre":
+        return "embed"
     if norm_point == "norm":
-        return f"blocks.{len(spec.blocks) - 1}.resid2" if spec.blocks else "embed"
+        return f"blocks.{len(spec.blocks) - 1}.resid2" if spec.blocks else stream_start(spec)
     _, index, which = norm_point.split(".")
     if which == "norm2":
         return f"blocks.{index}.resid1"
-    return f"blocks.{int(index) - 1}.resid2" if int(index) else "embed"
+    return f"blocks.{int(index) - 1}.resid2" if int(index) else stream_start(spec)
 
 
 def linear_layers(spec: ViTSpec) -> dict[str, Linear]:

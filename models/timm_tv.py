@@ -88,8 +88,9 @@ def activation(module: nn.Module, path: str) -> str:
     for cls, name in named.items():
         if isinstance(module, cls):
             return name
-    if type(module).__name__ == "QuickGELU":
-        return "quick_gelu"
+    by_name = {"QuickGELU": "quick_gelu", "GELU": "gelu", "GELUTanh": "gelu_tanh"}   # timm's own classes
+    if type(module).__name__ in by_name:                # (act_layer='quick_gelu' / 'gelu' / 'gelu_tanh')
+        return by_name[type(module).__name__]
     raise UnsupportedModelError(f"{path} ({type(module).__name__}): the MLP activation must be GELU (exact or tanh), "
                                 "QuickGELU, ReLU or SiLU")
 

@@ -19,7 +19,8 @@ from .layout import check_widen_count, point_bits, resolve_layout, resolve_zero_
 from .preprocessing import check_calibration_scale
 from .preprocessing import resolve as resolve_preprocessing
 from .sanity import SANITY_IMAGES, warn_degenerate
-from .wrapper import IntegerBackbone, capture_backbone_inputs, float_pooler_of, warn_float_pooler
+from .wrapper import (IntegerBackbone, backbone_answers, capture_backbone_inputs, check_wrapped_answers,
+                      float_pooler_of, warn_float_pooler)
 
 
 def quantize(model, calib_data, config: QuantConfig | None = None):
@@ -43,6 +44,11 @@ def quantize(model, calib_data, config: QuantConfig | None = None):
             "float model; quantize the module itself (its ._orig_mod, or the model before torch.compile)")
     if isinstance(calib_data, Iterator):            # a generator: every pass below would find it used up
         calib_data = take_batches(calib_data, config.max_calib_images, config.batch_size, "calibration")
+    if type(model).__name__ == "CLIPModel":
+        raise UnsupportedModelError(
+            "CLIPModel holds a text and an image encoder, and its forward needs text; quantize its image encoder: "
+            "CLIPVisionModelWithProjection.from_pretrained(folder) (image_embeds), or a module of yours whose "
+            "forward returns clip.get_image_features(pixel_values=x)")
     if isinstance(model, nn.Module) and not is_supported(model):
         found = find_backbones(model)
         if not found:
@@ -63,6 +69,8 @@ def quantize(model, calib_data, config: QuantConfig | None = None):
         integer = _quantize_supported(backbone, inputs, config)
         wrapped = copy.deepcopy(model)
         _set_submodule(wrapped, path, IntegerBackbone(integer, float_pooler_of(backbone)))
+        first = take_batches(calib_data, 2, config.batch_size, "calibration")[0]
+        check_wrapped_answers(model, wrapped, first, backbone_answers(integer.spec))
         return wrapped
     warn_float_pooler(model, wrapped=False)
     return _quantize_supported(model, calib_data, config)

@@ -29,6 +29,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from .. import __version__, ops
 from ..files import check_writable_target, sweep_stale_temps, temp_name
+from ..models.spec import EMBEDDING_HEAD_FAMILIES
 from .onnx_functions import DOMAIN, OPSET, all_functions
 from .preprocessing import METADATA_KEY as PREPROCESSING_KEY
 from .preprocessing import to_metadata
@@ -271,16 +272,12 @@ OUTPUT_KIND_KEY = "intvit.output"
 INPUT_QUANTIZER_KEY = "intvit.input_quantizer"
 
 
-#: families whose head is a projection into an embedding space, not a classifier (CLIP's ``image_embeds``)
-EMBEDDING_HEADS = ("hf-clip-projection",)
-
-
 def output_kind(spec) -> str:
     """What the graph's ``logits`` output holds: ``logits``, ``tokens`` ([B, T, D], headless), ``features``
     ([B, len(pool)·D], headless with ``pooled_output``) or ``embeddings`` (a projection head, CLIP's
     ``image_embeds``); ``intvit run`` ranks classes for ``logits`` only."""
     if spec.head is not None:
-        return "embeddings" if spec.family in EMBEDDING_HEADS else "logits"
+        return "embeddings" if spec.family in EMBEDDING_HEAD_FAMILIES else "logits"
     return "features" if spec.pooled_output else "tokens"
 
 

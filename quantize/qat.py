@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..models.spec import float_forward
+from ..models.spec import EMBEDDING_HEAD_FAMILIES, float_forward
 
 
 def _pairs(train_data, batch_size: int):
@@ -52,7 +52,8 @@ def _pairs(train_data, batch_size: int):
 
 
 def trainable_tensors(spec) -> list[torch.Tensor]:
-    """The float tensors QAT updates: linear weights/biases and LayerNorm affines."""
+    """The float tensors QAT updates: linear weights/biases and LayerNorm affines (the blocks', then the final
+    and the pre-LayerNorm's)."""
     out = []
     for blk in spec.blocks:
         for lin in (blk.qkv, blk.proj, blk.fc1, blk.fc2):
@@ -61,8 +62,9 @@ def trainable_tensors(spec) -> list[torch.Tensor]:
     for lin in (spec.patch_embed, spec.head):
         if lin is not None:
             out += [lin.weight] + ([lin.bias] if lin.bias is not None else [])
-    if spec.final_norm is not None:
-        out += [spec.final_norm.weight, spec.final_norm.bias]
+    for norm in (spec.final_norm, spec.pre_norm):
+        if norm is not None:
+            out += [norm.weight, norm.bias]
     return out
 
 
@@ -74,6 +76,9 @@ def qat(qmodel, train_data, epochs: int = 1, lr: float = 1e-5, weight_decay: flo
         raise ValueError(f"epochs must be at least 1, got {epochs}")
     if qmodel.spec.head is None:
         raise ValueError("QAT trains a classifier; this integer model has no classification head")
+    if qmodel.spec.family in EMBEDDING_HEAD_FAMILIES:
+        raise ValueError(f"QAT trains a classifier; this model's head ({qmodel.spec.source_class}) projects into an "
+                         "embedding space (CLIP's image_embeds), whose outputs are not classes")
     batches = _pairs(train_data, batch_size)
     model = copy.deepcopy(qmodel)
     teacher = copy.deepcopy(qmodel.spec)                 # for distillation: the weights before training
@@ -135,5 +140,6 @@ def _rebind(spec, tensors: list[torch.Tensor]) -> None:
             lin.weight = next(it)
             if lin.bias is not None:
                 lin.bias = next(it)
-    if spec.final_norm is not None:
-        spec.final_norm.weight, spec.final_norm.bias = next(it), next(it)
+    for norm in (spec.final_norm, spec.pre_norm):
+        if norm is not None:
+            norm.weight, norm.bias = next(it), next(it)

@@ -66,6 +66,54 @@ def capture_backbone_inputs(model: nn.Module, backbone: nn.Module, calib_data, b
     return captured
 
 
+def _shapes(value):
+    """The structure of a module's answer with every tensor replaced by its shape (for comparing answers)."""
+    if isinstance(value, torch.Tensor):
+        return tuple(value.shape)
+    if isinstance(value, dict):                  # Hugging Face ModelOutput is an OrderedDict
+        return {k: _shapes(v) for k, v in value.items() if v is not None}
+    if isinstance(value, (tuple, list)):
+        return [_shapes(v) for v in value]
+    return type(value).__name__
+
+
+def check_wrapped_answers(model: nn.Module, wrapped: nn.Module, images: torch.Tensor, answers: str) -> None:
+    """Run the user's module and its quantized copy on ``images``: the copy must run and answer with tensors of
+    the same shapes. A module that reads what the integer backbone does not compute (CLIP's tokens, say)
+    fails here, with ``answers`` (what the integer backbone returns) in the message, instead of later."""
+    owner = type(model).__name__
+    modes = {m: m.training for m in list(model.modules()) + list(wrapped.modules())}
+    try:
+        with torch.no_grad():
+            want = model.eval()(images)
+            try:
+                got = wrapped.eval()(images)
+            except Exception as exc:            # noqa: BLE001 — any failure here is the user's module on ours
+                raise UnsupportedModelError(
+                    f"{owner} does not run on its quantized backbone ({type(exc).__name__}: {exc}); the integer "
+                    f"backbone answers with {answers}") from None
+    finally:
+        for m, training in modes.items():
+            m.training = training
+    if _shapes(got) != _shapes(want):
+        raise UnsupportedModelError(
+            f"{owner} answers with {_shapes(got)} on its quantized backbone but {_shapes(want)} on the float one; "
+            f"the integer backbone answers with {answers}, so read that")
+
+
+def backbone_answers(spec) -> str:
+    """What an ``IntegerBackbone`` over ``spec`` returns, in words (``IntegerBackbone.forward``)."""
+    if spec.family == "hf-clip-projection":
+        return "image_embeds only (CLIP's tokens are not computed)"
+    if spec.family == "hf-clip":
+        return "pooler_output only (CLIP's tokens are not computed)"
+    if not spec.family.startswith("hf-"):
+        return "a tensor, as the source model returned"
+    if spec.head is not None or spec.pooled_output:
+        return "an output with .logits"
+    return "last_hidden_state and pooler_output"
+
+
 #: keyword values a backbone call may carry: the integer backbone answers them as the float one did (its
 #: position embeddings are already resolved for the size it was quantized at)
 _NEUTRAL_OPTIONS = {"return_dict": (None, True), "output_hidden_states": (None, False),

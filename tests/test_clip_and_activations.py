@@ -147,3 +147,101 @@ def test_intvit_quantize_reads_a_clip_checkpoint_folder_as_its_image_encoder(tmp
     assert main(["run", str(tmp_path / "clip.so"), "--input", str(tmp_path / "x.npy")]) == 0
     printed = capsys.readouterr().out
     assert "image 0: embeddings [12], L2 norm" in printed and "top-5" not in printed
+
+
+def test_the_pre_norm_eps_counts_and_attribution_runs_on_a_pre_norm_model():
+    from intvit.models import UnsupportedModelError
+    from intvit.quantize.attribution import attribute
+    loud = _clip("CLIPVisionModelWithProjection")
+    for m in loud.modules():
+        if isinstance(m, torch.nn.LayerNorm):
+            m.eps = 0.01
+    with pytest.raises(UnsupportedModelError, match=r"LayerNorm eps \(0.01\) is not small"):
+        intvit.quantize(loud, images(16, size=16), intvit.QuantConfig(**CALIB))
+    q = intvit.quantize(_clip("CLIPVisionModelWithProjection"), images(16, size=16), intvit.QuantConfig(**CALIB))
+    report = attribute(q, images(4, size=16, seed=2))
+    names = [row["name"] for row in report["take_one_out"]]
+    assert "I-LayerNorm → float LayerNorm" in names and not any("residual stream" in n for n in names)
+    residual = next(r for r in report["add_one_in"] if r["name"] == "residual stream (16-bit)")
+    assert residual["points"] == 2 + 2 * 2                  # embed, norm_pre and two per block
+
+
+def test_timm_activation_strings_name_timm_classes_that_are_read():
+    from timm.models.vision_transformer import VisionTransformer
+    for act_layer, act in (("gelu", "gelu"), ("gelu_tanh", "gelu_tanh"), ("quick_gelu", "quick_gelu")):
+        torch.manual_seed(0)
+        model = VisionTransformer(img_size=16, patch_size=8, embed_dim=32, depth=1, num_heads=2, num_classes=5,
+                                  act_layer=act_layer).eval()
+        x = images(2, size=16)
+        assert to_spec(model).act == act
+        with torch.no_grad():
+            assert relative_error(float_forward(to_spec(model), x), model(x)) < 1e-5
+
+
+def test_wrappers_reading_what_the_integer_clip_does_not_compute_and_a_whole_clipmodel_are_refused():
+    from torch import nn
+
+    from intvit.models import UnsupportedModelError
+
+    class Tokens(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.clip = _clip("CLIPVisionModel")
+
+        def forward(self, x):
+            return self.clip(pixel_values=x).last_hidden_state
+
+    with pytest.raises(UnsupportedModelError, match="Tokens answers with NoneType on its quantized backbone but "
+                                                    "\\(2, 5, 32\\) on the float one; the integer backbone answers "
+                                                    "with pooler_output only"):
+        intvit.quantize(Tokens().eval(), images(8, size=16), intvit.QuantConfig(**CALIB))
+    text = transformers.CLIPTextConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                       num_attention_heads=2, max_position_embeddings=8)
+    vision = transformers.CLIPVisionConfig(image_size=16, patch_size=8, hidden_size=32, num_hidden_layers=1,
+                                           num_attention_heads=2, intermediate_size=64)
+    whole = transformers.CLIPModel(transformers.CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict()))
+    with pytest.raises(UnsupportedModelError, match="CLIPModel holds a text and an image encoder.*"
+                                                    "CLIPVisionModelWithProjection.from_pretrained"):
+        intvit.quantize(whole.eval(), images(8, size=16), intvit.QuantConfig(**CALIB))
+
+
+def test_qat_refuses_an_embedding_head_and_trains_the_pre_norm():
+    from timm.models.vision_transformer import VisionTransformer
+
+    from intvit.quantize.qat import trainable_tensors
+    q = intvit.quantize(_clip("CLIPVisionModelWithProjection"), images(16, size=16), intvit.QuantConfig(**CALIB))
+    with pytest.raises(ValueError, match="projects into an embedding space"):
+        intvit.qat(q, images(8, size=16), epochs=1, progress=False)
+    model = VisionTransformer(img_size=16, patch_size=8, embed_dim=32, depth=1, num_heads=2, num_classes=5,
+                              pre_norm=True).eval()
+    spec = to_spec(model)
+    assert any(t is spec.pre_norm.weight for t in trainable_tensors(spec))
+    assert any(t is spec.pre_norm.bias for t in trainable_tensors(spec))
+
+
+def test_intvit_quantize_takes_a_folder_as_the_class_its_config_names_and_refuses_missing_weights(tmp_path, capsys):
+    import json
+
+    import numpy as np
+
+    from intvit.cli import main
+    torch.manual_seed(0)
+    np.savez(tmp_path / "calib.npz", images=images(16, size=16).numpy())
+    _clip("CLIPVisionModel").save_pretrained(tmp_path / "vision")
+    assert main(["quantize", str(tmp_path / "vision"), "--calib", str(tmp_path / "calib.npz"),
+                 "-o", str(tmp_path / "v.safetensors"), "--quiet"]) == 0
+    assert intvit.load(tmp_path / "v.safetensors").spec.family == "hf-clip"        # pooler_output, no projection
+    base = transformers.ViTModel(transformers.ViTConfig(image_size=16, patch_size=8, hidden_size=32,
+                                                        num_hidden_layers=1, num_attention_heads=2,
+                                                        intermediate_size=64), add_pooling_layer=False)
+    base.save_pretrained(tmp_path / "base")
+    assert main(["quantize", str(tmp_path / "base"), "--calib", str(tmp_path / "calib.npz"),
+                 "-o", str(tmp_path / "b.safetensors"), "--quiet"]) == 0
+    assert intvit.load(tmp_path / "b.safetensors").spec.head is None              # its tokens, not a random head
+    config = json.loads((tmp_path / "base" / "config.json").read_text())
+    (tmp_path / "base" / "config.json").write_text(json.dumps({**config, "architectures": ["ViTForImageClassification"]}))
+    capsys.readouterr()
+    assert main(["quantize", str(tmp_path / "base"), "--calib", str(tmp_path / "calib.npz"),
+                 "-o", str(tmp_path / "c.safetensors"), "--quiet"]) == 2
+    assert "lacks 2 weight(s) of ViTForImageClassification (classifier." in capsys.readouterr().err
+    assert not (tmp_path / "c.safetensors").exists()
