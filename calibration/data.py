@@ -85,8 +85,8 @@ def check_mean_std(mean, std, channels: int) -> tuple[list[float], list[float]]:
     is repeated); ``CalibrationDataError`` unless std is positive and both are finite, with 1 or C values."""
     mean, std = (np.asarray(v, np.float64).reshape(-1) for v in (mean, std))
     if mean.size not in (1, channels) or std.size not in (1, channels):
-        raise CalibrationDataError(f"mean/std need 1 or {channels} values (one per channel), got {mean.size} and "
-                                   f"{std.size}")
+        raise CalibrationDataError(f"mean/std need {'1 value' if channels == 1 else f'1 or {channels} values (one per channel)'}"
+                                   f" for this {channels}-channel model, got {mean.size} and {std.size}")
     if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(std)) and np.all(std > 0)):
         raise CalibrationDataError(f"std must be positive and mean/std finite, got mean {mean.tolist()} and "
                                    f"std {std.tolist()}")

@@ -61,3 +61,15 @@ def test_bad_config_values_are_named(settings, error, phrase):
 def test_a_config_that_is_not_a_quantconfig_is_named():
     with pytest.raises(TypeError, match="config must be an intvit.QuantConfig, got dict; e.g. QuantConfig"):
         intvit.quantize(hf_vit(image=16, dim=32, layers=1, heads=2, mlp=64), images(4, size=16), {"recipe": "minmax"})
+
+
+def test_the_default_zero_points_and_migration_take_a_model_that_has_none():
+    timm = pytest.importorskip("timm")
+    from timm.models.vision_transformer import VisionTransformer
+    del timm
+    model = VisionTransformer(img_size=16, patch_size=8, embed_dim=32, depth=0, num_heads=2, num_classes=0,
+                              final_norm=False, global_pool="").eval()
+    q = intvit.quantize(model, images(8, size=16), intvit.QuantConfig(progress=False))
+    assert q.meta.get("asymmetric") is None and q(images(2, size=16)).shape == (2, 5, 32)
+    with pytest.raises(ValueError, match="zero-point pattern 'norm' matches no point"):
+        intvit.quantize(model, images(8, size=16), intvit.QuantConfig(progress=False, zero_points=("norm",)))
