@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from .errors import UnsupportedModelError
+from .modes import eval_mode
 from .spec import ViTSpec, float_forward
 
 SPEC_TOLERANCE = 1e-3        # float32 rounding through a deep model stays below 1e-5 (adapter tests)
@@ -76,16 +77,13 @@ def check_spec_reproduces(model: nn.Module, spec: ViTSpec, images: torch.Tensor)
     reference = model
     if any(p.dtype != torch.float32 for p in model.parameters()):
         reference = copy.deepcopy(model).float()
-    modes = {m: m.training for m in reference.modules()}
     try:
-        want = source_output(reference.eval(), images, spec)
+        with eval_mode(reference):
+            want = source_output(reference, images, spec)
     except Exception as exc:                        # noqa: BLE001 — a model we cannot run is not a verdict
         warnings.warn(f"could not run {type(model).__name__} to check intvit's reading of it ({type(exc).__name__}: "
                       f"{exc}); quantizing without that check", UserWarning, stacklevel=3)
         return float("nan")
-    finally:
-        for m, training in modes.items():
-            m.training = training
     got = float_forward(spec, images)
     if not (bool(torch.isfinite(want).all()) and bool(torch.isfinite(got).all())):
         return float("nan")                         # calibration names the point where NaN/inf appears

@@ -13,6 +13,7 @@ from ..calibration.migration import migrate, resolve_migration
 from ..calibration.output_ranges import output_aware_ranges
 from ..models import UnsupportedModelError, find_backbones, is_supported, to_spec
 from ..models.fidelity import check_spec_reproduces
+from ..models.modes import eval_mode
 from .config import QuantConfig
 from .integer_model import IntegerViT
 from .layout import check_widen_count, point_bits, resolve_layout, resolve_zero_points
@@ -58,13 +59,8 @@ def quantize(model, calib_data, config: QuantConfig | None = None):
                 f"{type(model).__name__} contains {len(found)} supported backbones "
                 f"({', '.join(p for p, _ in found)}); quantize each one separately")
         path, backbone = found[0]
-        modes = {m: m.training for m in model.modules()}
-        try:
-            inputs = capture_backbone_inputs(model.eval(), backbone, calib_data, config.batch_size,
-                                             config.max_calib_images)
-        finally:
-            for m, training in modes.items():       # the caller's model keeps its modes
-                m.training = training
+        with eval_mode(model):                      # the caller's model keeps its modes
+            inputs = capture_backbone_inputs(model, backbone, calib_data, config.batch_size, config.max_calib_images)
         warn_float_pooler(backbone, wrapped=True)
         integer = _quantize_supported(backbone, inputs, config)
         wrapped = copy.deepcopy(model)

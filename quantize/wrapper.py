@@ -25,6 +25,7 @@ from torch import nn
 
 from ..calibration.data import CalibrationDataError, iter_batches
 from ..models import UnsupportedModelError
+from ..models.modes import eval_mode
 
 
 class _Captured(Exception):
@@ -82,19 +83,14 @@ def check_wrapped_answers(model: nn.Module, wrapped: nn.Module, images: torch.Te
     the same shapes. A module that reads what the integer backbone does not compute (CLIP's tokens, say)
     fails here, with ``answers`` (what the integer backbone returns) in the message, instead of later."""
     owner = type(model).__name__
-    modes = {m: m.training for m in list(model.modules()) + list(wrapped.modules())}
-    try:
-        with torch.no_grad():
-            want = model.eval()(images)
-            try:
-                got = wrapped.eval()(images)
-            except Exception as exc:            # noqa: BLE001 — any failure here is the user's module on ours
-                raise UnsupportedModelError(
-                    f"{owner} does not run on its quantized backbone ({type(exc).__name__}: {exc}); the integer "
-                    f"backbone answers with {answers}") from None
-    finally:
-        for m, training in modes.items():
-            m.training = training
+    with torch.no_grad(), eval_mode(model, wrapped):
+        want = model(images)
+        try:
+            got = wrapped(images)
+        except Exception as exc:                # noqa: BLE001 — any failure here is the user's module on ours
+            raise UnsupportedModelError(
+                f"{owner} does not run on its quantized backbone ({type(exc).__name__}: {exc}); the integer "
+                f"backbone answers with {answers}") from None
     if _shapes(got) != _shapes(want):
         raise UnsupportedModelError(
             f"{owner} answers with {_shapes(got)} on its quantized backbone but {_shapes(want)} on the float one; "
