@@ -10,10 +10,11 @@ refuses a spec whose output differs by more than float rounding:
     err = ‖spec(x) − model(x)‖₂ / ‖model(x)‖₂ ≤ SPEC_TOLERANCE
 
 It also measures what the integer LayerNorm leaves out: I-LayerNorm (I-ViT
-§3.5, ``ops.int_layernorm``) has no ε, so the same forward with every ε set to
-0 (float32's smallest normal, so a constant row stays 0) must stay within ``EPS_TOLERANCE`` of the true one; a model whose ε is not
-small against its own token variances (ε = 1e-2, say) is refused, since its
-integer model could not follow it.
+§3.5, ``ops.int_layernorm``) has no ε, so the same forward with every ε set
+to 0 (float32's smallest normal, so a constant row stays 0) must stay within
+``EPS_TOLERANCE`` of the true one; a model whose ε is not small against its
+own token variances (ε = 1e-2, say) is refused, since its integer model
+could not follow it.
 """
 from __future__ import annotations
 
