@@ -12,7 +12,8 @@ class UnsupportedModelError(ValueError):
 SUPPORTED_LEAVES = (nn.Linear, nn.Conv2d, nn.LayerNorm, nn.Dropout, nn.Identity, nn.GELU, nn.ReLU, nn.SiLU,
                     nn.Embedding)
 SUPPORTED_LEAF_NAMES = {"GELUActivation", "NewGELUActivation", "GELUTanh", "FastGELUActivation", "QuickGELUActivation",
-                        "SiLUActivation", "QuickGELU", "GELU", "Dinov2LayerScale", "Dinov2DropPath", "DropPath", "LayerScale"}
+                        "SiLUActivation", "QuickGELU", "GELU", "Dinov2LayerScale", "Dinov2WithRegistersLayerScale",
+                        "Dinov2WithRegistersDropPath", "Dinov2DropPath", "DropPath", "LayerScale"}
 
 
 def check_leaf_modules(model: nn.Module, skip: tuple[str, ...] = ()) -> None:

@@ -183,9 +183,11 @@ def _vit_like_spec(model, base, prefix, head, n_prefix, family, image_size) -> V
 
 
 def dinov2_spec(model: nn.Module, image_size=None) -> ViTSpec:
-    """``Dinov2Model`` / ``Dinov2ForImageClassification`` → ``ViTSpec`` (LayerScale folded)."""
-    base = model.dinov2 if hasattr(model, "dinov2") else model
-    prefix = "dinov2." if hasattr(model, "dinov2") else ""
+    """``Dinov2Model`` / ``Dinov2ForImageClassification`` and their ``WithRegisters`` forms → ``ViTSpec``
+    (LayerScale folded; the register tokens are prefix tokens, which pooling leaves out as DINOv2 does)."""
+    attr = "dinov2_with_registers" if hasattr(model, "dinov2_with_registers") else "dinov2"
+    base = getattr(model, attr) if hasattr(model, attr) else model
+    prefix = f"{attr}." if hasattr(model, attr) else ""
     cfg = base.config
     if getattr(cfg, "use_swiglu_ffn", False):
         raise UnsupportedModelError(f"{prefix}encoder.layer.0.mlp (SwiGLUFFN): SwiGLU MLPs are not supported")
@@ -196,9 +198,13 @@ def dinov2_spec(model: nn.Module, image_size=None) -> ViTSpec:
     pe, p = _patch_linear(emb.patch_embeddings.projection, prefix + "embeddings.patch_embeddings.projection")
     pos = _resolved_pos(emb, size, p, 1)
     head, pooled = _classifier(model)
+    prefix_tokens = (emb.cls_token.detach().float()[0, 0] + pos[0])[None]
+    registers = getattr(emb, "register_tokens", None)       # DINOv2 with registers: after the class token,
+    if registers is not None:                                # without a position embedding
+        prefix_tokens = torch.cat([prefix_tokens, registers.detach().float()[0]])
     return ViTSpec(
         image_size=size, in_chans=cfg.num_channels, patch_size=p, patch_embed=pe,
-        prefix_tokens=(emb.cls_token.detach().float()[0, 0] + pos[0])[None], pos_patches=pos[1:].clone(),
+        prefix_tokens=prefix_tokens, pos_patches=pos[1:].clone(),
         blocks=_blocks(base.encoder.layer, prefix + "encoder.layer", cfg.num_attention_heads,
                        layer_scale=True),
         final_norm=_norm(base.layernorm), pool=("cls", "mean"), head=head, pooled_output=pooled, act=act,
@@ -252,6 +258,8 @@ ADAPTERS = {
     "DeiTModel": deit_spec,
     "Dinov2Model": dinov2_spec,
     "Dinov2ForImageClassification": dinov2_spec,
+    "Dinov2WithRegistersModel": dinov2_spec,
+    "Dinov2WithRegistersForImageClassification": dinov2_spec,
     "CLIPVisionModel": clip_vision_spec,
     "CLIPVisionModelWithProjection": clip_vision_spec,
 }

@@ -2,8 +2,9 @@
 
 Supported:
 
-* timm ``VisionTransformer`` (ViT, DeiT, CLIP ViTs with ``pre_norm`` and
-  QuickGELU, and LayerScale variants: ``ls1``/``ls2``
+* timm ``VisionTransformer`` (ViT, DeiT, DeiT III and others whose position
+  embedding leaves the class token out (``no_embed_class``), register tokens,
+  CLIP ViTs with ``pre_norm`` and QuickGELU, and LayerScale variants: ``ls1``/``ls2``
   ``γ`` folded into ``proj``/``fc2`` as for DINOv2), with ``global_pool``
   ``'token'`` or ``'avg'`` (without ``fc_norm``); headless (``num_classes=0``)
   it outputs the pooled features ``[B, D]`` as timm does (all tokens with
@@ -135,9 +136,6 @@ def timm_vit_spec(model: nn.Module, image_size=None) -> ViTSpec:
     if getattr(model, "pool_include_prefix", False) and model.global_pool == "avg":
         raise UnsupportedModelError(f"{name}: pool_include_prefix=True (averaging the class token in) is not "
                                     "supported; intvit's 'avg' pooling averages the patch tokens")
-    if getattr(model, "no_embed_class", False) or getattr(model, "num_reg_tokens", 0):
-        raise UnsupportedModelError(f"{name}: position embeddings without the class token / register tokens "
-                                    "are not supported")
     check_leaf_modules(model)
     size = _native_size(model.patch_embed.img_size, image_size, "patch_embed")
     pe, p = _patch_linear(model.patch_embed.proj, "patch_embed.proj")
@@ -147,6 +145,13 @@ def timm_vit_spec(model: nn.Module, image_size=None) -> ViTSpec:
     dist = getattr(model, "dist_token", None)
     if dist is not None:
         tokens.append(dist.detach().float()[0, 0])
+    registers = getattr(model, "reg_token", None)           # register tokens (``reg_tokens=``), after the class token
+    if registers is not None:
+        tokens += list(registers.detach().float()[0])
+    if getattr(model, "no_embed_class", False):              # DeiT III, big_vision: the position embedding
+        prefix_pos, pos = torch.zeros(n_prefix, pos.shape[-1]), torch.cat([torch.zeros(n_prefix, pos.shape[-1]), pos])
+    else:                                                    # covers the patches only
+        prefix_pos = pos[:n_prefix]
     blocks = [Block(norm1=_norm(b.norm1), qkv=_lin(b.attn.qkv), proj=_scaled(_lin(b.attn.proj), _layer_scale(b.ls1)),
                     norm2=_norm(b.norm2), fc1=_lin(b.mlp.fc1), fc2=_scaled(_lin(b.mlp.fc2), _layer_scale(b.ls2)),
                     num_heads=b.attn.num_heads, source=f"blocks.{i}") for i, b in enumerate(model.blocks)]
@@ -161,7 +166,7 @@ def timm_vit_spec(model: nn.Module, image_size=None) -> ViTSpec:
         pool = ("token0", "token1")
     return ViTSpec(
         image_size=size, in_chans=model.patch_embed.proj.in_channels, patch_size=p, patch_embed=pe,
-        prefix_tokens=torch.stack(tokens) + pos[:n_prefix], pos_patches=pos[n_prefix:].clone(),
+        prefix_tokens=torch.stack(tokens) + prefix_pos, pos_patches=pos[n_prefix:].clone(),
         blocks=blocks, final_norm=None if isinstance(model.norm, nn.Identity) else _norm(model.norm), pool=pool,
         head=head, pre_norm=None if isinstance(model.norm_pre, nn.Identity) else _norm(model.norm_pre),
         act=act,
