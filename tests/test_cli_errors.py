@@ -99,6 +99,8 @@ CASES = [  # (argv with {d} for the files' folder, a phrase the one line must ho
     ("eval --recipes minmax,bogus", "unknown recipe 'bogus'"),        # before any banner or loading
     ("eval --matching ptq,nope", "unknown scale matching ['nope']"),
     ("eval --model dinov2-probe --task cifar10", "--task 'cifar10': choose one of fmnist, mnist, photos"),
+    ("eval --train 400", "--task, --size and --train set up the DINOv2 probe"),
+    ("eval --model dinov2-probe --train 0", "argument --train: must be at least 1"),
     ("eval --model dinov2-probe --size 100", "give a multiple of 14"),
     ("eval --task photos", "use them with --model dinov2-probe"),
     ("bench --model tiny --batch 0", "batch"),
