@@ -6,8 +6,10 @@ Supported (transformers 5.x module layout):
 * ``DeiTForImageClassification`` / ``DeiTForImageClassificationWithTeacher`` /
   ``DeiTModel`` (the distillation token; the two heads are averaged, as HF does
   at inference, by folding them into one head over ``[cls ; dist]``),
-* ``Dinov2Model`` / ``Dinov2ForImageClassification`` (LayerScale ``λ`` folded
-  into ``o_proj`` and ``fc2``: ``λ ⊙ (W x + b) = (diag(λ) W) x + λ ⊙ b``),
+* ``Dinov2Model`` / ``Dinov2ForImageClassification`` and their
+  ``Dinov2WithRegisters…`` forms (LayerScale ``λ`` folded into ``o_proj`` and
+  ``fc2``: ``λ ⊙ (W x + b) = (diag(λ) W) x + λ ⊙ b``; registers are prefix
+  tokens without a position embedding),
 * ``CLIPVisionModelWithProjection`` (``image_embeds``) / ``CLIPVisionModel``
   (``pooler_output``): CLIP's pre-LayerNorm and QuickGELU included.
 
@@ -161,7 +163,8 @@ def deit_spec(model: nn.Module, image_size=None) -> ViTSpec:
     return _vit_like_spec(model, base, prefix, _classifier(model), n_prefix, "hf-deit", image_size)
 
 
-def _vit_like_spec(model, base, prefix, head, n_prefix, family, image_size) -> ViTSpec:
+def _vit_like_spec(model, base, prefix, classifier, n_prefix, family, image_size) -> ViTSpec:
+    """The spec of an HF ViT or DeiT; ``classifier`` is ``_classifier``'s ``(head, pooled_output)``."""
     cfg = base.config
     act = _activation(cfg, prefix + "encoder")
     check_leaf_modules(model, skip=(prefix + "pooler",))
@@ -178,7 +181,7 @@ def _vit_like_spec(model, base, prefix, head, n_prefix, family, image_size) -> V
         image_size=size, in_chans=cfg.num_channels, patch_size=p, patch_embed=pe,
         prefix_tokens=torch.stack(prefix_tok) + pos[:n_prefix], pos_patches=pos[n_prefix:].clone(),
         blocks=_blocks(layers, layer_prefix, cfg.num_attention_heads, layer_scale=False),
-        final_norm=_norm(base.layernorm), pool=("cls",), head=head[0], pooled_output=head[1], act=act,
+        final_norm=_norm(base.layernorm), pool=("cls",), head=classifier[0], pooled_output=classifier[1], act=act,
         family=family, source_class=type(model).__name__)
 
 
