@@ -18,6 +18,7 @@ from .config import QuantConfig
 from .integer_model import IntegerViT
 from .layout import check_widen_count, point_bits, resolve_layout, resolve_zero_points
 from .preprocessing import check_calibration_scale
+from .qparams import check_gelu_mode
 from .preprocessing import resolve as resolve_preprocessing
 from .sanity import SANITY_IMAGES, warn_degenerate
 from .wrapper import (IntegerBackbone, backbone_answers, capture_backbone_inputs, check_wrapped_answers,
@@ -84,6 +85,7 @@ def _compiled_path(model) -> str | None:
 def _quantize_supported(model, calib_data, config: QuantConfig) -> IntegerViT:
     """``quantize`` for a model an adapter takes directly."""
     spec = to_spec(model, image_size=config.image_size)
+    check_gelu_mode(spec, config.gelu)              # before calibrating, not after
     meta = {"recipe": config.recipe, "gelu": config.gelu}
     preprocessing = resolve_preprocessing(config, model, spec.in_chans,
                                           None if spec.head is None else spec.head.weight.shape[0])

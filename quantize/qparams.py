@@ -178,9 +178,7 @@ def freeze(spec: ViTSpec, scales: dict[str, float], temperatures: dict | None = 
                                                  zeros.get(b + "gelu", 0), zero_in=zeros.get(b + "fc1", 0),
                                                  act=spec.act)
         else:
-            if spec.act != "gelu":
-                raise ValueError(f"ShiftGELU (gelu='shift') approximates the exact GELU; this model's activation "
-                                 f"is {spec.act}: quantize it with gelu='table'")
+            check_gelu_mode(spec, gelu)
             x0 = ops.shiftexp_x0(ops.GELU_SIGMOID_COEF * S[b + "fc1"])
             ops.check_shiftexp_constants(x0, ops.SHIFTGELU_N)
             p[b + "gelu.x0"] = torch.tensor(x0)
@@ -198,6 +196,13 @@ def freeze(spec: ViTSpec, scales: dict[str, float], temperatures: dict | None = 
                              "(its int8 input); this model has none")
         p["head.out_scale"] = linear("head", spec.head, S["norm"], "norm").to(torch.float64)
     return p
+
+
+def check_gelu_mode(spec: ViTSpec, gelu: str) -> None:
+    """ShiftGELU approximates the exact GELU only; a model with another activation needs the table."""
+    if gelu == "shift" and spec.act != "gelu":
+        raise ValueError(f"ShiftGELU (gelu='shift') approximates the exact GELU; this model's activation is "
+                         f"{spec.act}: quantize it with gelu='table'")
 
 
 def output_point(spec: ViTSpec) -> str:
