@@ -169,8 +169,8 @@ ISA_NAMES = {"amx": "Intel AMX-INT8", "vnni": "AVX-512 VNNI", "generic": "a port
 
 def _run(args) -> int:
     """Run a compiled module on image files or a .npy batch (float32 images, preprocessed), any number of them,
-    and print the top-5 classes per image: an image is normalised with the mean and std recorded when the model was quantized (or
-    --mean/--std), and classes are printed by name where the model has labels."""
+    and print the top-5 classes per image: an image is normalised with the mean and std recorded when the model
+    was quantized (or --mean/--std), and classes are printed by name where the model has labels."""
     import numpy as np
 
     from intvit.calibration.data import IMAGE_SUFFIXES, load_image, load_npy

@@ -85,8 +85,6 @@ class CompiledIntViT:
             chunk = _filled(arr[start:start + self.batch], self.batch)
             out = self.vm["main"](tvm.runtime.tensor(np.ascontiguousarray(chunk), self.dev))
             outputs.append((out[0].numpy(), out[1].numpy()))
-        if len(outputs) == 1:
-            return tuple(o[:count] for o in outputs[0])
         return tuple(np.concatenate([o[k] for o in outputs])[:count] for k in range(2))
 
     def check_input_dtype(self, arr: np.ndarray) -> np.ndarray:
