@@ -51,6 +51,25 @@ def test_gelu_table_is_fused_into_the_fc1_gemm(tiny_qvit):
     assert not any(name.startswith("lookup") for name in names)
 
 
+def test_attention_logits_are_computed_on_whole_vectors(tiny_qvit):
+    """``Q·Kᵀ`` over 17 tokens writes its logits 32 columns wide (its key panels' width), so that its
+    requant epilogue runs on whole 16-lane vectors; Shiftmax reads the first 17 columns in place and no
+    slice kernel is left. (Bit-exactness of the same module: the tests above.)"""
+    import tvm
+    from intvit.tvm_backend.build import fuse, make_target, resolve_target
+    fused = fuse(to_relax(to_onnx(tiny_qvit), batch=2), make_target(resolve_target("llvm")))
+    shapes = {gv.name_hint: [[int(d) for d in p.ty.shape] for p in f.params]
+              for gv, f in fused.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
+    logits = [s[-1] for name, s in shapes.items() if name.startswith("int8_linear") and len(s[-1]) == 4]
+    softmax = [s for name, s in shapes.items() if "shiftmax" in name]
+    assert logits and softmax
+    tokens = softmax[0][-1][-1]
+    assert tokens == 17
+    assert all(shape[-2:] == [tokens, 32] for shape in logits)
+    assert all(s[0][-1] == 32 and s[-1][-2:] == [tokens, tokens] for s in softmax)
+    assert not any("strided_slice" in name and not name.startswith("fused") for name in shapes)
+
+
 def test_six_head_distilled_deit_tvm_equals_torch():
     from transformers import DeiTConfig, DeiTForImageClassificationWithTeacher
     torch.manual_seed(2)

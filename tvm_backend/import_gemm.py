@@ -54,6 +54,7 @@ class GemmEmitter:
         if form not in GEMM_FORMS:
             raise ValueError(f"unknown GEMM form {form!r}; choose one of {GEMM_FORMS}")
         self.bb, self.form, self.static, self.val = bb, form, static, val
+        self._column_padded: dict = {}        # sliced output -> (padded output, columns): see column_padded
 
     # -- the four patterns -------------------------------------------------------------------
     def linear(self, x, w_kn: np.ndarray, chain: list, consts: dict, table=None, residual=None):
@@ -92,7 +93,42 @@ class GemmEmitter:
         from .gemm import pack_panels_te, panel_compensation_te
         wp = self.bb.emit_te(pack_panels_te, keys_nk, "nk", primfunc_name_hint="pack_panels")
         fb = self.bb.emit_te(panel_compensation_te, keys_nk, primfunc_name_hint="panel_compensation")
-        return self._vnni(x, wp, fb, int(self.bb.normalize(keys_nk).ty.shape[-2]), chain, table, residual=residual)
+        n = int(self.bb.normalize(keys_nk).ty.shape[-2])
+        width = self._padded_width(wp, n, chain, table, residual)
+        out = self._vnni(x, wp, fb, width, chain, table, residual=residual)
+        if width == n:
+            return out
+        rank = len(self.bb.normalize(out).ty.shape)
+        sliced = self.bb.emit(relax.op.strided_slice(out, [rank - 1], [0], [n]))
+        self._column_padded[sliced] = (out, n)
+        return sliced
+
+    def column_padded(self, value):
+        """``(padded, n)`` when ``value`` is the first ``n`` columns of a kernel output ``padded`` (a ``Q·Kᵀ``
+        computed on its padding columns, ``_padded_width``), else None: a row kernel may read ``padded``
+        directly (``kernels.shiftmax_te(cols=n)``), leaving the slice dead."""
+        return self._column_padded.get(value)
+
+    def _padded_width(self, wp, n: int, chain: list, table, residual) -> int:
+        """The output width of a ``Q·Kᵀ`` kernel: ``n``, or the panels' padded width when the epilogue can
+        run on every padded column (x86 form outside the AMX layout, a requant whose constants do not vary
+        along the columns, no table, no residual).
+
+        Computing the padding columns too (zero keys: their values are the requant of the bias, and are
+        never read) lets the epilogue run as whole 16-lane vectors. With ``n`` columns (197 tokens), the
+        last panel's column predicate made LLVM run the whole epilogue element by element. The kernel's
+        output is then sliced back to ``n`` columns; a Shiftmax reading it reads the padded output in place
+        (``column_padded``), and the slice is dropped as dead code.
+        """
+        from .gemm import amx_layout_active
+        from .x86 import LANES
+        padded = int(self.bb.normalize(wp).ty.shape[-4]) * LANES
+        if padded == n or amx_layout_active() or table is not None or residual is not None:
+            return n
+        args = self._epilogue_args(chain)
+        per_column = [a for a in args if not isinstance(a, int)
+                      and int(self.bb.normalize(a).ty.shape[-1]) != 1] if args else []
+        return n if per_column else padded
 
     def probs_values(self, probs, values, chain: list, table=None, residual=None, ranges=None):
         """``A·V``: 16-bit probabilities ``[..., T, T]`` × int8 values ``[..., T, N]``; ``ranges`` = the
@@ -160,6 +196,11 @@ class GemmEmitter:
         return self._emit(x, w, bias, chain, table, "int8_linear" if int8 else "int16_gemm",
                           lambda xt, wt, bt, ep, od: tiled_gemm_te(xt, wt, bt, layout, ep, od, n=n), residual=residual)
 
+    def _epilogue_args(self, chain: list) -> list:
+        """The kernel arguments of the chain's closing requant/rescale (``graph_facts.kernel_args``), or []."""
+        rq = chain[-1] if chain and chain[-1].domain == DOMAIN else None
+        return kernel_args(rq.op_type, list(rq.input[1:]), self.static, self.val) if rq is not None else []
+
     def _emit(self, x, w, bias, chain: list, table, name: str, make, plain_dtype=None, residual=None):
         """One kernel: ``make(x, w, bias, epilogue, out_dtype)`` with the chain's requant (and the
         ``table = (values, lo)`` lookup ``table[v − lo]`` after it) as the epilogue. With ``residual =
@@ -168,7 +209,7 @@ class GemmEmitter:
         ``saturate(rescale(z) + rescale(h[idx]; skip_args), lo, hi)``, stored in the narrowest type of
         ``[lo, hi]`` (int16 for the residual stream)."""
         rq = chain[-1] if chain and chain[-1].domain == DOMAIN else None
-        args = kernel_args(rq.op_type, list(rq.input[1:]), self.static, self.val) if rq is not None else []
+        args = self._epilogue_args(chain)
         skip_args, (lo, hi) = (residual[1], residual[2:]) if residual else ([], (None, None))
         tensors = [a for a in args + skip_args if not isinstance(a, int)]
         # a saturating requant's output is stored in the narrowest type that holds it (int8 for

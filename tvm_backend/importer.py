@@ -134,9 +134,14 @@ def to_relax(proto: onnx.ModelProto, batch: int = 1, gemm_form: str = "vnni"):
                     args = [val(ins[0])] + kernel_args(op, ins[1:], static, val)
                     kernel = DOMAIN_KERNELS[op]
                     note_range(node, out, ranges, static)
+                    options = {}
                     if op in ("Shiftmax", "Saturate") and out in ranges:   # probabilities, residual stream:
-                        store = narrowest_int(*ranges[out])                  # stored as int16
-                        kernel = lambda *a, k=kernel, s=store: k(*a, out_dtype=s)  # noqa: E731
+                        options["out_dtype"] = narrowest_int(*ranges[out])   # stored as int16
+                    padded = gemms.column_padded(args[0]) if op == "Shiftmax" else None
+                    if padded is not None:          # Q·Kᵀ computed on its padding columns: read it in place
+                        args[0], options["cols"] = padded
+                    if options:
+                        kernel = lambda *a, k=kernel, o=options: k(*a, **o)  # noqa: E731
                     env[out] = bb.emit_te(kernel, *args, primfunc_name_hint=op.lower())
                     _note_narrowed(bb, env, out, narrowed)
                     continue

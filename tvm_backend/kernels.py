@@ -116,26 +116,32 @@ def _shift_exp(x, x0, nx0, n):
     return (v >> tir.const(1, "uint32")).astype(I64)
 
 
-def _row_reduce(x, fn, name, init_max=False):
-    *lead, cols = x.shape
+def _row_reduce(shape, fn, name, init_max=False):
+    """``max`` or ``sum`` of ``fn(*row, k)`` over the last axis of ``shape``, kept as ``[..., 1]``."""
+    *lead, cols = shape
     k = te.reduce_axis((0, cols), name="k")
     if init_max:
         return te.compute((*lead, 1), lambda *i: te.max(fn(*i[:-1], k), axis=k), name=name)
     return te.compute((*lead, 1), lambda *i: te.sum(fn(*i[:-1], k), axis=k), name=name)
 
 
-def shiftmax_te(x, x0, nx0, n, outdiv, out_dtype=I64):
-    """``ops.shiftmax`` along the last axis (``out_dtype`` may be any type holding ``[0, 2**(b−1))``)."""
+def shiftmax_te(x, x0, nx0, n, outdiv, out_dtype=I64, cols=None):
+    """``ops.shiftmax`` along the last axis (``out_dtype`` may be any type holding ``[0, 2**(b−1))``).
+
+    ``cols``: the row length when ``x`` is wider (a ``Q·Kᵀ`` output computed on its padding columns,
+    ``import_gemm.GemmEmitter.column_padded``): only ``x[..., :cols]`` is read, the output has ``cols``.
+    """
     outdiv = _scalar(outdiv)
+    shape = (*x.shape[:-1], x.shape[-1] if cols is None else cols)
     # 16-bit logits (the usual case): x − max ∈ [−2**16, 0] and every ShiftExp step fits int32
     work = "int32" if x.dtype in ("int8", "int16") and isinstance(nx0, int) else I64
-    xmax = _row_reduce(x, lambda *i: x(*i).astype(work), "rowmax", init_max=True)
+    xmax = _row_reduce(shape, lambda *i: x(*i).astype(work), "rowmax", init_max=True)
     # 0 <= e <= 2**n < 2**31: an int32 row buffer (half the bytes; a 197-token row fits the stack)
-    e = te.compute(x.shape, lambda *i: _shift_exp(x(*i).astype(work) - xmax(*i[:-1], 0), x0, nx0, n)
+    e = te.compute(shape, lambda *i: _shift_exp(x(*i).astype(work) - xmax(*i[:-1], 0), x0, nx0, n)
                    .astype("int32"), name="shiftexp", attrs={MATERIALIZE: 1})
-    total = _row_reduce(e, lambda *i: e(*i).astype(I64), "rowsum")
+    total = _row_reduce(shape, lambda *i: e(*i).astype(I64), "rowsum")
     factor = te.compute(total.shape, lambda *i: tir.floordiv(_c(NORM_NUMERATOR), total(*i)), name="row_factor")
-    return te.compute(x.shape, lambda *i: tir.floordiv(e(*i).astype(I64) * factor(*i[:-1], 0), outdiv)
+    return te.compute(shape, lambda *i: tir.floordiv(e(*i).astype(I64) * factor(*i[:-1], 0), outdiv)
                       .astype(out_dtype), name="shiftmax")
 
 
@@ -167,10 +173,10 @@ def int_layernorm_te(x, epilogue=None, out_dtype=I64):
     requant that follows it in the graph, fused by the importer) maps each output before it is stored as
     ``out_dtype``."""
     *lead, d = x.shape
-    total = _row_reduce(x, lambda *i: _wide(x, i), "rowsum")
+    total = _row_reduce(x.shape, lambda *i: _wide(x, i), "rowsum")
     mean = te.compute(total.shape, lambda *i: tir.floordiv(total(*i) + d // 2, d), name="mean")
     y = te.compute(x.shape, lambda *i: _wide(x, i) - mean(*i[:-1], 0), name="centred")
-    v = _row_reduce(y, lambda *i: y(*i) * y(*i), "variance")
+    v = _row_reduce(y.shape, lambda *i: y(*i) * y(*i), "variance")
     res = te.compute(v.shape, lambda *i: _c(0), name="isqrt_init")
     bit = 1 << 62
     for step in range(ISQRT_STEPS):                     # ops.isqrt: one result bit per stage
