@@ -34,6 +34,8 @@ def test_profile_counts_every_gemm_multiply_accumulate(tiny_qvit):
 def test_kernel_classes_by_name_and_shape():
     assert kernel_class("vm.builtin.alloc_tensor", []) == "VM builtins (allocation, checks)"
     assert kernel_class("int8_linear_requant2", [(1, 4, 17, 32), (1, 4, 17, 17)]) == "GEMM int8: Q·Kᵀ"
+    assert kernel_class("int8_linear_requant2", [(1, 4, 17, 32), (1, 4, 17, 32)]) == "GEMM int8: Q·Kᵀ"  # padded
+    assert kernel_class("int16_gemm_requant", [(1, 4, 17, 17), (1, 4, 17, 32)]) == "GEMM int16×int8: A·V"
     assert kernel_class("int8_linear_requant", [(1, 17, 128), (1, 17, 384)]) == "GEMM int8: linear"
     assert kernel_class("intlayernorm", [(1, 17, 128)]) == "LayerNorm"
 
