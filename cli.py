@@ -229,7 +229,8 @@ def _analyze(args) -> int:
     """Rank quant points by the output error each causes alone (fake-quantizing only that point); with
     --attribution, split the integer model's output error into its sources instead: each integer
     nonlinear (Shiftmax, GELU, I-LayerNorm) made float with everything else integer, the residual
-    stream widened, and each group of quant points (weights, GEMM inputs, attention, residual) alone."""
+    stream widened, and each group of quant points (weights, GEMM inputs, attention, residual) alone;
+    with --clipping, count how many values each point's integer grid clips on the given images."""
     import numpy as np
     import torch
 
@@ -253,6 +254,15 @@ def _analyze(args) -> int:
     from intvit.models.spec import check_input
     from intvit.quantize.sanity import degenerate_points, describe_degenerate
     check_input(model.spec, images)
+    if args.clipping and args.attribution:
+        raise ValueError("--clipping and --attribution are two reports; ask for one at a time")
+    if args.clipping and args.png:
+        raise ValueError("--png charts the sensitivity or attribution report; --clipping has no chart (use --json)")
+    if args.clipping:          # the integer model alone: no float weights needed
+        from intvit.quantize.clipping import clipped_fractions, format_clipping, summarize
+        report = clipped_fractions(model, images[: args.count])
+        print(format_clipping(report, args.top))
+        return _write_analysis(args, "clipping", images, {"summary": summarize(report), "points": report})
     model.require_float_weights("analysis (it fake-quantizes the float model point by point)")
     constant = degenerate_points(model, images[: args.count]) if min(args.count, images.shape[0]) >= 2 else []
     if constant:
@@ -266,16 +276,25 @@ def _analyze(args) -> int:
         report = layer_sensitivity(model, images[: args.count], progress=not args.quiet)
         text, chart = format_sensitivity(report, args.top), lambda path: plot_sensitivity(report, path, args.top)
     print(text)
-    if args.json:
-        import time
-        provenance = {"model": args.model, "analysis": "attribution" if args.attribution else "sensitivity",
-                      "images": min(args.count, int(images.shape[0])), "intvit": intvit.__version__,
-                      "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": args.invocation}
-        with open(args.json, "w") as f:
-            json.dump({**provenance, **(report if isinstance(report, dict) else {"rows": report})}, f, indent=1)
-        print(f"wrote {args.json}")
+    _write_analysis(args, "attribution" if args.attribution else "sensitivity", images,
+                    report if isinstance(report, dict) else {"rows": report})
     if args.png:
         print(f"wrote {chart(args.png)}")
+    return 0
+
+
+def _write_analysis(args, analysis: str, images, report: dict) -> int:
+    """``--json``: the report with its provenance (model, analysis, images, version, time, command)."""
+    if args.json:
+        import time
+
+        import intvit
+        provenance = {"model": args.model, "analysis": analysis, "images": min(args.count, int(images.shape[0])),
+                      "intvit": intvit.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                      "command": args.invocation}
+        with open(args.json, "w") as f:
+            json.dump({**provenance, **report}, f, indent=1)
+        print(f"wrote {args.json}")
     return 0
 
 
@@ -563,6 +582,10 @@ def build_parser(bench_options: bool = True) -> argparse.ArgumentParser:
     a.add_argument("--attribution", action="store_true",
                    help="split the output error by source (nonlinears, residual stream, weights, GEMM inputs, "
                         "attention) instead of ranking single points; --json/--png then hold that report")
+    a.add_argument("--clipping", action="store_true",
+                   help="count, per quant point, the values its integer grid clips on --images (the images the "
+                        "model will see): a calibration set unlike them shows here; needs no float weights, "
+                        "--json holds the counts")
     a.add_argument("--quiet", action="store_true", help="no progress bar")
     a.set_defaults(func=_analyze)
 

@@ -27,6 +27,7 @@ def files(tmp_path_factory, tiny_qvit):
     np.save(d / "nan.npy", np.full((1, 3, 32, 32), np.nan, np.float32))
     np.save(d / "i8.npy", np.zeros((1, 3, 32, 32), np.int8))
     np.save(d / "small.npy", np.zeros((1, 3, 16, 16), np.float32))
+    np.save(d / "ok.npy", np.zeros((2, 3, 32, 32), np.float32))
     (d / "text.npy").write_text("not an array")
     (d / "notonnx.onnx").write_text("hello world")
     (d / "notes.txt").write_text("hello")
@@ -91,6 +92,8 @@ CASES = [  # (argv with {d} for the files' folder, a phrase the one line must ho
     ("analyze {d}/m.safetensors", "--images X.npy"),
     ("analyze {d}/m.safetensors --images {d}/small.npy", "expected images of shape [B, 3, 32, 32]"),
     ("analyze {d}/m.safetensors --images {d}/i8.npy", "holds int8 values"),
+    ("analyze {d}/m.safetensors --images {d}/ok.npy --clipping --attribution", "ask for one at a time"),
+    ("analyze {d}/m.safetensors --images {d}/ok.npy --clipping --png {d}/c.png", "--clipping has no chart"),
     ("quantize fmnist -o {d}/q.safetensors --auto-int16 999", "choose at most 17"),
     ("quantize fmnist -o {d}/q.safetensors --int16 nothing*", "nothing*"),
     ("quantize {d}/no_such_model -o {d}/q.safetensors", "no_such_model"),
