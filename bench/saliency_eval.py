@@ -128,10 +128,9 @@ def evaluate(n_crops: int = 96, n_calib: int = 32, peers=("pt2e", "ort_qdq"), iv
     reference = saliency_maps(session, ref_tokens, images)
 
     def row(name: str, tokens: torch.Tensor, seconds: float) -> dict:
-        d = (tokens - ref_tokens)[:, 1:]
-        out = {"method": name, **map_metrics(reference, saliency_maps(session, tokens, images)),
-               "cc_whole_photos": map_metrics(reference[:len(whole)],
-                                              saliency_maps(session, tokens[:len(whole)], images[:len(whole)]))["cc"],
+        maps, d = saliency_maps(session, tokens, images), (tokens - ref_tokens)[:, 1:]
+        out = {"method": name, **map_metrics(reference, maps),
+               "cc_whole_photos": map_metrics(reference[:len(whole)], maps[:len(whole)])["cc"],
                "token_sqnr_db": _sqnr_db(ref_tokens[:, 1:].numpy(), d.numpy()), "seconds": round(seconds, 1)}
         progress(f"  {name}: CC {out['cc']:.4f} (min {out['cc_min']:.3f}), KL {out['kl']:.5f}, "
                  f"SQNR {out['sqnr_db']:.1f} dB, tokens {out['token_sqnr_db']:.1f} dB")
