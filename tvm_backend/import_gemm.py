@@ -114,8 +114,8 @@ class GemmEmitter:
         run on every padded column (x86 form outside the AMX layout, a requant whose constants do not vary
         along the columns, no table, no residual).
 
-        Computing the padding columns too (zero keys: their values are the requant of the bias, and are
-        never read) lets the epilogue run as whole 16-lane vectors. With ``n`` columns (197 tokens), the
+        Computing the padding columns too (zero keys and zero compensation: their logits are the requant
+        of 0, and are never read) lets the epilogue run as whole 16-lane vectors. With ``n`` columns (197 tokens), the
         last panel's column predicate made LLVM run the whole epilogue element by element. The kernel's
         output is then sliced back to ``n`` columns; a Shiftmax reading it reads the padded output in place
         (``column_padded``), and the slice is dropped as dead code.
