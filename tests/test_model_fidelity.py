@@ -175,17 +175,24 @@ def test_a_wrapped_headless_timm_vit_and_a_wrapped_hf_classifier_answer_as_their
         assert q(x).shape == (4, 5) and _sqnr_db(q(x), user(x)) > 15
 
 
+class _WrapsAViT(nn.Module):
+    """A user's module around a small HF ``ViTModel`` (``self.vit``), whose forward is ``body(vit, x)``."""
+
+    def __init__(self, body):
+        super().__init__()
+        self.vit, self.body = hf_vit(image=16, dim=32, layers=1, heads=2, mlp=64, labels=5).vit, body
+
+    def forward(self, x):
+        return self.body(self.vit, x)
+
+
 def test_a_wrapper_asking_its_backbone_for_more_than_it_returns_is_refused():
-    class HiddenStates(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.vit = hf_vit(image=16, dim=32, layers=1, heads=2, mlp=64, labels=5).vit
-
-        def forward(self, x):
-            return self.vit(x, output_hidden_states=True).hidden_states[-1][:, 0]
-
+    hidden_states = _WrapsAViT(lambda vit, x: vit(x, output_hidden_states=True).hidden_states[-1][:, 0])
     with pytest.raises(UnsupportedModelError, match="calls its backbone with output_hidden_states=True"):
-        intvit.quantize(HiddenStates().eval(), images(4, size=16), intvit.QuantConfig(**QUICK))
+        intvit.quantize(hidden_states.eval(), images(4, size=16), intvit.QuantConfig(**QUICK))
+    positional = _WrapsAViT(lambda vit, x: vit(x, None).last_hidden_state[:, 0])      # bool_masked_pos=None
+    with pytest.raises(UnsupportedModelError, match="1 positional argument\\(s\\) after the images"):
+        intvit.quantize(positional.eval(), images(4, size=16), intvit.QuantConfig(**QUICK))
 
     class Features(nn.Module):
         def __init__(self):
@@ -216,15 +223,8 @@ def test_a_hf_dinov2_classifier_without_labels_quantizes_bit_exactly_to_its_pool
 
 
 def test_a_wrapper_running_its_backbone_at_another_size_is_quantized_for_that_size():
-    class Resized(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.vit = hf_vit(image=16, dim=32, layers=1, heads=2, mlp=64, labels=5).vit
-
-        def forward(self, x):
-            return self.vit(x, interpolate_pos_encoding=True).last_hidden_state[:, 0]
-
-    user, x = Resized().eval(), images(2, size=24, seed=3)
+    user = _WrapsAViT(lambda vit, x: vit(x, interpolate_pos_encoding=True).last_hidden_state[:, 0]).eval()
+    x = images(2, size=24, seed=3)
     q = intvit.quantize(user, images(16, size=24), intvit.QuantConfig(**QUICK, image_size=24))
     with torch.no_grad():
         assert q(x).shape == user(x).shape == (2, 32) and _sqnr_db(q(x), user(x)) > 15
