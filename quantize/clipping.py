@@ -19,7 +19,7 @@ saturated:
   rescaled branches outside int16.
 
 Nothing in the model changes: its methods are wrapped on the instance for the
-run (as ``sanity.record_points`` does), and the values it returns are the
+run (``sanity.wrapped_methods``, as ``sanity.record_points`` does), and the values it returns are the
 ones it computes anyway. ``intvit analyze --clipping`` prints the report.
 """
 from __future__ import annotations
@@ -29,6 +29,7 @@ import contextlib
 import torch
 
 from .. import ops
+from .sanity import wrapped_methods
 
 #: A point clipping more than this fraction of its values is named in the verdict. Measured: in-domain images
 #: clipped at most 4.6e-5 (DINOv2, photo crops) and 1.5e-4 (the embedded model) per point; the
@@ -69,14 +70,8 @@ def count_clipping(qmodel):
             return f(images)
         return run
 
-    wrapped = {"_requant": requant, "_residual_int": residual, "quantize_input": quantize_input}
-    for attr, wrap in wrapped.items():
-        object.__setattr__(qmodel, attr, wrap(getattr(qmodel, attr)))
-    try:
+    with wrapped_methods(qmodel, {"_requant": requant, "_residual_int": residual, "quantize_input": quantize_input}):
         yield counts
-    finally:
-        for attr in wrapped:
-            qmodel.__dict__.pop(attr, None)
 
 
 @torch.no_grad()

@@ -30,18 +30,26 @@ def record_points(qmodel):
     requant's name), each residual add's (``blocks.i.resid1``/``resid2``), each GELU's, the embedding's and
     the pooled features the head reads (``POOLED``) in the yielded dict. The integer model itself is unchanged: its methods are wrapped on the instance."""
     seen: dict[str, torch.Tensor] = {}
-    wrapped = {"_requant": lambda f: lambda z, name, bits: _keep(seen, name, f(z, name, bits)),
-               "_residual_int": lambda f: lambda h, acc, name: _keep(seen, name, f(h, acc, name)),
-               "_gelu_int": lambda f: lambda g, pre: _keep(seen, pre + "gelu", f(g, pre)),
-               "_embed_int": lambda f: lambda x: _keep(seen, "embed", f(x)),
-               "_pool_int": lambda f: lambda n: _keep(seen, POOLED, f(n))}
-    for attr, wrap in wrapped.items():
-        object.__setattr__(qmodel, attr, wrap(getattr(qmodel, attr)))
-    try:
+    with wrapped_methods(qmodel, {
+            "_requant": lambda f: lambda z, name, bits: _keep(seen, name, f(z, name, bits)),
+            "_residual_int": lambda f: lambda h, acc, name: _keep(seen, name, f(h, acc, name)),
+            "_gelu_int": lambda f: lambda g, pre: _keep(seen, pre + "gelu", f(g, pre)),
+            "_embed_int": lambda f: lambda x: _keep(seen, "embed", f(x)),
+            "_pool_int": lambda f: lambda n: _keep(seen, POOLED, f(n))}):
         yield seen
+
+
+@contextlib.contextmanager
+def wrapped_methods(obj, wrappers: dict):
+    """Within this context, each method ``obj.attr`` is ``wrappers[attr](original)``, set on the instance
+    only (the class and other instances are untouched); the originals are back afterwards."""
+    for attr, wrap in wrappers.items():
+        object.__setattr__(obj, attr, wrap(getattr(obj, attr)))
+    try:
+        yield
     finally:
-        for attr in wrapped:
-            qmodel.__dict__.pop(attr, None)
+        for attr in wrappers:
+            obj.__dict__.pop(attr, None)
 
 
 def _keep(seen: dict, name: str, value: torch.Tensor) -> torch.Tensor:
