@@ -109,10 +109,7 @@ def search_factors(x: torch.Tensor, w: torch.Tensor, asymmetric: bool) -> tuple[
 def resolve_migration(spec: ViTSpec, patterns) -> list[str]:
     """The LayerNorm points matching the glob ``patterns`` among ``migration_pairs``; a pattern matching none
     is an error naming the ones that can migrate (the default ``("*",)`` on a model without any gives none)."""
-    available = list(migration_pairs(spec))
-    if not available and tuple(patterns) == ("*",):
-        return []
-    return select_by_patterns(patterns, available, "migration",
+    return select_by_patterns(patterns, list(migration_pairs(spec)), "migration",
                               "LayerNorm that feeds only a linear layer",
                               "per block norm1 → qkv and norm2 → fc1, and the final norm → a classifier head; "
                               "a backbone's final norm is its output and keeps its channels")

@@ -219,14 +219,16 @@ def quant_points(spec: ViTSpec) -> list[tuple[str, int]]:
 
 def select_by_patterns(patterns, names: list[str], what: str, noun: str, explain: str) -> list[str]:
     """The ``names`` matching any glob in ``patterns``, in ``names``' order. A pattern that matches none
-    is a ``ValueError``: "``what`` pattern P matches no ``noun``; those are … (``explain``)"."""
+    is a ``ValueError``: "``what`` pattern P matches no ``noun``; those are … (``explain``)" — except ``"*"``,
+    "every one there is", which on no names is none (a default such as ``zero_points=("*",)`` on a model
+    without such points)."""
     import fnmatch
     if isinstance(patterns, str):
         patterns = (patterns,)
     chosen = set()
     for pat in patterns:
         hits = [n for n in names if fnmatch.fnmatchcase(n, pat)]
-        if not hits:
+        if not hits and not (pat == "*" and not names):
             shown = f"{', '.join(names[:5])}, … {names[-1]}" if len(names) > 6 else ", ".join(names) or "none"
             raise ValueError(f"{what} pattern {pat!r} matches no {noun}; those are {shown} ({explain})")
         chosen.update(hits)

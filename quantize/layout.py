@@ -96,12 +96,9 @@ def resolve_zero_points(spec: ViTSpec, patterns, bits: dict[str, int], gelu: str
     """The 8-bit points matching the glob ``patterns`` among ``zero_point_points`` (16-bit points stay symmetric).
 
     A pattern that matches no point that can take a zero point is an error naming the ones that can; the
-    default ``("*",)`` ("every one there is") on a model without any (no block, no final norm) gives none.
+    default ``("*",)`` on a model without any (no block, no final norm) gives none (``select_by_patterns``).
     """
-    available = zero_point_points(spec, gelu)
-    if not available and tuple(patterns) == ("*",):
-        return []
-    chosen = select_by_patterns(patterns, available, "zero-point",
+    chosen = select_by_patterns(patterns, zero_point_points(spec, gelu), "zero-point",
                                 "point that can take a zero point",
                                 "per block norm1, ctx, norm2, gelu, fc1 (with the GELU table), and the final norm; "
                                 "the input, q/k/v, the attention logits and the residual stream stay symmetric")
