@@ -59,6 +59,9 @@ def test_cli_refuses_an_unknown_peer_recipe_or_calibration_source(capsys):
     with pytest.raises(SystemExit) as exc:
         saliency_eval.main(["--recipes", "minmax,kl"])
     assert exc.value.code == 2 and "unknown recipe ['kl']" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        saliency_eval.main(["--calib", "0"])
+    assert exc.value.code == 2 and "--calib >= 1" in capsys.readouterr().err
 
 
 def test_calibration_images_from_the_photos_or_another_task():
