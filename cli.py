@@ -316,8 +316,11 @@ def _eval(args) -> int:
     from intvit.quantize.evaluate import SCALE_MATCHING, evaluate_recipes, format_recipe_table
     torch.set_num_threads(args.threads)
     recipes, matching = _csv(args.recipes), _csv(args.matching)
+    headrooms = [_factor(v, "--norm-headroom") for v in _csv(args.norm_headroom)] if args.norm_headroom else []
     for recipe in recipes:                       # every argument is checked before anything is loaded or printed
         QuantConfig(recipe=recipe)
+    for h in headrooms:
+        QuantConfig(norm_headroom=h)
     unknown = [m for m in matching if m not in SCALE_MATCHING]
     if unknown:
         raise ValueError(f"unknown scale matching {unknown}; choose from {list(SCALE_MATCHING)}")
@@ -346,7 +349,8 @@ def _eval(args) -> int:
         if not args.quiet:
             print(f"{name}: {images.shape[0]} test images, {k} calibration images", file=sys.stderr)
         rows += evaluate_recipes(model, calib_pool[:k], images, labels, recipes, matching, batch_size=batch,
-                                 progress=say, ivit=args.ivit, peers=peers, config={**config, "max_calib_images": k})
+                                 progress=say, ivit=args.ivit, peers=peers, config={**config, "max_calib_images": k},
+                                 headrooms=headrooms)
     print("\n" + format_recipe_table(rows))
     if args.json:
         with open(args.json, "w") as f:
@@ -400,6 +404,13 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
+def _factor(text: str, flag: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"{flag} expects numbers, e.g. 1,1.5, got {text!r}") from None
+
+
 def _positive_int(text: str, flag: str) -> int:
     try:
         value = int(text)
@@ -429,7 +440,8 @@ def _quant_config(args, **extra):
     return intvit.QuantConfig(recipe=args.recipe, progress=not args.quiet, attention_temperature=args.atm,
                               output_balance=args.ohb, int16=_patterns(args.int16), auto_int16=args.auto_int16,
                               gelu=args.gelu, zero_points=patterns_or_none(args.zero_points),
-                              migration=patterns_or_none(args.migration), **extra)
+                              migration=patterns_or_none(args.migration),
+                              **({} if args.norm_headroom is None else {"norm_headroom": args.norm_headroom}), **extra)
 
 
 def _add_quant_flags(parser) -> None:
@@ -449,6 +461,10 @@ def _add_quant_flags(parser) -> None:
                         help="comma-separated globs of the LayerNorms whose per-channel scale migrates into the "
                              "linear they feed (per block norm1, norm2; the final norm before a head), α searched "
                              "per layer; 'none' to keep every channel as it is (default: %(default)s, every one)")
+    parser.add_argument("--norm-headroom", type=float, metavar="F",
+                        help="widen the calibrated range of every LayerNorm output a linear layer reads by F "
+                             "(1 to 16), so images unlike the calibration images clip less; 1 keeps the range "
+                             "as calibrated (default: 1.5)")
     parser.add_argument("--gelu", choices=("table", "shift"), default="table",
                         help="GELU form: 'table' (exact GELU of the int8 input, a 256-entry table; default) or "
                              "'shift' (I-ViT's ShiftGELU)")
@@ -553,6 +569,9 @@ def build_parser(bench_options: bool = True) -> argparse.ArgumentParser:
     v.add_argument("--recipes", default="minmax", help="comma-separated: minmax, percentile, omse (default: %(default)s)")
     v.add_argument("--matching", default="ptq",
                    help="comma-separated scale-matching variants: ptq (none), atm, ohb, atm+ohb (default: %(default)s)")
+    v.add_argument("--norm-headroom", metavar="F[,F...]",
+                   help="a row per LayerNorm-output headroom factor (QuantConfig.norm_headroom, 1 to 16) for "
+                        "each recipe, e.g. 1,1.5 (default: one row at the default, 1.5)")
     v.add_argument("--ivit", action="store_true",
                    help="also the I-ViT baseline row (ShiftGELU, symmetric grids, no migration)")
     v.add_argument("--peers", default="pt2e,ort_qdq",

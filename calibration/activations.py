@@ -30,6 +30,13 @@ def gemm_input_layers(spec: ViTSpec) -> dict[str, tuple[Linear, int]]:
     return out
 
 
+def layernorm_gemm_inputs(spec: ViTSpec) -> dict[str, tuple[Linear, int]]:
+    """The part of ``gemm_input_layers`` that LayerNorms write: ``blocks.i.norm1`` (read by qkv),
+    ``blocks.i.norm2`` (fc1) and, for a classifier, ``norm`` (the head, through the pooling)."""
+    return {point: v for point, v in gemm_input_layers(spec).items()
+            if point.rsplit(".", 1)[-1] in ("norm1", "norm2", "norm")}
+
+
 @torch.no_grad()
 def collect_activations(spec: ViTSpec, batches, points, rows: int = SAMPLE_ROWS) -> dict[str, torch.Tensor]:
     """A deterministic sample of up to ``rows`` token rows (float64 ``[R, D]``) of each point in ``points``."""

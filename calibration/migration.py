@@ -36,7 +36,7 @@ import torch
 
 from .. import ops
 from ..models.spec import ViTSpec, layernorm_at, select_by_patterns
-from .activations import collect_activations, gemm_input_layers
+from .activations import collect_activations, layernorm_gemm_inputs
 from .data import validate_batch
 
 ALPHAS = (0.25, 0.4, 0.5, 0.6, 0.75, 0.9)
@@ -45,9 +45,9 @@ MAX_LOG2 = 8                 # migration factors stay within 2**-8 .. 2**8
 
 def migration_pairs(spec: ViTSpec) -> dict[str, tuple]:
     """``{norm point: (Norm, Linear, parts)}`` for every LayerNorm whose output only a linear layer reads
-    (``activations.gemm_input_layers``: ``parts`` pooled copies of the channels for the head)."""
-    return {point: (layernorm_at(spec, point), lin, parts) for point, (lin, parts) in gemm_input_layers(spec).items()
-            if point.rsplit(".", 1)[-1] in ("norm1", "norm2", "norm")}
+    (``activations.layernorm_gemm_inputs``: ``parts`` pooled copies of the channels for the head)."""
+    return {point: (layernorm_at(spec, point), lin, parts)
+            for point, (lin, parts) in layernorm_gemm_inputs(spec).items()}
 
 
 def fake_quant_rows(x: torch.Tensor, asymmetric: bool, lo: float | None = None,

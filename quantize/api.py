@@ -9,6 +9,7 @@ from torch import nn
 
 from ..calibration import calibrate
 from ..calibration.data import take_batches, validate_batch
+from ..calibration.headroom import with_headroom
 from ..calibration.migration import migrate, resolve_migration
 from ..calibration.output_ranges import output_aware_ranges
 from ..models import UnsupportedModelError, find_backbones, is_supported, to_spec
@@ -112,7 +113,9 @@ def _quantize_supported(model, calib_data, config: QuantConfig) -> IntegerViT:
                       max_images=config.max_calib_images, batch_size=config.batch_size,
                       progress=config.progress, cache_path=config.cache_path)
     meta["calib_images"] = state.num_images
-    ranges, amax = state.ranges, state.amax
+    ranges, amax = with_headroom(spec, state.ranges, state.amax, config.norm_headroom)
+    if config.norm_headroom != 1.0:
+        meta["norm_headroom"] = config.norm_headroom
     if config.output_aware:
         ranges, amax, meta["output_aware"] = output_aware_ranges(spec, batches, ranges, amax, set(asymmetric), bits)
     if asymmetric:

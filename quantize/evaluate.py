@@ -13,7 +13,7 @@ from .metrics import scores
 SCALE_MATCHING = {"ptq": {}, "atm": {"attention_temperature": True}, "ohb": {"output_balance": True},
                   "atm+ohb": {"attention_temperature": True, "output_balance": True}}
 IVIT_BASELINE = ("intvit as I-ViT (ShiftGELU, symmetric, no migr.)",
-                 {"gelu": "shift", "zero_points": (), "migration": ()})
+                 {"gelu": "shift", "zero_points": (), "migration": (), "norm_headroom": 1.0})
 
 
 class PeerUnavailable(RuntimeError):
@@ -24,7 +24,7 @@ class PeerUnavailable(RuntimeError):
 def evaluate_recipes(model, calib, images: torch.Tensor, labels: torch.Tensor | None,
                      recipes=("minmax", "percentile", "omse"), matching=("ptq", "atm", "ohb", "atm+ohb"),
                      batch_size: int = 250, progress=print, ivit: bool = False, peers: dict | None = None,
-                     config: dict | None = None) -> list[dict]:
+                     config: dict | None = None, headrooms=()) -> list[dict]:
     """Quantize ``model`` once per recipe × scale-matching variant and score each integer model.
 
     The float logits are computed once; each row is ``scores`` plus
@@ -33,7 +33,8 @@ def evaluate_recipes(model, calib, images: torch.Tensor, labels: torch.Tensor | 
     ``peers`` (``{name: build(model, calib) -> logits_fn}``, ``bench.accuracy_peers``)
     adds other tools' INT8 on the same images and calibration set, or a row
     with ``unavailable`` when a builder raises ``PeerUnavailable``. ``config``
-    holds further ``QuantConfig`` fields. ``progress(line)`` reports each
+    holds further ``QuantConfig`` fields; ``headrooms`` (factors) makes each variant a row per
+    ``norm_headroom`` (default: one row at QuantConfig's). ``progress(line)`` reports each
     finished row (None: silent).
     """
     unknown = [m for m in matching if m not in SCALE_MATCHING]
@@ -47,6 +48,9 @@ def evaluate_recipes(model, calib, images: torch.Tensor, labels: torch.Tensor | 
     fp = logits(model)
     variants = [("intvit " + recipe + "".join("+" + part.upper() for part in m.split("+") if part != "ptq"),
                  {"recipe": recipe, **SCALE_MATCHING[m]}) for recipe in recipes for m in matching]
+    if headrooms:
+        variants = [(f"{name} headroom {h:g}", {**kwargs, "norm_headroom": h})
+                    for name, kwargs in variants for h in headrooms]
     if ivit:
         variants.append(IVIT_BASELINE)
     rows = []

@@ -99,6 +99,9 @@ CASES = [  # (argv with {d} for the files' folder, a phrase the one line must ho
     ("quantize {d}/no_such_model -o {d}/q.safetensors", "no_such_model"),
     ("demo --images 0", "argument --images: must be at least 1"),
     ("eval --model resnet50", "resnet50"),
+    ("quantize fmnist -o {d}/q.safetensors --norm-headroom 0.5", "a factor from 1.0 (the range as calibrated) to 16"),
+    ("eval --norm-headroom 1,x", "--norm-headroom expects numbers, e.g. 1,1.5, got 'x'"),
+    ("eval --norm-headroom 1,20", "a factor from 1.0 (the range as calibrated) to 16, got 20.0"),
     ("eval --recipes minmax,bogus", "unknown recipe 'bogus'"),        # before any banner or loading
     ("eval --matching ptq,nope", "unknown scale matching ['nope']"),
     ("eval --model dinov2-probe --task cifar10", "--task 'cifar10': choose one of fmnist, mnist, photos"),
