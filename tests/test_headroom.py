@@ -72,3 +72,10 @@ def test_headroom_stops_layernorm_outputs_clipping_on_other_images(calib_scale):
 def test_a_headroom_that_is_not_a_factor_from_1_to_16_is_one_clear_error(bad):
     with pytest.raises(ValueError, match=r"norm_headroom=\.\.\.\) is a factor from 1\.0"):
         intvit.QuantConfig(norm_headroom=bad)
+
+
+def test_the_cli_help_states_the_default_headroom(capsys):
+    from intvit.cli import main
+    with pytest.raises(SystemExit):
+        main(["quantize", "--help"])
+    assert f"calibrated (default: {DEFAULT:g})" in " ".join(capsys.readouterr().out.split())
