@@ -8,7 +8,7 @@ from intvit.calibration.headroom import DEFAULT, widen, with_headroom
 from intvit.models import fmnist
 from intvit.quantize.clipping import clipped_fractions
 
-from conftest import images
+from conftest import assert_exact_in_ort_tvm_and_file, images
 
 LAYERNORM_OUTPUTS = ("norm1", "norm2", "norm")
 
@@ -49,6 +49,14 @@ def test_the_integer_model_gets_the_widened_grids(tiny_vit):
             assert ratio == 1.0, name
     assert wide.meta["norm_headroom"] == 2.0 and "norm_headroom" not in plain.meta
     assert intvit.QuantConfig().norm_headroom == DEFAULT
+
+
+def test_the_widest_headroom_stays_bit_exact_in_onnx_runtime_tvm_and_the_file(tiny_vit, tmp_path):
+    """16x: the LayerNorm outputs use a handful of their 256 levels; the requants that make them still agree
+    in torch, ONNX Runtime, TVM and the reloaded file."""
+    q = intvit.quantize(tiny_vit, images(8), intvit.QuantConfig(progress=False, norm_headroom=16))
+    _, again = assert_exact_in_ort_tvm_and_file(q, images(2, seed=5), tmp_path / "q.safetensors")
+    assert again.meta["norm_headroom"] == 16.0
 
 
 @pytest.mark.parametrize("calib_scale", [0.6, 1.0], ids=["dimmer calibration images", "calibration images as shipped"])
