@@ -261,7 +261,9 @@ def _analyze(args) -> int:
     if args.clipping:          # the integer model alone: no float weights needed
         from intvit.quantize.clipping import clipped_fractions, format_clipping, summarize
         report = clipped_fractions(model, images[: args.count])
-        print(format_clipping(report, args.top, model.meta.get("norm_headroom", 1.0)))
+        from intvit.calibration.activations import layernorm_gemm_inputs
+        print(format_clipping(report, args.top, model.meta.get("norm_headroom", 1.0),
+                              set(layernorm_gemm_inputs(model.spec))))
         return _write_analysis(args, "clipping", images, {"summary": summarize(report), "points": report})
     model.require_float_weights("analysis (it fake-quantizes the float model point by point)")
     constant = degenerate_points(model, images[: args.count]) if min(args.count, images.shape[0]) >= 2 else []

@@ -93,9 +93,9 @@ def summarize(report: dict[str, dict]) -> dict:
             "points_over_note": over}
 
 
-def format_clipping(report: dict[str, dict], top: int = 15, headroom: float = 1.0) -> str:
+def format_clipping(report: dict[str, dict], top: int = 15, headroom: float = 1.0, widenable=()) -> str:
     """The ``top`` points that clip the most, and a verdict line; ``headroom`` is the model's LayerNorm-output
-    headroom (``calibration.headroom``), named when LayerNorm outputs are among the points that clip."""
+    headroom (``calibration.headroom``), named when points it widens (``widenable``) are among those that clip."""
     s = summarize(report)
     worst = sorted(report.items(), key=lambda kv: -kv[1]["fraction"])[:top]
     lines = [f"{'point':<28} {'clipped':>10} {'of values':>12} {'fraction':>10}"]
@@ -105,7 +105,7 @@ def format_clipping(report: dict[str, dict], top: int = 15, headroom: float = 1.
         lines.append(f"{len(s['points_over_note'])} point(s) clip more than {100 * CLIPPING_NOTE:g} % of their values "
                      "on these images: their calibrated ranges do not cover them. If these are the images the model "
                      "will see, quantize it again with images like them in the calibration set")
-        norms = [name for name in s["points_over_note"] if name.rsplit(".", 1)[-1] in ("norm1", "norm2", "norm")]
+        norms = [name for name in s["points_over_note"] if name in widenable]
         if norms:
             lines.append(f"{len(norms)} of them LayerNorm outputs ({', '.join(norms[:3])}{', …' if len(norms) > 3 else ''}): "
                          f"without such images, a larger --norm-headroom than this model's {headroom:g} widens "

@@ -63,8 +63,9 @@ def test_the_verdict_names_the_headroom_when_layernorm_outputs_clip():
     report = {"input": {"clipped": 0, "values": 1000, "fraction": 0.0},
               "blocks.0.norm1": {"clipped": 5, "values": 1000, "fraction": 5e-3},
               "blocks.0.fc1.rq": {"clipped": 2, "values": 1000, "fraction": 2e-3}}
-    text = format_clipping(report, headroom=1.5)
+    assert "--norm-headroom" not in format_clipping(report, headroom=1.5)      # e.g. a backbone's output norm
+    text = format_clipping(report, headroom=1.5, widenable={"blocks.0.norm1"})
     assert text.splitlines()[-1] == ("1 of them LayerNorm outputs (blocks.0.norm1): without such images, a larger "
                                      "--norm-headroom than this model's 1.5 widens their ranges")
     report["blocks.0.norm1"] = {"clipped": 0, "values": 1000, "fraction": 0.0}
-    assert "--norm-headroom" not in format_clipping(report)
+    assert "--norm-headroom" not in format_clipping(report, widenable={"blocks.0.norm1"})
