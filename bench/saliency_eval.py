@@ -115,8 +115,8 @@ def evaluate(n_crops: int = 96, n_calib: int = 32, peers=("pt2e", "ort_qdq"), iv
              batch: int = 16, progress=print, calib_from: str = "photos", recipes=("minmax",),
              headrooms=()) -> dict:
     """The report: FP32 against intvit's default (and the I-ViT form with ``ivit``, and the default with
-    each other range ``recipes``, and with each other LayerNorm-output ``headrooms`` factor) and ``peers`` (``accuracy_peers``), on the whole photos plus ``n_crops``
-    crops, calibrated on ``n_calib`` images from ``calib_from`` (``calibration_images``)."""
+    each other range ``recipes``, and with each other LayerNorm-output ``headrooms`` factor) and ``peers``
+    (``accuracy_peers``), on the whole photos plus ``n_crops`` crops, calibrated on ``n_calib`` images from ``calib_from`` (``calibration_images``)."""
     import intvit
     from ..quantize.evaluate import IVIT_BASELINE, PeerUnavailable
     from .accuracy_peers import PEERS, build_peer
