@@ -1,4 +1,5 @@
-"""The AMX GEMM schedule (``tvm_backend.amx``): bit-exact against ``ops`` and the VNNI schedule, kernel and model."""
+"""The AMX GEMM schedule (``tvm_backend.amx``): bit-exact against ``ops`` and the VNNI schedule, kernel and model;
+and the GELU byte table (``vpermi2b``) on both schedules."""
 import numpy as np
 import pytest
 import torch
@@ -8,6 +9,7 @@ from intvit.quantize.onnx_export import to_onnx
 from intvit.tvm_backend import amx, build, gemm, schedules
 from intvit.tvm_backend.build import IsaUnavailableError, compile_onnx, resolve_target
 from intvit.tvm_backend.kernels import requant_value
+from intvit.tvm_backend.x86 import target_has_vbmi, target_has_vnni
 from conftest import assert_matches_reference
 from test_onnx_export import adversarial_inputs, session
 
@@ -81,13 +83,19 @@ def test_amx_linear_kernel_equals_ops(lead, rows, k, n):
     assert len(np.unique(ref)) > min(200, ref.size // 4)          # the outputs span int8, not just its ends
 
 
-@needs_amx
+HOST_HAS_VBMI_VNNI = all(f(__import__("tvm").target.Target(resolve_target("llvm"))) for f in (target_has_vnni,
+                                                                                               target_has_vbmi))
+needs_vbmi = pytest.mark.skipif(not HOST_HAS_VBMI_VNNI, reason="this CPU has no AVX-512 VNNI and VBMI")
+
+
+@pytest.mark.parametrize("isa", [pytest.param("amx", marks=needs_amx), pytest.param("vnni", marks=needs_vbmi)])
 @pytest.mark.parametrize("lead,rows,k,n", [((8,), 197, 384, 1536), ((), 197, 384, 64), ((3,), 17, 100, 32),
                                            ((), 1, 64, 96), ((2,), 32, 64, 64)])
-def test_amx_gelu_byte_table_kernel_equals_ops(lead, rows, k, n):
-    """fc1 with its GELU table on AMX: requant to int8, then ``ops.lookup`` in a 256-entry int8 table, looked
-    up 32 bytes at a time with ``vpermi2b`` (``tvm_backend.byte_table``). Rows that are not whole 32-row
-    blocks (197, 17, 1), folded batches; every table entry is hit, in all four 64-entry quarters."""
+def test_gelu_byte_table_kernel_equals_ops(isa, lead, rows, k, n):
+    """fc1 with its GELU table, on AMX tiles or VNNI register tiles: requant to int8, then ``ops.lookup`` in a
+    256-entry int8 table, looked up 32 bytes at a time with ``vpermi2b`` (``tvm_backend.byte_table``). Rows
+    that are not whole blocks or register tiles (197, 17, 1), batches (folded on AMX); every table entry is
+    hit, in all four 64-entry quarters."""
     import tvm
     from tvm import te
     from intvit.tvm_backend.byte_table import BYTE_TABLE_BLOCK
@@ -99,22 +107,23 @@ def test_amx_gelu_byte_table_kernel_equals_ops(lead, rows, k, n):
     m = rng.integers(1, 2**12, n).astype(np.int64)
     table = ops.gelu_table(0.05, 0.02).to(torch.int8).numpy()          # GELU of [-6.4, 6.35], saturating
     table[::7] = rng.integers(-128, 128, table[::7].shape)              # and arbitrary entries
-    mr, nr = gemm.linear_tile(n)
-    wp = gemm.pack_linear_weight(w, nr, amx=True)
+    mr, nr = gemm.linear_tile(n, lookup=True)
+    wp = gemm.pack_linear_weight(w, nr, amx=isa == "amx")
     xt, wt = te.placeholder(x.shape, "int8", name="x"), te.placeholder(wp.shape, "int8", name="w")
     bt, mt = te.placeholder((n,), "int64", name="b"), te.placeholder((n,), "int64", name="m")
     lt = te.placeholder((256,), "int8", name="table")
     ep = lambda z, idx: requant_value(z, idx, mt, E, 1 << (E - 1), 0, -128, 127)  # noqa: E731
-    with gemm.amx_layout():
+    with gemm.amx_layout(isa == "amx"):
         out = gemm.packed_gemm_te(xt, wt, bt, mr, n, epilogue=ep, out_dtype="int8", byte_table=lt)
         func = te.create_prim_func([xt, wt, bt, mt, lt, out])
     assert BYTE_TABLE_BLOCK in schedules.block_names(tvm.s_tir.Schedule(func))
-    scheduled = schedules.schedule_gemm(func, vnni=True, amx=True)
+    scheduled = schedules.schedule_gemm(func, vnni=True, amx=isa == "amx")
     lib = tvm.compile(tvm.IRModule({"main": scheduled.with_attr("global_symbol", "main")}),
                       target=tvm.target.Target(resolve_target("llvm")))
     asm = lib.mod.inspect_source("asm")
     # vpermi2b, or its twin vpermt2b (the same lookup, overwriting the other table register): LLVM's choice
-    assert "tdpbusd" in asm and ("vpermi2b" in asm or "vpermt2b" in asm) and "gather" not in asm
+    assert ("tdpbusd" if isa == "amx" else "vpdpbusd") in asm
+    assert ("vpermi2b" in asm or "vpermt2b" in asm) and "gather" not in asm
     got = _run(lib, x, wp, gemm.folded_bias(w, bias), m, table, out_shape=x.shape[:-1] + (n,), out_dtype="int8")
     acc = ops.int_linear(torch.from_numpy(x), torch.from_numpy(w.T.copy()), torch.from_numpy(bias))
     q = ops.requantize(acc, torch.from_numpy(m), torch.tensor(E), 8)
@@ -164,19 +173,24 @@ def test_amx_probs_values_byte_split_equals_ops(batch, heads, tokens, head_dim):
     assert len(np.unique(ref)) > min(100, ref.size // 20)          # the outputs span int8, not just its ends
 
 
-def test_byte_table_outside_the_amx_layout_is_refused():
-    """The byte-table form is a sum over 256 entries that only the AMX schedule turns into lookups: building
-    it outside the AMX layout, or scheduling it without AMX, is refused instead of run 256 times slower."""
+def test_byte_table_kernels_that_cannot_take_it_are_refused():
+    """The byte-table form is a sum over 256 entries that only the AMX and VNNI schedules turn into lookups
+    of 32 bytes: a kernel whose columns are not whole lookups, or one with a weight per batch item, is
+    refused when built, and scheduling one without VNNI is refused instead of run 256 times slower."""
     from tvm import te
-    xt, wt = te.placeholder((4, 64), "int8", name="x"), te.placeholder((4, 16, 16, 4), "int8", name="w")
-    lt = te.placeholder((256,), "int8", name="table")
-    with pytest.raises(ValueError, match="AMX layout"):
-        gemm.packed_gemm_te(xt, wt, None, 4, 64, out_dtype="int8", byte_table=lt)
-    with gemm.amx_layout():
-        out = gemm.packed_gemm_te(xt, wt, None, 4, 64, out_dtype="int8", byte_table=lt)
+    xt, lt = te.placeholder((4, 64), "int8", name="x"), te.placeholder((256,), "int8", name="table")
+    with pytest.raises(ValueError, match="multiple of 32 columns"):
+        gemm.packed_gemm_te(xt, te.placeholder((3, 16, 16, 4), "int8", name="w"), None, 4, 48, out_dtype="int8",
+                            byte_table=lt)
+    with pytest.raises(ValueError, match="one weight"):
+        gemm.packed_gemm_te(te.placeholder((2, 4, 64), "int8", name="x"),
+                            te.placeholder((2, 4, 16, 16, 4), "int8", name="w"), None, 4, 64, out_dtype="int8",
+                            byte_table=lt)
+    wt = te.placeholder((4, 16, 16, 4), "int8", name="w")
+    out = gemm.packed_gemm_te(xt, wt, None, gemm.linear_tile(64, lookup=True)[0], 64, out_dtype="int8", byte_table=lt)
     func = te.create_prim_func([xt, wt, lt, out])
-    with pytest.raises(ValueError, match="only the AMX schedule"):
-        schedules.schedule_gemm(func, vnni=True, amx=False)
+    with pytest.raises(ValueError, match="AMX or VNNI schedule only"):
+        schedules.schedule_gemm(func, vnni=False, amx=False)
 
 
 @needs_amx
@@ -265,9 +279,32 @@ def test_amx_and_vnni_modules_equal_torch_and_ort(tiny_qvit):
     assert_matches_reference(q, x, lambda batch: modules["amx"], (8,))
     for i in range(0, 16, 8):
         assert np.array_equal(modules["amx"](x[i:i + 8])[1], modules["vnni"](x[i:i + 8])[1])
-    # and every block's fc1 + GELU table ran as a byte-table lookup (the AMX import; the VNNI one gathers)
+    # and every block's fc1 + GELU table ran as a byte-table lookup (the AMX import; without VBMI lookups the
+    # VNNI one gathers)
     assert _kernels_with(proto, True, _ends_in_byte_table) == len(q.spec.blocks)
     assert _kernels_with(proto, False, _ends_in_byte_table) == 0
+
+
+@needs_vbmi
+def test_vnni_module_looks_gelu_up_with_vbmi_and_equals_the_gather_build_torch_and_ort(tiny_qvit):
+    """On a CPU with VNNI and VBMI the default build looks fc1's GELU table up with ``vpermi2b`` in every
+    block; the whole model equals the build that gathers, the torch integer model and ONNX Runtime."""
+    import tvm
+    from intvit.tvm_backend.importer import to_relax
+    q = tiny_qvit
+    x = adversarial_inputs(16, 3, 32, q.scales["input"])
+    proto = to_onnx(q)
+    looked_up = compile_onnx(proto, "llvm", batch=8, isa="vnni")
+    tgt = build.make_target(resolve_target("llvm"))
+    with gemm.vbmi_lookup(False):
+        fused = build.fuse(to_relax(proto, 8), tgt)
+    gathered = build.wrap_executable(tvm.compile(build.schedule(fused, tgt, isa="vnni"), target=tgt), proto, 8)
+    assert _kernels_with(proto, False, _ends_in_byte_table, vbmi_lookup=True) == len(q.spec.blocks)
+    s = session(proto)
+    assert_matches_reference(q, x, lambda batch: lambda xb: s.run(None, {"images": xb.numpy()}), (8,))
+    assert_matches_reference(q, x, lambda batch: looked_up, (8,))
+    for i in range(0, 16, 8):
+        assert np.array_equal(looked_up(x[i:i + 8])[1], gathered(x[i:i + 8])[1])
 
 
 def _ends_in_byte_table(sch) -> bool:
@@ -280,13 +317,14 @@ def _splits_bytes(sch) -> bool:
         sch.get_sblock(gemm.ACC_BLOCK)).annotations
 
 
-def _kernels_with(proto, amx_layout: bool, test) -> int:
-    """How many kernel calls of the module imported from ``proto`` (batch 8, in the AMX layout or not) run a
-    kernel that passes ``test`` (equal kernels are one function called several times)."""
+def _kernels_with(proto, amx_layout: bool, test, vbmi_lookup: bool = False) -> int:
+    """How many kernel calls of the module imported from ``proto`` (batch 8, in the AMX layout or not, with
+    VBMI byte-table lookups or not) run a kernel that passes ``test`` (equal kernels are one function
+    called several times)."""
     import re
     import tvm
     from intvit.tvm_backend.importer import to_relax
-    with gemm.amx_layout(amx_layout):
+    with gemm.amx_layout(amx_layout), gemm.vbmi_lookup(vbmi_lookup):
         mod = to_relax(proto, 8)
     calls = re.findall(r"R\.call_tir\((?:cls\.)?(\w+),", mod["main"].script())
     passing = {gv.name_hint for gv, f in mod.functions.items()

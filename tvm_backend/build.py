@@ -227,10 +227,12 @@ def compile_onnx(model, target="llvm", batch: int = 1, arch: str | None = None, 
     isa = resolve_isa(isa, tgt)
 
     def fused_module():
-        from .gemm import amx_layout
+        from .gemm import amx_layout, vbmi_lookup
         from .gpu_gemm import imma_layout
         from .imma import imma_arch
-        with amx_layout(isa == "amx"), imma_layout(cuda and imma_arch(resolved["arch"])):
+        from .x86 import target_has_vbmi
+        with amx_layout(isa == "amx"), vbmi_lookup(isa == "vnni" and target_has_vbmi(tgt)), \
+                imma_layout(cuda and imma_arch(resolved["arch"])):
             mod = fuse(to_relax(proto, batch, gemm_form="tiled" if cuda else "vnni"), tgt)
         if isa == "amx":
             from . import amx

@@ -82,6 +82,22 @@ def amx_layout_active() -> bool:
     return _AMX_LAYOUT.get()
 
 
+_VBMI_LOOKUP: ContextVar[bool] = ContextVar("intvit_vbmi_lookup", default=False)
+
+
+def vbmi_lookup(enabled: bool = True):
+    """Within this context a 256-entry int8 table after a u8 × s8 linear layer (the GELU after fc1) is looked
+    up with ``vpermi2b`` (``byte_table``) in the VNNI form too, not gathered: wraps the import of a graph
+    for a target with AVX-512 VBMI whose GEMMs get the VNNI schedule. The AMX layout always does it."""
+    return import_flag(_VBMI_LOOKUP, enabled)
+
+
+def byte_lookup_active() -> bool:
+    """Whether the current import looks GELU byte tables up with ``vpermi2b`` (``vbmi_lookup`` or
+    ``amx_layout``)."""
+    return _VBMI_LOOKUP.get() or _AMX_LAYOUT.get()
+
+
 def _amx(amx: bool | None, u8: bool) -> bool:
     return u8 and (amx_layout_active() if amx is None else amx)
 
@@ -90,15 +106,17 @@ def ceil_to(v: int, m: int) -> int:
     return -(-v // m) * m
 
 
-def linear_tile(n: int) -> tuple[int, int]:
+def linear_tile(n: int, lookup: bool = False) -> tuple[int, int]:
     """Register tile ``(rows MR, 16-lane column vectors NR)`` for an output width ``n``.
 
     MR·NR int32x16 accumulators plus NR weight vectors and one broadcast must
     fit the 32 zmm registers, and the tile must stay under TVM's 1 KB stack
     allocation limit (a larger one is heap-allocated per tile): MR·NR ≤ 15.
-    Prefer the NR that pads ``n`` least.
+    Prefer the NR that pads ``n`` least. A kernel ending in a byte-table
+    lookup (``lookup``) takes NR = 2: each tile row is then one 32-byte
+    ``vpermi2b`` step (``byte_table.LOOKUP_LANES``).
     """
-    nr = min((3, 2, 1), key=lambda r: (ceil_to(n, LANES * r), -r))
+    nr = min((2,) if lookup else (3, 2, 1), key=lambda r: (ceil_to(n, LANES * r), -r))
     return {3: 5, 2: 7, 1: 15}[nr], nr
 
 
@@ -178,9 +196,13 @@ def packed_gemm_te(x, wp, bias, mr: int, n: int, dot: DotInstruction = VPDPBUSD,
     ``amx_layout()``, for ``VPDPBUSD`` panels padded for AMX) to 32, with a
     shared weight's leading axes folded into the rows (``_amx_linear_te``).
 
-    ``byte_table`` (AMX only: an int8 ``[256]`` tensor) looks the int8
+    ``byte_table`` (an int8 ``[256]`` tensor; a u8 × s8 kernel with one
+    weight and a multiple of 32 columns, built with ``mr`` from
+    ``linear_tile(n, lookup=True)`` outside the AMX layout) looks the int8
     epilogue output up in it (``byte_table.byte_table_te``): the output is
-    ``byte_table[epilogue(...) + 128]``.
+    ``byte_table[epilogue(...) + 128]``. The epilogue and the lookup then run
+    on the padded rows too, so that every register tile is whole for the
+    lookup's tensor intrinsic, and a copy writes the real rows.
     """
     from tvm import te
     from tvm import tirx as tir
@@ -190,9 +212,9 @@ def packed_gemm_te(x, wp, bias, mr: int, n: int, dot: DotInstruction = VPDPBUSD,
     kp, np_ = int(wp.shape[-3]) * g, int(wp.shape[-4]) * LANES
     w_lead = len(wp.shape) - 4                 # 0: one weight for all rows; len(lead): one per batch item
     amx = _amx(amx, dot is VPDPBUSD) and kp % AMX_K == 0 and np_ % AMX_COLS == 0
-    if byte_table is not None and not (amx and not w_lead and n % AMX_COLS == 0):
+    if byte_table is not None and (dot is not VPDPBUSD or w_lead or n % AMX_COLS):
         raise ValueError("a byte-table epilogue needs a u8 x s8 kernel with one weight and a multiple of "
-                         f"{AMX_COLS} columns in the AMX layout (gemm.amx_layout)")
+                         f"{AMX_COLS} columns")
     if amx and not w_lead and (lead or byte_table is not None):
         return _amx_linear_te(x, wp, bias, n, epilogue, out_dtype, byte_table)
     rows_p = ceil_to(rows, AMX_ROWS if amx else mr)
@@ -213,8 +235,22 @@ def packed_gemm_te(x, wp, bias, mr: int, n: int, dot: DotInstruction = VPDPBUSD,
         z = acc(*i).astype("int64")
         if bias is not None:
             z = z + bias(*i[:len(bias.shape) - 1], i[-1])
-        return (z if epilogue is None else epilogue(z, i)).astype(out_dtype)
-    return te.compute((*lead, rows, n), out, name=OUT_BLOCK)
+        idx = i if byte_table is None else (*i[:-2], tir.min(i[-2], rows - 1), i[-1])
+        return (z if epilogue is None else epilogue(z, idx)).astype(out_dtype)
+    if byte_table is None:
+        return te.compute((*lead, rows, n), out, name=OUT_BLOCK)
+    return _looked_up(te.compute((*lead, rows_p, n), out, name=OUT_BLOCK), byte_table, (*lead, rows, n),
+                      lambda i: i)
+
+
+def _looked_up(requantized, byte_table, shape, row_of):
+    """``byte_table[requantized + 128]`` (``byte_table.byte_table_te``) on every row of ``requantized``
+    (padded), then the copy of the real output ``shape``: ``out[i] = looked_up[row_of(i)]``."""
+    from tvm import te
+
+    from .byte_table import BYTE_TABLE_OUT_BLOCK, byte_table_te
+    looked_up = byte_table_te(requantized, byte_table)
+    return te.compute(shape, lambda *i: looked_up(*row_of(i)), name=BYTE_TABLE_OUT_BLOCK)
 
 
 def unravel_row(r, dims):
@@ -280,7 +316,6 @@ def _amx_linear_te(x, wp, bias, n: int, epilogue, out_dtype, byte_table=None):
     # With a byte table the epilogue and the lookup run on every staged row (the padding rows repeat the
     # last row), so that each 32 x 32 block is whole for the lookup's tensor intrinsic; a copy per block
     # then writes the real rows.
-    from .byte_table import BYTE_TABLE_OUT_BLOCK, byte_table_te
     if bias is not None and len(bias.shape) > 1:
         raise ValueError("a byte-table epilogue takes a shared bias only")
 
@@ -288,8 +323,7 @@ def _amx_linear_te(x, wp, bias, n: int, epilogue, out_dtype, byte_table=None):
         z = acc[r, j].astype("int64") + (0 if bias is None else bias[j])
         return (z if epilogue is None else epilogue(z, (*unravel(tir.min(r, total - 1)), j))).astype(out_dtype)
     requantized = te.compute((ceil_to(total, AMX_ROWS), n), padded, name=OUT_BLOCK)
-    looked_up = byte_table_te(requantized, byte_table)
-    return te.compute((*lead, rows, n), lambda *i: looked_up[flat_row(i), i[-1]], name=BYTE_TABLE_OUT_BLOCK)
+    return _looked_up(requantized, byte_table, (*lead, rows, n), lambda i: (flat_row(i), i[-1]))
 
 
 def split_probs_gemm_te(p, vp, n: int, epilogue=None, out_dtype="int64"):

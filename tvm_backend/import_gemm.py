@@ -65,9 +65,10 @@ class GemmEmitter:
         bias = consts[add.input[1]] if add is not None else None
         if self.form == "vnni":
             from .gemm import folded_bias, linear_tile, pack_linear_weight
-            wp = relax.const(pack_linear_weight(w_kn, linear_tile(n)[1]), "int8")
+            lookup = self._byte_lookup("int8_linear", n, table, self._epilogue_args(chain))
+            wp = relax.const(pack_linear_weight(w_kn, linear_tile(n, lookup)[1]), "int8")
             fb = relax.const(folded_bias(w_kn, bias), "int64")
-            return self._vnni(x, wp, fb, n, chain, table, residual=residual)
+            return self._vnni(x, wp, fb, n, chain, table, residual=residual, lookup=lookup)
         from .gpu_gemm import pad_weight
         b = None if bias is None else relax.const(np.broadcast_to(bias.astype(np.int64), (n,)).copy(), "int64")
         return self._tiled(x, relax.const(pad_weight(w_kn), "int8"), b, "nk", chain, table, n=n, residual=residual)
@@ -168,27 +169,29 @@ class GemmEmitter:
         return self.bb.emit_te(lambda at, bt: int_bmm_te(at, bt, mr, nr), a, b, primfunc_name_hint="int_bmm")
 
     # -- shared plumbing ---------------------------------------------------------------------
-    def _amx_bytes(self, name: str, table, requant_args: list) -> bool:
+    def _byte_lookup(self, name: str, n: int, table, requant_args: list) -> bool:
         """Whether a table after this kernel's requant is looked up as a byte table (``byte_table``): an
-        int8 u8 × s8 kernel of the x86 form built in the AMX layout (which always gets the AMX schedule),
-        a requant to the whole int8 range, a 256-entry int8 table."""
-        from .byte_table import byte_table_applies
-        from .gemm import amx_layout_active
+        int8 u8 × s8 kernel of the x86 form, imported for ``vpermi2b`` lookups (``gemm.byte_lookup_active``:
+        the AMX layout, or a VBMI target's VNNI schedule), ``n`` a multiple of 32 columns, a requant to the
+        whole int8 range, a 256-entry int8 table."""
+        from .byte_table import LOOKUP_LANES, byte_table_applies
+        from .gemm import byte_lookup_active
         low, high = requant_args[-2:] if len(requant_args) >= 2 else (None, None)
-        return (self.form == "vnni" and name == "int8_linear" and amx_layout_active()
-                and isinstance(low, int) and isinstance(high, int)
+        return (self.form == "vnni" and name == "int8_linear" and table is not None and byte_lookup_active()
+                and n % LOOKUP_LANES == 0 and isinstance(low, int) and isinstance(high, int)
                 and byte_table_applies(table[0], table[1], low, high))
 
-    def _vnni(self, x, wp, fb, n: int, chain: list, table, dot=None, residual=None):
+    def _vnni(self, x, wp, fb, n: int, chain: list, table, dot=None, residual=None, lookup: bool = False):
+        """The x86 form's kernel; ``lookup``: a linear layer whose table is a byte table (``_byte_lookup``)."""
         from .gemm import linear_tile, packed_gemm_te
         from .x86 import VPDPBUSD
         dot = dot or VPDPBUSD
-        mr, _ = linear_tile(n)
         name = "int8_linear" if dot is VPDPBUSD else "int16_gemm"
+        mr, _ = linear_tile(n, lookup)
         return self._emit(x, wp, fb, chain, table, name,
                           lambda xt, wt, bt, ep, od, lut=None: packed_gemm_te(xt, wt, bt, mr, n, dot, epilogue=ep,
                                                                               out_dtype=od, byte_table=lut),
-                          residual=residual)
+                          residual=residual, byte_lookup=lookup)
 
     def _tiled(self, x, w, bias, layout: str, chain: list, table, n=None, residual=None):
         from .gpu_gemm import tiled_gemm_te
@@ -201,13 +204,15 @@ class GemmEmitter:
         rq = chain[-1] if chain and chain[-1].domain == DOMAIN else None
         return kernel_args(rq.op_type, list(rq.input[1:]), self.static, self.val) if rq is not None else []
 
-    def _emit(self, x, w, bias, chain: list, table, name: str, make, plain_dtype=None, residual=None):
+    def _emit(self, x, w, bias, chain: list, table, name: str, make, plain_dtype=None, residual=None,
+              byte_lookup: bool = False):
         """One kernel: ``make(x, w, bias, epilogue, out_dtype)`` with the chain's requant (and the
         ``table = (values, lo)`` lookup ``table[v − lo]`` after it) as the epilogue. With ``residual =
         (h, skip_args, lo, hi)`` the chain ends in the branch's ``Rescale`` and the epilogue finishes the
         residual add it feeds (``graph_facts.residual_after``):
         ``saturate(rescale(z) + rescale(h[idx]; skip_args), lo, hi)``, stored in the narrowest type of
-        ``[lo, hi]`` (int16 for the residual stream)."""
+        ``[lo, hi]`` (int16 for the residual stream). ``byte_lookup``: the table is a byte table looked up
+        by ``make``'s last argument (``_byte_lookup``), not gathered in the epilogue."""
         rq = chain[-1] if chain and chain[-1].domain == DOMAIN else None
         args = self._epilogue_args(chain)
         skip_args, (lo, hi) = (residual[1], residual[2:]) if residual else ([], (None, None))
@@ -218,9 +223,7 @@ class GemmEmitter:
         if residual:
             tensors.append(residual[0])
             store = narrowest_int(lo, hi)
-        # a GELU byte table on the AMX path: looked up with vpermi2b after the requant (``byte_table``)
-        bytes_lut = table is not None and self._amx_bytes(name, table, args)
-        if bytes_lut:
+        if byte_lookup:
             tensors.append(relax.const(table[0]))
             store = "int8"
         elif table is not None:      # int32 entries: on x86 the lookup vectorizes as a 16-lane gather
@@ -239,12 +242,12 @@ class GemmEmitter:
                 skip = [a if isinstance(a, int) else next(it) for a in skip_args]
                 ht = next(it)
                 epilogue = lambda z, idx: residual_value(fn(z, idx, *bound), ht, idx, skip, lo, hi)  # noqa: E731
-            elif table is None or bytes_lut:
+            elif table is None or byte_lookup:
                 epilogue = lambda z, idx: fn(z, idx, *bound)  # noqa: E731
             else:
                 lut = next(it)
                 epilogue = lambda z, idx: lut[(fn(z, idx, *bound) - table[1]).astype("int32")]  # noqa: E731
-            if bytes_lut:
+            if byte_lookup:
                 return make(xt, wt, bt, epilogue, store, next(it))
             return make(xt, wt, bt, epilogue, store)
         suffix = ("_requant" + ("_table" if table is not None else "") if rq else "") + ("_residual" if residual else "")

@@ -26,7 +26,7 @@ definitions; the arithmetic is untouched, which the bit-exactness tests check.
 from __future__ import annotations
 
 from .amx import amx_shape, apply_amx_gemm_schedule, with_tile_request
-from .byte_table import BYTE_TABLE_BLOCK
+from .byte_table import BYTE_TABLE_BLOCK, BYTE_TABLE_OUT_BLOCK, tensorize_byte_table
 from .kernels import MATERIALIZE
 from .gemm import ACC_BLOCK, OUT_BLOCK, PACK_BLOCK, SHIFTED_INPUT_BLOCK, linear_tile
 from .gpu_gemm import LHS_BLOCK, RHS_BLOCK
@@ -71,14 +71,16 @@ def apply_gemm_schedule(sch, vnni: bool, blocking: str | None = None, amx: bool 
     if amx and blocking is None and amx_shape(sch) is not None:
         apply_amx_gemm_schedule(sch)
         return
-    if BYTE_TABLE_BLOCK in block_names(sch):
-        raise ValueError("this GEMM ends in a byte-table lookup (byte_table), which only the AMX schedule "
-                         "runs; it was imported under gemm.amx_layout(): schedule it with amx=True")
     linear = SHIFTED_INPUT_BLOCK in block_names(sch)
+    lookup = BYTE_TABLE_BLOCK in block_names(sch)
+    if lookup and not (vnni and linear):
+        raise ValueError("this GEMM ends in a byte-table lookup (byte_table), which runs on the AMX or VNNI "
+                         "schedule only (a target with AVX-512 VNNI and VBMI); import it without "
+                         "gemm.vbmi_lookup() for this target")
     acc, out = sch.get_sblock(ACC_BLOCK), sch.get_sblock(OUT_BLOCK)
     *lead, i, j, k = sch.get_loops(acc)
     n = int(sch.get(out).iter_vars[-1].dom.extent)
-    mr, nr = linear_tile(n)
+    mr, nr = linear_tile(n, lookup)
     io, ii = sch.split(i, [None, mr])
     jo, ji, jv = sch.split(j, [None, nr, LANES])
     if linear:
@@ -103,7 +105,14 @@ def apply_gemm_schedule(sch, vnni: bool, blocking: str | None = None, amx: bool 
     else:
         sch.reorder(*outer, *k_loops, *inner_k, ii, ji, jv)
     sch.reverse_compute_at(out, tile_loop)
+    if lookup:              # the tile's MR rows of 32 requantized bytes, looked up while in L1, then copied out
+        table, copy = sch.get_sblock(BYTE_TABLE_BLOCK), sch.get_sblock(BYTE_TABLE_OUT_BLOCK)
+        sch.reverse_compute_at(table, tile_loop)
+        sch.reverse_compute_at(copy, tile_loop)
+        sch.vectorize(sch.get_loops(copy)[-1])
     sch.parallel(sch.fuse(*lead, *outer[:2]))
+    if lookup:
+        tensorize_byte_table(sch, sch.get_sblock(BYTE_TABLE_BLOCK))
     if use_vnni:
         init = sch.decompose_reduction(acc, k_loops[0])
         sch.tensorize(jv, register_dot_intrinsic(dot))

@@ -41,7 +41,8 @@ def has_features(mcpu: str, *features: str) -> bool:
         return False
 
 
-ISA_FEATURES = ("sse4.2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512vnni")
+ISA_FEATURES = ("sse4.2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512vnni",
+                "avx512vbmi")
 
 
 def isa_features(mcpu: str) -> list[str]:
@@ -63,13 +64,24 @@ def vectorize_512(mcpu: str) -> bool:
     return bool(mcpu) and has_features(mcpu, "amx-int8", "avx512f")
 
 
-def target_has_vnni(target) -> bool:
-    """True when ``target`` (a ``tvm.target.Target`` of kind llvm) may emit AVX-512 VNNI."""
+def target_has(target, *features: str) -> bool:
+    """True when ``target`` (a ``tvm.target.Target`` of kind llvm) may emit every one of ``features``
+    (LLVM's names), by its ``mattr`` or its ``mcpu``."""
     mcpu = str(target.attrs.get("mcpu", "")) if "mcpu" in target.attrs else ""
     mattr = [str(a) for a in target.attrs.get("mattr", [])] if "mattr" in target.attrs else []
-    if "+avx512vnni" in mattr and "+avx512bw" in mattr:
+    if all(f"+{f}" in mattr for f in features):
         return True
-    return bool(mcpu) and has_features(mcpu, "avx512vnni", "avx512bw")
+    return bool(mcpu) and has_features(mcpu, *features)
+
+
+def target_has_vnni(target) -> bool:
+    """True when ``target`` may emit AVX-512 VNNI."""
+    return target_has(target, "avx512vnni", "avx512bw")
+
+
+def target_has_vbmi(target) -> bool:
+    """True when ``target`` may emit AVX-512 VBMI (``vpermi2b``: the GELU byte table, ``byte_table``)."""
+    return target_has(target, "avx512vbmi", "avx512vl")
 
 
 @dataclasses.dataclass(frozen=True)
