@@ -191,6 +191,10 @@ def test_byte_table_kernels_that_cannot_take_it_are_refused():
     func = te.create_prim_func([xt, wt, lt, out])
     with pytest.raises(ValueError, match="AMX or VNNI schedule only"):
         schedules.schedule_gemm(func, vnni=False, amx=False)
+    with gemm.amx_layout():                     # 4 rows padded to one 32-row AMX block: not VNNI tiles
+        out = gemm.packed_gemm_te(xt, wt, None, 4, 64, out_dtype="int8", byte_table=lt)
+    with pytest.raises(ValueError, match="schedule it with amx=True"):
+        schedules.schedule_gemm(te.create_prim_func([xt, wt, lt, out]), vnni=True, amx=False)
 
 
 @needs_amx

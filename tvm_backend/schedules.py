@@ -81,6 +81,9 @@ def apply_gemm_schedule(sch, vnni: bool, blocking: str | None = None, amx: bool 
     *lead, i, j, k = sch.get_loops(acc)
     n = int(sch.get(out).iter_vars[-1].dom.extent)
     mr, nr = linear_tile(n, lookup)
+    if lookup and int(sch.get(i).extent) % mr:
+        raise ValueError("this GEMM ends in a byte-table lookup and its rows are not padded to the VNNI tile "
+                         "(it was imported in the AMX layout, gemm.amx_layout): schedule it with amx=True")
     io, ii = sch.split(i, [None, mr])
     jo, ji, jv = sch.split(j, [None, nr, LANES])
     if linear:
