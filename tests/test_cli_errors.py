@@ -109,6 +109,7 @@ CASES = [  # (argv with {d} for the files' folder, a phrase the one line must ho
     ("eval --model dinov2-probe --train 0", "argument --train: must be at least 1"),
     ("eval --model dinov2-probe --size 100", "give a multiple of 14"),
     ("eval --task photos", "use them with --model dinov2-probe"),
+    ("eval --shift dark,fog", "--shift fog: unknown; choose from clean,dark,bright,"),
     ("bench --model tiny --batch 0", "batch"),
     ("frobnicate", "invalid choice: 'frobnicate'"),
 ]
