@@ -182,15 +182,20 @@ def _run(args) -> int:
     if all(name.lower().endswith(IMAGE_SUFFIXES) for name in names):
         mean, std, source = _normalisation(args, prep)
         images = np.concatenate([load_image(name, shape[1], tuple(shape[2:]), mean, std).numpy() for name in names])
-        print(f"{', '.join(names) if len(names) <= 3 else f'{len(names)} images'}: resized to {shape[2]}x{shape[3]}, "
-              f"{shape[1]} channel(s), (x/255 - {_show(mean)}) / {_show(std)} ({source})")
-    elif len(names) == 1 and names[0].endswith(".npy"):
+        header = (f"{', '.join(names) if len(names) <= 3 else f'{len(names)} images'}: resized to {shape[2]}x"
+                  f"{shape[3]}, {shape[1]} channel(s), (x/255 - {_show(mean)}) / {_show(std)} ({source})")
+    elif len(names) == 1 and names[0].lower().endswith(".npy"):
+        if args.mean is not None or args.std is not None:
+            raise ValueError("--mean/--std normalise image files; a .npy array holds images already "
+                             "preprocessed: leave them out (or normalise the array before saving it)")
         images = load_npy(names[0], "--input array")
-        names = [f"image {i}" for i in range(images.shape[0])]
+        names, header = [f"image {i}" for i in range(images.shape[0])], None
     else:
         raise ValueError(f"--input {' '.join(names)}: give images ({', '.join(IMAGE_SUFFIXES)}) or one .npy "
                          f"array of preprocessed float32 images of shape [N, {', '.join(map(str, shape[1:]))}]")
     logits = module(images)          # any count: the module runs ceil(count / batch) calls of its compiled batch
+    if header:                       # printed once the module has run: a failed run prints only its error
+        print(header)
     labels = prep.get("labels") or []
     if module.meta.get("output", "logits") != "logits":        # a headless model: no classes to rank
         for name, row in zip(names, logits):
@@ -206,12 +211,19 @@ def _run(args) -> int:
 
 
 def _normalisation(args, prep: dict) -> tuple[list[float], list[float], str]:
-    """``(mean, std, where they came from)``: the flags, else the module's recorded preprocessing, else 0.5."""
-    if args.mean is not None or args.std is not None:
-        return _floats(args.mean or "0.5"), _floats(args.std or "0.5"), "--mean/--std"
-    if "mean" in prep:
-        return prep["mean"], prep["std"], "recorded when the model was quantized"
-    return [0.5], [0.5], "no normalisation recorded with this model: Hugging Face ViT's 0.5; pass --mean/--std"
+    """``(mean, std, where they came from)``: each from its flag, else the module's recorded preprocessing,
+    else 0.5 (a flag given alone replaces only its own value)."""
+    recorded = "mean" in prep
+    mean = _floats(args.mean) if args.mean is not None else prep["mean"] if recorded else [0.5]
+    std = _floats(args.std) if args.std is not None else prep["std"] if recorded else [0.5]
+    flags = [f for f, v in (("--mean", args.mean), ("--std", args.std)) if v is not None]
+    if flags:
+        rest = "" if len(flags) == 2 else (f"; {'std' if args.mean is not None else 'mean'} "
+                                           + ("recorded when the model was quantized" if recorded else "0.5"))
+        return mean, std, "/".join(flags) + rest
+    if recorded:
+        return mean, std, "recorded when the model was quantized"
+    return mean, std, "no normalisation recorded with this model: Hugging Face ViT's 0.5; pass --mean/--std"
 
 
 def _show(values: list[float]) -> str:
@@ -561,11 +573,13 @@ def build_parser(bench_options: bool = True) -> argparse.ArgumentParser:
                        description=_run.__doc__)
     r.add_argument("model", help="module written by 'intvit compile'")
     r.add_argument("--input", required=True, nargs="+", metavar="FILE",
-                   help="one or more images (.png/.jpg/.bmp), or one .npy array of preprocessed float32 images "
-                        "[N, C, H, W]; any number N (the module runs its compiled batch, the last call filled up)")
-    r.add_argument("--mean", help="per-channel mean for an image input, after /255 (default: the one recorded "
+                   help="one or more images (.png, .jpg, .jpeg, .bmp, .webp; turned upright by their EXIF "
+                        "orientation, 16-bit ones scaled to 8 bits, converted to the model's grey or RGB), or one "
+                        ".npy array of preprocessed float32 images [N, C, H, W]; any number N (the module runs its "
+                        "compiled batch, the last call filled up)")
+    r.add_argument("--mean", help="per-channel mean for image files, after /255 (default: the one recorded "
                                   "when the model was quantized, else 0.5)")
-    r.add_argument("--std", help="per-channel std for an image input (default: the one recorded, else 0.5)")
+    r.add_argument("--std", help="per-channel std for image files (default: the one recorded, else 0.5)")
     r.set_defaults(func=_run)
 
     v = sub.add_parser("eval", help="FP32 vs INT8 top-1 for each recipe and scale matching, next to INT8 peers (the embedded model or "

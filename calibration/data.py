@@ -63,6 +63,8 @@ def load_npz(path: str | os.PathLike, key: str | None = None) -> torch.Tensor:
 def load_npy(path, what: str = "image array") -> np.ndarray:
     """A ``.npy`` batch of images ``[N, C, H, W]``, with one clear error for a missing, unreadable (a text
     or pickle file) or wrongly shaped one."""
+    if os.path.isdir(path):
+        raise CalibrationDataError(f"{path} is a folder, not a .npy file; give the {what}'s file")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no {what} at {path}")
     try:
@@ -94,19 +96,36 @@ def check_mean_std(mean, std, channels: int) -> tuple[list[float], list[float]]:
 
 
 def load_image(path, channels: int, size: tuple[int, int], mean, std) -> torch.Tensor:
-    """One image file as float32 ``[1, C, H, W]``: resized (bilinear) to ``size``, ``(x/255 − mean) / std``."""
-    from PIL import Image
+    """One image file as float32 ``[1, C, H, W]``: turned upright by its EXIF orientation, 16-bit pixels
+    brought to the 8-bit scale (``round(v / 257)``), converted to grey or RGB, resized (bilinear) to
+    ``size``, ``(x/255 − mean) / std``."""
+    from PIL import Image, ImageOps
+    if os.path.isdir(path):
+        raise ImageFileError(f"{path} is a folder, not an image file; give the image files in it")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no image at {path}")
     mean, std = (np.asarray(v, np.float32) for v in check_mean_std(mean, std, channels))
     height, width = size
     try:
         with Image.open(path) as opened:
-            img = opened.convert("L" if channels == 1 else "RGB").resize((width, height), Image.BILINEAR)
+            img = _eight_bit(ImageOps.exif_transpose(opened))
+            img = img.convert("L" if channels == 1 else "RGB").resize((width, height), Image.BILINEAR)
     except (OSError, Image.DecompressionBombError) as exc:      # PIL's UnidentifiedImageError is an OSError
         raise ImageFileError(f"{path} is not a readable image ({exc}); remove or replace it") from None
     x = np.asarray(img, dtype=np.float32).reshape(height, width, -1).transpose(2, 0, 1) / 255.0
     return torch.from_numpy(((x - mean.reshape(-1, 1, 1)) / std.reshape(-1, 1, 1))[None].astype(np.float32))
+
+
+def _eight_bit(img):
+    """A 16-bit grey image (PIL modes ``I;16*``, or ``I`` holding values above 255) on the 8-bit scale,
+    ``round(v / 257)``: PIL's own ``convert("L")`` clips such values at 255 instead of scaling them."""
+    from PIL import Image
+    if not (img.mode.startswith("I;16") or img.mode == "I"):
+        return img
+    values = np.asarray(img, dtype=np.int64)
+    if img.mode == "I" and values.size and values.max() <= 255 and values.min() >= 0:
+        return Image.fromarray(values.astype(np.uint8))
+    return Image.fromarray(np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8))
 
 
 def load_image_folder(folder, channels: int, size: tuple[int, int], mean, std,

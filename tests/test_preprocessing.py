@@ -44,6 +44,66 @@ def test_run_on_a_png_uses_the_recorded_normalisation_and_prints_labels(fmnist_m
     assert "(--mean/--std)" in capsys.readouterr().out
 
 
+def _test_pixels(n=1):
+    x, _ = fmnist.load_test_set(n)
+    return np.clip(np.round((x[:, 0].numpy() * fmnist.STD + fmnist.MEAN) * 255), 0, 255).astype(np.uint8)
+
+
+def test_one_normalisation_flag_keeps_the_recorded_other(fmnist_module, capsys):
+    """--std alone replaces only the std: the mean stays the recorded one (not 0.5), so passing the recorded
+    std changes nothing."""
+    d = fmnist_module
+    Image.fromarray(_test_pixels()[0]).save(d / "one.png")
+    capsys.readouterr()
+    assert main(["run", str(d / "m.so"), "--input", str(d / "one.png")]) == 0
+    plain = capsys.readouterr().out.splitlines()[-1]
+    assert main(["run", str(d / "m.so"), "--input", str(d / "one.png"), "--std", str(fmnist.STD)]) == 0
+    out = capsys.readouterr().out
+    assert "(x/255 - 0.286) / 0.353 (--std; mean recorded when the model was quantized)" in out
+    assert out.splitlines()[-1] == plain
+    assert main(["run", str(d / "m.so"), "--input", str(d / "one.png"), "--mean", "0.2"]) == 0
+    assert "(x/255 - 0.2) / 0.353 (--mean; std recorded" in capsys.readouterr().out
+
+
+def test_sixteen_bit_and_exif_rotated_images_read_as_their_eight_bit_upright_twins(tmp_path):
+    """A 16-bit grey PNG of an 8-bit picture (×257) loads as that picture (PIL's convert("L") clips it to
+    white); a JPEG stored sideways with EXIF orientation 6 (rotate 90° clockwise to view) loads upright."""
+    pixels = _test_pixels(2)
+    args = (1, (28, 28), [fmnist.MEAN], [fmnist.STD])
+    Image.fromarray(pixels[0]).save(tmp_path / "g8.png")
+    Image.fromarray(pixels[0].astype(np.uint16) * 257).save(tmp_path / "g16.png")
+    assert Image.open(tmp_path / "g16.png").mode.startswith("I")
+    assert torch.equal(load_image(tmp_path / "g16.png", *args), load_image(tmp_path / "g8.png", *args))
+    upright = np.kron(pixels[1], np.ones((4, 4), np.uint8))           # 112 px: JPEG blocks blur less
+    Image.fromarray(upright).save(tmp_path / "upright.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.rot90(upright, 1).copy()).save(tmp_path / "sideways.jpg", exif=exif.tobytes(), quality=100)
+    got, want = load_image(tmp_path / "sideways.jpg", *args), load_image(tmp_path / "upright.png", *args)
+    assert (got - want).abs().mean() < 0.05 * want.abs().mean()
+    assert (load_image(tmp_path / "sideways.jpg", *args) - torch.rot90(want, 1, (2, 3))).abs().mean() > \
+        10 * (got - want).abs().mean()
+
+
+def test_run_input_mistakes_are_one_line(fmnist_module, tmp_path, capsys):
+    d = fmnist_module
+    with open(tmp_path / "X.NPY", "wb") as f:                     # (np.save would append ".npy" to the name)
+        np.save(f, fmnist.load_test_set(3)[0].numpy())
+    capsys.readouterr()
+    assert main(["run", str(d / "m.so"), "--input", str(tmp_path / "X.NPY")]) == 0      # any case of .npy
+    assert "image 2:" in capsys.readouterr().out
+    assert main(["run", str(d / "m.so"), "--input", str(tmp_path / "X.NPY"), "--mean", "0.9"]) == 2
+    assert "--mean/--std normalise image files; a .npy array holds images already preprocessed" in \
+        capsys.readouterr().err
+    (tmp_path / "d.png").mkdir()
+    assert main(["run", str(d / "m.so"), "--input", str(tmp_path / "d.png")]) == 2
+    captured = capsys.readouterr()
+    assert "d.png is a folder, not an image file" in captured.err and captured.out == ""
+    (tmp_path / "d.npy").mkdir()
+    assert main(["run", str(d / "m.so"), "--input", str(tmp_path / "d.npy")]) == 2
+    assert "d.npy is a folder, not a .npy file" in capsys.readouterr().err
+
+
 def test_the_record_is_in_the_model_the_onnx_and_the_sidecar(fmnist_module):
     import onnx
     d = fmnist_module
