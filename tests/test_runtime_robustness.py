@@ -209,6 +209,13 @@ def test_an_edited_sidecar_is_refused_before_tvm_sees_a_wrong_shape(compiled_pai
     with pytest.raises(ModuleMismatchError, match="was changed after `intvit compile` wrote it"):
         load(tmp_path / "b4.so")
 
+    def batch_4_without_the_digest(meta):       # deleting the digest line does not make the edit pass
+        batch_4(meta)
+        del meta["sidecar_sha256"]
+    _copy_module(so, tmp_path / "b4x.so", batch_4_without_the_digest)
+    with pytest.raises(ModuleMismatchError, match="carries no digest of its own fields"):
+        load(tmp_path / "b4x.so")
+
 
 @pytest.mark.parametrize("content, error, phrase", [
     (b"\xff\xfe\x00{", ModuleMismatchError, "is not valid UTF-8 JSON"),

@@ -332,7 +332,7 @@ def _check_runnable(path: str, meta: dict, side: str) -> None:
         raise ModuleMismatchError(f"{path} is not the module its sidecar {side} was written for (its SHA-256 "
                                   "differs: truncated, modified, or another model's .so); recompile with "
                                   "`intvit compile`")
-    if "sidecar_sha256" in meta and sidecar_digest(meta) != meta["sidecar_sha256"]:   # absent in older sidecars
+    if sidecar_digest(meta) != meta["sidecar_sha256"]:
         raise ModuleMismatchError(f"{side} was changed after `intvit compile` wrote it (its fields no longer match "
                                   "their SHA-256: a hand edit or damage), so its input shape and batch cannot be "
                                   "trusted; recompile with `intvit compile`")
@@ -381,6 +381,8 @@ def check_sidecar_fields(meta, side: str) -> None:
         raise ModuleMismatchError(f"{side} is not an intvit compiled-module sidecar")
     if "so_sha256" not in meta:
         raise bad("it names no digest of its .so (written by an older intvit)")
+    if "sidecar_sha256" not in meta:        # without it an edited batch or shape would fail inside TVM
+        raise bad("it carries no digest of its own fields (written by an older intvit, or the line was removed)")
     for field, (kind, what) in _SIDECAR_FIELDS.items():
         if not isinstance(meta.get(field), kind) or isinstance(meta.get(field), bool):
             raise bad(f"field {field!r} is missing or not {what}")
