@@ -84,7 +84,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 def check_mean_std(mean, std, channels: int) -> tuple[list[float], list[float]]:
     """``(mean, std)`` of a ``(x/255 − mean)/std`` normalisation as lists of ``channels`` floats (a single value
-    is repeated); ``CalibrationDataError`` unless std is positive and both are finite, with 1 or C values."""
+    is repeated); ``CalibrationDataError`` unless std is positive and both are finite, with 1 or C values,
+    and the mean is on the [0, 1] scale (|mean| <= 1)."""
     mean, std = (np.asarray(v, np.float64).reshape(-1) for v in (mean, std))
     if mean.size not in (1, channels) or std.size not in (1, channels):
         raise CalibrationDataError(f"mean/std need {'1 value' if channels == 1 else f'1 or {channels} values (one per channel)'}"
@@ -92,6 +93,9 @@ def check_mean_std(mean, std, channels: int) -> tuple[list[float], list[float]]:
     if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(std)) and np.all(std > 0)):
         raise CalibrationDataError(f"std must be positive and mean/std finite, got mean {mean.tolist()} and "
                                    f"std {std.tolist()}")
+    if np.any(np.abs(mean) > 1):            # the mean of a pixel scaled to [0, 1] cannot exceed 1
+        raise CalibrationDataError(f"mean {mean.tolist()} / std {std.tolist()} look like the 0-255 scale; they "
+                                   "apply after /255, e.g. mean (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225)")
     return [float(v) for v in np.broadcast_to(mean, channels)], [float(v) for v in np.broadcast_to(std, channels)]
 
 

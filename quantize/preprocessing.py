@@ -41,9 +41,6 @@ def resolve(config, model, channels: int, classes: int | None = None) -> dict:
         raise ValueError("QuantConfig: give both mean and std (per channel, after /255), or neither")
     if mean is not None:
         prep["mean"], prep["std"] = check_mean_std(mean, std, channels)     # one rule with load_image
-        if max(map(abs, prep["mean"])) > 1:        # the mean of a pixel scaled to [0, 1] cannot exceed 1
-            raise ValueError(f"QuantConfig: mean {prep['mean']} / std {prep['std']} look like the 0-255 scale; they "
-                             "apply after /255, e.g. mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)")
     labels = list(config.labels) if config.labels is not None else model_labels(model)
     if labels and config.labels is not None and classes != len(labels):
         raise ValueError(f"QuantConfig(labels=...) names {len(labels)} classes, the model "

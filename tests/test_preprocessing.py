@@ -63,6 +63,8 @@ def test_one_normalisation_flag_keeps_the_recorded_other(fmnist_module, capsys):
     assert out.splitlines()[-1] == plain
     assert main(["run", str(d / "m.so"), "--input", str(d / "one.png"), "--mean", "0.2"]) == 0
     assert "(x/255 - 0.2) / 0.353 (--mean; std recorded" in capsys.readouterr().out
+    assert main(["run", str(d / "m.so"), "--input", str(d / "one.png"), "--mean", "72.9", "--std", "90"]) == 2
+    assert "look like the 0-255 scale; they apply after /255" in capsys.readouterr().err
 
 
 def test_sixteen_bit_and_exif_rotated_images_read_as_their_eight_bit_upright_twins(tmp_path):
