@@ -44,6 +44,7 @@ from contextvars import ContextVar
 import numpy as np
 
 from ..ops.gemm import UNSIGNED_SHIFT
+from .byte_table import LOOKUP_LANES
 from .x86 import LANES, VPDPBUSD, DotInstruction
 
 ACC_BLOCK = "int_gemm_acc"      # the reduction block every GEMM schedule looks for
@@ -212,9 +213,9 @@ def packed_gemm_te(x, wp, bias, mr: int, n: int, dot: DotInstruction = VPDPBUSD,
     kp, np_ = int(wp.shape[-3]) * g, int(wp.shape[-4]) * LANES
     w_lead = len(wp.shape) - 4                 # 0: one weight for all rows; len(lead): one per batch item
     amx = _amx(amx, dot is VPDPBUSD) and kp % AMX_K == 0 and np_ % AMX_COLS == 0
-    if byte_table is not None and (dot is not VPDPBUSD or w_lead or n % AMX_COLS):
+    if byte_table is not None and (dot is not VPDPBUSD or w_lead or n % LOOKUP_LANES):
         raise ValueError("a byte-table epilogue needs a u8 x s8 kernel with one weight and a multiple of "
-                         f"{AMX_COLS} columns")
+                         f"{LOOKUP_LANES} columns (one vpermi2b lookup each)")
     if amx and not w_lead and (lead or byte_table is not None):
         return _amx_linear_te(x, wp, bias, n, epilogue, out_dtype, byte_table)
     rows_p = ceil_to(rows, AMX_ROWS if amx else mr)
