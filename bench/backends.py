@@ -9,6 +9,9 @@
 ``intvit_int8_ort``   intvit's integer graph in ONNX Runtime (a correctness reference: generic int64 ops)
 ``intvit_int8_tvm_vnni`` the same integer graph with its GEMMs forced onto AVX-512 VNNI (``isa="vnni"``):
                       on a CPU with AMX, where ``intvit_int8_tvm`` uses AMX, the pair measures AMX's gain
+``intvit_int8_tvm_avx2`` the same integer graph compiled for any AVX2 CPU (``mcpu=x86-64-v3``: no AVX-512,
+                      GEMMs as ``vpmaddwd`` on int16 operands, ``isa="avx2"``): on this CPU, the code a
+                      CPU without VNNI (Zen 2/3, Haswell to Skylake client) runs
 ``intvit_ivit_int8_tvm`` intvit quantized in the I-ViT form (ShiftGELU, symmetric grids, no migration:
                       the default before the GELU table, zero points and migration), same compiler
 ``tvm_fp32``          the float ONNX through ``tvm.relax.frontend.onnx`` for the same llvm target as
@@ -47,13 +50,14 @@ from .models import BenchModel
 from .onnx_float import export_float_onnx, ort_session, quantize_qdq
 
 REFERENCE = "intvit_int8_tvm"
-ALL_BACKENDS = ("intvit_int8_tvm", "intvit_int8_tvm_vnni", "intvit_ivit_int8_tvm", "torch_fp32", "torch_compile_fp32",
+AVX2_TARGET = {"mcpu": "x86-64-v3"}     # intvit_int8_tvm_avx2: any AVX2 CPU (LLVM's x86-64 level 3)
+ALL_BACKENDS = ("intvit_int8_tvm", "intvit_int8_tvm_vnni", "intvit_int8_tvm_avx2", "intvit_ivit_int8_tvm", "torch_fp32", "torch_compile_fp32",
                 "ort_fp32", "ort_int8_qdq", "intvit_int8_ort", "tvm_fp32", *PEER_BACKENDS)
 # intvit_int8_ort runs the integer nonlinears as generic int64 ONNX ops (10-25x slower than the
 # rest): only when asked for.
 DEFAULT_BACKENDS = ("intvit_int8_tvm", "torch_fp32", "torch_compile_fp32", "ort_fp32", "ort_int8_qdq", "tvm_fp32",
                     *PEER_BACKENDS)
-OPTIONAL = ("torch_compile_fp32", "tvm_fp32", *PEER_BACKENDS)   # may be unavailable on a machine: recorded, not fatal
+OPTIONAL = ("torch_compile_fp32", "tvm_fp32", "intvit_int8_tvm_avx2", *PEER_BACKENDS)   # may be unavailable on a machine: recorded, not fatal
 
 
 class UnknownBackendError(ValueError):
@@ -206,6 +210,10 @@ class ModelBackends:
         built[REFERENCE] = self._intvit_tvm(batch)
         if "intvit_int8_tvm_vnni" in self.names:
             built["intvit_int8_tvm_vnni"] = self._intvit_tvm(batch, name="intvit_int8_tvm_vnni", isa="vnni")
+        if "intvit_int8_tvm_avx2" in self.names:
+            built["intvit_int8_tvm_avx2"] = self._optional(
+                "intvit_int8_tvm_avx2", lambda b: self._intvit_tvm(b, name="intvit_int8_tvm_avx2", isa="avx2",
+                                                                   target=AVX2_TARGET), batch)
         if "intvit_ivit_int8_tvm" in self.names:
             built["intvit_ivit_int8_tvm"] = self._intvit_tvm(batch, self.ivit_proto, "intvit_ivit_int8_tvm")
         if "tvm_fp32" in self.names:
@@ -250,11 +258,13 @@ class ModelBackends:
                 self.progress(f"  {name} is unavailable here: {self._failed[name]}")
         return Backend(name, None, unavailable=self._failed[name])
 
-    def _intvit_tvm(self, batch: int, proto=None, name: str = REFERENCE, isa: str | None = None) -> Backend:
-        from ..tvm_backend.build import compile_onnx
+    def _intvit_tvm(self, batch: int, proto=None, name: str = REFERENCE, isa: str | None = None,
+                    target: dict | None = None) -> Backend:
+        from ..tvm_backend.build import compile_onnx, resolve_target
         t0 = time.perf_counter()
+        tgt = {**{k: v for k, v in resolve_target("llvm").items() if k != "mattr"}, **target} if target else "llvm"
         module = self._step(f"{name}: compiling the integer graph with TVM for batch {batch}",
-                            lambda *a: compile_onnx(*a, isa=isa), proto or self.proto, "llvm", batch)
+                            lambda *a: compile_onnx(*a, isa=isa), proto or self.proto, tgt, batch)
         build_s = time.perf_counter() - t0
         size = _export_size(module.executable, os.path.join(self.workdir, f"{name}-b{batch}.so"))
         return Backend(name, lambda x: module(x)[0], size, "compiled .so", build_s, compiled=module)

@@ -33,7 +33,9 @@ intvit_ivit_int8_tvm (intvit quantized in the I-ViT form: ShiftGELU,
 symmetric grids, no migration, i.e. the default before those landed),
 intvit_int8_tvm_vnni (intvit's graph with its GEMMs forced onto AVX-512
 VNNI: next to intvit_int8_tvm, which uses AMX where the CPU has it, the
-gain of AMX).
+gain of AMX), intvit_int8_tvm_avx2 (intvit's graph compiled for any AVX2
+CPU, mcpu x86-64-v3: no AVX-512, GEMMs on vpmaddwd; what a CPU without VNNI
+runs).
 Clock: perf_counter_ns; peak memory: the RSS high-water mark.
 
 --target cuda (GPU 0; --arch defaults to the GPU's own). Backends:

@@ -65,9 +65,11 @@ def test_bench_cli_tiny_every_backend(tmp_path, capsys):
             assert f"\n  {name} " in stdout
         assert result["backends"]["intvit_int8_tvm"]["vs_intvit_tvm"] == 1.0
         assert result["backends"]["torch_fp32"]["artifact"] == "parameters + buffers"
-        assert result["backends"]["intvit_int8_tvm"]["gemm_isa"] in ("amx", "vnni", "generic")
+        assert result["backends"]["intvit_int8_tvm"]["gemm_isa"] in ("amx", "vnni", "avx2", "generic")
         vnni = result["backends"]["intvit_int8_tvm_vnni"]
         assert not vnni["available"] or vnni["gemm_isa"] == "vnni"
+        avx2 = result["backends"]["intvit_int8_tvm_avx2"]
+        assert avx2["gemm_isa"] == "avx2" if avx2["available"] else "AVX2" in avx2["reason"]
         assert "gemm_isa" not in result["backends"]["torch_fp32"]
     assert "tiny, batch 2" in stdout and "p99 ms" in stdout and "peak MiB" in stdout and f"wrote {tmp_path}" in stdout
 

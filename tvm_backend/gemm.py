@@ -27,6 +27,14 @@ bytes (``split_probs_gemm_te``).
 a[..., i, k]·b[..., k, j]`` in int32, row and column indices clamped to the
 tile, no repacking.
 
+**The 16-bit form** (``word_gemm()``, for CPUs without VNNI): inside this
+context the int8 linear layers and attention's ``Q·Kᵀ`` are built like
+``A·V``, in the ``VPDPWSSD`` form: ``x`` widened to int16 (no +128 shift,
+no compensation), the weight or keys packed as int16 ``[N/16, K/2, 16, 2]``
+panels, so the schedule multiplies them with ``vpmaddwd``
+(``x86.WORD_DOTS``). With 256-bit vectors (16 ymm registers) the register
+tile is ``WORD_YMM_TILE``.
+
 **The AMX layout** (``amx_layout()``, for ``amx.apply_amx_gemm_schedule``):
 inside this context the u8 × s8 (``VPDPBUSD``) kernels are built for AMX
 tiles: the panels are padded to K % 64 == 0 and N % 32 == 0 (the same
@@ -52,6 +60,8 @@ OUT_BLOCK = "int_gemm_out"      # its output (crop + epilogue) block
 SHIFTED_INPUT_BLOCK = "shifted_input"
 BYTE_SPLIT = "intvit.byte_split"        # annotation of split_probs_gemm_te's accumulator: a leading byte axis
 SPLIT_CROP_BLOCK = "int_gemm_crop"      # split_probs_gemm_te: the real rows of its padded output
+TILE_ROWS = "intvit.tile_rows"          # annotations of a GEMM's accumulator: the register tile it was built
+TILE_VECTORS = "intvit.tile_vectors"    # for, MR rows × NR 16-lane panels (read by the schedule)
 PACK_BLOCK = "pack_panels"      # in-graph panel packing of an activation (schedules.schedule_rowwise)
 AMX_ROWS, AMX_COLS, AMX_K = 32, 32, 64      # amx.ROW_BLOCK, amx.COL_BLOCK, amx.K_BLOCK (checked at its import)
 
@@ -97,6 +107,31 @@ def byte_lookup_active() -> bool:
     """Whether the current import looks GELU byte tables up with ``vpermi2b`` (``vbmi_lookup`` or
     ``amx_layout``)."""
     return _VBMI_LOOKUP.get() or _AMX_LAYOUT.get()
+
+
+_WORD_GEMM: ContextVar[str | None] = ContextVar("intvit_word_gemm", default=None)
+WORD_YMM_TILE = (6, 1)      # 6 rows × one 16-lane panel: 12 ymm accumulators, 2 for the panel, 1 broadcast
+
+
+def word_gemm(width: str | None = "zmm"):
+    """Within this context the int8 GEMMs (linear layers, ``Q·Kᵀ``) take the 16-bit form (module docstring)
+    for ``vpmaddwd`` of ``width`` (``"zmm"``: AVX-512BW, ``"ymm"``: AVX2; ``x86.WORD_DOTS``); None: off.
+
+    Wraps the import of a graph for a CPU without VNNI (``build.compile_onnx`` with ``isa="avx2"``)."""
+    if width not in (None, "zmm", "ymm"):
+        raise ValueError(f"word_gemm width {width!r}: choose 'zmm', 'ymm' or None")
+    return import_flag(_WORD_GEMM, width)
+
+
+def word_gemm_width() -> str | None:
+    """The ``vpmaddwd`` width of the current import's 16-bit form (``word_gemm``), or None."""
+    return _WORD_GEMM.get()
+
+
+def import_tile(n: int, lookup: bool = False) -> tuple[int, int]:
+    """The register tile ``(MR, NR)`` of a kernel of ``n`` columns imported now: ``WORD_YMM_TILE`` in the
+    256-bit 16-bit form (``word_gemm("ymm")``), else ``linear_tile``."""
+    return WORD_YMM_TILE if _WORD_GEMM.get() == "ymm" and not lookup else linear_tile(n, lookup)
 
 
 def _amx(amx: bool | None, u8: bool) -> bool:
@@ -152,7 +187,7 @@ def pack_panels_te(b, layout: str, dot: DotInstruction = VPDPBUSD):
     from tvm import tirx as tir
     *lead, d0, d1 = (int(d) for d in b.shape)
     n, k = (d0, d1) if layout == "nk" else (d1, d0)
-    _, nr = linear_tile(n)
+    _, nr = import_tile(n)
     g = dot.group
     if _amx(None, dot is VPDPBUSD):
         np_, kp = ceil_to(n, AMX_COLS), ceil_to(k, AMX_K)
@@ -172,7 +207,7 @@ def panel_compensation_te(b):
     from tvm import te
     from tvm import tirx as tir
     *lead, n, k = (int(d) for d in b.shape)
-    _, nr = linear_tile(n)
+    _, nr = import_tile(n)
     np_ = ceil_to(n, LANES * nr)
     red = te.reduce_axis((0, k), name="k")
     total = te.compute((*lead, np_), lambda *i: te.sum(
@@ -181,8 +216,14 @@ def panel_compensation_te(b):
         i[-1] < n, total(*i) * -UNSIGNED_SHIFT, tir.const(0, "int64")), name="panel_compensation")
 
 
+def tile_attrs(mr: int, nr: int | None) -> dict:
+    """The accumulator's annotations naming its register tile (``TILE_ROWS``, and ``TILE_VECTORS`` when
+    ``nr`` is given; the schedule takes ``linear_tile``'s NR otherwise)."""
+    return {TILE_ROWS: mr} if nr is None else {TILE_ROWS: mr, TILE_VECTORS: nr}
+
+
 def packed_gemm_te(x, wp, bias, mr: int, n: int, dot: DotInstruction = VPDPBUSD, epilogue=None,
-                   out_dtype="int64", amx: bool | None = None, byte_table=None):
+                   out_dtype="int64", amx: bool | None = None, byte_table=None, nr: int | None = None):
     """``epilogue(x @ W + bias)`` on packed panels ``wp``.
 
     ``dot`` fixes the operand form: ``VPDPBUSD`` feeds ``x + 128`` as uint8
@@ -193,7 +234,8 @@ def packed_gemm_te(x, wp, bias, mr: int, n: int, dot: DotInstruction = VPDPBUSD,
     may be None. ``epilogue(z, idx) -> PrimExpr`` maps the int64
     accumulator-plus-bias at output index ``idx`` to the output value.
 
-    Rows are padded to a multiple of ``mr``, or with ``amx`` (default: inside
+    Rows are padded to a multiple of ``mr`` (the register tile's rows; ``nr``,
+    its 16-lane panels, when not ``linear_tile``'s), or with ``amx`` (default: inside
     ``amx_layout()``, for ``VPDPBUSD`` panels padded for AMX) to 32, with a
     shared weight's leading axes folded into the rows (``_amx_linear_te``).
 
@@ -230,7 +272,7 @@ def packed_gemm_te(x, wp, bias, mr: int, n: int, dot: DotInstruction = VPDPBUSD,
     acc = te.compute((*lead, rows_p, np_), lambda *i: te.sum(
         au(*i[:-1], red).astype("int32")
         * wp(*i[:w_lead], i[-1] // LANES, red // g, i[-1] % LANES, red % g).astype("int32"),
-        axis=red), name=ACC_BLOCK)
+        axis=red), name=ACC_BLOCK, attrs=tile_attrs(mr, nr))
 
     def out(*i):
         z = acc(*i).astype("int64")
@@ -382,5 +424,6 @@ def int_bmm_te(a, b, mr: int, nr: int):
     red = te.reduce_axis((0, k), name="k")
     acc = te.compute((*lead, rows_p, cols_p), lambda *i: te.sum(
         a(*i[:-2], tir.min(i[-2], rows - 1), red).astype("int32")
-        * b(*i[:-2], red, tir.min(i[-1], n - 1)).astype("int32"), axis=red), name=ACC_BLOCK)
+        * b(*i[:-2], red, tir.min(i[-1], n - 1)).astype("int32"), axis=red), name=ACC_BLOCK,
+        attrs=tile_attrs(mr, nr))
     return te.compute((*lead, rows, n), lambda *i: acc(*i), name=OUT_BLOCK)

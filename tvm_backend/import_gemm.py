@@ -4,7 +4,9 @@ Four patterns (found by ``importer.to_relax``), each in one of two forms:
 
 * ``"vnni"`` (x86, ``gemm``): operands in ``[N/16, K/g, 16, g]`` panels for
   ``vpdpbusd``/``vpdpwssd``; int8 activations enter shifted by +128 with the
-  ``−128·Σw`` compensation folded into the bias;
+  ``−128·Σw`` compensation folded into the bias (inside ``gemm.word_gemm()``,
+  for CPUs without VNNI, the int8 GEMMs take the int16 ``vpdpwssd`` form
+  instead: no shift, no compensation, int16 panels for ``vpmaddwd``);
 * ``"tiled"`` (CUDA, ``gpu_gemm``): plain ``[N, K]`` operands padded to
   whole thread-block tiles, signed int8 straight into ``__dp4a``.
 
@@ -64,9 +66,16 @@ class GemmEmitter:
         add = next((c for c in chain if c.op_type == "Add"), None)
         bias = consts[add.input[1]] if add is not None else None
         if self.form == "vnni":
-            from .gemm import folded_bias, linear_tile, pack_linear_weight
+            from .gemm import folded_bias, import_tile, pack_linear_weight, word_gemm_width
+            if word_gemm_width():
+                from .x86 import VPDPWSSD
+                wp = relax.const(pack_linear_weight(w_kn.astype(np.int16), import_tile(n)[1], VPDPWSSD.group),
+                                 "int16")
+                b = None if bias is None else relax.const(
+                    np.broadcast_to(bias.astype(np.int64), (n,)).copy(), "int64")
+                return self._vnni(x, wp, b, n, chain, table, dot=VPDPWSSD, residual=residual, name="int8_linear")
             lookup = self._byte_lookup("int8_linear", n, table, self._epilogue_args(chain))
-            wp = relax.const(pack_linear_weight(w_kn, linear_tile(n, lookup)[1]), "int8")
+            wp = relax.const(pack_linear_weight(w_kn, import_tile(n, lookup)[1]), "int8")
             fb = relax.const(folded_bias(w_kn, bias), "int64")
             return self._vnni(x, wp, fb, n, chain, table, residual=residual, lookup=lookup)
         from .gpu_gemm import pad_weight
@@ -91,12 +100,15 @@ class GemmEmitter:
         check_accumulator_fits(int(self.bb.normalize(keys_nk).ty.shape[-1]), "attention's Q·Kᵀ")
         if self.form == "tiled":
             return self._tiled(x, keys_nk, None, "nk", chain, table, residual=residual)
-        from .gemm import pack_panels_te, panel_compensation_te
-        wp = self.bb.emit_te(pack_panels_te, keys_nk, "nk", primfunc_name_hint="pack_panels")
-        fb = self.bb.emit_te(panel_compensation_te, keys_nk, primfunc_name_hint="panel_compensation")
+        from .gemm import pack_panels_te, panel_compensation_te, word_gemm_width
+        from .x86 import VPDPBUSD, VPDPWSSD
+        dot = VPDPWSSD if word_gemm_width() else VPDPBUSD
+        wp = self.bb.emit_te(lambda kt: pack_panels_te(kt, "nk", dot), keys_nk, primfunc_name_hint="pack_panels")
+        fb = None if dot is VPDPWSSD else \
+            self.bb.emit_te(panel_compensation_te, keys_nk, primfunc_name_hint="panel_compensation")
         n = int(self.bb.normalize(keys_nk).ty.shape[-2])
         width = self._padded_width(wp, n, chain, table, residual)
-        out = self._vnni(x, wp, fb, width, chain, table, residual=residual)
+        out = self._vnni(x, wp, fb, width, chain, table, dot=dot, residual=residual, name="int8_linear")
         if width == n:
             return out
         rank = len(self.bb.normalize(out).ty.shape)
@@ -164,8 +176,8 @@ class GemmEmitter:
             from .gpu_gemm import tiled_gemm_te
             return self.bb.emit_te(lambda at, bt: tiled_gemm_te(at, bt, None, "kn", out_dtype="int32"), a, b,
                                    primfunc_name_hint="int_bmm")
-        from .gemm import int_bmm_te, linear_tile
-        mr, nr = linear_tile(int(self.bb.normalize(b).ty.shape[-1]))
+        from .gemm import import_tile, int_bmm_te
+        mr, nr = import_tile(int(self.bb.normalize(b).ty.shape[-1]))
         return self.bb.emit_te(lambda at, bt: int_bmm_te(at, bt, mr, nr), a, b, primfunc_name_hint="int_bmm")
 
     # -- shared plumbing ---------------------------------------------------------------------
@@ -181,16 +193,18 @@ class GemmEmitter:
                 and n % LOOKUP_LANES == 0 and isinstance(low, int) and isinstance(high, int)
                 and byte_table_applies(table[0], table[1], low, high))
 
-    def _vnni(self, x, wp, fb, n: int, chain: list, table, dot=None, residual=None, lookup: bool = False):
-        """The x86 form's kernel; ``lookup``: a linear layer whose table is a byte table (``_byte_lookup``)."""
-        from .gemm import linear_tile, packed_gemm_te
+    def _vnni(self, x, wp, fb, n: int, chain: list, table, dot=None, residual=None, lookup: bool = False,
+              name: str | None = None):
+        """The x86 form's kernel; ``lookup``: a linear layer whose table is a byte table (``_byte_lookup``);
+        ``name``: the kernel's name (default: by ``dot``)."""
+        from .gemm import import_tile, packed_gemm_te
         from .x86 import VPDPBUSD
         dot = dot or VPDPBUSD
-        name = "int8_linear" if dot is VPDPBUSD else "int16_gemm"
-        mr, _ = linear_tile(n, lookup)
+        name = name or ("int8_linear" if dot is VPDPBUSD else "int16_gemm")
+        mr, nr = import_tile(n, lookup)
         return self._emit(x, wp, fb, chain, table, name,
                           lambda xt, wt, bt, ep, od, lut=None: packed_gemm_te(xt, wt, bt, mr, n, dot, epilogue=ep,
-                                                                              out_dtype=od, byte_table=lut),
+                                                                              out_dtype=od, byte_table=lut, nr=nr),
                           residual=residual, byte_lookup=lookup)
 
     def _tiled(self, x, w, bias, layout: str, chain: list, table, n=None, residual=None):

@@ -13,8 +13,12 @@ Three schedules, chosen per PrimFunc by the blocks it contains:
   ``amx.apply_amx_gemm_schedule``, 32 × 32 blocks of 2 × 2 int32 tiles over
   the whole K, the epilogue per task. The int16 (``vpdpwssd``) kernels and
   kernels not padded for AMX keep the VNNI schedule.
-* **GEMM without VNNI** (``int_bmm_te`` kernels, or any GEMM on a CPU without
-  VNNI): the same tiling with 16-lane int32 multiply-adds.
+* **GEMM with ``vpmaddwd``** (``schedule_module(..., word="zmm"|"ymm")``: a
+  kernel in the 16-bit form, ``gemm.word_gemm``, for a CPU without VNNI):
+  the VNNI tiling, each step ``vpmaddwd`` + ``vpaddd`` (``x86.WORD_DOTS``;
+  with ymm, two per 16-lane panel and a smaller tile, ``gemm.WORD_YMM_TILE``).
+* **GEMM without either** (``int_bmm_te`` kernels, or a GEMM no dot
+  instruction takes): the same tiling with 16-lane int32 multiply-adds.
 * **Row-wise** (everything else: LayerNorm, Shiftmax, ShiftGELU, requant,
   residual adds, layout changes): the output's leading axes — the rows —
   are fused into one parallel loop and every producer block is computed
@@ -28,22 +32,22 @@ from __future__ import annotations
 from .amx import amx_shape, apply_amx_gemm_schedule, with_tile_request
 from .byte_table import BYTE_TABLE_BLOCK, BYTE_TABLE_OUT_BLOCK, tensorize_byte_table
 from .kernels import MATERIALIZE
-from .gemm import ACC_BLOCK, OUT_BLOCK, PACK_BLOCK, SHIFTED_INPUT_BLOCK, linear_tile
+from .gemm import ACC_BLOCK, OUT_BLOCK, PACK_BLOCK, SHIFTED_INPUT_BLOCK, TILE_ROWS, TILE_VECTORS, linear_tile
 from .gpu_gemm import LHS_BLOCK, RHS_BLOCK
 from .schedule_blocks import (SCHEDULED_ATTR, _fused_parallel, _numel, block_names,  # noqa: F401 (re-exported)
                               fold_output_rows, is_reduction, parallel_rows)
-from .x86 import DOT_INSTRUCTIONS, LANES, register_dot_intrinsic
+from .x86 import DOT_INSTRUCTIONS, LANES, WORD_DOTS, register_dot_intrinsic
 
 TILED_ROWS = 8                  # rows per parallel task of a tiled (int64) GEMM; divides TILE_M
 
 
-def schedule_gemm(func, vnni: bool, amx: bool = False):
-    """Tile and parallelise a ``gemm`` kernel; tensorize with AMX (``amx``) or VNNI where the kernel and
-    target allow."""
+def schedule_gemm(func, vnni: bool, amx: bool = False, word: str | None = None):
+    """Tile and parallelise a ``gemm`` kernel; tensorize with AMX (``amx``), VNNI, or ``vpmaddwd`` of width
+    ``word`` where the kernel and target allow."""
     from tvm import s_tir
     sch = s_tir.Schedule(func)
     amx = amx and amx_shape(sch) is not None
-    apply_gemm_schedule(sch, vnni, amx=amx)
+    apply_gemm_schedule(sch, vnni, amx=amx, word=word)
     out = sch.mod["main"].with_attr(SCHEDULED_ATTR, True)
     return with_tile_request(out) if amx else out
 
@@ -55,11 +59,24 @@ BLOCK_ORDERS = ("columns", "rows")
 MAX_PANELS_PER_BLOCK, MAX_ROW_TILES_PER_BLOCK, MAX_K_UNROLL = 4, 8, 8
 
 
-def apply_gemm_schedule(sch, vnni: bool, blocking: str | None = None, amx: bool = False):
+def dot_for(staged_dtype: str, vnni: bool, word: str | None):
+    """The dot instruction a linear kernel whose staged activations are ``staged_dtype`` is tensorized with:
+    VNNI's (``x86.DOT_INSTRUCTIONS``) on a VNNI target, ``vpmaddwd`` (``x86.WORD_DOTS[word]``) for the
+    int16 form without VNNI, else None (plain vectorized multiply-adds)."""
+    if vnni:
+        return DOT_INSTRUCTIONS[staged_dtype]
+    return WORD_DOTS[word] if word and staged_dtype == "int16" else None
+
+
+def apply_gemm_schedule(sch, vnni: bool, blocking: str | None = None, amx: bool = False,
+                        word: str | None = None):
     """Schedule the ``gemm`` kernel in ``sch`` (a ``s_tir.Schedule``) in place.
 
     With ``amx`` (and no ``blocking``), a u8 × s8 kernel in the AMX layout
-    (``amx.amx_shape``) gets ``amx.apply_amx_gemm_schedule`` instead.
+    (``amx.amx_shape``) gets ``amx.apply_amx_gemm_schedule`` instead. Without
+    ``vnni``, ``word`` (``"zmm"``/``"ymm"``) tensorizes the int16 kernels with
+    ``vpmaddwd`` (``dot_for``). The register tile's rows are the ones the
+    kernel was built for (its ``gemm.TILE_ROWS`` annotation).
 
     Without ``blocking`` this is the hand schedule: register tiles ``MR × NR·16``
     (``gemm.linear_tile``) in one parallel loop over (panel, row tile). With
@@ -81,6 +98,8 @@ def apply_gemm_schedule(sch, vnni: bool, blocking: str | None = None, amx: bool 
     *lead, i, j, k = sch.get_loops(acc)
     n = int(sch.get(out).iter_vars[-1].dom.extent)
     mr, nr = linear_tile(n, lookup)
+    built_for = sch.get(acc).annotations
+    mr, nr = int(built_for.get(TILE_ROWS, mr)), int(built_for.get(TILE_VECTORS, nr))
     if lookup and int(sch.get(i).extent) % mr:
         raise ValueError("this GEMM ends in a byte-table lookup and its rows are not padded to the VNNI tile "
                          "(it was imported in the AMX layout, gemm.amx_layout): schedule it with amx=True")
@@ -88,13 +107,14 @@ def apply_gemm_schedule(sch, vnni: bool, blocking: str | None = None, amx: bool 
     jo, ji, jv = sch.split(j, [None, nr, LANES])
     if linear:
         shifted = sch.get_sblock(SHIFTED_INPUT_BLOCK)
-        dot = DOT_INSTRUCTIONS[str(sch.get(shifted).writes[0].source.dtype)]
+        staged = str(sch.get(shifted).writes[0].source.dtype)
+        dot = dot_for(staged, vnni, word)
         parallel_rows(sch, shifted)
-        ko, kv = sch.split(k, [None, dot.group])
+        ko, kv = sch.split(k, [None, DOT_INSTRUCTIONS[staged].group])
         inner_k = [kv]
     else:
-        ko, inner_k = k, []
-    use_vnni = vnni and linear
+        ko, inner_k, dot = k, [], None
+    use_vnni = dot is not None
     if blocking is None:
         outer, tile_loop, k_loops = [jo, io], io, [ko]
     else:
@@ -220,9 +240,10 @@ def _schedule_pack(sch, block):
     return _fused_parallel(sch, lead)
 
 
-def schedule_module(mod, vnni: bool, amx: bool = False):
+def schedule_module(mod, vnni: bool, amx: bool = False, word: str | None = None):
     """Schedule every PrimFunc of a fused module (``relax.transform.FuseTIR`` output); with ``amx``, the
-    u8 × s8 GEMMs in the AMX layout get the AMX schedule."""
+    u8 × s8 GEMMs in the AMX layout get the AMX schedule; with ``word`` (and no ``vnni``) the int16 GEMMs
+    get ``vpmaddwd`` of that width."""
     import tvm
     out = {}
     for gv, func in mod.functions.items():
@@ -232,7 +253,7 @@ def schedule_module(mod, vnni: bool, amx: bool = False):
         if LHS_BLOCK in names:
             out[gv] = schedule_tiled_gemm(func)
         else:
-            out[gv] = schedule_gemm(func, vnni, amx) if ACC_BLOCK in names else schedule_rowwise(func)
+            out[gv] = schedule_gemm(func, vnni, amx, word) if ACC_BLOCK in names else schedule_rowwise(func)
     for gv, func in out.items():
         mod[gv] = func
     return mod

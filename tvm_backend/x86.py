@@ -1,4 +1,4 @@
-"""x86 host detection and the AVX-512 VNNI tensor intrinsics intvit's GEMM schedules use.
+"""x86 host detection and the dot-product tensor intrinsics intvit's CPU GEMM schedules use.
 
 ``vpdpbusd`` computes, for 16 int32 lanes ``i``, ``C[i] += Σ_{k<4} A[k]·B[i, k]``
 with ``A`` *unsigned* 8-bit (one 4-byte group broadcast to every lane) and
@@ -7,6 +7,16 @@ activations enter the GEMM as ``x + 128`` (see ``ops.unsigned_shift_compensation
 and weights are packed as ``[N/16, K/4, 16, 4]`` panels. ``vpdpwssd`` is the
 signed 16-bit form (``k < 2``, 32 multiply-adds): attention's 16-bit
 probabilities times the values.
+
+On CPUs without VNNI (AVX2 only, or AVX-512 without VNNI) the int8 GEMMs
+take the 16-bit form instead (``gemm.word_gemm``): ``vpmaddwd`` computes
+``Σ_{k<2} A[k]·B[i, k]`` on signed 16-bit operands into int32 lanes, and a
+``vpaddd`` accumulates (``PMADDWD_512``: 16 lanes per zmm; ``PMADDWD_256``:
+8 lanes per ymm, two per 16-lane panel). int8 values widened to int16 make
+every product and pair sum exact, and ``vpmaddwd``'s one overflow case
+(``-32768·-32768`` twice) wraps exactly as ``vpdpwssd`` does, so the result
+is bit-identical to the VNNI kernels on the same panels. (``vpmaddubsw``,
+the 8-bit form, saturates its 16-bit pair sums for u8 × s8 and is not used.)
 
 TVM 0.27 ships a ``dot_16x4_vnni`` intrinsic, but it passes ``<16 x i32>``
 operands to ``llvm.x86.avx512.vpdpbusd.512``, which the wheel's LLVM 22
@@ -19,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 
-LANES = 16          # int32 output lanes per instruction
+LANES = 16          # int32 output lanes of a panel (one zmm; two ymm)
 
 
 @functools.lru_cache(maxsize=None)
@@ -86,11 +96,13 @@ def target_has_vbmi(target) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class DotInstruction:
-    """One AVX-512 VNNI dot-product instruction as a 16-lane tensor intrinsic.
+    """One x86 dot-product instruction as a 16-lane tensor intrinsic.
 
     ``C[i] += Σ_{k<group} A[k]·B[i, k]`` for ``i < 16``: ``A`` is one
     ``group``-element operand broadcast to every int32 lane, ``B`` a
-    ``[16, group]`` panel.
+    ``[16, group]`` panel. ``lanes``: the int32 lanes of one instruction (16
+    lanes take ``16 // lanes`` of them); ``accumulates``: whether it adds into
+    ``C`` itself (VNNI) or its products are added by a ``vpaddd``.
     """
     name: str
     llvm: str
@@ -98,12 +110,29 @@ class DotInstruction:
     a_dtype: str
     b_dtype: str
     operand_vector: str      # how LLVM 22 declares the byte/word operands
+    lanes: int = 16
+    accumulates: bool = True
 
 
 VPDPBUSD = DotInstruction("intvit_dot_16x4_u8s8s32", "llvm.x86.avx512.vpdpbusd.512", 4, "uint8", "int8", "int8x64")
 VPDPWSSD = DotInstruction("intvit_dot_16x2_s16s16s32", "llvm.x86.avx512.vpdpwssd.512", 2, "int16", "int16",
                           "int16x32")
 DOT_INSTRUCTIONS = {d.a_dtype: d for d in (VPDPBUSD, VPDPWSSD)}     # by the activation operand's dtype
+PMADDWD_512 = DotInstruction("intvit_dot_16x2_s16s16s32_pmaddwd512", "llvm.x86.avx512.pmaddw.d.512", 2, "int16",
+                             "int16", "int16x32", lanes=16, accumulates=False)
+PMADDWD_256 = DotInstruction("intvit_dot_16x2_s16s16s32_pmaddwd256", "llvm.x86.avx2.pmadd.wd", 2, "int16",
+                             "int16", "int16x16", lanes=8, accumulates=False)
+WORD_DOTS = {"zmm": PMADDWD_512, "ymm": PMADDWD_256}     # by vector width (gemm.word_gemm)
+
+
+def word_width(target) -> str:
+    """The vector width of ``target``'s ``vpmaddwd`` (``WORD_DOTS``): ``"zmm"`` with AVX-512BW, else ``"ymm"``."""
+    return "zmm" if target_has(target, "avx512bw", "avx512f") else "ymm"
+
+
+def target_has_avx2(target) -> bool:
+    """True when ``target`` may emit AVX2 (``vpmaddwd`` on ymm: the 16-bit GEMM form, ``gemm.word_gemm``)."""
+    return target_has(target, "avx2")
 
 
 @functools.lru_cache(maxsize=None)
@@ -127,18 +156,45 @@ def register_dot_intrinsic(dot: DotInstruction) -> str:
                         vi, vk = T.axis.remap("SR", [i, k])
                         c[vi] = c[vi] + T.cast(a[vk], "int32") * T.cast(b[vi, vk], "int32")
 
-    @T.prim_func(s_tir=True)
-    def impl(a: T.Buffer((g,), a_dt, offset_factor=1), b: T.Buffer((16, g), b_dt, offset_factor=1),
-             c: T.Buffer((16,), "int32", offset_factor=1)) -> None:
-        with T.sblock("root"):
-            T.reads(c[0:16], a[0:g], b[0:16, 0:g])
-            T.writes(c[0:16])
-            # one expression: named temporaries here would become a heap workspace per call
-            c[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id(llvm),
-                c.vload([0], dtype="int32x16"),
-                T.reinterpret(T.broadcast(T.reinterpret(a.vload([0], a_group), dtype="int32"), 16), dtype=vec),
-                T.reinterpret(b.vload([0, 0], dtype=vec), dtype=vec), dtype="int32x16")
+    if dot.lanes == 16 and dot.accumulates:
+        @T.prim_func(s_tir=True)
+        def impl(a: T.Buffer((g,), a_dt, offset_factor=1), b: T.Buffer((16, g), b_dt, offset_factor=1),
+                 c: T.Buffer((16,), "int32", offset_factor=1)) -> None:
+            with T.sblock("root"):
+                T.reads(c[0:16], a[0:g], b[0:16, 0:g])
+                T.writes(c[0:16])
+                # one expression: named temporaries here would become a heap workspace per call
+                c[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id(llvm),
+                    c.vload([0], dtype="int32x16"),
+                    T.reinterpret(T.broadcast(T.reinterpret(a.vload([0], a_group), dtype="int32"), 16), dtype=vec),
+                    T.reinterpret(b.vload([0, 0], dtype=vec), dtype=vec), dtype="int32x16")
+    elif dot.lanes == 16:
+        @T.prim_func(s_tir=True)
+        def impl(a: T.Buffer((g,), a_dt, offset_factor=1), b: T.Buffer((16, g), b_dt, offset_factor=1),
+                 c: T.Buffer((16,), "int32", offset_factor=1)) -> None:
+            with T.sblock("root"):
+                T.reads(c[0:16], a[0:g], b[0:16, 0:g])
+                T.writes(c[0:16])
+                c[T.ramp(T.int32(0), 1, 16)] = c.vload([0], dtype="int32x16") + T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id(llvm),
+                    T.reinterpret(T.broadcast(T.reinterpret(a.vload([0], a_group), dtype="int32"), 16), dtype=vec),
+                    b.vload([0, 0], dtype=vec), dtype="int32x16")
+    else:                   # two 8-lane instructions per 16-lane panel
+        @T.prim_func(s_tir=True)
+        def impl(a: T.Buffer((g,), a_dt, offset_factor=1), b: T.Buffer((16, g), b_dt, offset_factor=1),
+                 c: T.Buffer((16,), "int32", offset_factor=1)) -> None:
+            with T.sblock("root"):
+                T.reads(c[0:16], a[0:g], b[0:16, 0:g])
+                T.writes(c[0:16])
+                c[T.ramp(T.int32(0), 1, 8)] = c.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id(llvm),
+                    T.reinterpret(T.broadcast(T.reinterpret(a.vload([0], a_group), dtype="int32"), 8), dtype=vec),
+                    b.vload([0, 0], dtype=vec), dtype="int32x8")
+                c[T.ramp(T.int32(8), 1, 8)] = c.vload([8], dtype="int32x8") + T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id(llvm),
+                    T.reinterpret(T.broadcast(T.reinterpret(a.vload([0], a_group), dtype="int32"), 8), dtype=vec),
+                    b.vload([8, 0], dtype=vec), dtype="int32x8")
 
     TensorIntrin.register(dot.name, desc, impl, override=True)
     return dot.name

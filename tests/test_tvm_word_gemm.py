@@ -1,0 +1,149 @@
+"""The 16-bit GEMM form for CPUs without VNNI (``gemm.word_gemm``, ``isa="avx2"``): ``vpmaddwd`` kernels equal
+``ops`` and the VNNI kernels, kernel and whole model, on ymm (AVX2) and zmm (AVX-512BW) builds."""
+import numpy as np
+import pytest
+import torch
+
+from intvit import ops
+from intvit.quantize.onnx_export import to_onnx
+from intvit.tvm_backend import build, gemm, schedules
+from intvit.tvm_backend.build import IsaUnavailableError, compile_onnx, resolve_target
+from intvit.tvm_backend.inspect_ir import float_ops_in_integer_region
+from intvit.tvm_backend.kernels import requant_value
+from intvit.tvm_backend.x86 import VPDPWSSD, has_features, host_cpu, target_has_vnni
+from conftest import assert_matches_reference
+from test_onnx_export import adversarial_inputs, session
+
+AVX2 = {"kind": "llvm", "mcpu": "x86-64-v3"}                 # any AVX2 CPU (Haswell, Zen 1-3): ymm vpmaddwd
+AVX512_NO_VNNI = {"kind": "llvm", "mcpu": "skylake-avx512"}  # AVX-512BW without VNNI: zmm vpmaddwd
+HOST_AVX2 = has_features(host_cpu(), "avx2")
+HOST_AVX512BW = has_features(host_cpu(), "avx512bw", "avx512f")
+needs_avx2 = pytest.mark.skipif(not HOST_AVX2, reason="this CPU has no AVX2")
+needs_avx512 = pytest.mark.skipif(not HOST_AVX512BW, reason="this CPU has no AVX-512BW")
+WIDTHS = [pytest.param("ymm", AVX2, marks=needs_avx2), pytest.param("zmm", AVX512_NO_VNNI, marks=needs_avx512)]
+E = 24
+
+
+def _compile(func, target):
+    import tvm
+    return tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}),
+                       target=tvm.target.Target(target))
+
+
+def _run(lib, *arrays, out_shape, out_dtype):
+    import tvm
+    args = [tvm.runtime.tensor(a) for a in arrays] + [tvm.runtime.tensor(np.zeros(out_shape, out_dtype))]
+    lib["main"](*args)
+    return args[-1].numpy()
+
+
+def _word_linear(x_shape, n: int, k: int, width: str):
+    """A linear layer as the importer builds it in the 16-bit form: int16 panels, the register tile of
+    ``width``, the bias uncompensated, a per-channel requant to int8."""
+    from tvm import te
+    with gemm.word_gemm(width):
+        mr, nr = gemm.import_tile(n)
+    xt = te.placeholder(x_shape, "int8", name="x")
+    wt = te.placeholder((-(-n // (16 * nr)) * nr, -(-k // 2), 16, 2), "int16", name="w")
+    bt = te.placeholder((n,), "int64", name="b")
+    mt = te.placeholder((n,), "int64", name="m")
+    ep = lambda z, idx: requant_value(z, idx, mt, E, 1 << (E - 1), 0, -128, 127)  # noqa: E731
+    out = gemm.packed_gemm_te(xt, wt, bt, mr, n, VPDPWSSD, epilogue=ep, out_dtype="int8", nr=nr)
+    return te.create_prim_func([xt, wt, bt, mt, out]), nr
+
+
+@pytest.mark.parametrize("width,target", WIDTHS)
+@pytest.mark.parametrize("lead,rows,k,n", [
+    ((), 197, 384, 1152), ((8,), 197, 1536, 384), ((), 1, 64, 16), ((2,), 13, 30, 20), ((), 5, 100, 1000),
+    ((8,), 17, 49, 128), ((), 17, 128, 10)])
+def test_word_linear_kernel_equals_ops(width, target, lead, rows, k, n):
+    """Ragged rows (197, 17, 13, 5, 1), odd K (49, 30, 100) and N (1000, 20, 10), batches folded or not,
+    every int8 extreme in the products; the kernel is ``vpmaddwd`` + ``vpaddd``, no VNNI, and with ymm no
+    512-bit register at all."""
+    rng = np.random.default_rng(rows * k + n)
+    x = rng.integers(-128, 128, (*lead, rows, k)).astype(np.int8)
+    w = rng.integers(-128, 128, (k, n)).astype(np.int8)
+    x[..., 0, :], w[:, 0] = -128, -128                  # the largest product, every K of the first row
+    x[..., -1, :], w[:, -1] = 127, -128
+    bias = rng.integers(-2**20, 2**20, n)
+    m = rng.integers(1, 1 << 12, n).astype(np.int64)
+    func, nr = _word_linear(x.shape, n, k, width)
+    lib = _compile(schedules.schedule_gemm(func, vnni=False, word=width), target)
+    wp = gemm.pack_linear_weight(w.astype(np.int16), nr, VPDPWSSD.group)
+    got = _run(lib, x, wp, bias.astype(np.int64), m, out_shape=(*lead, rows, n), out_dtype="int8")
+    acc = ops.int_linear(torch.from_numpy(x), torch.from_numpy(w.T.copy()), torch.from_numpy(bias))
+    ref = ops.requantize(acc, torch.from_numpy(m), torch.tensor(E), 8).numpy()
+    assert np.array_equal(got, ref)
+    assert len(np.unique(ref)) > min(100, ref.size // 8)          # the outputs span int8, not just its ends
+    asm = lib.mod.inspect_source("asm")
+    assert "vpmaddwd" in asm and "vpdpbusd" not in asm and "vpdpwssd" not in asm
+    assert ("zmm" in asm) == (width == "zmm")
+
+
+@pytest.mark.parametrize("width,target", WIDTHS)
+def test_word_dot_wraps_like_vpdpwssd(width, target):
+    """``vpmaddwd``'s one overflow, ``(-32768)·(-32768)`` twice in a pair, and the accumulation past int32
+    wrap exactly as ``vpdpwssd`` and int32 arithmetic do (A·V's 16-bit operands take this instruction)."""
+    from tvm import te
+    rng = np.random.default_rng(1)
+    a = rng.integers(-2**15, 2**15, (7, 40)).astype(np.int16)
+    b = rng.integers(-2**15, 2**15, (40, 48)).astype(np.int16)
+    a[0], b[:, 0] = -2**15, -2**15                          # every pair sum 2**31: wraps
+    a[1, :4], b[:4, 1] = -2**15, -2**15
+    with gemm.word_gemm(width):
+        mr, nr = gemm.import_tile(48)
+    at, bt = te.placeholder(a.shape, "int16", name="a"), te.placeholder(b.shape, "int16", name="b")
+    out = gemm.packed_gemm_te(at, gemm.pack_panels_te(bt, "kn", VPDPWSSD), None, mr, 48, VPDPWSSD,
+                              out_dtype="int32", nr=nr)
+    with gemm.word_gemm(width):         # the in-graph panels take the tile's panel count too
+        func = te.create_prim_func([at, bt, out])
+    lib = _compile(schedules.schedule_gemm(func, vnni=False, word=width), target)
+    got = _run(lib, a, b, out_shape=(7, 48), out_dtype="int32")
+    assert np.array_equal(got, (a.astype(np.int64) @ b.astype(np.int64)).astype(np.int32))
+    assert got[0, 0] == np.int64(40 * 2**30).astype(np.int32)
+
+
+@pytest.mark.parametrize("width,target", WIDTHS)
+def test_whole_model_in_the_word_form_equals_torch_ort_and_vnni(tiny_qvit, width, target):
+    """The tiny model compiled with ``isa="avx2"`` (every int8 GEMM in the 16-bit form) equals the torch
+    integer model and ONNX Runtime at batch 1 and 8, and the VNNI build where this CPU has VNNI; the lowered
+    module holds no float op between quantizer and dequantize, and every GEMM is ``vpmaddwd``."""
+    q = tiny_qvit
+    x = adversarial_inputs(16, 3, 32, q.scales["input"])
+    proto = to_onnx(q)
+    modules = {b: compile_onnx(proto, dict(target), batch=b) for b in (1, 8)}
+    assert {m.isa for m in modules.values()} == {"avx2"}
+    assert_matches_reference(q, x, lambda batch: modules[batch])
+    s = session(proto)
+    assert_matches_reference(q, x, lambda batch: lambda xb: s.run(None, {"images": xb.numpy()}), (8,))
+    host = build.make_target(resolve_target("llvm"))
+    if target_has_vnni(host):
+        vnni = compile_onnx(proto, "llvm", batch=8, isa="vnni")
+        for i in range(0, 16, 8):
+            assert np.array_equal(vnni(x[i:i + 8])[1], modules[8](x[i:i + 8])[1])
+    tgt = build.make_target(target)
+    with gemm.word_gemm(width):
+        fused = build.fuse(build.to_relax(proto, 8), tgt)
+    scheduled = build.schedule(fused, tgt, isa="avx2")
+    assert float_ops_in_integer_region(scheduled) == []
+    gemms = [f for gv, f in scheduled.functions.items() if gv.name_hint.startswith(("int8_linear", "int16_gemm"))]
+    assert len(gemms) >= 5 * len(q.spec.blocks) and all(str(f.params[1].ty.dtype) == "int16" for f in gemms)
+
+
+def test_default_isa_by_target_and_forced_isa_the_target_lacks():
+    """No VNNI but AVX2 → ``"avx2"``; neither → ``"generic"``; forcing ``avx2`` on a CPU without it, or
+    ``vnni`` on an AVX2 CPU, is one clear error naming what to use."""
+    make = build.make_target
+    assert build.resolve_isa(None, make(AVX2)) == "avx2"
+    assert build.resolve_isa(None, make(AVX512_NO_VNNI)) == "avx2"
+    assert build.resolve_isa(None, make({"kind": "llvm", "mcpu": "x86-64"})) == "generic"
+    assert build.resolve_isa("generic", make(AVX2)) == "generic"
+    with pytest.raises(IsaUnavailableError, match="x86-64 has no AVX2; compile with isa='generic'"):
+        build.resolve_isa("avx2", make({"kind": "llvm", "mcpu": "x86-64"}))
+    with pytest.raises(IsaUnavailableError, match="x86-64-v3 has no AVX-512 VNNI; compile with isa='avx2'"):
+        build.resolve_isa("vnni", make(AVX2))
+    assert build.word_width_for("avx2", make(AVX2)) == "ymm"
+    assert build.word_width_for("avx2", make(AVX512_NO_VNNI)) == "zmm"
+    assert build.word_width_for("vnni", make(AVX512_NO_VNNI)) is None
+    with pytest.raises(ValueError, match="word_gemm width 'xmm'"):
+        gemm.word_gemm("xmm")
