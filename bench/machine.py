@@ -6,7 +6,9 @@ the thread count every backend was given, GPU name, driver, memory and
 compute capability when ``nvidia-smi`` finds one, the CUDA versions (the
 driver's, torch's runtime and cuDNN, nvcc's) and torch's TF32 switches
 (``cuda``), OS, and the versions of Python, intvit, torch, ONNX Runtime, TVM,
-transformers and numpy.
+transformers and numpy; the instruction set torch's CPU kernels dispatch to
+and the environment variables that cap the backends' instruction sets
+(``ISA_CAPS``: a run that emulates an older CPU for torch and oneDNN says so).
 """
 from __future__ import annotations
 
@@ -18,6 +20,9 @@ import subprocess
 
 # the flags that decide which kernels the backends can use (the full list is ~100 words)
 SIMD_PREFIXES = ("sse4", "avx", "fma", "amx", "f16c")
+# environment variables that cap a backend's instruction set: torch's ATen kernels, MKL, oneDNN (torch and
+# OpenVINO), OpenVINO's own switch (ONNX Runtime's MLAS has none: it dispatches on the CPU it finds)
+ISA_CAPS = ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
 
 
 def cpu_model_and_flags() -> tuple[str, list[str]]:
@@ -117,4 +122,6 @@ def machine_facts(threads: int) -> dict:
             "cores": os.cpu_count(), "threads": threads,
             "gpus": gpus(), "cuda": cuda_facts(), "python": platform.python_version(), "intvit": __version__,
             "torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "tvm": tvm.__version__,
-            "transformers": transformers.__version__, "numpy": numpy.__version__}
+            "transformers": transformers.__version__, "numpy": numpy.__version__,
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "isa_caps": {k: os.environ[k] for k in ISA_CAPS if k in os.environ}}

@@ -83,7 +83,8 @@ def device_label(report: dict) -> str:
     if report.get("target") == "cuda":
         gpu = m["gpus"][0]["name"] if m.get("gpus") else "GPU 0"
         return f"{gpu}, CUDA {report.get('arch')}"
-    return f"{m['cpu']}, {m['threads']} threads"
+    caps = ", ".join(f"{k}={v}" for k, v in (m.get("isa_caps") or {}).items())
+    return f"{m['cpu']}, {m['threads']} threads" + (f"; instruction sets capped by {caps}" if caps else "")
 
 
 def format_table(result: dict, machine: dict, device: str | None = None) -> str:
@@ -142,7 +143,7 @@ def write_chart(report: dict, path: str) -> None:
     fig = Figure(figsize=(7 * len(models), 5), layout="constrained")
     FigureCanvasAgg(fig)
     m, cuda = report["machine"], report.get("target") == "cuda"
-    where = device_label(report) if cuda else f"{m['cpu']} ({m['llvm_mcpu']}), {m['threads']} threads"
+    where = device_label(report) if cuda else device_label(report).replace(m["cpu"], f"{m['cpu']} ({m['llvm_mcpu']})", 1)
     fig.suptitle(f"{where}, {report['date'][:10]}", fontsize=10)
     for i, model in enumerate(models):
         ax = fig.add_subplot(1, len(models), i + 1)

@@ -267,6 +267,20 @@ def test_cuda_report_table_and_chart(tmp_path):
     assert (tmp_path / "c.png").stat().st_size > 10_000
 
 
+def test_a_run_with_capped_instruction_sets_says_so(monkeypatch):
+    """``ATEN_CPU_CAPABILITY=avx2`` and the like (torch, MKL, oneDNN made to run as on an older CPU) are recorded
+    with torch's dispatch level and named in every table heading."""
+    from intvit.bench import report as rep
+    from intvit.bench.machine import machine_facts
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    m = machine_facts(1)
+    assert m["isa_caps"] == {"ONEDNN_MAX_CPU_ISA": "AVX2"} and m["torch_cpu_capability"]
+    label = rep.device_label({"target": "llvm", "machine": m})
+    assert label.endswith("1 threads; instruction sets capped by ONEDNN_MAX_CPU_ISA=AVX2")
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    assert "capped" not in rep.device_label({"target": "llvm", "machine": {**m, "isa_caps": {}}})
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(detect_arch() is None or not torch.cuda.is_available(),
                     reason="needs an NVIDIA GPU that TVM and a CUDA build of torch can use")
