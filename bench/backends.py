@@ -98,8 +98,12 @@ class Backend:
 
 
 def _reason(exc: BaseException) -> str:
-    first = (str(exc).strip().splitlines() or [""])[0]
-    return f"{type(exc).__name__}: {first}"[:300]
+    """One line for the report: the message's first line, and, where that line only says where it was raised
+    (native libraries such as OpenVINO stack ``Exception from src/…:117:`` headers), the last line, which says
+    what went wrong."""
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()] or [""]
+    text = lines[0] if len(lines) == 1 or not lines[0].endswith(":") else f"{lines[0]} … {lines[-1]}"
+    return f"{type(exc).__name__}: {text}"[:300]
 
 
 @contextlib.contextmanager

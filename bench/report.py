@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import textwrap
 
 from .backends import ALL_BACKENDS, REFERENCE
 
@@ -144,7 +145,9 @@ def write_chart(report: dict, path: str) -> None:
     FigureCanvasAgg(fig)
     m, cuda = report["machine"], report.get("target") == "cuda"
     where = device_label(report) if cuda else device_label(report).replace(m["cpu"], f"{m['cpu']} ({m['llvm_mcpu']})", 1)
-    fig.suptitle(f"{where}, {report['date'][:10]}", fontsize=10)
+    head, _, caps = where.partition("; ")          # the caps (device_label) on a line of their own
+    caps = textwrap.fill(caps, 80 * len(models))
+    fig.suptitle(f"{head}, {report['date'][:10]}" + (f"\n{caps}" if caps else ""), fontsize=10)
     for i, model in enumerate(models):
         ax = fig.add_subplot(1, len(models), i + 1)
         rows = [r for r in report["results"] if r["model"] == model]

@@ -267,6 +267,17 @@ def test_cuda_report_table_and_chart(tmp_path):
     assert (tmp_path / "c.png").stat().st_size > 10_000
 
 
+def test_unavailable_reason_keeps_what_went_wrong():
+    """A native library's message that opens with where it was raised keeps its last line (what went wrong)."""
+    from intvit.bench.backends import _reason
+    ov = RuntimeError("Exception from src/inference/src/cpp/core.cpp:117:\nException from src/plugins/x.cpp:\n"
+                      "Supported primitive descriptors list is empty for node: Softmax\n")
+    assert _reason(ov) == ("RuntimeError: Exception from src/inference/src/cpp/core.cpp:117: … Supported primitive "
+                           "descriptors list is empty for node: Softmax")
+    assert _reason(ImportError("No module named 'openvino'\nmore")) == "ImportError: No module named 'openvino'"
+    assert len(_reason(ValueError("x" * 1000))) == 300
+
+
 def test_a_run_with_capped_instruction_sets_says_so(monkeypatch):
     """``ATEN_CPU_CAPABILITY=avx2`` and the like (torch, MKL, oneDNN made to run as on an older CPU) are recorded
     with torch's dispatch level and named in every table heading."""
