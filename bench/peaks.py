@@ -1,12 +1,15 @@
-"""The machine's int8 instruction peaks, measured now: AMX ``tdpbusd`` and AVX-512 VNNI ``vpdpbusd``.
+"""The machine's int8 instruction peaks, measured now: AMX ``tdpbusd``, AVX-512 VNNI ``vpdpbusd``, AVX-VNNI
+``vpdpbusd`` on ymm and ``vpmaddwd`` (the 16-bit form of CPUs without VNNI), each where this CPU has it.
 
-``python -m intvit.bench.peaks`` compiles two TVM kernels that do nothing but the instruction, on all
+``python -m intvit.bench.peaks`` compiles TVM kernels that do nothing but the instruction, on all
 ``TVM_NUM_THREADS`` threads, and prints the multiply-accumulates per second they reach:
 
 * **AMX**: per thread, four 16 × 16 int32 accumulator tiles fed by two A and two B tiles loaded once
   (2 × 2 blocking, as intvit's GEMMs), ``ITERATIONS`` × 4 ``tdpbusd`` (16·16·64 MACs each);
-* **VNNI**: per thread, ``VNNI_CHAINS`` independent zmm accumulators (enough to hide the instruction's
-  latency), ``ITERATIONS`` × that many ``vpdpbusd`` (16·4 MACs each).
+* **the vector dot products** (``DOT_PEAKS``): per thread, ``VNNI_CHAINS`` independent accumulators
+  (enough to hide the instruction's latency), ``ITERATIONS`` × that many instructions: ``vpdpbusd`` on
+  zmm (64 MACs) or ymm (32), ``vpmaddwd`` + ``vpaddd`` on zmm (32) where the CPU has AVX-512BW, else ymm (16)
+  — the widths intvit's GEMMs use on this CPU (``x86.gemm_isa``).
 
 Neither touches memory in its loop, so these are the rates the GEMM kernels are compared with in the
 kernel profile (``bench.profile``): the machine's own, measured in the same process as the profile
@@ -22,7 +25,16 @@ import numpy as np
 ITERATIONS = 200_000
 VNNI_CHAINS = 12
 TDPBUSD_MACS = 16 * 16 * 64
-VPDPBUSD_MACS = 16 * 4
+# result key → (the module ISA it is the peak of, instruction, LLVM intrinsic, int32 lanes, operand vector,
+# whether it accumulates itself, the CPU features it needs)
+DOT_PEAKS = {
+    "vnni_tmacs": ("vnni", "vpdpbusd", "llvm.x86.avx512.vpdpbusd.512", 16, "int8x64", True,
+                   ("avx512vnni", "avx512bw")),
+    "avxvnni_tmacs": ("avxvnni", "vpdpbusd", "llvm.x86.avx512.vpdpbusd.256", 8, "int8x32", True, ("avxvnni",)),
+    "pmaddwd_zmm_tmacs": ("avx2", "vpmaddwd", "llvm.x86.avx512.pmaddw.d.512", 16, "int16x32", False,
+                          ("avx512bw", "avx512f")),
+    "pmaddwd_ymm_tmacs": ("avx2", "vpmaddwd", "llvm.x86.avx2.pmadd.wd", 8, "int16x16", False, ("avx2",)),
+}
 
 
 def _threads() -> int:
@@ -66,30 +78,44 @@ def _amx_kernel(threads: int):
 
 
 @functools.lru_cache(maxsize=None)
-def _vnni_kernel(threads: int):
+def _dot_kernel(threads: int, key: str = "vnni_tmacs"):
+    """The loop of ``DOT_PEAKS[key]``: ``VNNI_CHAINS`` independent accumulators per thread."""
     import tvm
     from tvm.script import tirx as T
 
     from intvit.tvm_backend.build import make_target, resolve_target
-    chains = VNNI_CHAINS
+    _, _, llvm, lanes, operand, accumulates, _ = DOT_PEAKS[key]
+    chains, acc_t = VNNI_CHAINS, f"int32x{lanes}"
+
+    def step(acc, a, b):
+        if accumulates:
+            return T.call_llvm_pure_intrin(acc_t, llvm, acc, a, b)
+        return acc + T.call_llvm_pure_intrin(acc_t, llvm, a, b)
 
     @T.prim_func(s_tir=True)
     def main(a: T.Buffer((64,), "int8"), b: T.Buffer((64,), "int8"), out: T.Buffer((threads, 16), "int32"),
              n: T.int32):
         for t in T.parallel(threads):
-            acc = T.alloc_buffer((chains * 16,), "int32")
+            acc = T.alloc_buffer((chains * lanes,), "int32")
             for c in T.unroll(chains):
-                acc[T.ramp(c * 16, 1, 16)] = T.broadcast(T.int32(0), 16)
+                acc[T.ramp(c * lanes, 1, lanes)] = T.broadcast(T.int32(0), lanes)
             for _ in range(n):
                 for c in T.unroll(chains):
-                    acc[T.ramp(c * 16, 1, 16)] = T.call_llvm_pure_intrin(
-                        "int32x16", "llvm.x86.avx512.vpdpbusd.512", acc[T.ramp(c * 16, 1, 16)],
-                        a.vload([0], "int8x64"), b.vload([0], "int8x64"))
-            out[t, T.ramp(0, 1, 16)] = acc[T.ramp(0, 1, 16)]
+                    acc[T.ramp(c * lanes, 1, lanes)] = step(
+                        acc[T.ramp(c * lanes, 1, lanes)],
+                        T.reinterpret(a.vload([0], f"int8x{lanes * 4}"), dtype=operand),
+                        T.reinterpret(b.vload([0], f"int8x{lanes * 4}"), dtype=operand))
+            out[t, T.ramp(0, 1, lanes)] = acc[T.ramp(0, 1, lanes)]
             for c in range(1, chains):
-                out[t, T.ramp(0, 1, 16)] = out[t, T.ramp(0, 1, 16)] + acc[T.ramp(c * 16, 1, 16)]
+                out[t, T.ramp(0, 1, lanes)] = out[t, T.ramp(0, 1, lanes)] + acc[T.ramp(c * lanes, 1, lanes)]
 
     return tvm.compile(tvm.IRModule({"main": main}), target=make_target(resolve_target("llvm")))
+
+
+def dot_macs(key: str) -> int:
+    """Multiply-accumulates per instruction of ``DOT_PEAKS[key]``: 4 (bytes) or 2 (words) per int32 lane."""
+    _, _, _, lanes, operand, _, _ = DOT_PEAKS[key]
+    return lanes * (4 if operand.startswith("int8") else 2)
 
 
 def _rate(lib, args, macs_per_iteration: int, threads: int, iterations: int, repeats: int) -> float:
@@ -103,21 +129,25 @@ def _rate(lib, args, macs_per_iteration: int, threads: int, iterations: int, rep
 
 
 def measure_peaks(iterations: int = ITERATIONS, repeats: int = 5) -> dict:
-    """``{"threads", "amx_tmacs", "vnni_tmacs"}``: the best of ``repeats`` runs of each instruction loop, in
-    T int8 MAC/s over all threads; a peak is None where this CPU (or Linux) cannot run the instruction."""
+    """``{"threads", "amx_tmacs", *DOT_PEAKS}``: the best of ``repeats`` runs of each instruction loop, in
+    T int8 MAC/s over all threads; a peak is None where this CPU (or Linux) cannot run the instruction. Of
+    the two ``vpmaddwd`` widths only the one intvit's GEMMs use here is measured (zmm with AVX-512BW)."""
     import tvm
 
     from intvit.tvm_backend.amx import host_has_amx
     from intvit.tvm_backend.x86 import has_features, host_cpu
     threads = _threads()
     dev = tvm.cpu()
-    result = {"threads": threads, "amx_tmacs": None, "vnni_tmacs": None}
+    result = {"threads": threads, "amx_tmacs": None, **{key: None for key in DOT_PEAKS}}
     ones = np.ones(1024, np.int8)
-    if has_features(host_cpu(), "avx512vnni", "avx512bw"):
+    zmm = has_features(host_cpu(), "avx512bw", "avx512f")
+    for key, (*_, features) in DOT_PEAKS.items():
+        if not has_features(host_cpu(), *features) or (key == "pmaddwd_ymm_tmacs" and zmm):
+            continue
         args = [tvm.runtime.tensor(ones[:64], dev), tvm.runtime.tensor(ones[:64], dev),
                 tvm.runtime.tensor(np.zeros((threads, 16), np.int32), dev)]
-        result["vnni_tmacs"] = _rate(_vnni_kernel(threads), args, VNNI_CHAINS * VPDPBUSD_MACS, threads,
-                                     iterations, repeats) / 1e12
+        result[key] = _rate(_dot_kernel(threads, key), args, VNNI_CHAINS * dot_macs(key), threads,
+                            iterations, repeats) / 1e12
     if host_has_amx():
         from intvit.tvm_backend.amx import tile_config_words
         args = [tvm.runtime.tensor(ones, dev), tvm.runtime.tensor(np.array(tile_config_words(), np.int64), dev),
@@ -127,12 +157,16 @@ def measure_peaks(iterations: int = ITERATIONS, repeats: int = 5) -> dict:
     return result
 
 
+# each peak's name in the profile's column heading ("of VNNI peak") and in full
+PEAK_NAMES = {"amx_tmacs": ("AMX", "AMX tdpbusd"), "vnni_tmacs": ("VNNI", "VNNI vpdpbusd"),
+              "avxvnni_tmacs": ("AVX-VNNI", "AVX-VNNI vpdpbusd"), "pmaddwd_zmm_tmacs": ("vpmaddwd", "vpmaddwd (zmm)"),
+              "pmaddwd_ymm_tmacs": ("vpmaddwd", "vpmaddwd (ymm)")}
+
+
 def format_peaks(peaks: dict) -> str:
-    parts = [f"{name} {peaks[key]:.2f} T MAC/s" for name, key in (("AMX tdpbusd", "amx_tmacs"),
-                                                                   ("VNNI vpdpbusd", "vnni_tmacs"))
-             if peaks.get(key)]
+    parts = [f"{name} {peaks[key]:.2f} T MAC/s" for key, (_, name) in PEAK_NAMES.items() if peaks.get(key)]
     return (f"measured int8 peaks ({peaks['threads']} threads): " + ", ".join(parts)) if parts else \
-        "measured int8 peaks: none (no AMX or AVX-512 VNNI here)"
+        "measured int8 peaks: none (no AMX, VNNI or AVX2 here)"
 
 
 def main(argv=None) -> int:

@@ -108,11 +108,15 @@ def profile(compiled, repeat: int = 20, seed: int = 0, peaks: bool = True) -> di
 
 
 def peak_of(result: dict) -> tuple[str, float] | None:
-    """``(name, T MAC/s)``: the measured peak of the instruction the module's int8 GEMMs use (AMX for an
-    ``isa="amx"`` module, else VNNI), or None when it was not measured."""
-    peaks = result.get("peaks") or {}
-    name, key = ("AMX", "amx_tmacs") if result.get("isa") == "amx" else ("VNNI", "vnni_tmacs")
-    return (name, peaks[key]) if peaks.get(key) else None
+    """``(name, T MAC/s)``: the measured peak of the instruction the module's int8 GEMMs use (``isa``: AMX,
+    VNNI, AVX-VNNI or ``vpmaddwd``; a module without one is compared with VNNI), or None when it was not
+    measured."""
+    from .peaks import DOT_PEAKS, PEAK_NAMES
+    peaks, isa = result.get("peaks") or {}, result.get("isa")
+    keys = ["amx_tmacs"] if isa == "amx" else [k for k, spec in DOT_PEAKS.items() if spec[0] == isa] or \
+        ["vnni_tmacs"]
+    key = next((k for k in keys if peaks.get(k)), None)
+    return (PEAK_NAMES[key][0], peaks[key]) if key else None
 
 
 def format_profile(result: dict) -> str:

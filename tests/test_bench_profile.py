@@ -1,6 +1,6 @@
 """``bench.profile``: the instrumented VM run classifies every kernel call and counts the model's GEMM work
 exactly (timings are not checked: tests never time)."""
-from intvit.bench.profile import format_profile, kernel_class, profile
+from intvit.bench.profile import format_profile, kernel_class, peak_of, profile
 from intvit.tvm_backend.build import compile_onnx
 from intvit.quantize.onnx_export import to_onnx
 
@@ -49,11 +49,14 @@ def test_peaks_run_the_instruction_they_name_and_the_profile_compares_with_them(
     from intvit.tvm_backend.x86 import has_features, host_cpu
     measured = peaks.measure_peaks(iterations=2000, repeats=1)
     assert measured["threads"] >= 1
-    if has_features(host_cpu(), "avx512vnni", "avx512bw"):
-        assert "vpdpbusd" in peaks._vnni_kernel(measured["threads"]).mod.inspect_source("asm")
-        assert measured["vnni_tmacs"] > 0
-    else:
-        assert measured["vnni_tmacs"] is None
+    zmm = has_features(host_cpu(), "avx512bw", "avx512f")
+    for key, (_, instruction, _, lanes, _, _, features) in peaks.DOT_PEAKS.items():
+        if has_features(host_cpu(), *features) and not (key == "pmaddwd_ymm_tmacs" and zmm):
+            asm = peaks._dot_kernel(measured["threads"], key).mod.inspect_source("asm")
+            assert instruction in asm and ("zmm" in asm) == (lanes == 16), key
+            assert measured[key] > 0, key
+        else:
+            assert measured[key] is None, key
     if host_has_amx():
         assert "tdpbusd" in peaks._amx_kernel(measured["threads"]).mod.inspect_source("asm")
         assert measured["amx_tmacs"] > 0
@@ -66,6 +69,11 @@ def test_peaks_run_the_instruction_they_name_and_the_profile_compares_with_them(
     assert "measured int8 peaks" in table
     if (compiled.isa == "amx" and measured["amx_tmacs"]) or (compiled.isa != "amx" and measured["vnni_tmacs"]):
         assert "peak" in table.splitlines()[2] and "%" in next(l for l in table.splitlines() if "linear" in l)
+    # a module on vpmaddwd (the 16-bit form) is compared with the vpmaddwd peak of its width
+    assert peak_of({"isa": "avx2", "peaks": {"pmaddwd_ymm_tmacs": 0.2, "vnni_tmacs": 0.5}}) == ("vpmaddwd", 0.2)
+    assert peak_of({"isa": "avxvnni", "peaks": {"avxvnni_tmacs": 0.4}}) == ("AVX-VNNI", 0.4)
+    assert peak_of({"isa": "generic", "peaks": {"vnni_tmacs": 0.5}}) == ("VNNI", 0.5)
+    assert peak_of({"isa": "amx", "peaks": {"vnni_tmacs": 0.5}}) is None
 
 
 def test_ab_refuses_modules_that_compute_different_things(tiny_qvit, tiny_qvit_shiftgelu):

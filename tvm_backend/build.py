@@ -8,8 +8,9 @@ them) → schedules → ``tvm.compile``. Targets:
 
 * ``"llvm"``: this CPU; ``schedules.schedule_module``, with the GEMMs on the
   instruction set ``isa`` names (``ISAS``; by default AMX where this CPU and
-  Linux allow it, else AVX-512 VNNI where the CPU has it, else ``vpmaddwd``
-  on int16 operands where it has AVX2, else generic);
+  Linux allow it, else AVX-512 VNNI where the CPU has it, else AVX-VNNI
+  on ymm, else ``vpmaddwd`` on int16 operands where it has AVX2, else
+  generic);
 * ``"cuda"`` (with an ``arch`` such as ``sm_90``, or the GPU's own when one is
   present; a dict target may name the host code's llvm target as ``"host"``):
   ``gpu_schedules.schedule_module_gpu``, the int8 GEMMs on tensor cores from
@@ -39,7 +40,7 @@ GEMM_PREFIXES = ("int8_linear", "int16_gemm", "int16_linear", "int_bmm")
 PACK_PREFIXES = ("pack_panels", "pack_values")    # index arithmetic hides that they are injective
 
 
-ISAS = ("amx", "vnni", "avx2", "generic")      # the CPU GEMM schedules compile_onnx(isa=...) can force
+ISAS = ("amx", "vnni", "avxvnni", "avx2", "generic")      # the CPU GEMM schedules compile_onnx(isa=...) can force
 
 
 def resolve_target(target, arch: str | None = None) -> dict:
@@ -110,42 +111,45 @@ def resolve_isa(isa: str | None, target) -> str | None:
 
     Default: ``"amx"`` when ``target`` is this CPU and ``amx.host_has_amx()``
     (the CPU has AMX-INT8 and Linux grants the tile state), else ``"vnni"``
-    where the target has AVX-512 VNNI, else ``"avx2"`` (the 16-bit form with
-    ``vpmaddwd``, ``gemm.word_gemm``; 512-bit where the target has AVX-512BW)
-    where it has AVX2, else ``"generic"`` (plain vectorized loops). A forced
-    ``"amx"`` needs a target CPU with AMX-INT8 and, when the target is this
-    CPU, the tile permission; ``"vnni"`` a target with AVX-512 VNNI;
-    ``"avx2"`` one with AVX2.
+    where the target has AVX-512 VNNI, else ``"avxvnni"`` (VNNI on ymm) where
+    it has AVX-VNNI, else ``"avx2"`` (the 16-bit form with ``vpmaddwd``,
+    ``gemm.word_gemm``; 512-bit where the target has AVX-512BW) where it has
+    AVX2, else ``"generic"`` (plain vectorized loops); ``x86.gemm_isa`` says
+    what each runs. A forced ``"amx"`` needs a target CPU with AMX-INT8 and,
+    when the target is this CPU, the tile permission; the others a target
+    with their extension.
     """
     from . import amx
-    from .x86 import target_has_avx2, target_has_vnni
+    from .x86 import target_has_avx2, target_has_avxvnni, target_has_vnni
     if is_cuda(target):
         if isa is not None:
             raise UnknownTargetError(f"isa={isa!r} chooses a CPU GEMM schedule; leave it unset for --target cuda")
         return None
+    if isa is not None and isa not in ISAS:
+        raise UnknownTargetError(f"unknown isa {isa!r}; choose one of {list(ISAS)} (or leave it unset)")
     if isa is None:
         if is_host_target(target) and amx.target_has_amx(target) and amx.host_has_amx():
             return "amx"
-        return "vnni" if target_has_vnni(target) else "avx2" if target_has_avx2(target) else "generic"
-    if isa not in ISAS:
-        raise UnknownTargetError(f"unknown isa {isa!r}; choose one of {list(ISAS)} (or leave it unset)")
+        return next((name for name, has in (("vnni", target_has_vnni), ("avxvnni", target_has_avxvnni),
+                                            ("avx2", target_has_avx2)) if has(target)), "generic")
+    best = f"leave isa unset for the best this target has ({resolve_isa(None, target)!r})"
     mcpu = str(target.attrs.get("mcpu", "")) or "(generic x86)"
     if isa == "amx":
         if not amx.target_has_amx(target):
             raise IsaUnavailableError(
-                f"isa='amx': the target CPU {mcpu} has no AMX-INT8; compile with isa='vnni', 'avx2' or 'generic', or "
-                "for an AMX CPU (mcpu sapphirerapids, emeraldrapids, graniterapids)")
+                f"isa='amx': the target CPU {mcpu} has no AMX-INT8; compile for an AMX CPU (mcpu sapphirerapids, "
+                f"emeraldrapids, graniterapids), or {best}")
         if is_host_target(target) and not amx.host_has_amx():
             raise IsaUnavailableError(
                 "isa='amx': Linux refused this process the AMX tile state (arch_prctl(ARCH_REQ_XCOMP_PERM, "
                 "XTILEDATA) failed: a kernel older than 5.16, or AMX disabled for this VM or container), so AMX "
-                "code would die with SIGILL here; compile with isa='vnni', or run on a host that allows AMX")
+                f"code would die with SIGILL here; {best}, or run on a host that allows AMX")
     if isa == "vnni" and not target_has_vnni(target):
-        raise IsaUnavailableError(f"isa='vnni': the target CPU {mcpu} has no AVX-512 VNNI; compile with "
-                                  "isa='avx2' or 'generic', or leave isa unset")
+        raise IsaUnavailableError(f"isa='vnni': the target CPU {mcpu} has no AVX-512 VNNI; {best}")
+    if isa == "avxvnni" and not target_has_avxvnni(target):
+        raise IsaUnavailableError(f"isa='avxvnni': the target CPU {mcpu} has no AVX-VNNI; {best}")
     if isa == "avx2" and not target_has_avx2(target):
-        raise IsaUnavailableError(f"isa='avx2': the target CPU {mcpu} has no AVX2; compile with isa='generic' "
-                                  "or leave isa unset")
+        raise IsaUnavailableError(f"isa='avx2': the target CPU {mcpu} has no AVX2; {best}")
     return isa
 
 
@@ -161,21 +165,14 @@ def schedule(mod, target, database=None, isa: str | None = None):
         from .gpu_schedules import schedule_module_gpu
         return schedule_module_gpu(mod, str(target.attrs["arch"]) if "arch" in target.attrs else None)
     from .schedules import schedule_module
-    from .x86 import target_has_vnni
+    from .x86 import gemm_isa, target_has_vnni
     if database is not None:
         from .tuning import schedule_with_database
         mod = schedule_with_database(mod, database, target)
     if isa is None:
         return schedule_module(mod, target_has_vnni(target))
     return schedule_module(mod, isa in ("amx", "vnni") and target_has_vnni(target), amx=isa == "amx",
-                           word=word_width_for(isa, target))
-
-
-def word_width_for(isa: str | None, target) -> str | None:
-    """The ``vpmaddwd`` width (``x86.WORD_DOTS``) of ``isa`` on ``target``: ``"zmm"``/``"ymm"`` for
-    ``"avx2"`` (by the target's AVX-512BW), None for the other instruction sets."""
-    from .x86 import word_width
-    return word_width(target) if isa == "avx2" else None
+                           dots=gemm_isa(isa, target).dots)
 
 
 def lower(mod, target):
@@ -242,12 +239,14 @@ def compile_onnx(model, target="llvm", batch: int = 1, arch: str | None = None, 
     isa = resolve_isa(isa, tgt)
 
     def fused_module():
-        from .gemm import amx_layout, vbmi_lookup, word_gemm
+        from .gemm import amx_layout, gemm_vectors, vbmi_lookup, word_gemm
         from .gpu_gemm import imma_layout
         from .imma import imma_arch
-        from .x86 import target_has_vbmi
+        from .x86 import gemm_isa, target_has_vbmi
+        plan = gemm_isa(isa, tgt)
         with amx_layout(isa == "amx"), vbmi_lookup(isa == "vnni" and target_has_vbmi(tgt)), \
-                word_gemm(word_width_for(isa, tgt)), imma_layout(cuda and imma_arch(resolved["arch"])):
+                word_gemm(plan.word_form), gemm_vectors(plan.vectors), \
+                imma_layout(cuda and imma_arch(resolved["arch"])):
             mod = fuse(to_relax(proto, batch, gemm_form="tiled" if cuda else "vnni"), tgt)
         if isa == "amx":
             from . import amx
@@ -259,8 +258,9 @@ def compile_onnx(model, target="llvm", batch: int = 1, arch: str | None = None, 
     database = summary = None
     if tune:
         from .tuning import tune_gemms
-        database, summary = tune_gemms(fused, tgt, tune, tuning_dir, vnni=_vnni(tgt) and isa != "avx2",
-                                       progress=progress, word=word_width_for(isa, tgt))
+        from .x86 import gemm_isa
+        database, summary = tune_gemms(fused, tgt, tune, tuning_dir, vnni=isa in ("amx", "vnni"),
+                                       progress=progress, dots=gemm_isa(isa, tgt).dots)
     if cuda:
         from .cuda import embedding
         build_scope = contextlib.ExitStack()
@@ -296,8 +296,3 @@ def wrap_executable(ex, proto, batch: int, device: str = "cpu", isa: str | None 
     dtype = "int8" if inp.name == "images_int8" else "float32"
     shape = [batch] + [d.dim_value for d in inp.type.tensor_type.shape.dim[1:]]
     return CompiledIntViT(ex, batch, inp.name, shape, dtype, device=device, isa=isa)
-
-
-def _vnni(target) -> bool:
-    from .x86 import target_has_vnni
-    return target_has_vnni(target)

@@ -32,8 +32,8 @@ context the int8 linear layers and attention's ``Q·Kᵀ`` are built like
 ``A·V``, in the ``VPDPWSSD`` form: ``x`` widened to int16 (no +128 shift,
 no compensation), the weight or keys packed as int16 ``[N/16, K/2, 16, 2]``
 panels, so the schedule multiplies them with ``vpmaddwd``
-(``x86.WORD_DOTS``). With 256-bit vectors (16 ymm registers) the register
-tile is ``WORD_YMM_TILE``.
+(``x86.gemm_isa``). Inside ``gemm_vectors("ymm")`` (CPUs without AVX-512:
+16 ymm registers) every register tile is ``YMM_TILE``.
 
 **The AMX layout** (``amx_layout()``, for ``amx.apply_amx_gemm_schedule``):
 inside this context the u8 × s8 (``VPDPBUSD``) kernels are built for AMX
@@ -109,29 +109,35 @@ def byte_lookup_active() -> bool:
     return _VBMI_LOOKUP.get() or _AMX_LAYOUT.get()
 
 
-_WORD_GEMM: ContextVar[str | None] = ContextVar("intvit_word_gemm", default=None)
-WORD_YMM_TILE = (6, 1)      # 6 rows × one 16-lane panel: 12 ymm accumulators, 2 for the panel, 1 broadcast
+_WORD_GEMM: ContextVar[bool] = ContextVar("intvit_word_gemm", default=False)
+_VECTORS: ContextVar[str] = ContextVar("intvit_gemm_vectors", default="zmm")
+YMM_TILE = (6, 1)       # 6 rows × one 16-lane panel: 12 ymm accumulators, 2 for the panel, 1 broadcast
 
 
-def word_gemm(width: str | None = "zmm"):
-    """Within this context the int8 GEMMs (linear layers, ``Q·Kᵀ``) take the 16-bit form (module docstring)
-    for ``vpmaddwd`` of ``width`` (``"zmm"``: AVX-512BW, ``"ymm"``: AVX2; ``x86.WORD_DOTS``); None: off.
-
-    Wraps the import of a graph for a CPU without VNNI (``build.compile_onnx`` with ``isa="avx2"``)."""
-    if width not in (None, "zmm", "ymm"):
-        raise ValueError(f"word_gemm width {width!r}: choose 'zmm', 'ymm' or None")
-    return import_flag(_WORD_GEMM, width)
+def word_gemm(enabled: bool = True):
+    """Within this context the int8 GEMMs (linear layers, ``Q·Kᵀ``) take the 16-bit form (module docstring):
+    wraps the import of a graph for a CPU without VNNI (``build.compile_onnx`` with ``isa="avx2"``)."""
+    return import_flag(_WORD_GEMM, enabled)
 
 
-def word_gemm_width() -> str | None:
-    """The ``vpmaddwd`` width of the current import's 16-bit form (``word_gemm``), or None."""
+def word_gemm_active() -> bool:
+    """Whether the current import builds the int8 GEMMs in the 16-bit form (``word_gemm``)."""
     return _WORD_GEMM.get()
 
 
+def gemm_vectors(width: str = "zmm"):
+    """Within this context the GEMMs' register tiles are sized for ``width`` registers: ``"zmm"`` (32 × 512
+    bits, ``linear_tile``) or ``"ymm"`` (16 × 256 bits, ``YMM_TILE``): wraps the import of a graph for a CPU
+    without AVX-512 (``x86.gemm_isa``)."""
+    if width not in ("zmm", "ymm"):
+        raise ValueError(f"gemm_vectors width {width!r}: choose 'zmm' or 'ymm'")
+    return import_flag(_VECTORS, width)
+
+
 def import_tile(n: int, lookup: bool = False) -> tuple[int, int]:
-    """The register tile ``(MR, NR)`` of a kernel of ``n`` columns imported now: ``WORD_YMM_TILE`` in the
-    256-bit 16-bit form (``word_gemm("ymm")``), else ``linear_tile``."""
-    return WORD_YMM_TILE if _WORD_GEMM.get() == "ymm" and not lookup else linear_tile(n, lookup)
+    """The register tile ``(MR, NR)`` of a kernel of ``n`` columns imported now: ``YMM_TILE`` inside
+    ``gemm_vectors("ymm")``, else ``linear_tile``."""
+    return YMM_TILE if _VECTORS.get() == "ymm" and not lookup else linear_tile(n, lookup)
 
 
 def _amx(amx: bool | None, u8: bool) -> bool:

@@ -66,8 +66,8 @@ class GemmEmitter:
         add = next((c for c in chain if c.op_type == "Add"), None)
         bias = consts[add.input[1]] if add is not None else None
         if self.form == "vnni":
-            from .gemm import folded_bias, import_tile, pack_linear_weight, word_gemm_width
-            if word_gemm_width():
+            from .gemm import folded_bias, import_tile, pack_linear_weight, word_gemm_active
+            if word_gemm_active():
                 from .x86 import VPDPWSSD
                 wp = relax.const(pack_linear_weight(w_kn.astype(np.int16), import_tile(n)[1], VPDPWSSD.group),
                                  "int16")
@@ -100,9 +100,9 @@ class GemmEmitter:
         check_accumulator_fits(int(self.bb.normalize(keys_nk).ty.shape[-1]), "attention's Q·Kᵀ")
         if self.form == "tiled":
             return self._tiled(x, keys_nk, None, "nk", chain, table, residual=residual)
-        from .gemm import pack_panels_te, panel_compensation_te, word_gemm_width
+        from .gemm import pack_panels_te, panel_compensation_te, word_gemm_active
         from .x86 import VPDPBUSD, VPDPWSSD
-        dot = VPDPWSSD if word_gemm_width() else VPDPBUSD
+        dot = VPDPWSSD if word_gemm_active() else VPDPBUSD
         wp = self.bb.emit_te(lambda kt: pack_panels_te(kt, "nk", dot), keys_nk, primfunc_name_hint="pack_panels")
         fb = None if dot is VPDPWSSD else \
             self.bb.emit_te(panel_compensation_te, keys_nk, primfunc_name_hint="panel_compensation")

@@ -13,10 +13,11 @@ Three schedules, chosen per PrimFunc by the blocks it contains:
   ``amx.apply_amx_gemm_schedule``, 32 × 32 blocks of 2 × 2 int32 tiles over
   the whole K, the epilogue per task. The int16 (``vpdpwssd``) kernels and
   kernels not padded for AMX keep the VNNI schedule.
-* **GEMM with ``vpmaddwd``** (``schedule_module(..., word="zmm"|"ymm")``: a
-  kernel in the 16-bit form, ``gemm.word_gemm``, for a CPU without VNNI):
-  the VNNI tiling, each step ``vpmaddwd`` + ``vpaddd`` (``x86.WORD_DOTS``;
-  with ymm, two per 16-lane panel and a smaller tile, ``gemm.WORD_YMM_TILE``).
+* **GEMM on another dot instruction** (``schedule_module(..., dots=...)``,
+  ``x86.gemm_isa``): the same tiling with the instruction set's intrinsic:
+  VNNI on ymm (AVX-VNNI), or ``vpmaddwd`` + ``vpaddd`` for a kernel in the
+  16-bit form (``gemm.word_gemm``, CPUs without VNNI); on ymm two
+  instructions per 16-lane panel and a smaller tile (``gemm.YMM_TILE``).
 * **GEMM without either** (``int_bmm_te`` kernels, or a GEMM no dot
   instruction takes): the same tiling with 16-lane int32 multiply-adds.
 * **Row-wise** (everything else: LayerNorm, Shiftmax, ShiftGELU, requant,
@@ -36,18 +37,18 @@ from .gemm import ACC_BLOCK, OUT_BLOCK, PACK_BLOCK, SHIFTED_INPUT_BLOCK, TILE_RO
 from .gpu_gemm import LHS_BLOCK, RHS_BLOCK
 from .schedule_blocks import (SCHEDULED_ATTR, _fused_parallel, _numel, block_names,  # noqa: F401 (re-exported)
                               fold_output_rows, is_reduction, parallel_rows)
-from .x86 import DOT_INSTRUCTIONS, LANES, WORD_DOTS, register_dot_intrinsic
+from .x86 import DOT_INSTRUCTIONS, LANES, VPDPBUSD, register_dot_intrinsic
 
 TILED_ROWS = 8                  # rows per parallel task of a tiled (int64) GEMM; divides TILE_M
 
 
-def schedule_gemm(func, vnni: bool, amx: bool = False, word: str | None = None):
-    """Tile and parallelise a ``gemm`` kernel; tensorize with AMX (``amx``), VNNI, or ``vpmaddwd`` of width
-    ``word`` where the kernel and target allow."""
+def schedule_gemm(func, vnni: bool, amx: bool = False, dots: dict | None = None):
+    """Tile and parallelise a ``gemm`` kernel; tensorize with AMX (``amx``), VNNI, or the instruction set's
+    ``dots`` (``apply_gemm_schedule``) where the kernel and target allow."""
     from tvm import s_tir
     sch = s_tir.Schedule(func)
     amx = amx and amx_shape(sch) is not None
-    apply_gemm_schedule(sch, vnni, amx=amx, word=word)
+    apply_gemm_schedule(sch, vnni, amx=amx, dots=dots)
     out = sch.mod["main"].with_attr(SCHEDULED_ATTR, True)
     return with_tile_request(out) if amx else out
 
@@ -59,24 +60,17 @@ BLOCK_ORDERS = ("columns", "rows")
 MAX_PANELS_PER_BLOCK, MAX_ROW_TILES_PER_BLOCK, MAX_K_UNROLL = 4, 8, 8
 
 
-def dot_for(staged_dtype: str, vnni: bool, word: str | None):
-    """The dot instruction a linear kernel whose staged activations are ``staged_dtype`` is tensorized with:
-    VNNI's (``x86.DOT_INSTRUCTIONS``) on a VNNI target, ``vpmaddwd`` (``x86.WORD_DOTS[word]``) for the
-    int16 form without VNNI, else None (plain vectorized multiply-adds)."""
-    if vnni:
-        return DOT_INSTRUCTIONS[staged_dtype]
-    return WORD_DOTS[word] if word and staged_dtype == "int16" else None
-
-
 def apply_gemm_schedule(sch, vnni: bool, blocking: str | None = None, amx: bool = False,
-                        word: str | None = None):
+                        dots: dict | None = None):
     """Schedule the ``gemm`` kernel in ``sch`` (a ``s_tir.Schedule``) in place.
 
     With ``amx`` (and no ``blocking``), a u8 × s8 kernel in the AMX layout
-    (``amx.amx_shape``) gets ``amx.apply_amx_gemm_schedule`` instead. Without
-    ``vnni``, ``word`` (``"zmm"``/``"ymm"``) tensorizes the int16 kernels with
-    ``vpmaddwd`` (``dot_for``). The register tile's rows are the ones the
-    kernel was built for (its ``gemm.TILE_ROWS`` annotation).
+    (``amx.amx_shape``) gets ``amx.apply_amx_gemm_schedule`` instead. ``dots``
+    (``x86.GemmIsa.dots``: staged activation dtype → tensor intrinsic) picks
+    the instruction of a linear kernel; default: VNNI's on a ``vnni`` target,
+    none otherwise (plain vectorized multiply-adds). The register tile is the
+    one the kernel was built for (its ``gemm.TILE_ROWS``/``TILE_VECTORS``
+    annotations).
 
     Without ``blocking`` this is the hand schedule: register tiles ``MR × NR·16``
     (``gemm.linear_tile``) in one parallel loop over (panel, row tile). With
@@ -88,9 +82,10 @@ def apply_gemm_schedule(sch, vnni: bool, blocking: str | None = None, amx: bool 
     if amx and blocking is None and amx_shape(sch) is not None:
         apply_amx_gemm_schedule(sch)
         return
+    dots = dots if dots is not None else (DOT_INSTRUCTIONS if vnni else {})
     linear = SHIFTED_INPUT_BLOCK in block_names(sch)
     lookup = BYTE_TABLE_BLOCK in block_names(sch)
-    if lookup and not (vnni and linear):
+    if lookup and not (dots.get("uint8") is VPDPBUSD and linear):
         raise ValueError("this GEMM ends in a byte-table lookup (byte_table), which runs on the AMX or VNNI "
                          "schedule only (a target with AVX-512 VNNI and VBMI); import it without "
                          "gemm.vbmi_lookup() for this target")
@@ -108,7 +103,7 @@ def apply_gemm_schedule(sch, vnni: bool, blocking: str | None = None, amx: bool 
     if linear:
         shifted = sch.get_sblock(SHIFTED_INPUT_BLOCK)
         staged = str(sch.get(shifted).writes[0].source.dtype)
-        dot = dot_for(staged, vnni, word)
+        dot = dots.get(staged)
         parallel_rows(sch, shifted)
         ko, kv = sch.split(k, [None, DOT_INSTRUCTIONS[staged].group])
         inner_k = [kv]
@@ -240,10 +235,10 @@ def _schedule_pack(sch, block):
     return _fused_parallel(sch, lead)
 
 
-def schedule_module(mod, vnni: bool, amx: bool = False, word: str | None = None):
+def schedule_module(mod, vnni: bool, amx: bool = False, dots: dict | None = None):
     """Schedule every PrimFunc of a fused module (``relax.transform.FuseTIR`` output); with ``amx``, the
-    u8 × s8 GEMMs in the AMX layout get the AMX schedule; with ``word`` (and no ``vnni``) the int16 GEMMs
-    get ``vpmaddwd`` of that width."""
+    u8 × s8 GEMMs in the AMX layout get the AMX schedule; ``dots`` (``x86.GemmIsa.dots``) names the other
+    GEMMs' instructions (default: VNNI's where ``vnni``)."""
     import tvm
     out = {}
     for gv, func in mod.functions.items():
@@ -253,7 +248,7 @@ def schedule_module(mod, vnni: bool, amx: bool = False, word: str | None = None)
         if LHS_BLOCK in names:
             out[gv] = schedule_tiled_gemm(func)
         else:
-            out[gv] = schedule_gemm(func, vnni, amx, word) if ACC_BLOCK in names else schedule_rowwise(func)
+            out[gv] = schedule_gemm(func, vnni, amx, dots) if ACC_BLOCK in names else schedule_rowwise(func)
     for gv, func in out.items():
         mod[gv] = func
     return mod

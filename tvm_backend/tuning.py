@@ -67,15 +67,15 @@ def workload(func):
     return tvm.IRModule({WORKLOAD: func.with_attr("global_symbol", WORKLOAD)})
 
 
-def design_space(vnni: bool, word: str | None = None):
-    """``ScheduleFn`` body: one design space per ``BLOCK_ORDERS`` entry, knobs sampled in each (``word``:
-    the ``vpmaddwd`` width of a module in the 16-bit form, ``schedules.apply_gemm_schedule``)."""
+def design_space(vnni: bool, dots: dict | None = None):
+    """``ScheduleFn`` body: one design space per ``BLOCK_ORDERS`` entry, knobs sampled in each (``dots``: the
+    instruction set's tensor intrinsics, ``schedules.apply_gemm_schedule``)."""
     def spaces(sch):
         out = []
         for order in BLOCK_ORDERS:
             s = sch.copy()
             s.seed(len(out) + 1)
-            apply_gemm_schedule(s, vnni, blocking=order, word=word)
+            apply_gemm_schedule(s, vnni, blocking=order, dots=dots)
             out.append(s)
         return out
     return spaces
@@ -97,8 +97,8 @@ def gemm_functions(mod) -> dict:
 def open_database(path: str):
     """The MetaSchedule database in directory ``path`` (created if missing)."""
     from tvm.s_tir import meta_schedule as ms
-    from .x86 import DOT_INSTRUCTIONS, WORD_DOTS, register_dot_intrinsic
-    for dot in (*DOT_INSTRUCTIONS.values(), *WORD_DOTS.values()):   # replayed traces' Tensorize steps name them
+    from .x86 import ALL_DOTS, register_dot_intrinsic
+    for dot in ALL_DOTS:     # loading replays the recorded traces, whose Tensorize steps name them
         register_dot_intrinsic(dot)
     os.makedirs(path, exist_ok=True)
     return ms.database.JSONDatabase(work_dir=path, module_equality=MODULE_EQUALITY)
@@ -132,7 +132,7 @@ def apply_trace(func, trace):
 
 
 def tune_gemms(mod, target, trials: int, database_dir: str, vnni: bool, progress=None,
-               word: str | None = None) -> tuple:
+               dots: dict | None = None) -> tuple:
     """Tune the GEMM shapes of ``mod`` that ``database_dir`` has no record for.
 
     Returns ``(database, TuningSummary)``. ``trials`` candidates are measured
@@ -159,7 +159,7 @@ def tune_gemms(mod, target, trials: int, database_dir: str, vnni: bool, progress
         import_tensor_intrinsics()      # TuneContext imports the library; 3 s this way instead of 15-30
         tasks = [ms.TuneContext(
             mod=workload(func), target=target,
-            space_generator=ms.space_generator.ScheduleFn(design_space(vnni, word), sch_rules=[], postprocs=[],
+            space_generator=ms.space_generator.ScheduleFn(design_space(vnni, dots), sch_rules=[], postprocs=[],
                                                           mutator_probs={MutateTileSize(): 1.0}),
             search_strategy=ms.search_strategy.EvolutionarySearch(
                 population_size=64, init_min_unmeasured=16, genetic_num_iters=2),

@@ -12,7 +12,10 @@ On CPUs without VNNI (AVX2 only, or AVX-512 without VNNI) the int8 GEMMs
 take the 16-bit form instead (``gemm.word_gemm``): ``vpmaddwd`` computes
 ``Σ_{k<2} A[k]·B[i, k]`` on signed 16-bit operands into int32 lanes, and a
 ``vpaddd`` accumulates (``PMADDWD_512``: 16 lanes per zmm; ``PMADDWD_256``:
-8 lanes per ymm, two per 16-lane panel). int8 values widened to int16 make
+8 lanes per ymm, two per 16-lane panel). CPUs with AVX-VNNI but no AVX-512
+(Intel's client cores since Alder Lake, Sierra Forest) run the VNNI form on
+ymm (``VPDPBUSD_256``, ``VPDPWSSD_256``: the VEX encoding of the same
+instructions). ``gemm_isa`` says which set an instruction-set name uses. int8 values widened to int16 make
 every product and pair sum exact, and ``vpmaddwd``'s one overflow case
 (``-32768·-32768`` twice) wraps exactly as ``vpdpwssd`` does, so the result
 is bit-identical to the VNNI kernels on the same panels. (``vpmaddubsw``,
@@ -51,7 +54,7 @@ def has_features(mcpu: str, *features: str) -> bool:
         return False
 
 
-ISA_FEATURES = ("sse4.2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512vnni",
+ISA_FEATURES = ("sse4.2", "avx", "avx2", "fma", "avxvnni", "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512vnni",
                 "avx512vbmi")
 
 
@@ -118,16 +121,59 @@ VPDPBUSD = DotInstruction("intvit_dot_16x4_u8s8s32", "llvm.x86.avx512.vpdpbusd.5
 VPDPWSSD = DotInstruction("intvit_dot_16x2_s16s16s32", "llvm.x86.avx512.vpdpwssd.512", 2, "int16", "int16",
                           "int16x32")
 DOT_INSTRUCTIONS = {d.a_dtype: d for d in (VPDPBUSD, VPDPWSSD)}     # by the activation operand's dtype
+VPDPBUSD_256 = DotInstruction("intvit_dot_16x4_u8s8s32_ymm", "llvm.x86.avx512.vpdpbusd.256", 4, "uint8", "int8",
+                              "int8x32", lanes=8)
+VPDPWSSD_256 = DotInstruction("intvit_dot_16x2_s16s16s32_ymm", "llvm.x86.avx512.vpdpwssd.256", 2, "int16", "int16",
+                              "int16x16", lanes=8)
 PMADDWD_512 = DotInstruction("intvit_dot_16x2_s16s16s32_pmaddwd512", "llvm.x86.avx512.pmaddw.d.512", 2, "int16",
                              "int16", "int16x32", lanes=16, accumulates=False)
 PMADDWD_256 = DotInstruction("intvit_dot_16x2_s16s16s32_pmaddwd256", "llvm.x86.avx2.pmadd.wd", 2, "int16",
                              "int16", "int16x16", lanes=8, accumulates=False)
-WORD_DOTS = {"zmm": PMADDWD_512, "ymm": PMADDWD_256}     # by vector width (gemm.word_gemm)
 
 
-def word_width(target) -> str:
-    """The vector width of ``target``'s ``vpmaddwd`` (``WORD_DOTS``): ``"zmm"`` with AVX-512BW, else ``"ymm"``."""
-    return "zmm" if target_has(target, "avx512bw", "avx512f") else "ymm"
+@dataclasses.dataclass(frozen=True)
+class GemmIsa:
+    """How the int8 GEMMs run on one CPU instruction set (``gemm_isa``).
+
+    ``word_form``: the int8 GEMMs are imported in the 16-bit form
+    (``gemm.word_gemm``); ``vectors``: the register file their tiles are
+    sized for (``"zmm"``: 32 × 512 bits, ``"ymm"``: 16 × 256 bits,
+    ``gemm.gemm_vectors``); ``dots``: the tensor intrinsic for each staged
+    activation dtype (a kernel whose dtype is missing runs as plain
+    vectorized multiply-adds).
+    """
+    name: str
+    word_form: bool
+    vectors: str
+    dots: dict
+
+
+def gemm_isa(isa: str | None, target) -> GemmIsa:
+    """The ``GemmIsa`` of a CPU instruction set name (``build.ISAS``; ``"amx"`` here covers the GEMMs AMX does
+    not take) on ``target``:
+
+    * ``"amx"``/``"vnni"``: ``vpdpbusd``/``vpdpwssd`` on zmm (AVX-512 VNNI);
+    * ``"avxvnni"``: the same instructions on ymm, VEX-encoded (AVX-VNNI: Alder Lake and later Intel client
+      cores, Sierra Forest; no AVX-512);
+    * ``"avx2"``: the 16-bit form with ``vpmaddwd``, zmm where the target has AVX-512BW, else ymm;
+    * ``"generic"`` or None: no tensor intrinsic.
+    """
+    if isa in ("amx", "vnni"):
+        return GemmIsa(isa, False, "zmm", dict(DOT_INSTRUCTIONS))
+    if isa == "avxvnni":
+        return GemmIsa(isa, False, "ymm", {"uint8": VPDPBUSD_256, "int16": VPDPWSSD_256})
+    if isa == "avx2":
+        zmm = target_has(target, "avx512bw", "avx512f")
+        return GemmIsa(isa, True, "zmm" if zmm else "ymm", {"int16": PMADDWD_512 if zmm else PMADDWD_256})
+    return GemmIsa(isa or "generic", False, "zmm", {})
+
+
+ALL_DOTS = (VPDPBUSD, VPDPWSSD, VPDPBUSD_256, VPDPWSSD_256, PMADDWD_512, PMADDWD_256)
+
+
+def target_has_avxvnni(target) -> bool:
+    """True when ``target`` may emit AVX-VNNI (``vpdpbusd`` on ymm without AVX-512)."""
+    return target_has(target, "avxvnni")
 
 
 def target_has_avx2(target) -> bool:
@@ -180,7 +226,22 @@ def register_dot_intrinsic(dot: DotInstruction) -> str:
                     T.llvm_lookup_intrinsic_id(llvm),
                     T.reinterpret(T.broadcast(T.reinterpret(a.vload([0], a_group), dtype="int32"), 16), dtype=vec),
                     b.vload([0, 0], dtype=vec), dtype="int32x16")
-    else:                   # two 8-lane instructions per 16-lane panel
+    elif dot.accumulates:   # two 8-lane instructions per 16-lane panel, each adding into its half
+        @T.prim_func(s_tir=True)
+        def impl(a: T.Buffer((g,), a_dt, offset_factor=1), b: T.Buffer((16, g), b_dt, offset_factor=1),
+                 c: T.Buffer((16,), "int32", offset_factor=1)) -> None:
+            with T.sblock("root"):
+                T.reads(c[0:16], a[0:g], b[0:16, 0:g])
+                T.writes(c[0:16])
+                c[T.ramp(T.int32(0), 1, 8)] = T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id(llvm), c.vload([0], dtype="int32x8"),
+                    T.reinterpret(T.broadcast(T.reinterpret(a.vload([0], a_group), dtype="int32"), 8), dtype=vec),
+                    b.vload([0, 0], dtype=vec), dtype="int32x8")
+                c[T.ramp(T.int32(8), 1, 8)] = T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id(llvm), c.vload([8], dtype="int32x8"),
+                    T.reinterpret(T.broadcast(T.reinterpret(a.vload([0], a_group), dtype="int32"), 8), dtype=vec),
+                    b.vload([8, 0], dtype=vec), dtype="int32x8")
+    else:                   # two 8-lane instructions per 16-lane panel, their products added by vpaddd
         @T.prim_func(s_tir=True)
         def impl(a: T.Buffer((g,), a_dt, offset_factor=1), b: T.Buffer((16, g), b_dt, offset_factor=1),
                  c: T.Buffer((16,), "int32", offset_factor=1)) -> None:

@@ -1,25 +1,33 @@
-"""The 16-bit GEMM form for CPUs without VNNI (``gemm.word_gemm``, ``isa="avx2"``): ``vpmaddwd`` kernels equal
-``ops`` and the VNNI kernels, kernel and whole model, on ymm (AVX2) and zmm (AVX-512BW) builds."""
+"""The int8 GEMMs of CPUs without AVX-512 VNNI (``x86.gemm_isa``): the 16-bit form (``gemm.word_gemm``,
+``isa="avx2"``) with ``vpmaddwd`` on ymm (AVX2) and zmm (AVX-512BW) builds, and VNNI on ymm (``isa="avxvnni"``,
+Intel client cores since Alder Lake): kernels and whole models equal ``ops``, ONNX Runtime and the VNNI build.
+
+AVX-VNNI's VEX encoding cannot run on a CPU without it, so its kernels run here in their EVEX form (the same
+intrinsics on a target with AVX-512 VL + VNNI, which LLVM encodes as EVEX) and the ``alderlake`` build is checked
+by its assembly: ``{vex} vpdpbusd`` on ymm, no zmm."""
 import numpy as np
 import pytest
 import torch
 
 from intvit import ops
 from intvit.quantize.onnx_export import to_onnx
-from intvit.tvm_backend import build, gemm, schedules
-from intvit.tvm_backend.build import IsaUnavailableError, compile_onnx, resolve_target
+from intvit.tvm_backend import build, gemm, schedules, x86
+from intvit.tvm_backend.build import IsaUnavailableError, compile_onnx, make_target, resolve_target
 from intvit.tvm_backend.inspect_ir import float_ops_in_integer_region
 from intvit.tvm_backend.kernels import requant_value
-from intvit.tvm_backend.x86 import VPDPWSSD, has_features, host_cpu, target_has_vnni
+from intvit.tvm_backend.x86 import VPDPWSSD, gemm_isa, has_features, host_cpu, isa_features, target_has_vnni
 from conftest import assert_matches_reference
 from test_onnx_export import adversarial_inputs, session
 
 AVX2 = {"kind": "llvm", "mcpu": "x86-64-v3"}                 # any AVX2 CPU (Haswell, Zen 1-3): ymm vpmaddwd
 AVX512_NO_VNNI = {"kind": "llvm", "mcpu": "skylake-avx512"}  # AVX-512BW without VNNI: zmm vpmaddwd
+ALDERLAKE = {"kind": "llvm", "mcpu": "alderlake"}            # AVX-VNNI (VEX), no AVX-512
 HOST_AVX2 = has_features(host_cpu(), "avx2")
 HOST_AVX512BW = has_features(host_cpu(), "avx512bw", "avx512f")
 needs_avx2 = pytest.mark.skipif(not HOST_AVX2, reason="this CPU has no AVX2")
 needs_avx512 = pytest.mark.skipif(not HOST_AVX512BW, reason="this CPU has no AVX-512BW")
+needs_avx512_vnni = pytest.mark.skipif(not has_features(host_cpu(), "avx512vnni", "avx512vl"),
+                                       reason="this CPU has no AVX-512 VNNI (the EVEX form of AVX-VNNI's kernels)")
 WIDTHS = [pytest.param("ymm", AVX2, marks=needs_avx2), pytest.param("zmm", AVX512_NO_VNNI, marks=needs_avx512)]
 E = 24
 
@@ -41,7 +49,7 @@ def _word_linear(x_shape, n: int, k: int, width: str):
     """A linear layer as the importer builds it in the 16-bit form: int16 panels, the register tile of
     ``width``, the bias uncompensated, a per-channel requant to int8."""
     from tvm import te
-    with gemm.word_gemm(width):
+    with gemm.gemm_vectors(width):
         mr, nr = gemm.import_tile(n)
     xt = te.placeholder(x_shape, "int8", name="x")
     wt = te.placeholder((-(-n // (16 * nr)) * nr, -(-k // 2), 16, 2), "int16", name="w")
@@ -68,7 +76,8 @@ def test_word_linear_kernel_equals_ops(width, target, lead, rows, k, n):
     bias = rng.integers(-2**20, 2**20, n)
     m = rng.integers(1, 1 << 12, n).astype(np.int64)
     func, nr = _word_linear(x.shape, n, k, width)
-    lib = _compile(schedules.schedule_gemm(func, vnni=False, word=width), target)
+    lib = _compile(schedules.schedule_gemm(func, vnni=False, dots=gemm_isa("avx2", make_target(target)).dots),
+                   target)
     wp = gemm.pack_linear_weight(w.astype(np.int16), nr, VPDPWSSD.group)
     got = _run(lib, x, wp, bias.astype(np.int64), m, out_shape=(*lead, rows, n), out_dtype="int8")
     acc = ops.int_linear(torch.from_numpy(x), torch.from_numpy(w.T.copy()), torch.from_numpy(bias))
@@ -90,14 +99,14 @@ def test_word_dot_wraps_like_vpdpwssd(width, target):
     b = rng.integers(-2**15, 2**15, (40, 48)).astype(np.int16)
     a[0], b[:, 0] = -2**15, -2**15                          # every pair sum 2**31: wraps
     a[1, :4], b[:4, 1] = -2**15, -2**15
-    with gemm.word_gemm(width):
+    with gemm.gemm_vectors(width):
         mr, nr = gemm.import_tile(48)
     at, bt = te.placeholder(a.shape, "int16", name="a"), te.placeholder(b.shape, "int16", name="b")
     out = gemm.packed_gemm_te(at, gemm.pack_panels_te(bt, "kn", VPDPWSSD), None, mr, 48, VPDPWSSD,
                               out_dtype="int32", nr=nr)
-    with gemm.word_gemm(width):         # the in-graph panels take the tile's panel count too
-        func = te.create_prim_func([at, bt, out])
-    lib = _compile(schedules.schedule_gemm(func, vnni=False, word=width), target)
+    func = te.create_prim_func([at, bt, out])
+    lib = _compile(schedules.schedule_gemm(func, vnni=False, dots=gemm_isa("avx2", make_target(target)).dots),
+                   target)
     got = _run(lib, a, b, out_shape=(7, 48), out_dtype="int32")
     assert np.array_equal(got, (a.astype(np.int64) @ b.astype(np.int64)).astype(np.int32))
     assert got[0, 0] == np.int64(40 * 2**30).astype(np.int32)
@@ -122,7 +131,7 @@ def test_whole_model_in_the_word_form_equals_torch_ort_and_vnni(tiny_qvit, width
         for i in range(0, 16, 8):
             assert np.array_equal(vnni(x[i:i + 8])[1], modules[8](x[i:i + 8])[1])
     tgt = build.make_target(target)
-    with gemm.word_gemm(width):
+    with gemm.word_gemm(), gemm.gemm_vectors(width):
         fused = build.fuse(build.to_relax(proto, 8), tgt)
     scheduled = build.schedule(fused, tgt, isa="avx2")
     assert float_ops_in_integer_region(scheduled) == []
@@ -138,12 +147,87 @@ def test_default_isa_by_target_and_forced_isa_the_target_lacks():
     assert build.resolve_isa(None, make(AVX512_NO_VNNI)) == "avx2"
     assert build.resolve_isa(None, make({"kind": "llvm", "mcpu": "x86-64"})) == "generic"
     assert build.resolve_isa("generic", make(AVX2)) == "generic"
-    with pytest.raises(IsaUnavailableError, match="x86-64 has no AVX2; compile with isa='generic'"):
+    with pytest.raises(IsaUnavailableError, match=r"x86-64 has no AVX2; leave isa unset for the best this target has \('generic'\)"):
         build.resolve_isa("avx2", make({"kind": "llvm", "mcpu": "x86-64"}))
-    with pytest.raises(IsaUnavailableError, match="x86-64-v3 has no AVX-512 VNNI; compile with isa='avx2'"):
+    with pytest.raises(IsaUnavailableError, match=r"x86-64-v3 has no AVX-512 VNNI; .*best this target has \('avx2'\)"):
         build.resolve_isa("vnni", make(AVX2))
-    assert build.word_width_for("avx2", make(AVX2)) == "ymm"
-    assert build.word_width_for("avx2", make(AVX512_NO_VNNI)) == "zmm"
-    assert build.word_width_for("vnni", make(AVX512_NO_VNNI)) is None
-    with pytest.raises(ValueError, match="word_gemm width 'xmm'"):
-        gemm.word_gemm("xmm")
+    with pytest.raises(IsaUnavailableError, match=r"x86-64-v3 has no AVX-VNNI; .*\('avx2'\)"):
+        build.resolve_isa("avxvnni", make(AVX2))
+    assert build.resolve_isa(None, make(ALDERLAKE)) == "avxvnni"
+    assert build.resolve_isa(None, make({"kind": "llvm", "mcpu": "znver5"})) == "vnni"      # both: AVX-512 wins
+    assert (gemm_isa("avx2", make(AVX2)).vectors, gemm_isa("avx2", make(AVX2)).word_form) == ("ymm", True)
+    assert gemm_isa("avx2", make(AVX512_NO_VNNI)).vectors == "zmm"
+    assert not gemm_isa("vnni", make(AVX512_NO_VNNI)).word_form
+    with pytest.raises(ValueError, match="gemm_vectors width 'xmm'"):
+        gemm.gemm_vectors("xmm")
+
+
+def _vnni_ymm_kernel(staged: str, x_shape, panels_shape, n: int):
+    """A ``Q·Kᵀ``-like u8 × s8 kernel (``"uint8"``: x + 128 against per-head panels, the compensation as its
+    bias) or an ``A·V``-like s16 × s16 one (``"int16"``) with the ymm tile, as imported for AVX-VNNI."""
+    from tvm import te
+    with gemm.gemm_vectors("ymm"):
+        mr, nr = gemm.import_tile(n)
+    dot = {"uint8": x86.VPDPBUSD, "int16": VPDPWSSD}[staged]
+    xt = te.placeholder(x_shape, "int8" if staged == "uint8" else "int16", name="x")
+    pt = te.placeholder(panels_shape, dot.b_dtype, name="panels")
+    bt = te.placeholder((x_shape[0], panels_shape[1] * 16), "int64", name="b") if staged == "uint8" else None
+    out = gemm.packed_gemm_te(xt, pt, bt, mr, n, dot, nr=nr)
+    return te.create_prim_func([xt, pt, *([bt] if bt is not None else []), out]), nr
+
+
+@needs_avx512_vnni
+@pytest.mark.parametrize("staged", ["uint8", "int16"])
+def test_avxvnni_kernels_equal_ops_and_are_vex_on_alderlake(staged):
+    """VNNI on ymm (two 8-lane ``vpdpbusd``/``vpdpwssd`` per 16-lane panel, the 6 × 16 tile): exact at the
+    operands' extremes, run here in the EVEX form; the ``alderlake`` build holds the VEX form and no zmm."""
+    rng = np.random.default_rng(7)
+    heads, rows, k, n = 3, 197, 100, 1000
+    if staged == "uint8":
+        x = rng.integers(-128, 128, (heads, rows, k)).astype(np.int8)
+        b = rng.integers(-128, 128, (heads, k, n)).astype(np.int8)        # keysᵀ: [K, N] per head
+        x[:, 0], b[:, :, 0] = -128, -128
+    else:
+        x = rng.integers(0, 2**15, (heads, rows, k)).astype(np.int16)
+        b = rng.integers(-128, 128, (heads, k, n)).astype(np.int8)
+        x[:, 0], b[:, :, 0] = 2**15 - 1, -128
+    with gemm.gemm_vectors("ymm"):
+        func, nr = _vnni_ymm_kernel(staged, x.shape, (heads, -(-n // 16), -(-k // (4 if staged == "uint8" else 2)),
+                                                      16, 4 if staged == "uint8" else 2), n)
+    group = 4 if staged == "uint8" else 2
+    panels = np.stack([gemm.pack_linear_weight(b[h].astype(np.int8 if group == 4 else np.int16), nr, group)
+                       for h in range(heads)])
+    extra = [np.stack([np.pad(gemm.folded_bias(b[h], None), (0, panels.shape[1] * 16 - n)) for h in range(heads)])] \
+        if staged == "uint8" else []
+    here = resolve_target("llvm")
+    lib = _compile(schedules.schedule_gemm(func, vnni=False, dots=gemm_isa("avxvnni", make_target(here)).dots), here)
+    got = _run(lib, x, panels, *extra, out_shape=(heads, rows, n), out_dtype="int64")
+    assert np.array_equal(got, x.astype(np.int64) @ b.astype(np.int64))
+    alder = _compile(schedules.schedule_gemm(func, vnni=False, dots=gemm_isa("avxvnni", make_target(ALDERLAKE)).dots),
+                     ALDERLAKE).mod.inspect_source("asm")
+    assert "zmm" not in alder
+    if staged == "uint8":
+        assert "{vex}\tvpdpbusd" in alder
+    else:       # LLVM tunes Alder Lake to run vpdpwssd as vpmaddwd + vpaddd (the same sums)
+        assert "{vex}\tvpdpwssd" in alder or "vpmaddwd" in alder
+
+
+@needs_avx512_vnni
+def test_whole_model_on_avxvnni_equals_torch_and_vnni(tiny_qvit):
+    """The tiny model with every GEMM on ymm VNNI (its EVEX form here) equals the torch integer model and the
+    zmm VNNI build; ``compile_onnx`` for ``alderlake`` picks ``avxvnni`` by default, and a sidecar for that CPU
+    lists AVX-VNNI among the features a host must have (``runtime.load`` refuses a host without them)."""
+    import tvm
+    q = tiny_qvit
+    x = adversarial_inputs(16, 3, 32, q.scales["input"])
+    proto = to_onnx(q)
+    here = make_target(resolve_target("llvm"))
+    with gemm.gemm_vectors("ymm"):
+        fused = build.fuse(build.to_relax(proto, 8), here)
+    ymm = build.wrap_executable(tvm.compile(build.schedule(fused, here, isa="avxvnni"), target=here), proto, 8)
+    assert_matches_reference(q, x, lambda batch: ymm, (8,))
+    zmm = compile_onnx(proto, "llvm", batch=8, isa="vnni")
+    for i in range(0, 16, 8):
+        assert np.array_equal(zmm(x[i:i + 8])[1], ymm(x[i:i + 8])[1])
+    assert compile_onnx(proto, dict(ALDERLAKE), batch=1).isa == "avxvnni"
+    assert "avxvnni" in isa_features("alderlake") and "avx512f" not in isa_features("alderlake")
