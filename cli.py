@@ -148,7 +148,7 @@ def _compile(args) -> int:
     from intvit.tvm_backend.runtime import compile_to_file
     meta = compile_to_file(args.model, args.output, target=args.target, batch=args.batch, arch=args.arch,
                            tune=args.tune, tuning_dir=args.tuning_db, progress=lambda m: print(m, flush=True),
-                           isa=args.isa)
+                           isa=args.isa, cpu=args.cpu)
     gpu_gemms = {"imma": "int8 GEMMs on tensor cores (IMMA)", "dp4a": "int8 GEMMs on __dp4a"}
     built = (f"CUDA {meta['arch']}, {gpu_gemms[meta['gpu_gemm']]}, device code embedded" if meta.get("arch")
              else f"CPU {meta['mcpu']}, GEMMs on {ISA_NAMES.get(meta.get('isa'), meta.get('isa'))}")
@@ -563,6 +563,12 @@ def build_parser(bench_options: bool = True) -> argparse.ArgumentParser:
                         "'avx2' (vpmaddwd on int16 operands: CPUs without VNNI; 512-bit where the CPU has "
                         "AVX-512), 'generic' (plain vector loops); default: the fastest this CPU runs, in that order "
                         "(AMX only where Linux grants the tile state)")
+    c.add_argument("--cpu", metavar="MCPU",
+                   help="llvm only: build for another x86 CPU than this one, by LLVM's name: x86-64-v3 (any AVX2 "
+                        "CPU), x86-64-v4 (any AVX-512 CPU), skylake-avx512, icelake-server, sapphirerapids, "
+                        "alderlake, znver3, ...; the GEMMs then take the best instruction set that CPU has (or "
+                        "--isa), and the module refuses to load on a CPU without the extensions it uses "
+                        "(default: this CPU)")
     c.add_argument("--batch", type=positive_int, default=1, help="batch size the module is compiled for (default: %(default)s)")
     c.add_argument("--tune", type=non_negative_int, default=0, metavar="N",
                    help="llvm only: tune the GEMM kernels with MetaSchedule, N measured candidates per GEMM shape "

@@ -50,7 +50,7 @@ from .models import BenchModel
 from .onnx_float import export_float_onnx, ort_session, quantize_qdq
 
 REFERENCE = "intvit_int8_tvm"
-AVX2_TARGET = {"mcpu": "x86-64-v3"}     # intvit_int8_tvm_avx2: any AVX2 CPU (LLVM's x86-64 level 3)
+AVX2_CPU = "x86-64-v3"      # intvit_int8_tvm_avx2: any AVX2 CPU (LLVM's x86-64 level 3)
 ALL_BACKENDS = ("intvit_int8_tvm", "intvit_int8_tvm_vnni", "intvit_int8_tvm_avx2", "intvit_ivit_int8_tvm", "torch_fp32", "torch_compile_fp32",
                 "ort_fp32", "ort_int8_qdq", "intvit_int8_ort", "tvm_fp32", *PEER_BACKENDS)
 # intvit_int8_ort runs the integer nonlinears as generic int64 ONNX ops (10-25x slower than the
@@ -217,7 +217,7 @@ class ModelBackends:
         if "intvit_int8_tvm_avx2" in self.names:
             built["intvit_int8_tvm_avx2"] = self._optional(
                 "intvit_int8_tvm_avx2", lambda b: self._intvit_tvm(b, name="intvit_int8_tvm_avx2", isa="avx2",
-                                                                   target=AVX2_TARGET), batch)
+                                                                   cpu=AVX2_CPU), batch)
         if "intvit_ivit_int8_tvm" in self.names:
             built["intvit_ivit_int8_tvm"] = self._intvit_tvm(batch, self.ivit_proto, "intvit_ivit_int8_tvm")
         if "tvm_fp32" in self.names:
@@ -263,12 +263,11 @@ class ModelBackends:
         return Backend(name, None, unavailable=self._failed[name])
 
     def _intvit_tvm(self, batch: int, proto=None, name: str = REFERENCE, isa: str | None = None,
-                    target: dict | None = None) -> Backend:
-        from ..tvm_backend.build import compile_onnx, resolve_target
+                    cpu: str | None = None) -> Backend:
+        from ..tvm_backend.build import compile_onnx
         t0 = time.perf_counter()
-        tgt = {**{k: v for k, v in resolve_target("llvm").items() if k != "mattr"}, **target} if target else "llvm"
         module = self._step(f"{name}: compiling the integer graph with TVM for batch {batch}",
-                            lambda *a: compile_onnx(*a, isa=isa), proto or self.proto, tgt, batch)
+                            lambda *a: compile_onnx(*a, isa=isa, cpu=cpu), proto or self.proto, "llvm", batch)
         build_s = time.perf_counter() - t0
         size = _export_size(module.executable, os.path.join(self.workdir, f"{name}-b{batch}.so"))
         return Backend(name, lambda x: module(x)[0], size, "compiled .so", build_s, compiled=module)

@@ -231,3 +231,32 @@ def test_whole_model_on_avxvnni_equals_torch_and_vnni(tiny_qvit):
         assert np.array_equal(zmm(x[i:i + 8])[1], ymm(x[i:i + 8])[1])
     assert compile_onnx(proto, dict(ALDERLAKE), batch=1).isa == "avxvnni"
     assert "avxvnni" in isa_features("alderlake") and "avx512f" not in isa_features("alderlake")
+
+
+@needs_avx2
+def test_cli_compiles_for_another_cpu_and_the_module_knows_where_it_runs(tiny_qvit, tmp_path, capsys):
+    """``intvit compile --cpu x86-64-v3`` writes an AVX2 module (``avx2`` GEMMs) that runs here and equals the
+    build for this CPU; one for ``alderlake`` records AVX-VNNI and, where this CPU lacks it, is refused by
+    ``intvit run`` in one line. Nothing is written for an unknown CPU."""
+    from intvit.cli import main
+    from intvit.runtime import load
+    tiny_qvit.export_onnx(tmp_path / "m.onnx")
+    assert main(["compile", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "v3.so"), "--cpu", "x86-64-v3",
+                 "--batch", "8"]) == 0
+    assert "(CPU x86-64-v3, GEMMs on vpmaddwd" in capsys.readouterr().out
+    v3 = load(tmp_path / "v3.so")
+    assert v3.meta["mcpu"] == "x86-64-v3" and v3.meta["isa"] == "avx2" and "avx512f" not in v3.meta["cpu_features"]
+    here = compile_onnx(to_onnx(tiny_qvit), "llvm", batch=8)
+    x = adversarial_inputs(8, 3, 32, tiny_qvit.scales["input"]).numpy()
+    assert np.array_equal(v3.run(x)[1], here(x)[1])
+    assert main(["compile", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "al.so"), "--cpu", "alderlake"]) == 0
+    meta = __import__("json").loads((tmp_path / "al.so.json").read_text())
+    assert meta["isa"] == "avxvnni" and "avxvnni" in meta["cpu_features"]
+    np.save(tmp_path / "x.npy", x[:1])
+    if not has_features(host_cpu(), "avxvnni"):
+        capsys.readouterr()
+        assert main(["run", str(tmp_path / "al.so"), "--input", str(tmp_path / "x.npy")]) != 0
+        err = capsys.readouterr().err.strip()
+        assert "built for CPU 'alderlake' and uses avxvnni, which this CPU" in err and len(err.splitlines()) == 1
+    assert main(["compile", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "bad.so"), "--cpu", "bogus"]) != 0
+    assert not list(tmp_path.glob("bad.so*"))

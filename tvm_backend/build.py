@@ -43,13 +43,17 @@ PACK_PREFIXES = ("pack_panels", "pack_values")    # index arithmetic hides that 
 ISAS = ("amx", "vnni", "avxvnni", "avx2", "generic")      # the CPU GEMM schedules compile_onnx(isa=...) can force
 
 
-def resolve_target(target, arch: str | None = None) -> dict:
-    """``"llvm"`` → this host's CPU (``mcpu`` from LLVM, all cores); ``"cuda"`` → ``{"kind": "cuda",
-    "arch": arch}`` (``arch`` checked against nvcc; default: this machine's GPU); a dict passes through."""
+def resolve_target(target, arch: str | None = None, cpu: str | None = None) -> dict:
+    """``"llvm"`` → this host's CPU (``mcpu`` from LLVM, all cores), or the x86 CPU named by ``cpu`` (LLVM's
+    name: ``x86-64-v3`` for any AVX2 CPU, ``skylake-avx512``, ``alderlake``, ``znver3``, ...: a module for
+    another machine); ``"cuda"`` → ``{"kind": "cuda", "arch": arch}`` (``arch`` checked against nvcc;
+    default: this machine's GPU); a dict passes through."""
     if isinstance(target, dict):
         return target
     if target not in TARGETS:
         raise UnknownTargetError(f"unknown target {target!r}; choose one of {list(TARGETS)}")
+    if cpu is not None and target != "llvm":
+        raise UnknownTargetError(f"--cpu {cpu} names an x86 CPU for --target llvm, not {target!r}")
     if target == "cuda":
         from .cuda import check_arch, detect_arch
         arch = arch or detect_arch()
@@ -59,11 +63,19 @@ def resolve_target(target, arch: str | None = None) -> dict:
         return {"kind": "cuda", "arch": check_arch(arch)}
     if arch is not None:
         raise UnknownTargetError(f"--arch {arch} applies to --target cuda, not {target!r}")
-    from .x86 import host_cpu, vectorize_512
-    resolved = {"kind": "llvm", "mcpu": host_cpu(), "num-cores": os.cpu_count() or 1}
+    from .x86 import check_cpu_name, host_cpu, vectorize_512
+    resolved = {"kind": "llvm", "mcpu": host_cpu() if cpu is None else check_cpu_name(cpu),
+                "num-cores": os.cpu_count() or 1}
     if vectorize_512(resolved["mcpu"]):
         resolved["mattr"] = ["-prefer-256-bit"]
     return resolved
+
+
+def check_tune_cpu(tune: int, cpu: str | None) -> None:
+    """Tuning times candidates on this CPU: refuse it for a module built for another (``--cpu``)."""
+    if tune and cpu is not None and cpu != resolve_target("llvm")["mcpu"]:
+        raise ValueError(f"--tune times the candidates on this CPU, so it cannot tune a module for --cpu {cpu}; "
+                         "tune on that machine, or compile without --tune")
 
 
 def make_target(resolved: dict):
@@ -196,7 +208,7 @@ _COMPILING = threading.RLock()
 @_one_at_a_time
 def compile_onnx(model, target="llvm", batch: int = 1, arch: str | None = None, tune: int = 0,
                  tuning_dir: str | None = None, progress=None, isa: str | None = None,
-                 lift_weights: int | None = None) -> CompiledIntViT:
+                 lift_weights: int | None = None, cpu: str | None = None) -> CompiledIntViT:
     """Compile an intvit integer ONNX graph (a path or a ``ModelProto``) for ``target`` at a fixed ``batch``.
 
     ``tune=N`` (CPU only) first tunes the GEMM kernels with MetaSchedule, N
@@ -214,6 +226,10 @@ def compile_onnx(model, target="llvm", batch: int = 1, arch: str | None = None, 
     the AMX layout and keep the AMX schedule even with ``tune``, which then
     tunes the remaining (VNNI) GEMMs. The result's ``isa`` records the choice.
 
+    ``cpu`` (``target="llvm"``): build for that x86 CPU instead of this one
+    (``resolve_target``); such a module runs only where the CPU has every
+    extension it uses, and tuning, which times candidates here, is refused.
+
     ``lift_weights=N``: every constant of at least N bytes becomes an input of
     the module's ``main`` after the images (``lift.lift_large_constants``), so
     the library holds no weights; the result's ``lifted`` lists them (and
@@ -224,9 +240,10 @@ def compile_onnx(model, target="llvm", batch: int = 1, arch: str | None = None, 
 
     import tvm
     proto = onnx.load(os.fspath(model)) if isinstance(model, (str, os.PathLike)) else model
-    resolved = resolve_target(target, arch)
+    resolved = resolve_target(target, arch, cpu)
     tgt = make_target(resolved)
     cuda = is_cuda(tgt)
+    check_tune_cpu(tune, cpu)
     if isinstance(tune, bool) or not isinstance(tune, int) or tune < 0:
         raise ValueError(f"--tune must be a non-negative number of trials, got {tune!r}")
     if tune and cuda:

@@ -43,7 +43,8 @@ from ..files import check_writable_target, read_whole, sweep_stale_temps, temp_n
 from ..quantize.onnx_export import OUTPUT_KIND_KEY
 from ..quantize.preprocessing import METADATA_KEY as PREPROCESSING_KEY
 from ..quantize.preprocessing import from_metadata
-from .build import ISAS, CompiledIntViT, NoDeviceError, compile_onnx, resolve_target
+from .build import (ISAS, CompiledIntViT, NoDeviceError, check_tune_cpu, compile_onnx, make_target, resolve_isa,
+                    resolve_target)
 from .callers import on_worker
 from .imma import GEMM_PATHS, gemm_path
 from .amx import AMX_FEATURES, request_tile_permission
@@ -66,7 +67,8 @@ def tuning_dir_for(output) -> str:
 
 
 def compile_to_file(onnx_path, output, target="llvm", batch: int = 1, arch: str | None = None, tune: int = 0,
-                    tuning_dir: str | None = None, progress=None, isa: str | None = None) -> dict:
+                    tuning_dir: str | None = None, progress=None, isa: str | None = None,
+                    cpu: str | None = None) -> dict:
     """Compile an integer ONNX file and write ``output`` (.so) and its sidecar atomically.
 
     With ``tune=N`` the GEMMs are tuned first (``build.compile_onnx``); the
@@ -76,7 +78,9 @@ def compile_to_file(onnx_path, output, target="llvm", batch: int = 1, arch: str 
     ``progress(line)`` hears what is being compiled (after every input is checked) and tuning's steps.
     ``isa`` forces the CPU GEMMs' instruction set (``build.ISAS``; default:
     the best this CPU runs); the sidecar records it, and an AMX module lists
-    the AMX features among those the CPU must have.
+    the AMX features among those the CPU must have. ``cpu`` builds for another
+    x86 CPU (``build.resolve_target``): the sidecar records it, and ``load``
+    refuses a CPU without its extensions.
     """
     import tvm
 
@@ -92,13 +96,16 @@ def compile_to_file(onnx_path, output, target="llvm", batch: int = 1, arch: str 
     parent = os.path.dirname(os.path.abspath(output))
     proto = read_onnx(onnx_path)
     t0 = time.perf_counter()
-    resolved = resolve_target(target, arch)
+    resolved = resolve_target(target, arch, cpu)
+    resolve_isa(isa, make_target(resolved))     # an instruction set the target lacks: refused before any output
+    check_tune_cpu(tune, cpu)
     if progress:                                # only once the file, the folder and the target are known good
-        where = f"{target} {resolved['arch']}" if resolved.get("arch") else target
+        where = f"{target} {resolved['arch']}" if resolved.get("arch") else \
+            f"{target} (CPU {cpu})" if cpu is not None else target
         progress(f"compiling {onnx_path} for {where}, batch {batch} ...")
     compiled = compile_onnx(proto, target, batch, arch=resolved.get("arch"), tune=tune,
                             tuning_dir=(tuning_dir or tuning_dir_for(output)) if tune else None, progress=progress,
-                            isa=isa)
+                            isa=isa, cpu=cpu)
     host = resolved if resolved["kind"] == "llvm" else resolve_target("llvm")
     meta = {"format": SIDECAR_FORMAT, "intvit_version": __version__, "tvm_version": tvm.__version__,
             "target": target if isinstance(target, str) else json.dumps(target), "batch": batch,

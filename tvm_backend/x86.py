@@ -42,6 +42,19 @@ def host_cpu() -> str:
     return str(codegen.llvm_get_system_cpu())
 
 
+def check_cpu_name(cpu: str) -> str:
+    """``cpu`` if LLVM knows it as an x86-64 CPU, else one ``UnknownTargetError`` naming a few it knows."""
+    from tvm.target import codegen
+
+    from .errors import UnknownTargetError
+    if not isinstance(cpu, str) or not codegen.llvm_is_valid_cpu(cpu, "x86_64-unknown-linux-gnu"):
+        raise UnknownTargetError(
+            f"unknown CPU {cpu!r} for --cpu: give LLVM's name of an x86-64 CPU, e.g. x86-64-v3 (any AVX2 CPU), "
+            "x86-64-v4 (any AVX-512 CPU), skylake-avx512, icelake-server, sapphirerapids, alderlake, znver3, "
+            "znver4 (`llc -mcpu=help` lists them all)")
+    return cpu
+
+
 @functools.lru_cache(maxsize=None)
 def has_features(mcpu: str, *features: str) -> bool:
     """Whether LLVM's CPU model ``mcpu`` has every feature (``"avx512vnni"``, ...)."""
