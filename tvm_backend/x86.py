@@ -215,60 +215,27 @@ def register_dot_intrinsic(dot: DotInstruction) -> str:
                         vi, vk = T.axis.remap("SR", [i, k])
                         c[vi] = c[vi] + T.cast(a[vk], "int32") * T.cast(b[vi, vk], "int32")
 
-    if dot.lanes == 16 and dot.accumulates:
-        @T.prim_func(s_tir=True)
-        def impl(a: T.Buffer((g,), a_dt, offset_factor=1), b: T.Buffer((16, g), b_dt, offset_factor=1),
-                 c: T.Buffer((16,), "int32", offset_factor=1)) -> None:
-            with T.sblock("root"):
-                T.reads(c[0:16], a[0:g], b[0:16, 0:g])
-                T.writes(c[0:16])
-                # one expression: named temporaries here would become a heap workspace per call
-                c[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
-                    T.llvm_lookup_intrinsic_id(llvm),
-                    c.vload([0], dtype="int32x16"),
-                    T.reinterpret(T.broadcast(T.reinterpret(a.vload([0], a_group), dtype="int32"), 16), dtype=vec),
-                    T.reinterpret(b.vload([0, 0], dtype=vec), dtype=vec), dtype="int32x16")
-    elif dot.lanes == 16:
-        @T.prim_func(s_tir=True)
-        def impl(a: T.Buffer((g,), a_dt, offset_factor=1), b: T.Buffer((16, g), b_dt, offset_factor=1),
-                 c: T.Buffer((16,), "int32", offset_factor=1)) -> None:
-            with T.sblock("root"):
-                T.reads(c[0:16], a[0:g], b[0:16, 0:g])
-                T.writes(c[0:16])
-                c[T.ramp(T.int32(0), 1, 16)] = c.vload([0], dtype="int32x16") + T.call_llvm_pure_intrin(
-                    T.llvm_lookup_intrinsic_id(llvm),
-                    T.reinterpret(T.broadcast(T.reinterpret(a.vload([0], a_group), dtype="int32"), 16), dtype=vec),
-                    b.vload([0, 0], dtype=vec), dtype="int32x16")
-    elif dot.accumulates:   # two 8-lane instructions per 16-lane panel, each adding into its half
-        @T.prim_func(s_tir=True)
-        def impl(a: T.Buffer((g,), a_dt, offset_factor=1), b: T.Buffer((16, g), b_dt, offset_factor=1),
-                 c: T.Buffer((16,), "int32", offset_factor=1)) -> None:
-            with T.sblock("root"):
-                T.reads(c[0:16], a[0:g], b[0:16, 0:g])
-                T.writes(c[0:16])
-                c[T.ramp(T.int32(0), 1, 8)] = T.call_llvm_pure_intrin(
-                    T.llvm_lookup_intrinsic_id(llvm), c.vload([0], dtype="int32x8"),
-                    T.reinterpret(T.broadcast(T.reinterpret(a.vload([0], a_group), dtype="int32"), 8), dtype=vec),
-                    b.vload([0, 0], dtype=vec), dtype="int32x8")
-                c[T.ramp(T.int32(8), 1, 8)] = T.call_llvm_pure_intrin(
-                    T.llvm_lookup_intrinsic_id(llvm), c.vload([8], dtype="int32x8"),
-                    T.reinterpret(T.broadcast(T.reinterpret(a.vload([0], a_group), dtype="int32"), 8), dtype=vec),
-                    b.vload([8, 0], dtype=vec), dtype="int32x8")
-    else:                   # two 8-lane instructions per 16-lane panel, their products added by vpaddd
-        @T.prim_func(s_tir=True)
-        def impl(a: T.Buffer((g,), a_dt, offset_factor=1), b: T.Buffer((16, g), b_dt, offset_factor=1),
-                 c: T.Buffer((16,), "int32", offset_factor=1)) -> None:
-            with T.sblock("root"):
-                T.reads(c[0:16], a[0:g], b[0:16, 0:g])
-                T.writes(c[0:16])
-                c[T.ramp(T.int32(0), 1, 8)] = c.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
-                    T.llvm_lookup_intrinsic_id(llvm),
-                    T.reinterpret(T.broadcast(T.reinterpret(a.vload([0], a_group), dtype="int32"), 8), dtype=vec),
-                    b.vload([0, 0], dtype=vec), dtype="int32x8")
-                c[T.ramp(T.int32(8), 1, 8)] = c.vload([8], dtype="int32x8") + T.call_llvm_pure_intrin(
-                    T.llvm_lookup_intrinsic_id(llvm),
-                    T.reinterpret(T.broadcast(T.reinterpret(a.vload([0], a_group), dtype="int32"), 8), dtype=vec),
-                    b.vload([8, 0], dtype=vec), dtype="int32x8")
+    lanes, halves = dot.lanes, 16 // dot.lanes
+    acc_vec = f"int32x{lanes}"
+
+    def step(c_part, a_part, b_part):
+        """One instruction on ``lanes`` int32 lanes: adding into ``c_part`` itself (VNNI), or by a ``vpaddd``."""
+        if dot.accumulates:
+            return T.call_llvm_pure_intrin(acc_vec, llvm, c_part, a_part, b_part)
+        return c_part + T.call_llvm_pure_intrin(acc_vec, llvm, a_part, b_part)
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.Buffer((g,), a_dt, offset_factor=1), b: T.Buffer((16, g), b_dt, offset_factor=1),
+             c: T.Buffer((16,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:16], a[0:g], b[0:16, 0:g])
+            T.writes(c[0:16])
+            # one expression per part: named temporaries here would become a heap workspace per call
+            for h in T.unroll(halves):
+                c[T.ramp(h * lanes, 1, lanes)] = step(
+                    c.vload([h * lanes], dtype=acc_vec),
+                    T.reinterpret(T.broadcast(T.reinterpret(a.vload([0], a_group), dtype="int32"), lanes), dtype=vec),
+                    T.reinterpret(b.vload([h * lanes, 0], dtype=vec), dtype=vec))
 
     TensorIntrin.register(dot.name, desc, impl, override=True)
     return dot.name
