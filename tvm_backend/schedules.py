@@ -109,7 +109,7 @@ def apply_gemm_schedule(sch, vnni: bool, blocking: str | None = None, amx: bool 
         inner_k = [kv]
     else:
         ko, inner_k, dot = k, [], None
-    use_vnni = dot is not None
+    tensorized = dot is not None
     if blocking is None:
         outer, tile_loop, k_loops = [jo, io], io, [ko]
     else:
@@ -118,7 +118,7 @@ def apply_gemm_schedule(sch, vnni: bool, blocking: str | None = None, amx: bool 
         k_loops = list(sch.split(ko, sch.sample_perfect_tile(ko, n=2, max_innermost_factor=MAX_K_UNROLL)))
         outer = [jb, ib, jt, it] if blocking == "columns" else [ib, jb, it, jt]
         tile_loop = outer[-1]
-    if use_vnni:
+    if tensorized:
         sch.reorder(*outer, *k_loops, ii, ji, jv, *inner_k)
     else:
         sch.reorder(*outer, *k_loops, *inner_k, ii, ji, jv)
@@ -131,7 +131,7 @@ def apply_gemm_schedule(sch, vnni: bool, blocking: str | None = None, amx: bool 
     sch.parallel(sch.fuse(*lead, *outer[:2]))
     if lookup:
         tensorize_byte_table(sch, sch.get_sblock(BYTE_TABLE_BLOCK))
-    if use_vnni:
+    if tensorized:
         init = sch.decompose_reduction(acc, k_loops[0])
         sch.tensorize(jv, register_dot_intrinsic(dot))
     else:
