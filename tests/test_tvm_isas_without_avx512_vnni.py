@@ -260,3 +260,28 @@ def test_cli_compiles_for_another_cpu_and_the_module_knows_where_it_runs(tiny_qv
         assert "built for CPU 'alderlake' and uses avxvnni, which this CPU" in err and len(err.splitlines()) == 1
     assert main(["compile", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "bad.so"), "--cpu", "bogus"]) != 0
     assert not list(tmp_path.glob("bad.so*"))
+
+
+@needs_avx2
+@pytest.mark.parametrize("order", schedules.BLOCK_ORDERS)
+def test_tuning_space_of_the_word_form_is_exact_and_keeps_vpmaddwd(order):
+    """``--tune`` on an AVX2 CPU: the sampled cache blockings of a 16-bit-form kernel (``tuning.design_space``
+    with the instruction set's ``dots``) only move loops around the ``vpmaddwd`` tile."""
+    import tvm
+    rng = np.random.default_rng(11)
+    x = rng.integers(-128, 128, (2, 61, 72)).astype(np.int8)
+    w = rng.integers(-128, 128, (72, 128)).astype(np.int8)
+    bias, m = rng.integers(-2**20, 2**20, 128), rng.integers(1, 1 << 12, 128).astype(np.int64)
+    func, nr = _word_linear(x.shape, 128, 72, "ymm")
+    wp = gemm.pack_linear_weight(w.astype(np.int16), nr, VPDPWSSD.group)
+    acc = ops.int_linear(torch.from_numpy(x), torch.from_numpy(w.T.copy()), torch.from_numpy(bias))
+    ref = ops.requantize(acc, torch.from_numpy(m), torch.tensor(E), 8).numpy()
+    decisions = set()
+    for seed in range(1, 5):
+        sch = tvm.s_tir.Schedule(func, seed=seed)
+        schedules.apply_gemm_schedule(sch, False, blocking=order, dots=gemm_isa("avx2", make_target(AVX2)).dots)
+        decisions.add(str([d for _, d in sch.trace.decisions.items()]))
+        lib = _compile(sch.mod["main"], AVX2)
+        got = _run(lib, x, wp, bias.astype(np.int64), m, out_shape=(2, 61, 128), out_dtype="int8")
+        assert np.array_equal(got, ref) and "vpmaddwd" in lib.mod.inspect_source("asm")
+    assert len(decisions) > 1
