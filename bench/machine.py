@@ -115,10 +115,11 @@ def machine_facts(threads: int) -> dict:
     import tvm
 
     from .. import __version__
-    from ..tvm_backend.x86 import host_cpu
+    from ..tvm_backend.x86 import host_cpu, host_extra_features
     cpu, flags = cpu_model_and_flags()
     return {"host": socket.gethostname(), "os": f"{platform.system()} {platform.release()}",
             "cpu": cpu, "cpu_flags": " ".join(flags), "llvm_mcpu": host_cpu(),
+            "llvm_mcpu_lacks": list(host_extra_features()),    # reported by Linux, added to the target as mattr
             "cores": os.cpu_count(), "threads": threads,
             "gpus": gpus(), "cuda": cuda_facts(), "python": platform.python_version(), "intvit": __version__,
             "torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "tvm": tvm.__version__,

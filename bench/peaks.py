@@ -135,14 +135,14 @@ def measure_peaks(iterations: int = ITERATIONS, repeats: int = 5) -> dict:
     import tvm
 
     from intvit.tvm_backend.amx import host_has_amx
-    from intvit.tvm_backend.x86 import has_features, host_cpu
+    from intvit.tvm_backend.x86 import host_has
     threads = _threads()
     dev = tvm.cpu()
     result = {"threads": threads, "amx_tmacs": None, **{key: None for key in DOT_PEAKS}}
     ones = np.ones(1024, np.int8)
-    zmm = has_features(host_cpu(), "avx512bw", "avx512f")
+    zmm = host_has("avx512bw", "avx512f")
     for key, (*_, features) in DOT_PEAKS.items():
-        if not has_features(host_cpu(), *features) or (key == "pmaddwd_ymm_tmacs" and zmm):
+        if not host_has(*features) or (key == "pmaddwd_ymm_tmacs" and zmm):
             continue
         args = [tvm.runtime.tensor(ones[:64], dev), tvm.runtime.tensor(ones[:64], dev),
                 tvm.runtime.tensor(np.zeros((threads, 16), np.int32), dev)]

@@ -285,3 +285,44 @@ def test_tuning_space_of_the_word_form_is_exact_and_keeps_vpmaddwd(order):
         got = _run(lib, x, wp, bias.astype(np.int64), m, out_shape=(2, 61, 128), out_dtype="int8")
         assert np.array_equal(got, ref) and "vpmaddwd" in lib.mod.inspect_source("asm")
     assert len(decisions) > 1
+
+
+def test_reported_features_read_the_flags_line():
+    """``/proc/cpuinfo``'s names map to LLVM's; flags intvit does not choose by are left out."""
+    text = "processor\t: 0\nflags\t\t: fpu sse4_2 avx2 fma avx512f avx512_vnni avx_vnni amx_int8 sha_ni\n\n" \
+           "processor\t: 1\nflags\t\t: fpu\n"
+    assert x86.reported_features(text) == ("sse4.2", "avx2", "fma", "avx512f", "avx512vnni", "avxvnni", "amx-int8")
+    assert x86.reported_features("processor\t: 0\n") == ()
+
+
+@pytest.fixture
+def llvm_misnames_this_cpu(monkeypatch):
+    """LLVM names this CPU the baseline ``x86-64`` (a CPU newer than its tables, or a VM hiding the model)."""
+    monkeypatch.setattr(x86, "host_cpu", lambda: "x86-64")
+    x86.host_extra_features.cache_clear()
+    yield
+    monkeypatch.undo()
+    x86.host_extra_features.cache_clear()
+
+
+@needs_avx2
+def test_a_cpu_llvm_does_not_know_is_compiled_for_what_linux_reports(tiny_qvit, tmp_path, llvm_misnames_this_cpu):
+    """With LLVM's model of the host reduced to ``x86-64``, the target still gets the extensions Linux reports
+    (as ``mattr``), so the default ISA is the one this CPU really has (not ``generic``); the module's sidecar
+    lists them, ``load`` accepts it here, and it equals the torch integer model."""
+    from intvit.runtime import load
+    from intvit.tvm_backend.amx import host_has_amx
+    from intvit.tvm_backend.runtime import compile_to_file
+    real = x86.reported_features()
+    resolved = resolve_target("llvm")
+    assert resolved["mcpu"] == "x86-64" and {f"+{f}" for f in real} <= set(resolved["mattr"])
+    expected = "amx" if host_has_amx() else "vnni" if "avx512vnni" in real else \
+        "avxvnni" if "avxvnni" in real else "avx2"
+    assert build.resolve_isa(None, make_target(resolved)) == expected
+    tiny_qvit.export_onnx(tmp_path / "m.onnx")
+    meta = compile_to_file(tmp_path / "m.onnx", tmp_path / "m.so", batch=8)
+    assert meta["mcpu"] == "x86-64" and meta["isa"] == expected
+    assert set(meta["cpu_features"]) >= {f for f in real if f in x86.ISA_FEATURES}
+    module = load(tmp_path / "m.so")
+    x = adversarial_inputs(8, 3, 32, tiny_qvit.scales["input"])
+    assert np.array_equal(module.run(x.numpy())[1], tiny_qvit.forward_int(x).numpy())

@@ -102,7 +102,7 @@ import numpy as np
 from .byte_table import BYTE_TABLE_BLOCK, BYTE_TABLE_OUT_BLOCK, tensorize_byte_table
 from .gemm import ACC_BLOCK, AMX_COLS, AMX_K, AMX_ROWS, BYTE_SPLIT, OUT_BLOCK, SHIFTED_INPUT_BLOCK, SPLIT_CROP_BLOCK
 from .schedule_blocks import block_names, fold_output_rows, parallel_rows
-from .x86 import LANES, has_features, host_cpu
+from .x86 import LANES, has_features, host_has
 
 # LLVM's names; what a module using this schedule needs (VBMI: the GELU table's vpermi2b, ``byte_table``;
 # every AMX-INT8 CPU has it)
@@ -148,8 +148,9 @@ def cpu_has_amx(mcpu: str) -> bool:
 
 
 def host_has_amx() -> bool:
-    """This CPU has AMX-INT8 (LLVM's model of the host) and Linux lets this process use the tiles."""
-    return cpu_has_amx(host_cpu()) and request_tile_permission()
+    """This CPU has AMX-INT8 (by LLVM's model of the host, or as Linux reports it) and Linux lets this process
+    use the tiles."""
+    return host_has(*AMX_FEATURES) and request_tile_permission()
 
 
 def target_has_amx(target) -> bool:

@@ -63,11 +63,15 @@ def resolve_target(target, arch: str | None = None, cpu: str | None = None) -> d
         return {"kind": "cuda", "arch": check_arch(arch)}
     if arch is not None:
         raise UnknownTargetError(f"--arch {arch} applies to --target cuda, not {target!r}")
-    from .x86 import check_cpu_name, host_cpu, vectorize_512
+    from .x86 import check_cpu_name, host_cpu, host_extra_features, host_has, vectorize_512
     resolved = {"kind": "llvm", "mcpu": host_cpu() if cpu is None else check_cpu_name(cpu),
                 "num-cores": os.cpu_count() or 1}
-    if vectorize_512(resolved["mcpu"]):
-        resolved["mattr"] = ["-prefer-256-bit"]
+    # this CPU: plus what it has beyond LLVM's model of it (x86.host_extra_features)
+    mattr = [f"+{f}" for f in host_extra_features()] if cpu is None else []
+    if vectorize_512(cpu) if cpu is not None else host_has("amx-int8", "avx512f"):
+        mattr.append("-prefer-256-bit")
+    if mattr:
+        resolved["mattr"] = mattr
     return resolved
 
 

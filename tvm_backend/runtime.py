@@ -48,7 +48,7 @@ from .build import (ISAS, CompiledIntViT, NoDeviceError, check_tune_cpu, compile
 from .callers import on_worker
 from .imma import GEMM_PATHS, gemm_path
 from .amx import AMX_FEATURES, request_tile_permission
-from .x86 import has_features, host_cpu, isa_features
+from .x86 import host_cpu, host_has, isa_features
 
 SIDECAR_FORMAT = "intvit.compiled-module"
 
@@ -111,7 +111,8 @@ def compile_to_file(onnx_path, output, target="llvm", batch: int = 1, arch: str 
             "target": target if isinstance(target, str) else json.dumps(target), "batch": batch,
             "arch": resolved.get("arch"),
             "mcpu": host.get("mcpu", ""), "isa": compiled.isa,
-            "cpu_features": isa_features(host.get("mcpu", "")) + (list(AMX_FEATURES) if compiled.isa == "amx" else []),
+            "cpu_features": isa_features(host.get("mcpu", ""), host.get("mattr", ()))
+            + (list(AMX_FEATURES) if compiled.isa == "amx" else []),
             "input": {"name": compiled.input_name, "shape": list(compiled.input_shape),
                       "dtype": compiled.input_dtype},
             "outputs": [o.name for o in proto.graph.output],
@@ -330,7 +331,7 @@ def _check_runnable(path: str, meta: dict, side: str) -> None:
                                   "'llvm' (CPU) and 'cuda' (NVIDIA GPU) modules")
     if meta["target"] == "cuda":
         _check_gpu(path, meta.get("arch") or "")
-    missing = [f for f in meta.get("cpu_features", []) if not has_features(host_cpu(), f)]
+    missing = [f for f in meta.get("cpu_features", []) if not host_has(f)]
     if missing:
         raise ModuleMismatchError(
             f"{path} was built for CPU {meta.get('mcpu')!r} and uses {', '.join(missing)}, which this CPU "

@@ -71,9 +71,44 @@ ISA_FEATURES = ("sse4.2", "avx", "avx2", "fma", "avxvnni", "avx512f", "avx512bw"
                 "avx512vbmi")
 
 
-def isa_features(mcpu: str) -> list[str]:
-    """The x86 extensions LLVM may use when compiling for ``mcpu`` (what a host must have to run it)."""
-    return [f for f in ISA_FEATURES if has_features(mcpu, f)]
+def isa_features(mcpu: str, mattr=()) -> list[str]:
+    """The x86 extensions LLVM may use when compiling for ``mcpu`` with the extra features ``mattr``
+    (``"+avx2"``, ...): what a host must have to run the module."""
+    return [f for f in ISA_FEATURES if has_features(mcpu, f) or f"+{f}" in mattr]
+
+
+# /proc/cpuinfo's names of the extensions intvit's kernels choose by → LLVM's
+CPUINFO_FEATURES = {"sse4_2": "sse4.2", "avx": "avx", "avx2": "avx2", "fma": "fma", "avx_vnni": "avxvnni",
+                    "avx512f": "avx512f", "avx512bw": "avx512bw", "avx512dq": "avx512dq", "avx512vl": "avx512vl",
+                    "avx512_vnni": "avx512vnni", "avx512vbmi": "avx512vbmi", "amx_tile": "amx-tile",
+                    "amx_int8": "amx-int8"}
+
+
+def reported_features(cpuinfo: str | None = None) -> tuple[str, ...]:
+    """LLVM's names of the extensions Linux reports for this CPU (the first ``flags`` line of
+    ``/proc/cpuinfo``, or of ``cpuinfo``), among ``CPUINFO_FEATURES``; () where there is no such file."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return ()
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
+    return tuple(CPUINFO_FEATURES[f] for f in flags if f in CPUINFO_FEATURES)
+
+
+@functools.lru_cache(maxsize=None)
+def host_extra_features() -> tuple[str, ...]:
+    """The extensions this CPU has (``reported_features``) that LLVM's model of it (``host_cpu``) lacks: a CPU
+    newer than the LLVM in TVM's wheel, or a VM that hides its model, is then still compiled for what it has
+    (``build.resolve_target`` adds them as ``mattr``). LLVM once named this project's AMX Xeon
+    ``rocketlake``, which has no AMX."""
+    return tuple(f for f in reported_features() if not has_features(host_cpu(), f))
+
+
+def host_has(*features: str) -> bool:
+    """Whether this CPU has every one of ``features``: by LLVM's model of it, or as Linux reports it."""
+    return all(has_features(host_cpu(), f) or f in host_extra_features() for f in features)
 
 
 def vectorize_512(mcpu: str) -> bool:
