@@ -12,14 +12,15 @@ On CPUs without VNNI (AVX2 only, or AVX-512 without VNNI) the int8 GEMMs
 take the 16-bit form instead (``gemm.word_gemm``): ``vpmaddwd`` computes
 ``Σ_{k<2} A[k]·B[i, k]`` on signed 16-bit operands into int32 lanes, and a
 ``vpaddd`` accumulates (``PMADDWD_512``: 16 lanes per zmm; ``PMADDWD_256``:
-8 lanes per ymm, two per 16-lane panel). CPUs with AVX-VNNI but no AVX-512
-(Intel's client cores since Alder Lake, Sierra Forest) run the VNNI form on
-ymm (``VPDPBUSD_256``, ``VPDPWSSD_256``: the VEX encoding of the same
-instructions). ``gemm_isa`` says which set an instruction-set name uses. int8 values widened to int16 make
+8 lanes per ymm, two per 16-lane panel). int8 values widened to int16 make
 every product and pair sum exact, and ``vpmaddwd``'s one overflow case
 (``-32768·-32768`` twice) wraps exactly as ``vpdpwssd`` does, so the result
 is bit-identical to the VNNI kernels on the same panels. (``vpmaddubsw``,
 the 8-bit form, saturates its 16-bit pair sums for u8 × s8 and is not used.)
+CPUs with AVX-VNNI but no AVX-512 (Intel's client cores since Alder Lake,
+Sierra Forest) run the VNNI form on ymm (``VPDPBUSD_256``,
+``VPDPWSSD_256``: the VEX encoding of the same instructions). ``gemm_isa``
+says which instructions each instruction-set name uses.
 
 TVM 0.27 ships a ``dot_16x4_vnni`` intrinsic, but it passes ``<16 x i32>``
 operands to ``llvm.x86.avx512.vpdpbusd.512``, which the wheel's LLVM 22
