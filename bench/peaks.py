@@ -25,16 +25,20 @@ import numpy as np
 ITERATIONS = 200_000
 VNNI_CHAINS = 12
 TDPBUSD_MACS = 16 * 16 * 64
-# result key → (the module ISA it is the peak of, instruction, LLVM intrinsic, int32 lanes, operand vector,
-# whether it accumulates itself, the CPU features it needs)
+# result key → (the module ISA it is the peak of, the instruction (``x86``'s definition, the one the GEMMs'
+# tensor intrinsics use), the CPU features it needs)
 DOT_PEAKS = {
-    "vnni_tmacs": ("vnni", "vpdpbusd", "llvm.x86.avx512.vpdpbusd.512", 16, "int8x64", True,
-                   ("avx512vnni", "avx512bw")),
-    "avxvnni_tmacs": ("avxvnni", "vpdpbusd", "llvm.x86.avx512.vpdpbusd.256", 8, "int8x32", True, ("avxvnni",)),
-    "pmaddwd_zmm_tmacs": ("avx2", "vpmaddwd", "llvm.x86.avx512.pmaddw.d.512", 16, "int16x32", False,
-                          ("avx512bw", "avx512f")),
-    "pmaddwd_ymm_tmacs": ("avx2", "vpmaddwd", "llvm.x86.avx2.pmadd.wd", 8, "int16x16", False, ("avx2",)),
+    "vnni_tmacs": ("vnni", "VPDPBUSD", ("avx512vnni", "avx512bw")),
+    "avxvnni_tmacs": ("avxvnni", "VPDPBUSD_256", ("avxvnni",)),
+    "pmaddwd_zmm_tmacs": ("avx2", "PMADDWD_512", ("avx512bw", "avx512f")),
+    "pmaddwd_ymm_tmacs": ("avx2", "PMADDWD_256", ("avx2",)),
 }
+
+
+def dot_of(key: str):
+    """The ``x86.DotInstruction`` whose peak ``DOT_PEAKS[key]`` measures."""
+    from intvit.tvm_backend import x86
+    return getattr(x86, DOT_PEAKS[key][1])
 
 
 def _threads() -> int:
@@ -78,19 +82,23 @@ def _amx_kernel(threads: int):
 
 
 @functools.lru_cache(maxsize=None)
-def _dot_kernel(threads: int, key: str = "vnni_tmacs"):
-    """The loop of ``DOT_PEAKS[key]``: ``VNNI_CHAINS`` independent accumulators per thread."""
+def _dot_kernel(threads: int, key: str = "vnni_tmacs", cpu: str | None = None):
+    """The loop of ``DOT_PEAKS[key]``: ``VNNI_CHAINS`` independent accumulators per thread, compiled for this
+    CPU (or for ``cpu``, LLVM's name: to read its code, not to run it)."""
     import tvm
     from tvm.script import tirx as T
 
     from intvit.tvm_backend.build import make_target, resolve_target
-    _, _, llvm, lanes, operand, accumulates, _ = DOT_PEAKS[key]
+    dot = dot_of(key)
+    llvm, lanes, operand = dot.llvm, dot.lanes, dot.operand_vector
     chains, acc_t = VNNI_CHAINS, f"int32x{lanes}"
 
     def step(acc, a, b):
-        if accumulates:
+        if dot.accumulates:
             return T.call_llvm_pure_intrin(acc_t, llvm, acc, a, b)
-        return acc + T.call_llvm_pure_intrin(acc_t, llvm, a, b)
+        # the product must depend on the chain, or LLVM hoists the loop-invariant vpmaddwd out of the loop
+        # (and the loop measures vpaddd alone); the values wrap, which does not change the timing
+        return acc + T.call_llvm_pure_intrin(acc_t, llvm, T.reinterpret(acc, dtype=operand), b)
 
     @T.prim_func(s_tir=True)
     def main(a: T.Buffer((64,), "int8"), b: T.Buffer((64,), "int8"), out: T.Buffer((threads, 16), "int32"),
@@ -109,13 +117,14 @@ def _dot_kernel(threads: int, key: str = "vnni_tmacs"):
             for c in range(1, chains):
                 out[t, T.ramp(0, 1, lanes)] = out[t, T.ramp(0, 1, lanes)] + acc[T.ramp(c * lanes, 1, lanes)]
 
-    return tvm.compile(tvm.IRModule({"main": main}), target=make_target(resolve_target("llvm")))
+    return tvm.compile(tvm.IRModule({"main": main}), target=make_target(resolve_target("llvm", cpu=cpu)))
 
 
 def dot_macs(key: str) -> int:
-    """Multiply-accumulates per instruction of ``DOT_PEAKS[key]``: 4 (bytes) or 2 (words) per int32 lane."""
-    _, _, _, lanes, operand, _, _ = DOT_PEAKS[key]
-    return lanes * (4 if operand.startswith("int8") else 2)
+    """Multiply-accumulates per instruction of ``DOT_PEAKS[key]``: its group (4 bytes or 2 words) per int32
+    lane."""
+    dot = dot_of(key)
+    return dot.lanes * dot.group
 
 
 def _rate(lib, args, macs_per_iteration: int, threads: int, iterations: int, repeats: int) -> float:
@@ -130,8 +139,10 @@ def _rate(lib, args, macs_per_iteration: int, threads: int, iterations: int, rep
 
 def measure_peaks(iterations: int = ITERATIONS, repeats: int = 5) -> dict:
     """``{"threads", "amx_tmacs", *DOT_PEAKS}``: the best of ``repeats`` runs of each instruction loop, in
-    T int8 MAC/s over all threads; a peak is None where this CPU (or Linux) cannot run the instruction. Of
-    the two ``vpmaddwd`` widths only the one intvit's GEMMs use here is measured (zmm with AVX-512BW)."""
+    T int8 MAC/s over all threads; a peak is None where this CPU (or Linux) cannot run the instruction. The
+    ``vpmaddwd`` peak is measured only where intvit's GEMMs use it, a CPU without VNNI (with VNNI, LLVM fuses
+    ``vpmaddwd`` + ``vpaddd`` into ``vpdpwssd``), and of its two widths only the one they use (zmm with
+    AVX-512BW)."""
     import tvm
 
     from intvit.tvm_backend.amx import host_has_amx
@@ -141,8 +152,9 @@ def measure_peaks(iterations: int = ITERATIONS, repeats: int = 5) -> dict:
     result = {"threads": threads, "amx_tmacs": None, **{key: None for key in DOT_PEAKS}}
     ones = np.ones(1024, np.int8)
     zmm = host_has("avx512bw", "avx512f")
-    for key, (*_, features) in DOT_PEAKS.items():
-        if not host_has(*features) or (key == "pmaddwd_ymm_tmacs" and zmm):
+    vnni = host_has("avx512vnni") or host_has("avxvnni")
+    for key, (isa, _, features) in DOT_PEAKS.items():
+        if not host_has(*features) or (isa == "avx2" and (vnni or zmm != (key == "pmaddwd_zmm_tmacs"))):
             continue
         args = [tvm.runtime.tensor(ones[:64], dev), tvm.runtime.tensor(ones[:64], dev),
                 tvm.runtime.tensor(np.zeros((threads, 16), np.int32), dev)]
