@@ -165,7 +165,8 @@ def _compile(args) -> int:
 
 
 ISA_NAMES = {"amx": "Intel AMX-INT8", "vnni": "AVX-512 VNNI", "avxvnni": "AVX-VNNI (vpdpbusd on ymm)",
-             "avx2": "vpmaddwd (int16 operands; no VNNI)", "generic": "a portable schedule"}
+             "avx2": "vpmaddwd (int16 operands; no VNNI)", "dotprod": "ARM64 sdot (NEON dot product)",
+             "generic": "a portable schedule"}
 
 
 def _run(args) -> int:
@@ -552,23 +553,26 @@ def build_parser(bench_options: bool = True) -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", required=True, help="output module, e.g. model.so (a .json sidecar is written beside it)")
     c.add_argument("--target", default="llvm",
                    help="'llvm' (default): this CPU, with Intel AMX or AVX-512 VNNI GEMMs where it has them (--isa), "
-                        "AVX-VNNI or AVX2 ones on CPUs without AVX-512 VNNI; 'cuda': NVIDIA GPUs (int8 GEMMs on the "
+                        "AVX-VNNI or AVX2 ones on CPUs without AVX-512 VNNI, sdot on ARM64; 'cuda': NVIDIA GPUs (int8 GEMMs on the "
                         "tensor cores' IMMA from sm_80, __dp4a below; device code compiled by nvcc now and embedded in the module; builds without a "
                         "GPU)")
     c.add_argument("--arch", help="CUDA arch for --target cuda, e.g. sm_90 (H100/H200) or sm_80 (A100); "
                                   "default: this machine's GPU")
-    c.add_argument("--isa", choices=("amx", "vnni", "avxvnni", "avx2", "generic"),
+    c.add_argument("--isa", choices=("amx", "vnni", "avxvnni", "avx2", "dotprod", "generic"),
                    help="llvm only: the instruction set of the int8 GEMMs: 'amx' (Intel AMX-INT8 tiles), 'vnni' "
                         "(AVX-512 VNNI), 'avxvnni' (VNNI on 256-bit registers: Intel client CPUs since Alder Lake), "
                         "'avx2' (vpmaddwd on int16 operands: CPUs without VNNI; 512-bit where the CPU has "
-                        "AVX-512), 'generic' (plain vector loops); default: the fastest this CPU runs, in that order "
+                        "AVX-512), 'dotprod' (ARM64 sdot: Graviton2 and later, Ampere, Apple M1 and later), "
+                        "'generic' (plain vector loops); default: the fastest this CPU runs, in that order "
                         "(AMX only where Linux grants the tile state)")
     c.add_argument("--cpu", metavar="MCPU",
-                   help="llvm only: build for another x86 CPU than this one, by LLVM's name: x86-64-v3 (any AVX2 "
+                   help="llvm only: build for another CPU than this one, by LLVM's name: x86-64-v3 (any AVX2 "
                         "CPU), x86-64-v4 (any AVX-512 CPU), skylake-avx512, icelake-server, sapphirerapids, "
-                        "alderlake, znver3, ...; the GEMMs then take the best instruction set that CPU has (or "
-                        "--isa), and the module refuses to load on a CPU without the extensions it uses "
-                        "(default: this CPU)")
+                        "alderlake, znver3, ...; or an ARM64 one: neoverse-n1 (Graviton2), neoverse-v1 "
+                        "(Graviton3), neoverse-v2 (Graviton4), ampere1, apple-m1, cortex-a76, ... (linked here by "
+                        "the cross compiler aarch64-linux-gnu-gcc); the GEMMs then take the best instruction set "
+                        "that CPU has (or --isa), and the module refuses to load on another architecture or a CPU "
+                        "without the extensions it uses (default: this CPU)")
     c.add_argument("--batch", type=positive_int, default=1, help="batch size the module is compiled for (default: %(default)s)")
     c.add_argument("--tune", type=non_negative_int, default=0, metavar="N",
                    help="llvm only: tune the GEMM kernels with MetaSchedule, N measured candidates per GEMM shape "

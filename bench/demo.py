@@ -134,7 +134,8 @@ def _differing_elements(qmodel, module, sample: torch.Tensor, batch: int) -> int
 def format_report(report: dict, cli: str = "intvit") -> str:
     """The demo's summary; ``cli`` is how the next commands invoke intvit (``cli_prefix()``)."""
     files = report["files"]
-    names = {"amx": "Intel AMX", "vnni": "AVX-512 VNNI", "avxvnni": "AVX-VNNI", "avx2": "AVX2 vpmaddwd"}
+    names = {"amx": "Intel AMX", "vnni": "AVX-512 VNNI", "avxvnni": "AVX-VNNI", "avx2": "AVX2 vpmaddwd",
+             "dotprod": "ARM64 sdot"}
     isa = names.get(report.get("isa"), report.get("isa") or "generic")
     exact = ("yes, 0 differing logits" if report["differing_elements"] == 0
              else f"NO: {report['differing_elements']} differing logits (please report this)")

@@ -73,9 +73,14 @@ CASES = [  # (argv with {d} for the files' folder, a phrase the one line must ho
     ("compile {d}/m.onnx -o {d}/x.so --batch 0", "argument --batch: must be at least 1"),
     ("compile {d}/m.onnx -o {d}/x.so --isa sse", "argument --isa: invalid choice: 'sse'"),
     ("compile {d}/m.onnx -o {d}/x.so --cpu bogus", "unknown CPU 'bogus' for --cpu: give LLVM's name"),
-    ("compile {d}/m.onnx -o {d}/x.so --cpu x86-64-v3 --target cuda --arch sm_90", "names an x86 CPU for --target llvm"),
+    ("compile {d}/m.onnx -o {d}/x.so --cpu x86-64-v3 --target cuda --arch sm_90", "names a CPU for --target llvm"),
     ("compile {d}/m.onnx -o {d}/x.so --cpu x86-64 --isa avx2", "x86-64 has no AVX2; leave isa unset"),
     ("compile {d}/m.onnx -o {d}/x.so --cpu skylake-avx512 --tune 1", "cannot tune a module for --cpu skylake-avx512"),
+    ("compile {d}/m.onnx -o {d}/x.so --cpu neoverse-n1 --isa vnni", "is an x86 instruction set and the target CPU "
+                                                                    "neoverse-n1 is AArch64"),
+    ("compile {d}/m.onnx -o {d}/x.so --cpu cortex-a72 --isa dotprod", "cortex-a72 has no dot-product extension"),
+    ("compile {d}/m.onnx -o {d}/x.so --cpu x86-64-v3 --isa dotprod", "is an AArch64 instruction set and the "
+                                                                     "target CPU x86-64-v3 is x86"),
     ("run {d}/missing.so --input {d}/nan.npy", "no compiled module at"),
     ("run {d}/m.so --input {d}/zero_d.npy", "expected a batch of images [N, C, H, W]"),
     ("run {d}/m.so --input {d}/text.npy", "is not a numpy .npy array file"),

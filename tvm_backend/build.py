@@ -26,6 +26,7 @@ import threading
 
 import onnx
 
+from .arm import target_arch
 from .compiled import CompiledIntViT
 from .errors import IsaUnavailableError, NoDeviceError, UnknownTargetError
 from .importer import to_relax
@@ -40,20 +41,22 @@ GEMM_PREFIXES = ("int8_linear", "int16_gemm", "int16_linear", "int_bmm")
 PACK_PREFIXES = ("pack_panels", "pack_values")    # index arithmetic hides that they are injective
 
 
-ISAS = ("amx", "vnni", "avxvnni", "avx2", "generic")      # the CPU GEMM schedules compile_onnx(isa=...) can force
+# the CPU GEMM schedules compile_onnx(isa=...) can force: x86's, AArch64's sdot, or none
+ISAS = ("amx", "vnni", "avxvnni", "avx2", "dotprod", "generic")
 
 
 def resolve_target(target, arch: str | None = None, cpu: str | None = None) -> dict:
-    """``"llvm"`` → this host's CPU (``mcpu`` from LLVM, all cores), or the x86 CPU named by ``cpu`` (LLVM's
-    name: ``x86-64-v3`` for any AVX2 CPU, ``skylake-avx512``, ``alderlake``, ``znver3``, ...: a module for
-    another machine); ``"cuda"`` → ``{"kind": "cuda", "arch": arch}`` (``arch`` checked against nvcc;
+    """``"llvm"`` → this host's CPU (``mcpu`` from LLVM, all cores), or the CPU named by ``cpu`` (LLVM's
+    name: ``x86-64-v3`` for any AVX2 CPU, ``skylake-avx512``, ``alderlake``, ``znver3``, ...; or an ARM64
+    CPU, ``neoverse-n1``, ``apple-m1``, ..., with the AArch64 triple: ``cpu_triple``): a module for another
+    machine; ``"cuda"`` → ``{"kind": "cuda", "arch": arch}`` (``arch`` checked against nvcc;
     default: this machine's GPU); a dict passes through."""
     if isinstance(target, dict):
         return target
     if target not in TARGETS:
         raise UnknownTargetError(f"unknown target {target!r}; choose one of {list(TARGETS)}")
     if cpu is not None and target != "llvm":
-        raise UnknownTargetError(f"--cpu {cpu} names an x86 CPU for --target llvm, not {target!r}")
+        raise UnknownTargetError(f"--cpu {cpu} names a CPU for --target llvm, not {target!r}")
     if target == "cuda":
         from .cuda import check_arch, detect_arch
         arch = arch or detect_arch()
@@ -63,16 +66,33 @@ def resolve_target(target, arch: str | None = None, cpu: str | None = None) -> d
         return {"kind": "cuda", "arch": check_arch(arch)}
     if arch is not None:
         raise UnknownTargetError(f"--arch {arch} applies to --target cuda, not {target!r}")
-    from .x86 import check_cpu_name, host_cpu, host_extra_features, host_has, vectorize_512
-    resolved = {"kind": "llvm", "mcpu": host_cpu() if cpu is None else check_cpu_name(cpu),
-                "num-cores": os.cpu_count() or 1}
+    from .x86 import host_cpu, host_extra_features, host_has, vectorize_512
+    resolved = {"kind": "llvm", "mcpu": host_cpu() if cpu is None else cpu, "num-cores": os.cpu_count() or 1}
+    triple = None if cpu is None else cpu_triple(cpu)
+    if triple:
+        resolved["mtriple"] = triple
     # this CPU: plus what it has beyond LLVM's model of it (x86.host_extra_features)
     mattr = [f"+{f}" for f in host_extra_features()] if cpu is None else []
-    if vectorize_512(cpu) if cpu is not None else host_has("amx-int8", "avx512f"):
+    if (vectorize_512(cpu) if triple is None else False) if cpu is not None else host_has("amx-int8", "avx512f"):
         mattr.append("-prefer-256-bit")
     if mattr:
         resolved["mattr"] = mattr
     return resolved
+
+
+def cpu_triple(cpu: str) -> str | None:
+    """The LLVM triple a ``--cpu`` name compiles for: None (x86-64, like this project's hosts) for an x86 CPU,
+    ``arm.TRIPLE`` for an AArch64 one (``neoverse-n1``, ``apple-m1``, ...), else one clear error."""
+    from . import arm, x86
+    if x86.is_cpu_name(cpu):
+        return None
+    if arm.is_cpu_name(cpu):
+        return arm.TRIPLE
+    raise UnknownTargetError(
+        f"unknown CPU {cpu!r} for --cpu: give LLVM's name of an x86-64 CPU, e.g. x86-64-v3 (any AVX2 CPU), "
+        "x86-64-v4 (any AVX-512 CPU), skylake-avx512, icelake-server, sapphirerapids, alderlake, znver3, znver4, "
+        "or of an ARM64 one, e.g. neoverse-n1 (AWS Graviton2), neoverse-v1 (Graviton3), neoverse-v2 (Graviton4), "
+        "ampere1, apple-m1, cortex-a76 (`llc -mcpu=help` and `llc -mtriple=aarch64 -mcpu=help` list them all)")
 
 
 def check_tune_cpu(tune: int, cpu: str | None) -> None:
@@ -130,13 +150,16 @@ def resolve_isa(isa: str | None, target) -> str | None:
     where the target has AVX-512 VNNI, else ``"avxvnni"`` (VNNI on ymm) where
     it has AVX-VNNI, else ``"avx2"`` (the 16-bit form with ``vpmaddwd``,
     ``gemm.word_gemm``; 512-bit where the target has AVX-512BW) where it has
-    AVX2, else ``"generic"`` (plain vectorized loops); ``x86.gemm_isa`` says
+    AVX2, else ``"generic"`` (plain vectorized loops); on an AArch64 target
+    ``"dotprod"`` (``sdot``, ``arm.SDOT``) where it has the dot-product
+    extension, else ``"generic"``; ``x86.gemm_isa`` says
     what each runs. A forced ``"amx"`` needs a target CPU with AMX-INT8 and,
     when the target is this CPU, the tile permission; the others a target
     with their extension.
     """
     from . import amx
-    from .x86 import target_has_avx2, target_has_avxvnni, target_has_vnni
+    from .arm import is_aarch64
+    from .x86 import target_has_avx2, target_has_avxvnni, target_has_dotprod, target_has_vnni
     if is_cuda(target):
         if isa is not None:
             raise UnknownTargetError(f"isa={isa!r} chooses a CPU GEMM schedule; leave it unset for --target cuda")
@@ -146,10 +169,20 @@ def resolve_isa(isa: str | None, target) -> str | None:
     if isa is None:
         if is_host_target(target) and amx.target_has_amx(target) and amx.host_has_amx():
             return "amx"
+        if is_aarch64(target):
+            return "dotprod" if target_has_dotprod(target) else "generic"
         return next((name for name, has in (("vnni", target_has_vnni), ("avxvnni", target_has_avxvnni),
                                             ("avx2", target_has_avx2)) if has(target)), "generic")
     best = f"leave isa unset for the best this target has ({resolve_isa(None, target)!r})"
     mcpu = str(target.attrs.get("mcpu", "")) or "(generic x86)"
+    arm_isas = ("dotprod", "generic")
+    if is_aarch64(target) != (isa in arm_isas) and isa != "generic":
+        raise IsaUnavailableError(f"isa={isa!r} is an {'AArch64' if isa in arm_isas else 'x86'} instruction set "
+                                  f"and the target CPU {mcpu} is {'AArch64' if is_aarch64(target) else 'x86'}; "
+                                  f"{best}")
+    if isa == "dotprod" and not target_has_dotprod(target):
+        raise IsaUnavailableError(f"isa='dotprod': the target CPU {mcpu} has no dot-product extension (sdot, "
+                                  f"Armv8.2-A dotprod); {best}")
     if isa == "amx":
         if not amx.target_has_amx(target):
             raise IsaUnavailableError(
@@ -260,13 +293,13 @@ def compile_onnx(model, target="llvm", batch: int = 1, arch: str | None = None, 
     isa = resolve_isa(isa, tgt)
 
     def fused_module():
-        from .gemm import amx_layout, gemm_vectors, vbmi_lookup, word_gemm
+        from .gemm import amx_layout, gemm_vectors, int8_gemm, vbmi_lookup
         from .gpu_gemm import imma_layout
         from .imma import imma_arch
         from .x86 import gemm_isa, target_has_vbmi
         plan = gemm_isa(isa, tgt)
         with amx_layout(isa == "amx"), vbmi_lookup(isa == "vnni" and target_has_vbmi(tgt)), \
-                word_gemm(plan.word_form), gemm_vectors(plan.vectors), \
+                int8_gemm(plan.int8_dot), gemm_vectors(plan.vectors), \
                 imma_layout(cuda and imma_arch(resolved["arch"])):
             mod = fuse(to_relax(proto, batch, gemm_form="tiled" if cuda else "vnni"), tgt)
         if isa == "amx":
@@ -296,7 +329,8 @@ def compile_onnx(model, target="llvm", batch: int = 1, arch: str | None = None, 
         scheduled, lifted, lifted_values = lift_large_constants(scheduled, lift_weights)
     with build_scope:
         ex = tvm.compile(scheduled, target=tgt)
-    compiled = wrap_executable(ex, proto, batch, device="cuda" if cuda else "cpu", isa=isa)
+    compiled = wrap_executable(ex, proto, batch, device="cuda" if cuda else "cpu", isa=isa,
+                               cpu_arch=None if cuda else target_arch(resolved))
     compiled.lifted, compiled.lifted_values = lifted, lifted_values
     if summary is not None:
         from .tuning import differs_from_onnx_runtime
@@ -311,9 +345,11 @@ def compile_onnx(model, target="llvm", batch: int = 1, arch: str | None = None, 
     return compiled
 
 
-def wrap_executable(ex, proto, batch: int, device: str = "cpu", isa: str | None = None) -> CompiledIntViT:
-    """``ex`` (the ``tvm.compile`` of ``proto`` at ``batch``) as a ``CompiledIntViT`` taking ``proto``'s input."""
+def wrap_executable(ex, proto, batch: int, device: str = "cpu", isa: str | None = None,
+                    cpu_arch: str | None = None) -> CompiledIntViT:
+    """``ex`` (the ``tvm.compile`` of ``proto`` at ``batch``) as a ``CompiledIntViT`` taking ``proto``'s input;
+    ``cpu_arch``: the CPU architecture its code is for (None: this machine's)."""
     inp = proto.graph.input[0]
     dtype = "int8" if inp.name == "images_int8" else "float32"
     shape = [batch] + [d.dim_value for d in inp.type.tensor_type.shape.dim[1:]]
-    return CompiledIntViT(ex, batch, inp.name, shape, dtype, device=device, isa=isa)
+    return CompiledIntViT(ex, batch, inp.name, shape, dtype, device=device, isa=isa, cpu_arch=cpu_arch)

@@ -14,12 +14,14 @@ class CompiledIntViT:
     the first call, so a CUDA module can be built and exported on a machine
     without a GPU. ``isa`` is the CPU GEMMs' instruction set (``ISAS``; None
     for CUDA or unknown): an ``"amx"`` module checks, before its first call,
-    that this process may use the AMX tiles (``amx.host_has_amx``).
+    that this process may use the AMX tiles (``amx.host_has_amx``), and a
+    module for another CPU architecture (``cpu_arch``, e.g. ``"aarch64"``
+    built on x86 with ``--cpu neoverse-n1``) refuses to run here.
     """
 
     def __init__(self, executable, batch: int, input_name: str, input_shape, input_dtype, device: str = "cpu",
-                 isa: str | None = None):
-        self.executable, self.device, self.isa = executable, device, isa
+                 isa: str | None = None, cpu_arch: str | None = None):
+        self.executable, self.device, self.isa, self.cpu_arch = executable, device, isa, cpu_arch
         self.batch, self.input_name = batch, input_name
         self.input_shape, self.input_dtype = tuple(input_shape), input_dtype
         self._vm = self._dev = None
@@ -30,7 +32,7 @@ class CompiledIntViT:
         """The same compiled module with a virtual machine of its own (created on first call): what one more
         caller thread runs on (``runtime.LoadedModule``)."""
         return CompiledIntViT(self.executable, self.batch, self.input_name, self.input_shape, self.input_dtype,
-                              self.device, self.isa)
+                              self.device, self.isa, self.cpu_arch)
 
     @property
     def dev(self):
@@ -51,6 +53,11 @@ class CompiledIntViT:
             if self.device == "cuda":
                 from .cuda import install_loader
                 install_loader()
+            from .arm import machine_arch
+            if self.cpu_arch not in (None, machine_arch()):
+                raise IsaUnavailableError(
+                    f"this module was compiled for {self.cpu_arch} CPUs and this machine is {machine_arch()}: "
+                    "write it to a file (intvit compile --cpu ... -o model.so) and run it on such a machine")
             if self.isa == "amx":
                 from .amx import host_has_amx
                 if not host_has_amx():       # before any tile instruction: without the grant they raise SIGILL

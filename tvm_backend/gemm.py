@@ -53,7 +53,7 @@ import numpy as np
 
 from ..ops.gemm import UNSIGNED_SHIFT
 from .byte_table import LOOKUP_LANES
-from .x86 import LANES, VPDPBUSD, DotInstruction
+from .x86 import LANES, VPDPBUSD, VPDPWSSD, DotInstruction
 
 ACC_BLOCK = "int_gemm_acc"      # the reduction block every GEMM schedule looks for
 OUT_BLOCK = "int_gemm_out"      # its output (crop + epilogue) block
@@ -109,35 +109,52 @@ def byte_lookup_active() -> bool:
     return _VBMI_LOOKUP.get() or _AMX_LAYOUT.get()
 
 
-_WORD_GEMM: ContextVar[bool] = ContextVar("intvit_word_gemm", default=False)
+_INT8_DOT: ContextVar[DotInstruction] = ContextVar("intvit_int8_dot", default=VPDPBUSD)
 _VECTORS: ContextVar[str] = ContextVar("intvit_gemm_vectors", default="zmm")
-YMM_TILE = (6, 1)       # 6 rows × one 16-lane panel: 12 ymm accumulators, 2 for the panel, 1 broadcast
+# 6 rows × one 16-lane panel: on ymm 12 accumulators, 2 for the panel, 1 broadcast (of 16 registers); on
+# NEON 24 accumulators, 4 for the panel, 1 broadcast (of 32 128-bit registers)
+SMALL_TILE = (6, 1)
+YMM_TILE = SMALL_TILE
+VECTOR_WIDTHS = ("zmm", "ymm", "neon")
+
+
+def int8_gemm(dot: DotInstruction = VPDPBUSD):
+    """Within this context the int8 GEMMs (linear layers, ``Q·Kᵀ``) are imported in ``dot``'s operand form:
+    ``VPDPBUSD`` (x86: activations + 128 as uint8, compensation in the bias; the default), ``VPDPWSSD`` (the
+    16-bit form, ``word_gemm``) or ``arm.SDOT`` (signed int8 activations as they are, no compensation);
+    wraps the import of a graph (``build.compile_onnx`` with ``x86.gemm_isa``'s ``int8_dot``)."""
+    return import_flag(_INT8_DOT, dot)
+
+
+def int8_gemm_dot() -> DotInstruction:
+    """The operand form of the int8 GEMMs imported now (``int8_gemm``)."""
+    return _INT8_DOT.get()
 
 
 def word_gemm(enabled: bool = True):
     """Within this context the int8 GEMMs (linear layers, ``Q·Kᵀ``) take the 16-bit form (module docstring):
     wraps the import of a graph for a CPU without VNNI (``build.compile_onnx`` with ``isa="avx2"``)."""
-    return import_flag(_WORD_GEMM, enabled)
+    return int8_gemm(VPDPWSSD if enabled else VPDPBUSD)
 
 
 def word_gemm_active() -> bool:
     """Whether the current import builds the int8 GEMMs in the 16-bit form (``word_gemm``)."""
-    return _WORD_GEMM.get()
+    return _INT8_DOT.get() is VPDPWSSD
 
 
 def gemm_vectors(width: str = "zmm"):
     """Within this context the GEMMs' register tiles are sized for ``width`` registers: ``"zmm"`` (32 × 512
-    bits, ``linear_tile``) or ``"ymm"`` (16 × 256 bits, ``YMM_TILE``): wraps the import of a graph for a CPU
-    without AVX-512 (``x86.gemm_isa``)."""
-    if width not in ("zmm", "ymm"):
-        raise ValueError(f"gemm_vectors width {width!r}: choose 'zmm' or 'ymm'")
+    bits, ``linear_tile``), ``"ymm"`` (16 × 256 bits) or ``"neon"`` (32 × 128 bits), both ``SMALL_TILE``:
+    wraps the import of a graph for a CPU without AVX-512 (``x86.gemm_isa``)."""
+    if width not in VECTOR_WIDTHS:
+        raise ValueError(f"gemm_vectors width {width!r}: choose one of {', '.join(map(repr, VECTOR_WIDTHS))}")
     return import_flag(_VECTORS, width)
 
 
 def import_tile(n: int, lookup: bool = False) -> tuple[int, int]:
-    """The register tile ``(MR, NR)`` of a kernel of ``n`` columns imported now: ``YMM_TILE`` inside
-    ``gemm_vectors("ymm")``, else ``linear_tile``."""
-    return YMM_TILE if _VECTORS.get() == "ymm" and not lookup else linear_tile(n, lookup)
+    """The register tile ``(MR, NR)`` of a kernel of ``n`` columns imported now: ``SMALL_TILE`` inside
+    ``gemm_vectors("ymm")`` or ``gemm_vectors("neon")``, else ``linear_tile``."""
+    return SMALL_TILE if _VECTORS.get() != "zmm" and not lookup else linear_tile(n, lookup)
 
 
 def _amx(amx: bool | None, u8: bool) -> bool:

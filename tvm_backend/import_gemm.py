@@ -6,7 +6,9 @@ Four patterns (found by ``importer.to_relax``), each in one of two forms:
   ``vpdpbusd``/``vpdpwssd``; int8 activations enter shifted by +128 with the
   ``−128·Σw`` compensation folded into the bias (inside ``gemm.word_gemm()``,
   for CPUs without VNNI, the int8 GEMMs take the int16 ``vpdpwssd`` form
-  instead: no shift, no compensation, int16 panels for ``vpmaddwd``);
+  instead: no shift, no compensation, int16 panels for ``vpmaddwd``; inside
+  ``gemm.int8_gemm(arm.SDOT)``, for AArch64, signed int8 as they are, no
+  shift, no compensation, int8 panels for ``sdot``);
 * ``"tiled"`` (CUDA, ``gpu_gemm``): plain ``[N, K]`` operands padded to
   whole thread-block tiles, signed int8 straight into ``__dp4a``.
 
@@ -66,14 +68,15 @@ class GemmEmitter:
         add = next((c for c in chain if c.op_type == "Add"), None)
         bias = consts[add.input[1]] if add is not None else None
         if self.form == "vnni":
-            from .gemm import folded_bias, import_tile, pack_linear_weight, word_gemm_active
-            if word_gemm_active():
-                from .x86 import VPDPWSSD
-                wp = relax.const(pack_linear_weight(w_kn.astype(np.int16), import_tile(n)[1], VPDPWSSD.group),
-                                 "int16")
+            from .gemm import folded_bias, import_tile, int8_gemm_dot, pack_linear_weight
+            from .x86 import VPDPBUSD
+            dot = int8_gemm_dot()
+            if dot is not VPDPBUSD:         # signed operands (the 16-bit form, AArch64's sdot): no compensation
+                wp = relax.const(pack_linear_weight(w_kn.astype(dot.b_dtype), import_tile(n)[1], dot.group),
+                                 dot.b_dtype)
                 b = None if bias is None else relax.const(
                     np.broadcast_to(bias.astype(np.int64), (n,)).copy(), "int64")
-                return self._vnni(x, wp, b, n, chain, table, dot=VPDPWSSD, residual=residual, name="int8_linear")
+                return self._vnni(x, wp, b, n, chain, table, dot=dot, residual=residual, name="int8_linear")
             lookup = self._byte_lookup("int8_linear", n, table, self._epilogue_args(chain))
             wp = relax.const(pack_linear_weight(w_kn, import_tile(n, lookup)[1]), "int8")
             fb = relax.const(folded_bias(w_kn, bias), "int64")
@@ -100,11 +103,11 @@ class GemmEmitter:
         check_accumulator_fits(int(self.bb.normalize(keys_nk).ty.shape[-1]), "attention's Q·Kᵀ")
         if self.form == "tiled":
             return self._tiled(x, keys_nk, None, "nk", chain, table, residual=residual)
-        from .gemm import pack_panels_te, panel_compensation_te, word_gemm_active
-        from .x86 import VPDPBUSD, VPDPWSSD
-        dot = VPDPWSSD if word_gemm_active() else VPDPBUSD
+        from .gemm import int8_gemm_dot, pack_panels_te, panel_compensation_te
+        from .x86 import VPDPBUSD
+        dot = int8_gemm_dot()
         wp = self.bb.emit_te(lambda kt: pack_panels_te(kt, "nk", dot), keys_nk, primfunc_name_hint="pack_panels")
-        fb = None if dot is VPDPWSSD else \
+        fb = None if dot is not VPDPBUSD else \
             self.bb.emit_te(panel_compensation_te, keys_nk, primfunc_name_hint="panel_compensation")
         n = int(self.bb.normalize(keys_nk).ty.shape[-2])
         width = self._padded_width(wp, n, chain, table, residual)

@@ -48,6 +48,7 @@ from .build import (ISAS, CompiledIntViT, NoDeviceError, check_tune_cpu, compile
 from .callers import on_worker
 from .imma import GEMM_PATHS, gemm_path
 from .amx import AMX_FEATURES, request_tile_permission
+from .arm import cross_compiler, machine_arch, needs_cross_compiler, target_arch
 from .x86 import host_cpu, host_has, isa_features
 
 SIDECAR_FORMAT = "intvit.compiled-module"
@@ -79,8 +80,10 @@ def compile_to_file(onnx_path, output, target="llvm", batch: int = 1, arch: str 
     ``isa`` forces the CPU GEMMs' instruction set (``build.ISAS``; default:
     the best this CPU runs); the sidecar records it, and an AMX module lists
     the AMX features among those the CPU must have. ``cpu`` builds for another
-    x86 CPU (``build.resolve_target``): the sidecar records it, and ``load``
-    refuses a CPU without its extensions.
+    CPU (``build.resolve_target``; an ARM64 one is linked with the
+    ``aarch64-linux-gnu-gcc`` cross compiler, ``arm.cross_compiler``): the
+    sidecar records it and its architecture, and ``load`` refuses another
+    architecture or a CPU without its extensions.
     """
     import tvm
 
@@ -98,6 +101,7 @@ def compile_to_file(onnx_path, output, target="llvm", batch: int = 1, arch: str 
     t0 = time.perf_counter()
     resolved = resolve_target(target, arch, cpu)
     resolve_isa(isa, make_target(resolved))     # an instruction set the target lacks: refused before any output
+    link = cross_compiler() if resolved["kind"] == "llvm" and needs_cross_compiler(resolved) else None
     check_tune_cpu(tune, cpu)
     if progress:                                # only once the file, the folder and the target are known good
         where = f"{target} {resolved['arch']}" if resolved.get("arch") else \
@@ -110,8 +114,8 @@ def compile_to_file(onnx_path, output, target="llvm", batch: int = 1, arch: str 
     meta = {"format": SIDECAR_FORMAT, "intvit_version": __version__, "tvm_version": tvm.__version__,
             "target": target if isinstance(target, str) else json.dumps(target), "batch": batch,
             "arch": resolved.get("arch"),
-            "mcpu": host.get("mcpu", ""), "isa": compiled.isa,
-            "cpu_features": isa_features(host.get("mcpu", ""), host.get("mattr", ()))
+            "mcpu": host.get("mcpu", ""), "isa": compiled.isa, "cpu_arch": target_arch(host),
+            "cpu_features": isa_features(host.get("mcpu", ""), host.get("mattr", ()), host.get("mtriple"))
             + (list(AMX_FEATURES) if compiled.isa == "amx" else []),
             "input": {"name": compiled.input_name, "shape": list(compiled.input_shape),
                       "dtype": compiled.input_dtype},
@@ -130,7 +134,7 @@ def compile_to_file(onnx_path, output, target="llvm", batch: int = 1, arch: str 
     tmp_so = temp_name(output, ".so")
     tmp_js = tmp_so[:-len(".so")] + ".json"
     try:
-        compiled.executable.export_library(tmp_so)
+        compiled.executable.export_library(tmp_so, fcompile=link)
         meta["so_sha256"] = file_sha256(tmp_so)
         meta["sidecar_sha256"] = sidecar_digest(meta)
         with open(tmp_js, "w") as f:
@@ -331,6 +335,10 @@ def _check_runnable(path: str, meta: dict, side: str) -> None:
                                   "'llvm' (CPU) and 'cuda' (NVIDIA GPU) modules")
     if meta["target"] == "cuda":
         _check_gpu(path, meta.get("arch") or "")
+    if meta.get("cpu_arch", machine_arch()) != machine_arch():
+        raise ModuleMismatchError(
+            f"{path} was built for {meta['cpu_arch']} CPUs ({meta.get('mcpu')!r}) and this machine is "
+            f"{machine_arch()}; run it on such a machine, or compile it for this one with `intvit compile`")
     missing = [f for f in meta.get("cpu_features", []) if not host_has(f)]
     if missing:
         raise ModuleMismatchError(

@@ -17,7 +17,9 @@ Three schedules, chosen per PrimFunc by the blocks it contains:
   ``x86.gemm_isa``): the same tiling with the instruction set's intrinsic:
   VNNI on ymm (AVX-VNNI), or ``vpmaddwd`` + ``vpaddd`` for a kernel in the
   16-bit form (``gemm.word_gemm``, CPUs without VNNI); on ymm two
-  instructions per 16-lane panel and a smaller tile (``gemm.YMM_TILE``).
+  instructions per 16-lane panel and a smaller tile (``gemm.SMALL_TILE``);
+  on AArch64 ``sdot`` on signed int8 (``arm.SDOT``), four per panel, the
+  same small tile.
 * **GEMM without either** (``int_bmm_te`` kernels, or a GEMM no dot
   instruction takes): the same tiling with 16-lane int32 multiply-adds.
 * **Row-wise** (everything else: LayerNorm, Shiftmax, ShiftGELU, requant,
@@ -37,7 +39,7 @@ from .gemm import ACC_BLOCK, OUT_BLOCK, PACK_BLOCK, SHIFTED_INPUT_BLOCK, TILE_RO
 from .gpu_gemm import LHS_BLOCK, RHS_BLOCK
 from .schedule_blocks import (SCHEDULED_ATTR, _fused_parallel, _numel, block_names,  # noqa: F401 (re-exported)
                               fold_output_rows, is_reduction, parallel_rows)
-from .x86 import DOT_INSTRUCTIONS, LANES, VPDPBUSD, register_dot_intrinsic
+from .x86 import DOT_INSTRUCTIONS, LANES, VPDPBUSD, dot_group, register_dot_intrinsic
 
 TILED_ROWS = 8                  # rows per parallel task of a tiled (int64) GEMM; divides TILE_M
 
@@ -105,7 +107,7 @@ def apply_gemm_schedule(sch, vnni: bool, blocking: str | None = None, amx: bool 
         staged = str(sch.get(shifted).writes[0].source.dtype)
         dot = dots.get(staged)
         parallel_rows(sch, shifted)
-        ko, kv = sch.split(k, [None, DOT_INSTRUCTIONS[staged].group])
+        ko, kv = sch.split(k, [None, dot_group(staged)])
         inner_k = [kv]
     else:
         ko, inner_k, dot = k, [], None

@@ -1,4 +1,4 @@
-"""x86 host detection and the dot-product tensor intrinsics intvit's CPU GEMM schedules use.
+"""CPU host detection (x86-64 and AArch64) and the x86 dot-product tensor intrinsics of the CPU GEMM schedules.
 
 ``vpdpbusd`` computes, for 16 int32 lanes ``i``, ``C[i] += Σ_{k<4} A[k]·B[i, k]``
 with ``A`` *unsigned* 8-bit (one 4-byte group broadcast to every lane) and
@@ -33,6 +33,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 
+from .arm import SDOT, is_aarch64
+from .dots import DotInstruction, dot_group, register_dot_intrinsic  # noqa: F401 (re-exported)
+
 LANES = 16          # int32 output lanes of a panel (one zmm; two ymm)
 
 
@@ -43,25 +46,22 @@ def host_cpu() -> str:
     return str(codegen.llvm_get_system_cpu())
 
 
-def check_cpu_name(cpu: str) -> str:
-    """``cpu`` if LLVM knows it as an x86-64 CPU, else one ``UnknownTargetError`` naming a few it knows."""
-    from tvm.target import codegen
+X86_TRIPLE = "x86_64-unknown-linux-gnu"
 
-    from .errors import UnknownTargetError
-    if not isinstance(cpu, str) or not codegen.llvm_is_valid_cpu(cpu, "x86_64-unknown-linux-gnu"):
-        raise UnknownTargetError(
-            f"unknown CPU {cpu!r} for --cpu: give LLVM's name of an x86-64 CPU, e.g. x86-64-v3 (any AVX2 CPU), "
-            "x86-64-v4 (any AVX-512 CPU), skylake-avx512, icelake-server, sapphirerapids, alderlake, znver3, "
-            "znver4 (`llc -mcpu=help` lists them all)")
-    return cpu
+
+def is_cpu_name(cpu: str) -> bool:
+    """Whether LLVM knows ``cpu`` as an x86-64 CPU."""
+    from tvm.target import codegen
+    return isinstance(cpu, str) and bool(codegen.llvm_is_valid_cpu(cpu, X86_TRIPLE))
 
 
 @functools.lru_cache(maxsize=None)
-def has_features(mcpu: str, *features: str) -> bool:
-    """Whether LLVM's CPU model ``mcpu`` has every feature (``"avx512vnni"``, ...)."""
+def has_features(mcpu: str, *features: str, triple: str | None = None) -> bool:
+    """Whether LLVM's CPU model ``mcpu`` (for ``triple``; default this machine's architecture) has every feature
+    (``"avx512vnni"``, ``"dotprod"``, ...)."""
     import tvm
     from tvm.target import codegen
-    target = tvm.target.Target({"kind": "llvm", "mcpu": mcpu})
+    target = tvm.target.Target({"kind": "llvm", "mcpu": mcpu, **({"mtriple": triple} if triple else {})})
     try:
         return all(bool(codegen.llvm_cpu_has_features(f, target)) for f in features)
     except Exception:       # an mcpu LLVM does not know: assume nothing
@@ -70,31 +70,38 @@ def has_features(mcpu: str, *features: str) -> bool:
 
 ISA_FEATURES = ("sse4.2", "avx", "avx2", "fma", "avxvnni", "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512vnni",
                 "avx512vbmi")
+AARCH64_FEATURES = ("neon", "dotprod", "i8mm")
 
 
-def isa_features(mcpu: str, mattr=()) -> list[str]:
-    """The x86 extensions LLVM may use when compiling for ``mcpu`` with the extra features ``mattr``
-    (``"+avx2"``, ...): what a host must have to run the module."""
-    return [f for f in ISA_FEATURES if has_features(mcpu, f) or f"+{f}" in mattr]
+def isa_features(mcpu: str, mattr=(), triple: str | None = None) -> list[str]:
+    """The extensions LLVM may use when compiling for ``mcpu`` (for ``triple``) with the extra features
+    ``mattr`` (``"+avx2"``, ...): what a host must have to run the module (x86's ``ISA_FEATURES``, or
+    ``AARCH64_FEATURES`` for an AArch64 triple)."""
+    names = AARCH64_FEATURES if (triple or "").startswith(("aarch64", "arm64")) else ISA_FEATURES
+    return [f for f in names if has_features(mcpu, f, triple=triple) or f"+{f}" in mattr]
 
 
-# /proc/cpuinfo's names of the extensions intvit's kernels choose by → LLVM's
+# /proc/cpuinfo's names of the extensions intvit's kernels choose by → LLVM's: x86's ``flags`` line, then
+# AArch64's ``Features`` line
 CPUINFO_FEATURES = {"sse4_2": "sse4.2", "avx": "avx", "avx2": "avx2", "fma": "fma", "avx_vnni": "avxvnni",
                     "avx512f": "avx512f", "avx512bw": "avx512bw", "avx512dq": "avx512dq", "avx512vl": "avx512vl",
                     "avx512_vnni": "avx512vnni", "avx512vbmi": "avx512vbmi", "amx_tile": "amx-tile",
-                    "amx_int8": "amx-int8"}
+                    "amx_int8": "amx-int8",
+                    "asimd": "neon", "asimddp": "dotprod", "i8mm": "i8mm"}
 
 
 def reported_features(cpuinfo: str | None = None) -> tuple[str, ...]:
     """LLVM's names of the extensions Linux reports for this CPU (the first ``flags`` line of
-    ``/proc/cpuinfo``, or of ``cpuinfo``), among ``CPUINFO_FEATURES``; () where there is no such file."""
+    ``/proc/cpuinfo``, or of ``cpuinfo``; on AArch64 its ``Features`` line), among ``CPUINFO_FEATURES``; ()
+    where there is no such file."""
     if cpuinfo is None:
         try:
             with open("/proc/cpuinfo") as f:
                 cpuinfo = f.read()
         except OSError:
             return ()
-    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines()
+                  if line.startswith(("flags", "Features"))), [])
     return tuple(CPUINFO_FEATURES[f] for f in flags if f in CPUINFO_FEATURES)
 
 
@@ -133,7 +140,8 @@ def target_has(target, *features: str) -> bool:
     mattr = [str(a) for a in target.attrs.get("mattr", [])] if "mattr" in target.attrs else []
     if all(f"+{f}" in mattr for f in features):
         return True
-    return bool(mcpu) and has_features(mcpu, *features)
+    triple = str(target.attrs.get("mtriple", "")) if "mtriple" in target.attrs else ""
+    return bool(mcpu) and has_features(mcpu, *features, triple=triple or None)
 
 
 def target_has_vnni(target) -> bool:
@@ -144,26 +152,6 @@ def target_has_vnni(target) -> bool:
 def target_has_vbmi(target) -> bool:
     """True when ``target`` may emit AVX-512 VBMI (``vpermi2b``: the GELU byte table, ``byte_table``)."""
     return target_has(target, "avx512vbmi", "avx512vl")
-
-
-@dataclasses.dataclass(frozen=True)
-class DotInstruction:
-    """One x86 dot-product instruction as a 16-lane tensor intrinsic.
-
-    ``C[i] += Σ_{k<group} A[k]·B[i, k]`` for ``i < 16``: ``A`` is one
-    ``group``-element operand broadcast to every int32 lane, ``B`` a
-    ``[16, group]`` panel. ``lanes``: the int32 lanes of one instruction (16
-    lanes take ``16 // lanes`` of them); ``accumulates``: whether it adds into
-    ``C`` itself (VNNI) or its products are added by a ``vpaddd``.
-    """
-    name: str
-    llvm: str
-    group: int
-    a_dtype: str
-    b_dtype: str
-    operand_vector: str      # how LLVM 22 declares the byte/word operands
-    lanes: int = 16
-    accumulates: bool = True
 
 
 VPDPBUSD = DotInstruction("intvit_dot_16x4_u8s8s32", "llvm.x86.avx512.vpdpbusd.512", 4, "uint8", "int8", "int8x64")
@@ -184,17 +172,24 @@ PMADDWD_256 = DotInstruction("intvit_dot_16x2_s16s16s32_pmaddwd256", "llvm.x86.a
 class GemmIsa:
     """How the int8 GEMMs run on one CPU instruction set (``gemm_isa``).
 
-    ``word_form``: the int8 GEMMs are imported in the 16-bit form
-    (``gemm.word_gemm``); ``vectors``: the register file their tiles are
-    sized for (``"zmm"``: 32 × 512 bits, ``"ymm"``: 16 × 256 bits,
-    ``gemm.gemm_vectors``); ``dots``: the tensor intrinsic for each staged
-    activation dtype (a kernel whose dtype is missing runs as plain
-    vectorized multiply-adds).
+    ``int8_dot``: the operand form the int8 GEMMs are imported in
+    (``gemm.int8_gemm``): ``VPDPBUSD`` (activations shifted to uint8, x86
+    VNNI and AMX), ``VPDPWSSD`` (the 16-bit form, ``gemm.word_gemm``) or
+    ``arm.SDOT`` (signed int8 as they are); ``vectors``: the register file
+    their tiles are sized for (``"zmm"``: 32 × 512 bits, ``"ymm"``: 16 × 256
+    bits, ``"neon"``: 32 × 128 bits; ``gemm.gemm_vectors``); ``dots``: the
+    tensor intrinsic for each staged activation dtype (a kernel whose dtype
+    is missing runs as plain vectorized multiply-adds).
     """
     name: str
-    word_form: bool
+    int8_dot: DotInstruction
     vectors: str
     dots: dict
+
+    @property
+    def word_form(self) -> bool:
+        """The int8 GEMMs are imported in the 16-bit form (``gemm.word_gemm``)."""
+        return self.int8_dot is VPDPWSSD
 
 
 def gemm_isa(isa: str | None, target) -> GemmIsa:
@@ -205,16 +200,21 @@ def gemm_isa(isa: str | None, target) -> GemmIsa:
     * ``"avxvnni"``: the same instructions on ymm, VEX-encoded (AVX-VNNI: Alder Lake and later Intel client
       cores, Sierra Forest; no AVX-512);
     * ``"avx2"``: the 16-bit form with ``vpmaddwd``, zmm where the target has AVX-512BW, else ymm;
-    * ``"generic"`` or None: no tensor intrinsic.
+    * ``"dotprod"``: AArch64's ``sdot`` on signed int8 (``arm.SDOT``), NEON registers;
+    * ``"generic"`` or None: no tensor intrinsic (on AArch64 in the ``sdot`` operand form).
     """
     if isa in ("amx", "vnni"):
-        return GemmIsa(isa, False, "zmm", dict(DOT_INSTRUCTIONS))
+        return GemmIsa(isa, VPDPBUSD, "zmm", dict(DOT_INSTRUCTIONS))
     if isa == "avxvnni":
-        return GemmIsa(isa, False, "ymm", {"uint8": VPDPBUSD_256, "int16": VPDPWSSD_256})
+        return GemmIsa(isa, VPDPBUSD, "ymm", {"uint8": VPDPBUSD_256, "int16": VPDPWSSD_256})
     if isa == "avx2":
         zmm = target_has(target, "avx512bw", "avx512f")
-        return GemmIsa(isa, True, "zmm" if zmm else "ymm", {"int16": PMADDWD_512 if zmm else PMADDWD_256})
-    return GemmIsa(isa or "generic", False, "zmm", {})
+        return GemmIsa(isa, VPDPWSSD, "zmm" if zmm else "ymm", {"int16": PMADDWD_512 if zmm else PMADDWD_256})
+    if isa == "dotprod":
+        return GemmIsa(isa, SDOT, "neon", {"int8": SDOT})
+    if is_aarch64(target):
+        return GemmIsa(isa or "generic", SDOT, "neon", {})
+    return GemmIsa(isa or "generic", VPDPBUSD, "zmm", {})
 
 
 ALL_DOTS = (VPDPBUSD, VPDPWSSD, VPDPBUSD_256, VPDPWSSD_256, PMADDWD_512, PMADDWD_256)
@@ -225,53 +225,11 @@ def target_has_avxvnni(target) -> bool:
     return target_has(target, "avxvnni")
 
 
+def target_has_dotprod(target) -> bool:
+    """True when ``target`` (an AArch64 llvm target) may emit ``sdot`` (``arm.SDOT``)."""
+    return is_aarch64(target) and target_has(target, "dotprod")
+
+
 def target_has_avx2(target) -> bool:
     """True when ``target`` may emit AVX2 (``vpmaddwd`` on ymm: the 16-bit GEMM form, ``gemm.word_gemm``)."""
     return target_has(target, "avx2")
-
-
-@functools.lru_cache(maxsize=None)
-def register_dot_intrinsic(dot: DotInstruction) -> str:
-    """Register (once) ``dot`` as a TVM tensor intrinsic; returns its name."""
-    from tvm.s_tir import TensorIntrin
-    from tvm.script import tirx as T
-
-    g, a_dt, b_dt, vec, llvm = dot.group, dot.a_dtype, dot.b_dtype, dot.operand_vector, dot.llvm
-    a_group = f"{a_dt}x{g}"
-
-    @T.prim_func(s_tir=True)
-    def desc(a: T.Buffer((g,), a_dt, offset_factor=1), b: T.Buffer((16, g), b_dt, offset_factor=1),
-             c: T.Buffer((16,), "int32", offset_factor=1)) -> None:
-        with T.sblock("root"):
-            T.reads(c[0:16], a[0:g], b[0:16, 0:g])
-            T.writes(c[0:16])
-            for i in T.serial(0, 16):
-                for k in T.serial(0, g):
-                    with T.sblock("update"):
-                        vi, vk = T.axis.remap("SR", [i, k])
-                        c[vi] = c[vi] + T.cast(a[vk], "int32") * T.cast(b[vi, vk], "int32")
-
-    lanes, halves = dot.lanes, 16 // dot.lanes
-    acc_vec = f"int32x{lanes}"
-
-    def step(c_part, a_part, b_part):
-        """One instruction on ``lanes`` int32 lanes: adding into ``c_part`` itself (VNNI), or by a ``vpaddd``."""
-        if dot.accumulates:
-            return T.call_llvm_pure_intrin(acc_vec, llvm, c_part, a_part, b_part)
-        return c_part + T.call_llvm_pure_intrin(acc_vec, llvm, a_part, b_part)
-
-    @T.prim_func(s_tir=True)
-    def impl(a: T.Buffer((g,), a_dt, offset_factor=1), b: T.Buffer((16, g), b_dt, offset_factor=1),
-             c: T.Buffer((16,), "int32", offset_factor=1)) -> None:
-        with T.sblock("root"):
-            T.reads(c[0:16], a[0:g], b[0:16, 0:g])
-            T.writes(c[0:16])
-            # one expression per part: named temporaries here would become a heap workspace per call
-            for h in T.unroll(halves):
-                c[T.ramp(h * lanes, 1, lanes)] = step(
-                    c.vload([h * lanes], dtype=acc_vec),
-                    T.reinterpret(T.broadcast(T.reinterpret(a.vload([0], a_group), dtype="int32"), lanes), dtype=vec),
-                    T.reinterpret(b.vload([h * lanes, 0], dtype=vec), dtype=vec))
-
-    TensorIntrin.register(dot.name, desc, impl, override=True)
-    return dot.name
