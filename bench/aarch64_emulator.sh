@@ -6,19 +6,20 @@
 #   bash bench/aarch64_emulator.sh [DIR]          # DIR defaults to ~/.cache/intvit-aarch64 (about 1.5 GB)
 #   export INTVIT_AARCH64_PYTHON="$DIR/python"    # then: pytest tests/test_tvm_arm64.py
 #
-# Needs root for apt-get (qemu-user, the cross linker gcc-aarch64-linux-gnu, Debian's arm64 python3.11 packages)
+# Needs root for apt-get (qemu-user, the cross compilers gcc/g++-aarch64-linux-gnu, Debian's arm64 python3.11 packages)
 # and reaches only the package registries (Debian, PyPI). The emulated CPU reports itself as a Neoverse N1
 # (AWS Graviton2: NEON + dot product, no i8mm) through a /proc/cpuinfo in the sysroot, which qemu-user reads in
-# place of the host's.
+# place of the host's. A program the emulated Python starts (the linker TVM calls) runs natively, so the wrapper
+# names the cross compiler as its C++ compiler (CXX): what g++ is on an ARM machine.
 set -euo pipefail
 DIR=${1:-$HOME/.cache/intvit-aarch64}
 HERE=$(cd "$(dirname "$0")/.." && pwd)
 ROOT=$DIR/sysroot
 mkdir -p "$ROOT/site" "$DIR/debs" "$DIR/wheels" "$DIR/pkg"
 
-if ! command -v qemu-aarch64 >/dev/null || ! command -v aarch64-linux-gnu-gcc >/dev/null; then
+if ! command -v qemu-aarch64 >/dev/null || ! command -v aarch64-linux-gnu-g++ >/dev/null; then
     apt-get update -qq
-    apt-get install -y -qq qemu-user gcc-aarch64-linux-gnu >/dev/null
+    apt-get install -y -qq qemu-user gcc-aarch64-linux-gnu g++-aarch64-linux-gnu >/dev/null
 fi
 if ! dpkg --print-foreign-architectures | grep -qx arm64; then
     dpkg --add-architecture arm64
@@ -51,7 +52,7 @@ done > "$ROOT/proc/cpuinfo"
 
 cat > "$DIR/python" <<EOF
 #!/bin/sh
-exec qemu-aarch64 -cpu max -L "$ROOT" -E PYTHONPATH="$DIR/pkg:$ROOT/site" -E HOME=/tmp "$ROOT/usr/bin/python3.11" "\$@"
+exec qemu-aarch64 -cpu max -L "$ROOT" -E PYTHONPATH="$DIR/pkg:$ROOT/site" -E HOME=/tmp -E CXX=aarch64-linux-gnu-g++ "$ROOT/usr/bin/python3.11" "\$@"
 EOF
 chmod +x "$DIR/python"
 "$DIR/python" -c "import platform, numpy, tvm; print('aarch64 python ready:', platform.machine(), 'tvm', tvm.__version__)"

@@ -44,6 +44,26 @@ def embedded_qvit():
     return intvit.quantize(fmnist.load_model(), fmnist.load_calibration_set(128), intvit.QuantConfig(progress=False))
 
 
+def int8_linear_case(lead, rows: int, k: int, n: int, shift: int = 24):
+    """A linear layer's operands for the GEMM kernel tests — int8 ``x [*lead, rows, k]`` and ``w [k, n]`` with
+    every int8 extreme in the products, an int64 bias, per-channel multipliers ``m`` — and its reference output
+    from ``ops``: ``requantize(x·w + bias, m, shift)`` to int8."""
+    import numpy as np
+
+    from intvit import ops
+    rng = np.random.default_rng(rows * k + n)
+    x = rng.integers(-128, 128, (*lead, rows, k)).astype(np.int8)
+    w = rng.integers(-128, 128, (k, n)).astype(np.int8)
+    x[..., 0, :], w[:, 0] = -128, -128                  # the largest product, every K of the first row
+    x[..., -1, :], w[:, -1] = 127, -128
+    bias = rng.integers(-2**20, 2**20, n).astype(np.int64)
+    m = rng.integers(1, 1 << 12, n).astype(np.int64)
+    acc = ops.int_linear(torch.from_numpy(x), torch.from_numpy(w.T.copy()), torch.from_numpy(bias))
+    ref = ops.requantize(acc, torch.from_numpy(m), torch.tensor(shift), 8).numpy()
+    assert len(np.unique(ref)) > min(100, ref.size // 8)          # the outputs span int8, not just its ends
+    return x, w, bias, m, ref
+
+
 def assert_matches_reference(q, x, make_runner, batches=(1, 8)):
     """Every backend run ``make_runner(batch)(x_batch) -> (logits, int_logits)`` must equal the
     torch integer model exactly (the reference is exact, so it is computed once, batched by 8)."""

@@ -17,13 +17,12 @@ import numpy as np
 import pytest
 import torch
 
-from intvit import ops
 from intvit.quantize.onnx_export import to_onnx
 from intvit.tvm_backend import arm, build, gemm, x86
 from intvit.tvm_backend.build import IsaUnavailableError, UnknownTargetError, compile_onnx, make_target, resolve_target
 from intvit.tvm_backend.inspect_ir import float_ops_in_integer_region
 from intvit.tvm_backend.kernels import requant_value
-from conftest import assert_matches_reference
+from conftest import assert_matches_reference, int8_linear_case
 from test_onnx_export import adversarial_inputs
 
 N1 = "neoverse-n1"          # Graviton2, Ampere Altra: NEON + dotprod
@@ -101,24 +100,13 @@ def test_signed_linear_kernel_is_exact_here_and_sdot_on_arm64(lead, rows, k, n):
     ARM64 CPU holds ``sdot`` (four per 16-lane panel and K step) and no x86 instruction."""
     import tvm
     from intvit.tvm_backend import schedules
-    rng = np.random.default_rng(rows * k + n)
-    x = rng.integers(-128, 128, (*lead, rows, k)).astype(np.int8)
-    w = rng.integers(-128, 128, (k, n)).astype(np.int8)
-    x[..., 0, :], w[:, 0] = -128, -128                  # the largest product, every K of the first row
-    x[..., -1, :], w[:, -1] = 127, -128
-    bias = rng.integers(-2**20, 2**20, n)
-    m = rng.integers(1, 1 << 12, n).astype(np.int64)
+    x, w, bias, m, ref = int8_linear_case(lead, rows, k, n, E)
     func, nr = _signed_linear(x.shape, n, k)
     here = schedules.schedule_gemm(func, vnni=False, dots={})
     lib = tvm.compile(tvm.IRModule({"main": here.with_attr("global_symbol", "main")}), target="llvm")
-    args = [tvm.runtime.tensor(a) for a in (x, gemm.pack_linear_weight(w, nr, arm.SDOT.group),
-                                            bias.astype(np.int64), m)]
     out = tvm.runtime.tensor(np.zeros((*lead, rows, n), np.int8))
-    lib["main"](*args, out)
-    acc = ops.int_linear(torch.from_numpy(x), torch.from_numpy(w.T.copy()), torch.from_numpy(bias))
-    ref = ops.requantize(acc, torch.from_numpy(m), torch.tensor(E), 8).numpy()
+    lib["main"](*[tvm.runtime.tensor(a) for a in (x, gemm.pack_linear_weight(w, nr, arm.SDOT.group), bias, m)], out)
     assert np.array_equal(out.numpy(), ref)
-    assert len(np.unique(ref)) > min(100, ref.size // 8)          # the outputs span int8, not just its ends
     n1 = make_target(resolve_target("llvm", cpu=N1))
     arm_func = schedules.schedule_gemm(func, vnni=False, dots={"int8": arm.SDOT})
     asm = tvm.compile(tvm.IRModule({"main": arm_func.with_attr("global_symbol", "main")}),
@@ -232,3 +220,17 @@ def test_arm64_module_runs_exactly_under_emulation(tiny_qvit, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert [line for line in proc.stdout.splitlines() if line.endswith(("exact", "DIFFERS"))] == \
         [f"{name} exact" for name in names]
+
+
+def test_on_an_arm64_machine_without_a_triple(monkeypatch):
+    """Compiling natively on an ARM64 machine (a target without a triple): the features a module's sidecar
+    lists, and the default instruction set, are the ARM CPU's (checked here with this machine named
+    ``aarch64``; under the emulator ``intvit compile`` without ``--cpu`` does the same for real)."""
+    import platform
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    assert x86.isa_features(N1) == ["neon", "dotprod"] and x86.isa_features(A72) == ["neon"]
+    native = make_target({"kind": "llvm", "mcpu": N1})
+    assert arm.is_aarch64(native) and arm.target_arch({"kind": "llvm"}) == "aarch64"
+    assert build.resolve_isa(None, native) == "dotprod"
+    assert build.resolve_isa(None, make_target({"kind": "llvm", "mcpu": A72})) == "generic"
+    assert not arm.needs_cross_compiler({"kind": "llvm", "mcpu": N1, "mtriple": arm.TRIPLE})

@@ -33,7 +33,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 
-from .arm import SDOT, is_aarch64
+from .arm import SDOT, TRIPLE, is_aarch64
 from .dots import DotInstruction, dot_group, register_dot_intrinsic  # noqa: F401 (re-exported)
 
 LANES = 16          # int32 output lanes of a panel (one zmm; two ymm)
@@ -76,9 +76,17 @@ AARCH64_FEATURES = ("neon", "dotprod", "i8mm")
 def isa_features(mcpu: str, mattr=(), triple: str | None = None) -> list[str]:
     """The extensions LLVM may use when compiling for ``mcpu`` (for ``triple``) with the extra features
     ``mattr`` (``"+avx2"``, ...): what a host must have to run the module (x86's ``ISA_FEATURES``, or
-    ``AARCH64_FEATURES`` for an AArch64 triple)."""
-    names = AARCH64_FEATURES if (triple or "").startswith(("aarch64", "arm64")) else ISA_FEATURES
+    ``AARCH64_FEATURES`` for an AArch64 triple, or on an AArch64 machine without one)."""
+    triple = llvm_triple({"mtriple": triple} if triple else {})
+    names = AARCH64_FEATURES if triple == TRIPLE else ISA_FEATURES
     return [f for f in names if has_features(mcpu, f, triple=triple) or f"+{f}" in mattr]
+
+
+def llvm_triple(target) -> str | None:
+    """The triple to ask LLVM about ``target``'s CPU with (a ``tvm.target.Target`` or its dict): its own, the
+    AArch64 one where it has none and this machine is AArch64, else None (LLVM's default: x86-64 here)."""
+    get = target.get if isinstance(target, dict) else (lambda k, d=None: target.attrs.get(k, d))
+    return str(get("mtriple", "") or "") or (TRIPLE if is_aarch64(target) else None)
 
 
 # /proc/cpuinfo's names of the extensions intvit's kernels choose by → LLVM's: x86's ``flags`` line, then
@@ -140,8 +148,7 @@ def target_has(target, *features: str) -> bool:
     mattr = [str(a) for a in target.attrs.get("mattr", [])] if "mattr" in target.attrs else []
     if all(f"+{f}" in mattr for f in features):
         return True
-    triple = str(target.attrs.get("mtriple", "")) if "mtriple" in target.attrs else ""
-    return bool(mcpu) and has_features(mcpu, *features, triple=triple or None)
+    return bool(mcpu) and has_features(mcpu, *features, triple=llvm_triple(target))
 
 
 def target_has_vnni(target) -> bool:
