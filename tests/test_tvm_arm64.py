@@ -189,12 +189,29 @@ def test_module_file_for_arm64(tiny_qvit, tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
 
 
+def test_a_module_for_another_architecture_is_refused_by_load(tiny_qvit, tmp_path):
+    """A sidecar that names another CPU architecture (here an x86 module's, re-signed as ``aarch64``, the
+    sidecar an ARM64 build writes) makes ``load`` refuse in one line, before the library is opened."""
+    from intvit.tvm_backend.runtime import ModuleMismatchError, compile_to_file, load, sidecar_digest
+    onnx_path = tmp_path / "m.onnx"
+    onnx_path.write_bytes(to_onnx(tiny_qvit).SerializeToString())
+    meta = compile_to_file(onnx_path, tmp_path / "m.so")
+    assert meta["cpu_arch"] == "x86_64"
+    meta = {**meta, "cpu_arch": "aarch64", "mcpu": N1}
+    meta["sidecar_sha256"] = sidecar_digest(meta)
+    (tmp_path / "m.so.json").write_text(json.dumps(meta))
+    with pytest.raises(ModuleMismatchError, match="was built for aarch64 CPUs \\('neoverse-n1'\\) and this machine "
+                                                  "is x86_64; run it on such a machine"):
+        load(tmp_path / "m.so")
+
+
 @pytest.mark.skipif(not (EMULATOR and HAS_CROSS), reason="no AArch64 emulator (INTVIT_AARCH64_PYTHON) or no "
                                                          "cross compiler (aarch64-linux-gnu-gcc)")
 def test_arm64_module_runs_exactly_under_emulation(tiny_qvit, tmp_path):
     """The module files for ``neoverse-n1`` (sdot) and ``cortex-a72`` (generic), batch 1 and 8, loaded by
     ``intvit.runtime.load`` in an AArch64 Python and run on the adversarial images, equal the torch integer
-    model."""
+    model; so does the module that AArch64 Python compiles itself, for its own (emulated Neoverse N1) CPU, whose
+    sidecar names that CPU, ``dotprod`` and its features (the native path of an ARM machine)."""
     from intvit.tvm_backend.runtime import compile_to_file
     q = tiny_qvit
     x = adversarial_inputs(16, 3, 32, q.scales["input"])
@@ -211,15 +228,19 @@ def test_arm64_module_runs_exactly_under_emulation(tiny_qvit, tmp_path):
     script.write_text(
         "import sys, numpy as np\nfrom intvit.runtime import load\n"
         f"d = {str(tmp_path)!r}\nx, ref = np.load(d + '/x.npy'), np.load(d + '/ref.npy')\n"
-        "for name in sys.argv[1:]:\n"
+        "from intvit.tvm_backend.runtime import compile_to_file\n"
+        "meta = compile_to_file(d + '/m.onnx', d + '/native_b8.so', batch=8)\n"
+        "print('native', meta['mcpu'], meta['isa'], meta['cpu_arch'], ','.join(meta['cpu_features']))\n"
+        "for name in sys.argv[1:] + ['native_b8.so']:\n"
         "    m = load(d + '/' + name)\n    b = m.meta['batch']\n"
         "    got = np.concatenate([m.run(x[i:i + b])[1] for i in range(0, 16, b)])\n"
         "    print(name, 'exact' if np.array_equal(got, ref) else 'DIFFERS')\n")
     proc = subprocess.run([*shlex.split(EMULATOR), str(script), *names], capture_output=True, text=True,
                           timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "native neoverse-n1 dotprod aarch64 neon,dotprod" in proc.stdout.splitlines()
     assert [line for line in proc.stdout.splitlines() if line.endswith(("exact", "DIFFERS"))] == \
-        [f"{name} exact" for name in names]
+        [f"{name} exact" for name in names + ["native_b8.so"]]
 
 
 def test_on_an_arm64_machine_without_a_triple(monkeypatch):
