@@ -32,16 +32,17 @@ fi
 done)
 for d in "$DIR"/debs/*.deb; do dpkg-deb -x "$d" "$ROOT"; done
 
-# PyPI's aarch64 torch 2.14.1 is a CUDA build that will not import without CUDA's libraries; intvit's runtime
-# only imports torch, so torch 2.7.1 (PyPI's last CPU-only aarch64 wheel line) stands in for it here.
+# intvit's pinned dependencies for aarch64, resolved by pip for that platform — except torch: PyPI's aarch64
+# torch 2.14.1 is a CUDA build that will not import without CUDA's libraries, so torch 2.7.1 (PyPI's last
+# CPU-only aarch64 wheel line) stands in for it (intvit's runtime only imports torch; the demo runs on it too).
 PIP="python3 -m pip"
 $HERE/.venv/bin/python -m pip --version >/dev/null 2>&1 && PIP="$HERE/.venv/bin/python -m pip"
-for spec in apache-tvm==0.27.0.post1 apache-tvm-ffi==0.1.14.post1 numpy==2.4.6 onnx==1.23.2 safetensors==0.8.0 \
-        tqdm==4.70.1 pillow==13.0.0 torch==2.7.1 ml_dtypes typing_extensions psutil cloudpickle scipy protobuf \
-        sympy mpmath networkx jinja2 markupsafe filelock fsspec; do
-    $PIP download -q --no-deps --only-binary=:all: --python-version 3.11 --platform manylinux2014_aarch64 \
-        --platform manylinux_2_17_aarch64 --platform manylinux_2_28_aarch64 -d "$DIR/wheels" "$spec"
-done
+AARCH64="--only-binary=:all: --python-version 3.11 --platform manylinux2014_aarch64 --platform manylinux_2_17_aarch64
+         --platform manylinux_2_27_aarch64 --platform manylinux_2_28_aarch64"
+$PIP download -q $AARCH64 -d "$DIR/wheels" apache-tvm==0.27.0.post1 apache-tvm-ffi==0.1.14.post1 numpy==2.4.6 \
+    onnx==1.23.2 onnxruntime==1.31.1 safetensors==0.8.0 tqdm==4.70.1 pillow==13.0.0 transformers==5.23.0 \
+    matplotlib==3.10.7 sympy networkx jinja2 filelock fsspec
+$PIP download -q $AARCH64 --no-deps -d "$DIR/wheels" torch==2.7.1
 for w in "$DIR"/wheels/*.whl; do python3 -m zipfile -e "$w" "$ROOT/site/"; done
 ln -sfn "$HERE" "$DIR/pkg/intvit"
 

@@ -163,7 +163,7 @@ def test_whole_model_for_arm64_has_sdot_in_every_int8_gemm(tiny_qvit, cpu, isa, 
         compiled(np.zeros(compiled.input_shape, np.float32))
 
 
-def test_module_file_for_arm64(tiny_qvit, tmp_path, monkeypatch):
+def test_module_file_for_arm64(tiny_qvit, tmp_path, monkeypatch, capfd):
     """``intvit compile --cpu neoverse-n1``: with the cross compiler on PATH the sidecar records the
     architecture and the extensions, and this x86 machine refuses to load it in one line; without it, one
     error says what to install, before anything is compiled or written."""
@@ -186,6 +186,10 @@ def test_module_file_for_arm64(tiny_qvit, tmp_path, monkeypatch):
                                                  "gcc-aarch64-linux-gnu"):
         from intvit.tvm_backend.runtime import compile_to_file
         compile_to_file(onnx_path, out, cpu=N1)
+    capfd.readouterr()
+    assert main(["compile", str(onnx_path), "-o", str(out), "--cpu", N1]) not in (0, None)
+    printed, err = capfd.readouterr()
+    assert printed == "" and len(err.strip().splitlines()) == 1 and "aarch64-linux-gnu-gcc" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
 
 
