@@ -73,7 +73,7 @@ def resolve_target(target, arch: str | None = None, cpu: str | None = None) -> d
         resolved["mtriple"] = triple
     # this CPU: plus what it has beyond LLVM's model of it (x86.host_extra_features)
     mattr = [f"+{f}" for f in host_extra_features()] if cpu is None else []
-    if (vectorize_512(cpu) if triple is None else False) if cpu is not None else host_has("amx-int8", "avx512f"):
+    if host_has("amx-int8", "avx512f") if cpu is None else triple is None and vectorize_512(cpu):
         mattr.append("-prefer-256-bit")
     if mattr:
         resolved["mattr"] = mattr

@@ -33,7 +33,12 @@ context the int8 linear layers and attention's ``Q·Kᵀ`` are built like
 no compensation), the weight or keys packed as int16 ``[N/16, K/2, 16, 2]``
 panels, so the schedule multiplies them with ``vpmaddwd``
 (``x86.gemm_isa``). Inside ``gemm_vectors("ymm")`` (CPUs without AVX-512:
-16 ymm registers) every register tile is ``YMM_TILE``.
+16 ymm registers) and ``gemm_vectors("neon")`` (AArch64: 32 × 128-bit
+registers) every register tile is ``SMALL_TILE``.
+
+**The signed form** (``int8_gemm(arm.SDOT)``, for AArch64's ``sdot``): the
+int8 GEMMs take ``x`` as signed int8 against int8 panels, no shift and no
+compensation (``sdot`` multiplies signed by signed).
 
 **The AMX layout** (``amx_layout()``, for ``amx.apply_amx_gemm_schedule``):
 inside this context the u8 × s8 (``VPDPBUSD``) kernels are built for AMX
@@ -114,7 +119,6 @@ _VECTORS: ContextVar[str] = ContextVar("intvit_gemm_vectors", default="zmm")
 # 6 rows × one 16-lane panel: on ymm 12 accumulators, 2 for the panel, 1 broadcast (of 16 registers); on
 # NEON 24 accumulators, 4 for the panel, 1 broadcast (of 32 128-bit registers)
 SMALL_TILE = (6, 1)
-YMM_TILE = SMALL_TILE
 VECTOR_WIDTHS = ("zmm", "ymm", "neon")
 
 
