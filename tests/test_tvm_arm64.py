@@ -114,6 +114,34 @@ def test_signed_linear_kernel_is_exact_here_and_sdot_on_arm64(lead, rows, k, n):
     assert asm.count("sdot\t") >= 4 and "vpdpbusd" not in asm and "zmm" not in asm
 
 
+@pytest.mark.parametrize("order", ["columns", "rows"])
+def test_tuning_space_of_the_sdot_form_is_exact_and_keeps_sdot(order):
+    """``--tune`` on an ARM64 machine: the sampled cache blockings of an sdot-form kernel
+    (``schedules.apply_gemm_schedule`` with ``blocking``, as ``tuning`` samples it) run exactly here without the
+    intrinsic, and tensorized for ``neoverse-n1`` keep ``sdot``."""
+    import tvm
+    from intvit.tvm_backend import schedules
+    x, w, bias, m, ref = int8_linear_case((2,), 61, 72, 128, E)
+    func, nr = _signed_linear(x.shape, 128, 72)
+    wp = gemm.pack_linear_weight(w, nr, arm.SDOT.group)
+    n1 = make_target(resolve_target("llvm", cpu=N1))
+    decisions = set()
+    for seed in range(1, 5):
+        for dots, target in (({}, "llvm"), ({"int8": arm.SDOT}, n1)):
+            sch = tvm.s_tir.Schedule(func, seed=seed)
+            schedules.apply_gemm_schedule(sch, False, blocking=order, dots=dots)
+            lib = tvm.compile(tvm.IRModule({"main": sch.mod["main"].with_attr("global_symbol", "main")}),
+                              target=target)
+            if dots:
+                assert "sdot\t" in lib.mod.inspect_source("asm")
+                decisions.add(str([d for _, d in sch.trace.decisions.items()]))
+            else:
+                out = tvm.runtime.tensor(np.zeros((2, 61, 128), np.int8))
+                lib["main"](*[tvm.runtime.tensor(a) for a in (x, wp, bias, m)], out)
+                assert np.array_equal(out.numpy(), ref)
+    assert len(decisions) > 1
+
+
 def _arm_form(proto, batch: int, isa: str | None, target):
     """``proto`` imported and scheduled as for an ARM64 CPU (``isa`` on ``target``'s GEMM plan)."""
     plan = x86.gemm_isa(isa, target)
