@@ -273,6 +273,17 @@ def test_arm64_module_runs_exactly_under_emulation(tiny_qvit, tmp_path):
     assert "native neoverse-n1 dotprod aarch64 neon,dotprod" in proc.stdout.splitlines()
     assert [line for line in proc.stdout.splitlines() if line.endswith(("exact", "DIFFERS"))] == \
         [f"{name} exact" for name in names + ["native_b8.so"]]
+    from intvit.bench.aarch64_check import check
+    assert check(str(tmp_path / "m.onnx"), EMULATOR, batch=8, images=8).startswith("identical (8 images")
+
+
+def test_aarch64_check_needs_an_aarch64_python(monkeypatch, capsys):
+    """``python -m intvit.bench.aarch64_check`` without an AArch64 Python says how to get one."""
+    from intvit.bench.aarch64_check import main
+    monkeypatch.delenv("INTVIT_AARCH64_PYTHON", raising=False)
+    with pytest.raises(SystemExit) as exit_:
+        main(["m.onnx"])
+    assert exit_.value.code == 2 and "bash bench/aarch64_emulator.sh" in capsys.readouterr().err
 
 
 def test_on_an_arm64_machine_without_a_triple(monkeypatch):
