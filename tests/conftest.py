@@ -64,6 +64,26 @@ def int8_linear_case(lead, rows: int, k: int, n: int, shift: int = 24):
     return x, w, bias, m, ref
 
 
+def packed_linear_kernel(x_shape, n: int, k: int, dot, width: str, shift: int = 24):
+    """A linear layer's kernel as the importer builds it in ``dot``'s operand form without a +128 shift (the
+    16-bit ``VPDPWSSD`` form, AArch64's ``SDOT``): ``dot.b_dtype`` panels, the register tile of ``width``, the
+    bias uncompensated, a per-channel requant to int8. Returns ``(PrimFunc, NR)``."""
+    from tvm import te
+
+    from intvit.tvm_backend import gemm
+    from intvit.tvm_backend.kernels import requant_value
+    with gemm.gemm_vectors(width):
+        mr, nr = gemm.import_tile(n)
+    g = dot.group
+    xt = te.placeholder(x_shape, "int8", name="x")
+    wt = te.placeholder((-(-n // (16 * nr)) * nr, -(-k // g), 16, g), dot.b_dtype, name="w")
+    bt = te.placeholder((n,), "int64", name="b")
+    mt = te.placeholder((n,), "int64", name="m")
+    ep = lambda z, idx: requant_value(z, idx, mt, shift, 1 << (shift - 1), 0, -128, 127)  # noqa: E731
+    out = gemm.packed_gemm_te(xt, wt, bt, mr, n, dot, epilogue=ep, out_dtype="int8", nr=nr)
+    return te.create_prim_func([xt, wt, bt, mt, out]), nr
+
+
 def assert_matches_reference(q, x, make_runner, batches=(1, 8)):
     """Every backend run ``make_runner(batch)(x_batch) -> (logits, int_logits)`` must equal the
     torch integer model exactly (the reference is exact, so it is computed once, batched by 8)."""

@@ -21,8 +21,7 @@ from intvit.quantize.onnx_export import to_onnx
 from intvit.tvm_backend import arm, build, gemm, x86
 from intvit.tvm_backend.build import IsaUnavailableError, UnknownTargetError, compile_onnx, make_target, resolve_target
 from intvit.tvm_backend.inspect_ir import float_ops_in_integer_region
-from intvit.tvm_backend.kernels import requant_value
-from conftest import assert_matches_reference, int8_linear_case
+from conftest import assert_matches_reference, int8_linear_case, packed_linear_kernel
 from test_onnx_export import adversarial_inputs
 
 N1 = "neoverse-n1"          # Graviton2, Ampere Altra: NEON + dotprod
@@ -80,17 +79,8 @@ def test_cpuinfo_features_line_of_an_arm_cpu():
 
 def _signed_linear(x_shape, n: int, k: int):
     """A linear layer as the importer builds it for ``sdot``: int8 activations unshifted against int8 panels,
-    the bias uncompensated, a per-channel requant to int8, the NEON tile."""
-    from tvm import te
-    with gemm.gemm_vectors("neon"):
-        mr, nr = gemm.import_tile(n)
-    xt = te.placeholder(x_shape, "int8", name="x")
-    wt = te.placeholder((-(-n // (16 * nr)) * nr, -(-k // 4), 16, 4), "int8", name="w")
-    bt = te.placeholder((n,), "int64", name="b")
-    mt = te.placeholder((n,), "int64", name="m")
-    ep = lambda z, idx: requant_value(z, idx, mt, E, 1 << (E - 1), 0, -128, 127)  # noqa: E731
-    out = gemm.packed_gemm_te(xt, wt, bt, mr, n, arm.SDOT, epilogue=ep, out_dtype="int8", nr=nr)
-    return te.create_prim_func([xt, wt, bt, mt, out]), nr
+    the NEON tile."""
+    return packed_linear_kernel(x_shape, n, k, arm.SDOT, "neon", E)
 
 
 @pytest.mark.parametrize("lead,rows,k,n", [((), 197, 64, 1000), ((2,), 17, 30, 20), ((), 5, 100, 10)])

@@ -14,9 +14,8 @@ from intvit.quantize.onnx_export import to_onnx
 from intvit.tvm_backend import build, gemm, schedules, x86
 from intvit.tvm_backend.build import IsaUnavailableError, compile_onnx, make_target, resolve_target
 from intvit.tvm_backend.inspect_ir import float_ops_in_integer_region
-from intvit.tvm_backend.kernels import requant_value
 from intvit.tvm_backend.x86 import VPDPWSSD, gemm_isa, has_features, host_cpu, isa_features, target_has_vnni
-from conftest import assert_matches_reference, int8_linear_case
+from conftest import assert_matches_reference, int8_linear_case, packed_linear_kernel
 from test_onnx_export import adversarial_inputs, session
 
 AVX2 = {"kind": "llvm", "mcpu": "x86-64-v3"}                 # any AVX2 CPU (Haswell, Zen 1-3): ymm vpmaddwd
@@ -46,18 +45,8 @@ def _run(lib, *arrays, out_shape, out_dtype):
 
 
 def _word_linear(x_shape, n: int, k: int, width: str):
-    """A linear layer as the importer builds it in the 16-bit form: int16 panels, the register tile of
-    ``width``, the bias uncompensated, a per-channel requant to int8."""
-    from tvm import te
-    with gemm.gemm_vectors(width):
-        mr, nr = gemm.import_tile(n)
-    xt = te.placeholder(x_shape, "int8", name="x")
-    wt = te.placeholder((-(-n // (16 * nr)) * nr, -(-k // 2), 16, 2), "int16", name="w")
-    bt = te.placeholder((n,), "int64", name="b")
-    mt = te.placeholder((n,), "int64", name="m")
-    ep = lambda z, idx: requant_value(z, idx, mt, E, 1 << (E - 1), 0, -128, 127)  # noqa: E731
-    out = gemm.packed_gemm_te(xt, wt, bt, mr, n, VPDPWSSD, epilogue=ep, out_dtype="int8", nr=nr)
-    return te.create_prim_func([xt, wt, bt, mt, out]), nr
+    """A linear layer as the importer builds it in the 16-bit form (int16 panels, the tile of ``width``)."""
+    return packed_linear_kernel(x_shape, n, k, VPDPWSSD, width, E)
 
 
 @pytest.mark.parametrize("width,target", WIDTHS)
