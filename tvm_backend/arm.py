@@ -28,14 +28,9 @@ import shutil
 from .dots import DotInstruction
 
 TRIPLE = "aarch64-linux-gnu"
-CROSS_COMPILERS = ("aarch64-linux-gnu-gcc", "aarch64-linux-gnu-g++", "clang")
 
 SDOT = DotInstruction("intvit_dot_16x4_s8s8s32_neon", "llvm.aarch64.neon.sdot.v4i32.v16i8", 4, "int8", "int8",
                       "int8x16", lanes=4)
-
-# /proc/cpuinfo's ``Features`` names on AArch64 → LLVM's
-CPUINFO_FEATURES = {"asimd": "neon", "asimddp": "dotprod", "i8mm": "i8mm"}
-ISA_FEATURES = ("neon", "dotprod", "i8mm")
 
 
 def machine_arch() -> str:
