@@ -135,9 +135,9 @@ def test_default_isa_by_target_and_forced_isa_the_target_lacks():
         build.resolve_isa("avxvnni", make(AVX2))
     assert build.resolve_isa(None, make(ALDERLAKE)) == "avxvnni"
     assert build.resolve_isa(None, make({"kind": "llvm", "mcpu": "znver5"})) == "vnni"      # both: AVX-512 wins
-    assert (gemm_isa("avx2", make(AVX2)).vectors, gemm_isa("avx2", make(AVX2)).word_form) == ("ymm", True)
+    assert (gemm_isa("avx2", make(AVX2)).vectors, gemm_isa("avx2", make(AVX2)).int8_dot) == ("ymm", VPDPWSSD)
     assert gemm_isa("avx2", make(AVX512_NO_VNNI)).vectors == "zmm"
-    assert not gemm_isa("vnni", make(AVX512_NO_VNNI)).word_form
+    assert gemm_isa("vnni", make(AVX512_NO_VNNI)).int8_dot is x86.VPDPBUSD
     with pytest.raises(ValueError, match="gemm_vectors width 'xmm'"):
         gemm.gemm_vectors("xmm")
 

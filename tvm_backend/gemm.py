@@ -141,11 +141,6 @@ def word_gemm(enabled: bool = True):
     return int8_gemm(VPDPWSSD if enabled else VPDPBUSD)
 
 
-def word_gemm_active() -> bool:
-    """Whether the current import builds the int8 GEMMs in the 16-bit form (``word_gemm``)."""
-    return _INT8_DOT.get() is VPDPWSSD
-
-
 def gemm_vectors(width: str = "zmm"):
     """Within this context the GEMMs' register tiles are sized for ``width`` registers: ``"zmm"`` (32 × 512
     bits, ``linear_tile``), ``"ymm"`` (16 × 256 bits) or ``"neon"`` (32 × 128 bits), both ``SMALL_TILE``:

@@ -193,11 +193,6 @@ class GemmIsa:
     vectors: str
     dots: dict
 
-    @property
-    def word_form(self) -> bool:
-        """The int8 GEMMs are imported in the 16-bit form (``gemm.word_gemm``)."""
-        return self.int8_dot is VPDPWSSD
-
 
 def gemm_isa(isa: str | None, target) -> GemmIsa:
     """The ``GemmIsa`` of a CPU instruction set name (``build.ISAS``; ``"amx"`` here covers the GEMMs AMX does
