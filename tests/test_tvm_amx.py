@@ -1,12 +1,16 @@
 """The AMX GEMM schedule (``tvm_backend.amx``): bit-exact against ``ops`` and the VNNI schedule, kernel and model;
-and the GELU byte table (``vpermi2b``) on both schedules."""
+and the GELU byte table (``vpermi2b``) on both schedules.
+
+Where this CPU has no AMX the same schedules run on the AMX emulator (``amx_emulator``: the tile instructions
+modelled in C, everything else the AMX build's own code), so these tests check the AMX path on every CPU with
+AVX-512 VNNI and VBMI; the instructions LLVM emits for a real AMX CPU are checked by compiling for one."""
 import numpy as np
 import pytest
 import torch
 
 from intvit import ops
 from intvit.quantize.onnx_export import to_onnx
-from intvit.tvm_backend import amx, build, gemm, schedules
+from intvit.tvm_backend import amx, amx_emulator, build, gemm, schedules
 from intvit.tvm_backend.build import IsaUnavailableError, compile_onnx, resolve_target
 from intvit.tvm_backend.kernels import requant_value
 from intvit.tvm_backend.x86 import target_has_vbmi, target_has_vnni
@@ -16,6 +20,24 @@ from test_onnx_export import adversarial_inputs, session
 HOST_HAS_AMX = amx.host_has_amx()
 needs_amx = pytest.mark.skipif(not HOST_HAS_AMX, reason="this CPU has no AMX-INT8, or Linux refuses this process "
                                                         "the AMX tile state (arch_prctl XTILEDATA)")
+HOST_HAS_VBMI_VNNI = all(f(__import__("tvm").target.Target(resolve_target("llvm"))) for f in (target_has_vnni,
+                                                                                               target_has_vbmi))
+EMULATOR_UNAVAILABLE = amx_emulator.unavailable_reason() or (
+    None if HOST_HAS_VBMI_VNNI else "this CPU has no AVX-512 VNNI and VBMI, which an AMX module's other kernels use")
+runs_amx = pytest.mark.skipif(not HOST_HAS_AMX and EMULATOR_UNAVAILABLE is not None,
+                              reason=f"this CPU has no AMX and the AMX emulator cannot run: {EMULATOR_UNAVAILABLE}")
+needs_emulator = pytest.mark.skipif(EMULATOR_UNAVAILABLE is not None, reason=str(EMULATOR_UNAVAILABLE))
+
+
+@pytest.fixture
+def amx_tiles():
+    """Run the test's AMX kernels on this CPU's tiles, or, without AMX, inside ``amx_emulator.emulation()``;
+    yields the name the kernels' assembly holds for ``tdpbusd`` (the instruction, or the emulator's call)."""
+    if HOST_HAS_AMX:
+        yield "tdpbusd\t"
+    else:
+        with amx_emulator.emulation():
+            yield amx_emulator.PREFIX + "tdpbusd"
 E = 24          # the requant shift of the kernel-level epilogue: with m < 2**12, outputs span int8, few saturate
 
 
@@ -29,6 +51,8 @@ def _run(lib, *arrays, out_shape, out_dtype):
     dev = tvm.cpu()
     args = [tvm.runtime.tensor(a, dev) for a in arrays] + [tvm.runtime.tensor(np.zeros(out_shape, out_dtype), dev)]
     lib["main"](*args)
+    if amx_emulator.active():
+        amx_emulator.check()        # an emulated tile instruction that would fault on the hardware fails the test
     return args[-1].numpy()
 
 
@@ -43,7 +67,7 @@ def _linear_kernel(x_shape, w_shape, n: int, mr: int):
     return te.create_prim_func([xt, wt, bt, mt, gemm.packed_gemm_te(xt, wt, bt, mr, n, epilogue=ep, out_dtype="int8")])
 
 
-@needs_amx
+@runs_amx
 @pytest.mark.parametrize("lead,rows,k,n", [
     ((), 197, 384, 1152), ((), 1, 64, 16), ((8,), 197, 384, 1536), ((), 197, 1536, 384), ((), 5, 100, 1000),
     # DeiT-S fc2 at batch 8: one column chunk of 12 blocks per task, so the rows are staged inside the tasks
@@ -52,7 +76,7 @@ def _linear_kernel(x_shape, w_shape, n: int, mr: int):
     # the 10-class head on 1 and 8 rows (one 32×32 block: a single task)
     ((), 17, 49, 128), ((8,), 17, 49, 128), ((8,), 16, 49, 128), ((), 17, 128, 384), ((8,), 17, 256, 128),
     ((), 1, 128, 10), ((), 8, 128, 10), ((), 17, 49, 10)])
-def test_amx_linear_kernel_equals_ops(lead, rows, k, n):
+def test_amx_linear_kernel_equals_ops(lead, rows, k, n, amx_tiles):
     """Rows that are not whole 32-row blocks, K not a multiple of 64, N not of 32, leading axes folded into
     the rows, kernels of one task: the AMX kernel equals ``ops.requantize(ops.int_linear(...))`` at the
     int8 extremes."""
@@ -72,10 +96,11 @@ def test_amx_linear_kernel_equals_ops(lead, rows, k, n):
     assert amx.amx_shape(tvm.s_tir.Schedule(func)) is not None
     scheduled = schedules.schedule_gemm(func, vnni=True, amx=True)
     text = scheduled.script()
-    assert "llvm.x86.ldtilecfg" in text and text.count("syscall") == 1      # the tile-state request at entry
+    request = "syscall" if HOST_HAS_AMX else amx_emulator.PREFIX + "arch_prctl"
+    assert "ldtilecfg" in text and text.count(request) == 1      # the tile-state request at entry
     lib = tvm.compile(tvm.IRModule({"main": scheduled.with_attr("global_symbol", "main")}),
                       target=tvm.target.Target(resolve_target("llvm")))
-    assert "tdpbusd" in lib.mod.inspect_source("asm")
+    assert amx_tiles in lib.mod.inspect_source("asm")
     got = _run(lib, x, wp, gemm.folded_bias(w, bias), m, out_shape=x.shape[:-1] + (n,), out_dtype="int8")
     acc = ops.int_linear(torch.from_numpy(x), torch.from_numpy(w.T.copy()), torch.from_numpy(bias))
     ref = ops.requantize(acc, torch.from_numpy(m), torch.tensor(E), 8).numpy()
@@ -83,15 +108,13 @@ def test_amx_linear_kernel_equals_ops(lead, rows, k, n):
     assert len(np.unique(ref)) > min(200, ref.size // 4)          # the outputs span int8, not just its ends
 
 
-HOST_HAS_VBMI_VNNI = all(f(__import__("tvm").target.Target(resolve_target("llvm"))) for f in (target_has_vnni,
-                                                                                               target_has_vbmi))
 needs_vbmi = pytest.mark.skipif(not HOST_HAS_VBMI_VNNI, reason="this CPU has no AVX-512 VNNI and VBMI")
 
 
-@pytest.mark.parametrize("isa", [pytest.param("amx", marks=needs_amx), pytest.param("vnni", marks=needs_vbmi)])
+@pytest.mark.parametrize("isa", [pytest.param("amx", marks=runs_amx), pytest.param("vnni", marks=needs_vbmi)])
 @pytest.mark.parametrize("lead,rows,k,n", [((8,), 197, 384, 1536), ((), 197, 384, 64), ((3,), 17, 100, 32),
                                            ((), 1, 64, 96), ((2,), 32, 64, 64)])
-def test_gelu_byte_table_kernel_equals_ops(isa, lead, rows, k, n):
+def test_gelu_byte_table_kernel_equals_ops(isa, lead, rows, k, n, request):
     """fc1 with its GELU table, on AMX tiles or VNNI register tiles: requant to int8, then ``ops.lookup`` in a
     256-entry int8 table, looked up 32 bytes at a time with ``vpermi2b`` (``tvm_backend.byte_table``). Rows
     that are not whole blocks or register tiles (197, 17, 1), batches (folded on AMX); every table entry is
@@ -117,12 +140,13 @@ def test_gelu_byte_table_kernel_equals_ops(isa, lead, rows, k, n):
         out = gemm.packed_gemm_te(xt, wt, bt, mr, n, epilogue=ep, out_dtype="int8", byte_table=lt)
         func = te.create_prim_func([xt, wt, bt, mt, lt, out])
     assert BYTE_TABLE_BLOCK in schedules.block_names(tvm.s_tir.Schedule(func))
+    tdpbusd = request.getfixturevalue("amx_tiles") if isa == "amx" else None
     scheduled = schedules.schedule_gemm(func, vnni=True, amx=isa == "amx")
     lib = tvm.compile(tvm.IRModule({"main": scheduled.with_attr("global_symbol", "main")}),
                       target=tvm.target.Target(resolve_target("llvm")))
     asm = lib.mod.inspect_source("asm")
     # vpermi2b, or its twin vpermt2b (the same lookup, overwriting the other table register): LLVM's choice
-    assert ("tdpbusd" if isa == "amx" else "vpdpbusd") in asm
+    assert (tdpbusd if isa == "amx" else "vpdpbusd") in asm
     assert ("vpermi2b" in asm or "vpermt2b" in asm) and "gather" not in asm
     got = _run(lib, x, wp, gemm.folded_bias(w, bias), m, table, out_shape=x.shape[:-1] + (n,), out_dtype="int8")
     acc = ops.int_linear(torch.from_numpy(x), torch.from_numpy(w.T.copy()), torch.from_numpy(bias))
@@ -133,10 +157,10 @@ def test_gelu_byte_table_kernel_equals_ops(isa, lead, rows, k, n):
         assert len(np.unique(q.numpy())) == 256                        # every entry of the table was read
 
 
-@needs_amx
+@runs_amx
 @pytest.mark.parametrize("batch,heads,tokens,head_dim", [(2, 3, 197, 64), (1, 4, 17, 32), (1, 1, 17, 32),
                                                          (8, 6, 197, 64), (2, 2, 64, 96)])
-def test_amx_probs_values_byte_split_equals_ops(batch, heads, tokens, head_dim):
+def test_amx_probs_values_byte_split_equals_ops(batch, heads, tokens, head_dim, amx_tiles):
     """Attention's ``A·V`` on AMX (``gemm.split_probs_gemm_te``): 16-bit probabilities split into their two
     unsigned bytes, two u8 × s8 tile GEMMs on the values packed in-graph, ``256·hi + lo`` in the
     epilogue; equal to ``ops.int_matmul`` + requant at the extremes (p = 0 and 2**15 − 1, every byte value,
@@ -163,7 +187,7 @@ def test_amx_probs_values_byte_split_equals_ops(batch, heads, tokens, head_dim):
     assert amx.amx_shape(tvm.s_tir.Schedule(func)) is not None
     lib = tvm.compile(tvm.IRModule({"main": schedules.schedule_gemm(func, vnni=True, amx=True).with_attr(
         "global_symbol", "main")}), target=tvm.target.Target(resolve_target("llvm")))
-    assert "tdpbusd" in lib.mod.inspect_source("asm") and "vpdpwssd" not in lib.mod.inspect_source("asm")
+    assert amx_tiles in lib.mod.inspect_source("asm") and "vpdpwssd" not in lib.mod.inspect_source("asm")
     packed = _run(_compile(tvm.s_tir.Schedule(schedules.schedule_rowwise(pack))), v,
                   out_shape=tuple(int(d) for d in panels.shape), out_dtype="int8")
     got = _run(lib, p, packed, m, out_shape=(batch, heads, tokens, head_dim), out_dtype="int8")
@@ -197,9 +221,9 @@ def test_byte_table_kernels_that_cannot_take_it_are_refused():
         schedules.schedule_gemm(te.create_prim_func([xt, wt, lt, out]), vnni=True, amx=False)
 
 
-@needs_amx
+@runs_amx
 @pytest.mark.parametrize("rows,n", [(1, 10), (8, 10), (17, 10), (32, 32), (8, 7)])
-def test_amx_single_task_kernel_without_epilogue_equals_ops(rows, n):
+def test_amx_single_task_kernel_without_epilogue_equals_ops(rows, n, amx_tiles):
     """A kernel that is one 32 × 32 block (a classifier head: N ≤ 32 on at most 32 rows) without an
     epilogue, as the importer emits it: one task, so its parallel loop vanishes and TVM's StorageRewrite
     may give the int32 accumulator the uint8 staged rows' memory (dead after the last tile load). The
@@ -220,19 +244,19 @@ def test_amx_single_task_kernel_without_epilogue_equals_ops(rows, n):
     scheduled = schedules.schedule_gemm(func, vnni=True, amx=True)
     lib = tvm.compile(tvm.IRModule({"main": scheduled.with_attr("global_symbol", "main")}),
                       target=tvm.target.Target(resolve_target("llvm")))
-    assert "tdpbusd" in lib.mod.inspect_source("asm")
+    assert amx_tiles in lib.mod.inspect_source("asm")
     got = _run(lib, x, wp, gemm.folded_bias(w, bias), out_shape=(rows, n), out_dtype="int64")
     ref = ops.int_linear(torch.from_numpy(x), torch.from_numpy(w.T.copy()), torch.from_numpy(bias)).numpy()
     assert np.array_equal(got, ref)
 
 
-@needs_amx
+@runs_amx
 @pytest.mark.parametrize("batch,heads,tokens,head_dim", [
     (2, 3, 197, 40),
     (1, 4, 17, 32), (8, 4, 17, 32),     # the embedded model: head_dim 32 (K < 64), 17 tokens
     (1, 1, 17, 32),                     # one batch item and head: a single task
     (2, 6, 18, 8)])                     # the distilled DeiT of test_tvm_backend: 6 heads of width 8
-def test_amx_attention_scores_kernel_equals_ops(batch, heads, tokens, head_dim):
+def test_amx_attention_scores_kernel_equals_ops(batch, heads, tokens, head_dim, amx_tiles):
     """Attention's ``Q·Kᵀ`` on AMX: keys packed in-graph in the AMX layout (as ``pack_linear_weight``
     packs a weight), one weight per batch item and head, the ``−128·Σk`` compensation as the bias."""
     import tvm
@@ -264,20 +288,21 @@ def test_amx_attention_scores_kernel_equals_ops(batch, heads, tokens, head_dim):
     assert amx.amx_shape(sch) is not None
     schedules.apply_gemm_schedule(sch, vnni=True, amx=True)
     lib = _compile(sch)
-    assert "tdpbusd" in lib.mod.inspect_source("asm")
+    assert amx_tiles in lib.mod.inspect_source("asm")
     got = _run(lib, q, panels, bias, out_shape=(batch, heads, tokens, tokens), out_dtype="int64")
     ref = ops.int_matmul(torch.from_numpy(q), torch.from_numpy(keys).transpose(-1, -2)).numpy()
     assert np.array_equal(got, ref)
 
 
-@needs_amx
-def test_amx_and_vnni_modules_equal_torch_and_ort(tiny_qvit):
+@runs_amx
+def test_amx_and_vnni_modules_equal_torch_and_ort(tiny_qvit, amx_tiles):
     """The whole model with its int8 GEMMs on AMX equals the VNNI build, the torch integer model and ORT."""
     q = tiny_qvit
     x = adversarial_inputs(16, 3, 32, q.scales["input"])
     proto = to_onnx(q)
     modules = {isa: compile_onnx(proto, "llvm", batch=8, isa=isa) for isa in ("amx", "vnni")}
     assert modules["amx"].isa == "amx" and modules["vnni"].isa == "vnni"
+    assert modules["amx"].amx_emulated == (not HOST_HAS_AMX)
     s = session(proto)
     assert_matches_reference(q, x, lambda batch: lambda xb: s.run(None, {"images": xb.numpy()}), (8,))
     assert_matches_reference(q, x, lambda batch: modules["amx"], (8,))
@@ -336,8 +361,8 @@ def _kernels_with(proto, amx_layout: bool, test, vbmi_lookup: bool = False) -> i
     return sum(name in passing for name in calls)
 
 
-@needs_amx
-def test_embedded_model_amx_equals_vnni_and_torch(embedded_qvit):
+@runs_amx
+def test_embedded_model_amx_equals_vnni_and_torch(embedded_qvit, amx_tiles):
     """The embedded Fashion-MNIST model (patch K = 49, head_dim 32, 10 classes, 17 tokens) with its int8
     GEMMs on AMX equals the VNNI build and the torch integer model exactly, at batch 1 (every linear a
     single 32-row block) and 8."""
@@ -417,8 +442,8 @@ def test_amx_module_refuses_to_run_without_the_tile_permission(tiny_qvit, monkey
         module(adversarial_inputs(5, 3, 32, tiny_qvit.scales["input"])[:1])
 
 
-@needs_amx
-def test_tuning_with_amx_keeps_the_amx_gemms_and_tunes_the_rest(tiny_qvit, tmp_path):
+@runs_amx
+def test_tuning_with_amx_keeps_the_amx_gemms_and_tunes_the_rest(tiny_qvit, tmp_path, amx_tiles):
     """``tune`` with ``isa="amx"``: the AMX kernels keep their fixed schedule; only the int16 (A·V) GEMMs,
     which stay on VNNI, are tuned; the module is exact."""
     proto = to_onnx(tiny_qvit)
@@ -428,3 +453,82 @@ def test_tuning_with_amx_keeps_the_amx_gemms_and_tunes_the_rest(tiny_qvit, tmp_p
     assert s.kernels == len(tiny_qvit.spec.blocks) and s.shapes == s.tuned == 1      # one A·V per block
     assert_matches_reference(tiny_qvit, adversarial_inputs(4, 3, 32, tiny_qvit.scales["input"]),
                              lambda batch: module, batches=(2,))
+
+
+def _scheduled_linear_kernel(n: int = 64):
+    """A 197 × 384 × ``n`` AMX linear kernel with its requant epilogue, scheduled (more than one block per task
+    when ``n`` > 32)."""
+    w_shape = (gemm.ceil_to(n, 32) // 16, 384 // 4, 16, 4)
+    with gemm.amx_layout():
+        func = _linear_kernel((197, 384), w_shape, n, gemm.linear_tile(n)[0])
+    return schedules.schedule_gemm(func, vnni=True, amx=True)
+
+
+def test_amx_kernels_compile_to_tile_instructions_for_an_amx_cpu():
+    """What the emulated tests cannot show: built for an AMX CPU (here without running it), the kernel issues
+    the tile instructions themselves and requests the tile state with the system call; under emulation the
+    same kernel calls the emulator for each, and holds no tile instruction."""
+    import tvm
+    real = tvm.compile(tvm.IRModule({"main": _scheduled_linear_kernel().with_attr("global_symbol", "main")}),
+                       target=build.make_target(resolve_target({"kind": "llvm", "mcpu": "sapphirerapids"})))
+    asm = real.mod.inspect_source("asm")
+    for instruction in ("ldtilecfg", "tilezero", "tileloadd", "tdpbusd", "tilestored", "tilerelease"):
+        assert f"\t{instruction}" in asm, instruction
+    assert "syscall" in asm and amx_emulator.PREFIX not in asm
+    if EMULATOR_UNAVAILABLE is None:
+        with amx_emulator.emulation():
+            emulated = tvm.compile(tvm.IRModule({"main": _scheduled_linear_kernel().with_attr("global_symbol",
+                                                                                             "main")}),
+                                   target=build.make_target(resolve_target("llvm")))
+        asm = emulated.mod.inspect_source("asm")
+        for call in ("ldtilecfg", "tilezero", "tileloadd64", "tdpbusd", "tilestored64", "tilerelease",
+                     "arch_prctl"):
+            assert amx_emulator.PREFIX + call in asm, call
+        assert not any(f"\t{i}" in asm for i in ("ldtilecfg", "tdpbusd", "tileloadd", "tilestored"))
+
+
+@needs_emulator
+def test_an_amx_module_checks_the_tile_state_in_its_kernels(tiny_qvit):
+    """The kernels' own request at entry (``amx.with_tile_request``), reached by calling the VM directly (past
+    ``CompiledIntViT``'s check): where the tile state is refused, the call raises the message instead of
+    running a tile instruction; granted, the module is exact."""
+    import tvm
+    q = tiny_qvit
+    with amx_emulator.emulation():
+        module = compile_onnx(to_onnx(q), "llvm", batch=1, isa="amx")
+    x = adversarial_inputs(4, 3, 32, q.scales["input"])[:1]
+    with amx_emulator.tile_permission(False), pytest.raises(Exception, match="Linux refused this process the AMX"):
+        module.vm["main"](tvm.runtime.tensor(x.numpy(), module.dev))
+    amx_emulator.check()                # and no tile instruction ran
+    assert_matches_reference(q, x, lambda batch: module, (1,))
+
+
+@needs_emulator
+def test_a_wrong_tile_configuration_fails_the_model_call(tiny_qvit, monkeypatch):
+    """Faults surface: with B tiles configured 32 bytes wide (a schedule bug), the emulated ``tdpbusd`` shapes
+    disagree, and calling the model raises ``AmxEmulatorFault`` naming it instead of returning wrong logits."""
+    original = amx.tile_config_words
+
+    def narrow_b_tiles():
+        cfg = bytearray(b"".join(w.to_bytes(8, "little", signed=True) for w in original()))
+        cfg[16 + 2 * 6] = cfg[16 + 2 * 7] = 32              # bytes per row of tmm6 and tmm7, the B tiles
+        return [int.from_bytes(cfg[8 * i:8 * i + 8], "little", signed=True) for i in range(8)]
+    monkeypatch.setattr(amx, "tile_config_words", narrow_b_tiles)
+    amx._register_amx_intrinsics.cache_clear()
+    try:
+        with amx_emulator.emulation():
+            module = compile_onnx(to_onnx(tiny_qvit), "llvm", batch=1, isa="amx")
+        with pytest.raises(amx_emulator.AmxEmulatorFault, match="TDPBUSD shapes disagree"):
+            module(adversarial_inputs(4, 3, 32, tiny_qvit.scales["input"])[:1])
+    finally:
+        amx._register_amx_intrinsics.cache_clear()       # the next tests register the real intrinsics again
+
+
+@needs_emulator
+def test_an_emulated_amx_module_is_not_written_to_a_file(tiny_qvit, tmp_path):
+    from intvit.tvm_backend.runtime import compile_to_file
+    path = tmp_path / "tiny.onnx"
+    path.write_bytes(to_onnx(tiny_qvit).SerializeToString())
+    with amx_emulator.emulation(), pytest.raises(ValueError, match="runs only in the process that compiled it"):
+        compile_to_file(path, tmp_path / "tiny.so", isa="amx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.onnx"]

@@ -99,6 +99,7 @@ import sys
 
 import numpy as np
 
+from . import amx_emulator
 from .byte_table import BYTE_TABLE_BLOCK, BYTE_TABLE_OUT_BLOCK, tensorize_byte_table
 from .gemm import ACC_BLOCK, AMX_COLS, AMX_K, AMX_ROWS, BYTE_SPLIT, OUT_BLOCK, SHIFTED_INPUT_BLOCK, SPLIT_CROP_BLOCK
 from .schedule_blocks import block_names, fold_output_rows, parallel_rows
@@ -176,8 +177,13 @@ def with_tile_request(func):
     from tvm import tirx
     from tvm.ir import StringImm
     i64 = lambda v: tirx.const(v, "int64")  # noqa: E731
-    granted = tirx.call_extern("int64", "syscall", i64(_SYS_ARCH_PRCTL), i64(_ARCH_REQ_XCOMP_PERM),
-                               i64(_XFEATURE_XTILEDATA)) == i64(0)
+    if amx_emulator.active():       # the emulated kernel's answer (amx_emulator.tile_permission)
+        request = tirx.call_extern("int64", amx_emulator.PREFIX + "arch_prctl", i64(_ARCH_REQ_XCOMP_PERM),
+                                   i64(_XFEATURE_XTILEDATA))
+    else:
+        request = tirx.call_extern("int64", "syscall", i64(_SYS_ARCH_PRCTL), i64(_ARCH_REQ_XCOMP_PERM),
+                                   i64(_XFEATURE_XTILEDATA))
+    granted = request == i64(0)
     kind, message = StringImm("RuntimeError"), [StringImm(TILE_REQUEST_MESSAGE)]
     try:
         check = tirx.AssertStmt(kind, granted, message)
@@ -200,11 +206,15 @@ def tile_config_words() -> list[int]:
 
 
 def _tile(op: str, *args):
+    """The tile instruction ``op`` (LLVM's ``llvm.x86.<op>``), or under ``amx_emulator.emulation()`` the
+    emulator's model of it, called with the same operands (tile numbers widened to int32 for C)."""
     from tvm.script import tirx as T
+    if amx_emulator.active():
+        args = [T.Cast("int32", a) if str(getattr(a, "dtype", "")) == "uint8" else a for a in args]
+        return T.evaluate(T.call_extern("int32", amx_emulator.PREFIX + op, *args))
     return T.evaluate(T.call_llvm_intrin("void", f"llvm.x86.{op}", *args))
 
 
-@functools.lru_cache(maxsize=None)
 def register_amx_intrinsics(kp: int, chunk: int, configure_last: bool = False) -> tuple[str, str]:
     """Register (once) the tensor-intrinsic pair for one 32 × 32 output block, ``C[32, 32] = A[32, kp] · B``
     (u8 × s8 → s32) with ``B`` the two ``[2, kp/4, 16, 4]`` panels of the block, inside a task of ``chunk``
@@ -229,7 +239,15 @@ def register_amx_intrinsics(kp: int, chunk: int, configure_last: bool = False) -
     serial block loop), and the block's place in its chunk is read off the
     weight panels' element offset (panel ``2·jb`` of a chunk-aligned run of
     ``chunk / 16`` panels of ``kp/4 · 64`` bytes each).
+
+    Under ``amx_emulator.emulation()`` the pair (named ``..._emulated``)
+    calls the emulator where it would issue tile instructions.
     """
+    return _register_amx_intrinsics(kp, chunk, configure_last, amx_emulator.active())
+
+
+@functools.lru_cache(maxsize=None)
+def _register_amx_intrinsics(kp: int, chunk: int, configure_last: bool, emulated: bool) -> tuple[str, str]:
     from tvm.s_tir import TensorIntrin
     from tvm.script import tirx as T
 
@@ -315,7 +333,8 @@ def register_amx_intrinsics(kp: int, chunk: int, configure_last: bool = False) -
             if ob // pair_bytes % blocks == blocks - 1:     # the task's last block
                 _tile("tilerelease")
 
-    name = f"intvit_amx_u8s8s32_{rb}x{cols}x{kp}_in_{chunk}" + ("_reconfigured" if configure_last else "")
+    name = f"intvit_amx_u8s8s32_{rb}x{cols}x{kp}_in_{chunk}" + ("_reconfigured" if configure_last else "") \
+        + ("_emulated" if emulated else "")
     TensorIntrin.register(name + "_init", init_desc, init_impl, override=True)
     TensorIntrin.register(name, desc, impl, override=True)
     return name + "_init", name

@@ -154,12 +154,13 @@ def resolve_isa(isa: str | None, target) -> str | None:
     ``"dotprod"`` (``sdot``, ``arm.SDOT``) where it has the dot-product
     extension, else ``"generic"``; ``x86.gemm_isa`` says
     what each runs. A forced ``"amx"`` needs a target CPU with AMX-INT8 and,
-    when the target is this CPU, the tile permission; the others a target
-    with their extension.
+    when the target is this CPU, the tile permission (under
+    ``amx_emulator.emulation()``: this CPU, with AVX-512 VNNI and VBMI); the
+    others a target with their extension.
     """
-    from . import amx
+    from . import amx, amx_emulator
     from .arm import is_aarch64
-    from .x86 import target_has_avx2, target_has_avxvnni, target_has_dotprod, target_has_vnni
+    from .x86 import target_has_avx2, target_has_avxvnni, target_has_dotprod, target_has_vbmi, target_has_vnni
     if is_cuda(target):
         if isa is not None:
             raise UnknownTargetError(f"isa={isa!r} chooses a CPU GEMM schedule; leave it unset for --target cuda")
@@ -183,6 +184,12 @@ def resolve_isa(isa: str | None, target) -> str | None:
     if isa == "dotprod" and not target_has_dotprod(target):
         raise IsaUnavailableError(f"isa='dotprod': the target CPU {mcpu} has no dot-product extension (sdot, "
                                   f"Armv8.2-A dotprod); {best}")
+    if isa == "amx" and amx_emulator.active():
+        if not (is_host_target(target) and target_has_vnni(target) and target_has_vbmi(target)):
+            raise IsaUnavailableError(
+                f"isa='amx' under the AMX emulator builds for this CPU only, and needs AVX-512 VNNI and VBMI "
+                f"for the kernels around the tiles; the target CPU {mcpu} lacks them, or is not this CPU")
+        return isa
     if isa == "amx":
         if not amx.target_has_amx(target):
             raise IsaUnavailableError(
@@ -331,6 +338,9 @@ def compile_onnx(model, target="llvm", batch: int = 1, arch: str | None = None, 
         ex = tvm.compile(scheduled, target=tgt)
     compiled = wrap_executable(ex, proto, batch, device="cuda" if cuda else "cpu", isa=isa,
                                cpu_arch=None if cuda else target_arch(resolved))
+    if isa == "amx":
+        from . import amx_emulator
+        compiled.amx_emulated = amx_emulator.active()
     compiled.lifted, compiled.lifted_values = lifted, lifted_values
     if summary is not None:
         from .tuning import differs_from_onnx_runtime

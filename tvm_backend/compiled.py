@@ -17,6 +17,8 @@ class CompiledIntViT:
     that this process may use the AMX tiles (``amx.host_has_amx``), and a
     module for another CPU architecture (``cpu_arch``, e.g. ``"aarch64"``
     built on x86 with ``--cpu neoverse-n1``) refuses to run here.
+    ``amx_emulated``: compiled under ``amx_emulator.emulation()``, so its
+    tile instructions are the emulator's, whose faults a call raises.
     """
 
     def __init__(self, executable, batch: int, input_name: str, input_shape, input_dtype, device: str = "cpu",
@@ -27,12 +29,15 @@ class CompiledIntViT:
         self._vm = self._dev = None
         self.tuning = None          # a tuning.TuningSummary when compiled with tune=N
         self.lifted, self.lifted_values = [], []     # build.compile_onnx(lift_weights=...): main's extra inputs
+        self.amx_emulated = False   # compiled under amx_emulator.emulation(): its tiles are the emulator's
 
     def replica(self) -> "CompiledIntViT":
         """The same compiled module with a virtual machine of its own (created on first call): what one more
         caller thread runs on (``runtime.LoadedModule``)."""
-        return CompiledIntViT(self.executable, self.batch, self.input_name, self.input_shape, self.input_dtype,
+        twin = CompiledIntViT(self.executable, self.batch, self.input_name, self.input_shape, self.input_dtype,
                               self.device, self.isa, self.cpu_arch)
+        twin.amx_emulated = self.amx_emulated
+        return twin
 
     @property
     def dev(self):
@@ -58,7 +63,7 @@ class CompiledIntViT:
                 raise IsaUnavailableError(
                     f"this module was compiled for {self.cpu_arch} CPUs and this machine is {machine_arch()}: "
                     "write it to a file (intvit compile --cpu ... -o model.so) and run it on such a machine")
-            if self.isa == "amx":
+            if self.isa == "amx" and not self.amx_emulated:
                 from .amx import host_has_amx
                 if not host_has_amx():       # before any tile instruction: without the grant they raise SIGILL
                     raise IsaUnavailableError(
@@ -91,6 +96,9 @@ class CompiledIntViT:
         for start in range(0, count, self.batch):
             chunk = _filled(arr[start:start + self.batch], self.batch)
             out = self.vm["main"](tvm.runtime.tensor(np.ascontiguousarray(chunk), self.dev))
+            if self.amx_emulated:
+                from .amx_emulator import check
+                check()
             outputs.append((out[0].numpy(), out[1].numpy()))
         return tuple(np.concatenate([o[k] for o in outputs])[:count] for k in range(2))
 

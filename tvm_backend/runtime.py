@@ -47,6 +47,7 @@ from .build import (ISAS, CompiledIntViT, NoDeviceError, check_tune_cpu, compile
                     resolve_target)
 from .callers import on_worker
 from .imma import GEMM_PATHS, gemm_path
+from . import amx_emulator
 from .amx import AMX_FEATURES, request_tile_permission
 from .arm import cross_compiler, machine_arch, needs_cross_compiler, target_arch
 from .x86 import host_cpu, host_has, isa_features
@@ -100,7 +101,11 @@ def compile_to_file(onnx_path, output, target="llvm", batch: int = 1, arch: str 
     proto = read_onnx(onnx_path)
     t0 = time.perf_counter()
     resolved = resolve_target(target, arch, cpu)
-    resolve_isa(isa, make_target(resolved))     # an instruction set the target lacks: refused before any output
+    # an instruction set the target lacks: refused before any output
+    if resolve_isa(isa, make_target(resolved)) == "amx" and amx_emulator.active():
+        raise ValueError("an AMX module compiled under the AMX emulator (amx_emulator.emulation) runs only in "
+                         "the process that compiled it, so it is not written to a file; compile outside "
+                         "emulation() for a module file")
     link = cross_compiler() if resolved["kind"] == "llvm" and needs_cross_compiler(resolved) else None
     check_tune_cpu(tune, cpu)
     if progress:                                # only once the file, the folder and the target are known good
