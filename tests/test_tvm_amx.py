@@ -532,3 +532,32 @@ def test_an_emulated_amx_module_is_not_written_to_a_file(tiny_qvit, tmp_path):
     with amx_emulator.emulation(), pytest.raises(ValueError, match="runs only in the process that compiled it"):
         compile_to_file(path, tmp_path / "tiny.so", isa="amx")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.onnx"]
+
+
+@pytest.fixture(scope="module")
+def deit_shaped_qvit():
+    """DeiT-Tiny's shape (224 px, patch 16: 197 tokens; 192-d, 3 heads, MLP 768; 1,000 classes) in 2 blocks,
+    random weights, quantized."""
+    import intvit
+    from conftest import hf_vit, images
+    model = hf_vit(image=224, patch=16, dim=192, layers=2, heads=3, mlp=768, labels=1000)
+    return intvit.quantize(model, images(8, size=224), intvit.QuantConfig(progress=False))
+
+
+@pytest.mark.parametrize("isa", [pytest.param("amx", marks=runs_amx), pytest.param("vnni", marks=needs_vbmi),
+                                 "avx2", "generic"])
+def test_deit_shaped_model_is_exact_on_every_x86_gemm_path(deit_shaped_qvit, isa, request):
+    """197 tokens and 1,000 classes (DeiT's odd widths), the GEMMs forced onto each x86 path, batch 1 and 8:
+    the compiled module's integer logits equal ONNX Runtime's and the torch integer model's."""
+    from conftest import images
+    q = deit_shaped_qvit
+    proto = to_onnx(q)
+    x = images(8, size=224)
+    want = session(proto).run(None, {"images": x.numpy()})[1]
+    assert np.array_equal(want, q.forward_int(x).numpy())
+    if isa == "amx":
+        request.getfixturevalue("amx_tiles")
+    for batch in (1, 8):
+        module = compile_onnx(proto, "llvm", batch=batch, isa=isa)
+        assert module.isa == isa
+        assert np.array_equal(module(x)[1], want), (isa, batch)
