@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import glob
 import os
+import stat
 import uuid
 
 
@@ -58,10 +59,37 @@ def check_writable_target(path, what: str = "the output") -> None:
         raise PermissionError(f"cannot write {what} to {path}: directory {parent} is not writable")
 
 
+_SPECIAL_FILES = ((stat.S_ISFIFO, "FIFO (named pipe)"), (stat.S_ISCHR, "character device"),
+                  (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket"))
+
+
+def check_regular_file(path, what: str) -> None:
+    """Refuse, before it is opened, a ``path`` that is not a readable regular file once links are followed:
+    missing, a link to nothing or a link loop, a directory, or a FIFO, device or socket (reading one blocks
+    or never ends) — one ``OSError`` subclass naming ``what`` was expected."""
+    path = os.fspath(path)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise FileNotFoundError(f"{path} is a link to {os.readlink(path)}, which does not exist; give the "
+                                    f"{what} itself") from None
+        raise FileNotFoundError(f"no {what} at {path}") from None
+    except OSError as exc:                      # a link loop (ELOOP), a folder on the way that is not one
+        raise OSError(f"cannot open {path} ({exc.strerror or exc}); give the {what} itself") from None
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(f"{path} is a directory, not an {what}" + ("" if what.endswith(" file") else " file"))
+    kind = next((name for test, name in _SPECIAL_FILES if test(mode)), None)
+    if kind is not None:
+        raise OSError(f"{path} is a {kind}, not a regular file (reading it could block); give the {what} itself")
+
+
 def read_whole(path, what: str) -> bytes:
     """All bytes of ``path`` through one open file (a file replaced while it is read is still read whole, old
-    or new), or one ``OSError`` subclass that names ``what`` was expected and why it cannot be read."""
+    or new), or one ``OSError`` subclass that names ``what`` was expected and why it cannot be read
+    (``check_regular_file`` first: a FIFO or device is refused, not read)."""
     path = os.fspath(path)
+    check_regular_file(path, what)
     try:
         with open(path, "rb") as f:
             return f.read()

@@ -15,6 +15,8 @@ from typing import Iterable, Iterator, Mapping
 import numpy as np
 import torch
 
+from ..files import check_regular_file
+
 
 class ImageFileError(ValueError):
     """An image file PIL cannot read (damaged, truncated, or not an image under an image suffix)."""
@@ -60,13 +62,32 @@ def load_npz(path: str | os.PathLike, key: str | None = None) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr)).float()
 
 
+def _check_npy_size(path) -> None:
+    """Refuse a ``.npy`` whose header promises more bytes than the file holds (a damaged or hostile header
+    would otherwise make numpy allocate what it claims, terabytes, before failing)."""
+    fmt = np.lib.format
+    try:
+        with open(path, "rb") as f:
+            major, _ = fmt.read_magic(f)
+            read_header = fmt.read_array_header_1_0 if major == 1 else fmt.read_array_header_2_0
+            shape, _, dtype = read_header(f)
+            data_bytes = os.fstat(f.fileno()).st_size - f.tell()
+    except (ValueError, OSError, EOFError):
+        return                                  # not a .npy header: np.load's own error says so
+    claimed = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if claimed > data_bytes:
+        raise CalibrationDataError(f"{path} is damaged: its header declares an array of shape {list(shape)} "
+                                   f"({dtype}, {claimed:,} bytes) and the file holds {data_bytes:,} bytes of data; "
+                                   "save the images again with numpy.save")
+
+
 def load_npy(path, what: str = "image array") -> np.ndarray:
     """A ``.npy`` batch of images ``[N, C, H, W]``, with one clear error for a missing, unreadable (a text
     or pickle file) or wrongly shaped one."""
     if os.path.isdir(path):
         raise CalibrationDataError(f"{path} is a folder, not a .npy file; give the {what}'s file")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no {what} at {path}")
+    check_regular_file(path, what)
+    _check_npy_size(path)
     try:
         arr = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:

@@ -28,7 +28,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .. import __version__, ops
-from ..files import check_writable_target, sweep_stale_temps, temp_name
+from ..files import check_regular_file, check_writable_target, sweep_stale_temps, temp_name
 from ..models.spec import EMBEDDING_HEAD_FAMILIES
 from .onnx_functions import DOMAIN, OPSET, all_functions
 from .preprocessing import METADATA_KEY as PREPROCESSING_KEY
@@ -313,8 +313,9 @@ def export_onnx(model, path, integer_input: bool = False, check: bool = True) ->
 def read_onnx(path) -> onnx.ModelProto:
     """Read an ONNX file, with one clear error for a missing or unreadable one (not protobuf's DecodeError)."""
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no ONNX file at {path}")
+    check_regular_file(path, "ONNX file")
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"{path} is empty (0 bytes), not an ONNX file; give the .onnx written by `intvit export`")
     try:
         return onnx.load(path)
     except Exception as exc:  # onnx raises several unrelated types for unreadable files

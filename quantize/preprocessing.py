@@ -17,6 +17,7 @@ refuses uint8 ones).
 from __future__ import annotations
 
 import json
+import math
 import warnings
 
 import torch
@@ -74,8 +75,12 @@ def from_metadata(text: str | None) -> dict | None:
         return None
     if not isinstance(prep, dict):
         return None
-    ok = all(isinstance(prep.get(k), list) and all(isinstance(v, (int, float)) for v in prep[k])
+    ok = all(isinstance(prep.get(k), list) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                   and math.isfinite(v) for v in prep[k])
              for k in ("mean", "std") if k in prep)
+    # a mean needs its std (and the reverse), one value per channel each, and no std of 0
+    ok = ok and ("mean" in prep) == ("std" in prep) and (
+        "std" not in prep or (len(prep["mean"]) == len(prep["std"]) and all(v > 0 for v in prep["std"])))
     ok = ok and ("labels" not in prep or (isinstance(prep["labels"], list)
                                           and all(isinstance(v, str) for v in prep["labels"])))
     return prep if ok else None

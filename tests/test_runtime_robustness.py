@@ -64,26 +64,74 @@ def test_a_forked_child_runs_a_module_its_parent_ran(compiled_pair):
             os._exit(0 if np.array_equal(module.run(x)[1], want) else 3)
         except BaseException:
             os._exit(4)
-    deadline = time.monotonic() + 120
+    assert _wait_for_child(pid) == 0
+    assert np.array_equal(want, q.forward_int(x).numpy())
+
+
+def _wait_for_child(pid: int, seconds: float = 120) -> int:
+    """The exit code of forked child ``pid``; fails the test (after killing it) if it runs past ``seconds``."""
+    deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         done, status = os.waitpid(pid, os.WNOHANG)
         if done:
-            break
+            return os.waitstatus_to_exitcode(status)
         time.sleep(0.05)
-    else:
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    pytest.fail("the forked child hung")
+
+
+def test_a_child_forked_while_another_thread_loads_can_load_and_publish(compiled_pair, tmp_path):
+    """Fork while another thread is inside ``load`` (holding the library lock and the folder's shared
+    ``flock``): the child used to wait forever on the lock at its first ``load``, and kept the folder locked
+    for its whole life, so a writer publishing into that folder waited until the child exited. The child now
+    starts with its own lock and closes its copies of the folder locks."""
+    _, so, _, q, _ = compiled_pair
+    x = images(1, seed=21)
+    want = q.forward_int(x).numpy()
+    folder = os.path.dirname(os.path.abspath(so))
+    holding, release = threading.Event(), threading.Event()
+
+    def loader_in_the_middle():         # what a loading thread holds at the moment of the fork
+        with _directory_lock(folder, shared=True), runtime._LIBRARIES_LOCK:
+            holding.set()
+            release.wait(30)
+    t = threading.Thread(target=loader_in_the_middle)
+    t.start()
+    assert holding.wait(30)
+    started_r, started_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.write(started_w, b"1")                       # the fork handlers have run
+            time.sleep(3)                                   # alive while the parent's writer tries below
+            os._exit(0 if np.array_equal(load(so).run(x)[1], want) else 3)
+        except BaseException:
+            os._exit(4)
+    release.set()
+    t.join()
+    assert os.read(started_r, 1) == b"1"
+    os.close(started_r), os.close(started_w)
+    import fcntl
+    fd = os.open(folder, os.O_RDONLY)
+    try:                                # a writer's exclusive lock, while the child still runs
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
-        pytest.fail("the forked child hung running the module")
-    assert os.waitstatus_to_exitcode(status) == 0
-    assert np.array_equal(want, q.forward_int(x).numpy())
+        pytest.fail("the forked child kept the folder locked")
+    finally:
+        os.close(fd)
+    assert _wait_for_child(pid, seconds=60) == 0
 
 
 def test_worker_count_comes_from_the_environment(monkeypatch):
     monkeypatch.setenv(callers.ENV, "3")
     assert callers.worker_count() == 3
-    monkeypatch.setenv(callers.ENV, "zero")
-    with pytest.raises(ValueError, match="INTVIT_RUNTIME_WORKERS='zero': give a positive whole number"):
-        callers.worker_count()
+    for text in ("zero", "²"):          # "²".isdigit() is true, and int() refuses it
+        monkeypatch.setenv(callers.ENV, text)
+        with pytest.raises(ValueError, match=f"INTVIT_RUNTIME_WORKERS='{text}': give a positive whole number"):
+            callers.worker_count()
     monkeypatch.delenv(callers.ENV)
     assert callers.worker_count() == callers.DEFAULT_WORKERS == 1
 

@@ -24,8 +24,7 @@ import functools
 import os
 import threading
 
-import onnx
-
+from ..quantize.onnx_export import read_onnx
 from .arm import target_arch
 from .compiled import CompiledIntViT
 from .errors import IsaUnavailableError, NoDeviceError, UnknownTargetError
@@ -249,6 +248,15 @@ def _one_at_a_time(compile_fn):
 _COMPILING = threading.RLock()
 
 
+def _fresh_compile_lock() -> None:
+    """In a forked child the thread that was compiling is not there: a held lock would block every compile."""
+    global _COMPILING
+    _COMPILING = threading.RLock()
+
+
+os.register_at_fork(after_in_child=_fresh_compile_lock)
+
+
 @_one_at_a_time
 def compile_onnx(model, target="llvm", batch: int = 1, arch: str | None = None, tune: int = 0,
                  tuning_dir: str | None = None, progress=None, isa: str | None = None,
@@ -283,7 +291,7 @@ def compile_onnx(model, target="llvm", batch: int = 1, arch: str | None = None, 
     import contextlib
 
     import tvm
-    proto = onnx.load(os.fspath(model)) if isinstance(model, (str, os.PathLike)) else model
+    proto = read_onnx(model) if isinstance(model, (str, os.PathLike)) else model
     resolved = resolve_target(target, arch, cpu)
     tgt = make_target(resolved)
     cuda = is_cuda(tgt)

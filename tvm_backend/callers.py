@@ -37,7 +37,7 @@ def worker_count() -> int:
     text = os.environ.get(ENV, "").strip()
     if not text:
         return DEFAULT_WORKERS
-    if not text.isdigit() or int(text) < 1:
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:     # "²".isdigit(), but int() refuses it
         raise ValueError(f"{ENV}={text!r}: give a positive whole number of threads")
     return int(text)
 

@@ -84,6 +84,9 @@ class CompiledIntViT:
         """
         import tvm
         arr = np.asarray(_host_array(images))
+        if arr.ndim == 0 or arr.dtype.kind in "OUSV":
+            raise TypeError(f"expected images as an array [N, {', '.join(map(str, self.input_shape[1:]))}] (numpy "
+                            f"or torch), got {type(images).__name__}" + (f" of {arr.dtype}" if arr.ndim else ""))
         if arr.ndim != len(self.input_shape) or arr.shape[1:] != self.input_shape[1:]:
             raise ValueError(f"expected input shape {['N', *self.input_shape[1:]]} (any number N of images; "
                              f"this module runs batches of {self.batch}), got {list(arr.shape)}")
@@ -146,5 +149,10 @@ def _host_array(images):
     numpy lacks, widened exactly to float32)."""
     if not hasattr(images, "detach"):
         return images
-    t = images.detach().cpu()
-    return (t.float() if str(t.dtype) == "torch.bfloat16" else t).numpy()
+    try:
+        t = images.detach().cpu()
+        return (t.float() if str(t.dtype) == "torch.bfloat16" else t).numpy()
+    except (TypeError, RuntimeError, NotImplementedError) as exc:      # float8, sparse, meta, conjugate views
+        raise TypeError(f"cannot read these images as an array (a torch tensor of dtype {images.dtype}, layout "
+                        f"{images.layout}, on {images.device}: {str(exc).splitlines()[0][:100]}); pass a dense "
+                        "float32 tensor, e.g. images.to_dense().float()") from None

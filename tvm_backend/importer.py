@@ -36,10 +36,17 @@ def check_intvit_graph(proto: onnx.ModelProto) -> None:
     """Refuse ONNX files that are not intvit integer graphs, with one clear message."""
     domains = {o.domain for o in proto.opset_import}
     names = [i.name for i in proto.graph.input]
-    if DOMAIN not in domains or proto.producer_name != "intvit" or names not in (["images"], ["images_int8"]):
-        raise UnsupportedGraphError(
-            "this ONNX file is not an intvit integer graph (no 'intvit' domain / producer); "
-            "export one with `intvit export` or IntegerViT.export_onnx")
+    outputs = [o.name for o in proto.graph.output]
+    fix = "export one with `intvit export` or IntegerViT.export_onnx"
+    if DOMAIN not in domains or proto.producer_name != "intvit":
+        raise UnsupportedGraphError(f"this ONNX file is not an intvit integer graph (no 'intvit' domain / "
+                                    f"producer); {fix}")
+    if names not in (["images"], ["images_int8"]):
+        raise UnsupportedGraphError(f"this intvit graph has inputs {names}; it must take one, 'images' or "
+                                    f"'images_int8' (was it edited after export?); {fix}")
+    if outputs != ["logits", "int_logits"]:
+        raise UnsupportedGraphError(f"this intvit graph has outputs {outputs}; it must give 'logits' and "
+                                    f"'int_logits', in that order (was it edited after export?); {fix}")
 
 
 def to_relax(proto: onnx.ModelProto, batch: int = 1, gemm_form: str = "vnni"):

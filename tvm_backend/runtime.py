@@ -39,13 +39,14 @@ import time
 import numpy as np
 
 from .. import __version__
-from ..files import check_writable_target, read_whole, sweep_stale_temps, temp_name
+from ..files import check_regular_file, check_writable_target, read_whole, sweep_stale_temps, temp_name
 from ..quantize.onnx_export import OUTPUT_KIND_KEY
 from ..quantize.preprocessing import METADATA_KEY as PREPROCESSING_KEY
 from ..quantize.preprocessing import from_metadata
 from .build import (ISAS, CompiledIntViT, NoDeviceError, check_tune_cpu, compile_onnx, make_target, resolve_isa,
                     resolve_target)
 from .callers import on_worker
+from .importer import check_intvit_graph
 from .imma import GEMM_PATHS, gemm_path
 from . import amx_emulator
 from .amx import AMX_FEATURES, request_tile_permission
@@ -99,6 +100,7 @@ def compile_to_file(onnx_path, output, target="llvm", batch: int = 1, arch: str 
         raise ValueError(str(exc)) from None
     parent = os.path.dirname(os.path.abspath(output))
     proto = read_onnx(onnx_path)
+    check_intvit_graph(proto)                   # not an intvit graph, or edited: refused before any output
     t0 = time.perf_counter()
     resolved = resolve_target(target, arch, cpu)
     # an instruction set the target lacks: refused before any output
@@ -139,11 +141,24 @@ def compile_to_file(onnx_path, output, target="llvm", batch: int = 1, arch: str 
     tmp_so = temp_name(output, ".so")
     tmp_js = tmp_so[:-len(".so")] + ".json"
     try:
-        compiled.executable.export_library(tmp_so, fcompile=link)
+        try:
+            compiled.executable.export_library(tmp_so, fcompile=link)
+        except Exception as exc:        # the linker's own words name the temp file, not the output
+            reason = next((line for line in str(exc).splitlines() if any(
+                r in line for r in ("No space left", "Read-only file system", "Permission denied",
+                                    "cannot open output file", "Disk quota"))), None)
+            if reason is None:
+                raise
+            raise OSError(f"cannot write the compiled module to {output}: "
+                          f"{reason.split(': ')[-1].strip()}") from None
         meta["so_sha256"] = file_sha256(tmp_so)
         meta["sidecar_sha256"] = sidecar_digest(meta)
-        with open(tmp_js, "w") as f:
-            json.dump(meta, f, indent=1)
+        try:
+            with open(tmp_js, "w") as f:
+                json.dump(meta, f, indent=1)
+        except OSError as exc:
+            raise OSError(f"cannot write the sidecar of {output} ({sidecar_path(output)}): "
+                          f"{exc.strerror or exc}") from None
         with _directory_lock(parent):          # the two renames as one unit against other writers
             os.replace(tmp_so, output)
             os.replace(tmp_js, sidecar_path(output))  # last: it names the digest of the .so just published
@@ -165,11 +180,16 @@ def _directory_lock(directory: str, shared: bool = False):
             raise
         yield
         return
+    _HELD_DIRECTORY_LOCKS.add(fd)
     try:
         fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         yield
     finally:
+        _HELD_DIRECTORY_LOCKS.discard(fd)
         os.close(fd)                        # closing releases the lock
+
+
+_HELD_DIRECTORY_LOCKS: set[int] = set()     # the folder-lock descriptors open now, in any thread
 
 
 def file_sha256(path) -> str:
@@ -194,7 +214,10 @@ def module_cache_dir() -> str:
 def content_addressed_copy(path: str, digest: str) -> str:
     """``path`` copied to ``<cache>/<digest>.so`` (once; written atomically, checked against ``digest``)."""
     cache = module_cache_dir()
-    os.makedirs(cache, mode=0o700, exist_ok=True)
+    try:
+        os.makedirs(cache, mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise _cache_error(cache, exc) from None
     check_private_folder(cache)
     target = os.path.join(cache, f"{digest}.so")
     if os.path.exists(target) and file_sha256(target) == digest:
@@ -202,7 +225,12 @@ def content_addressed_copy(path: str, digest: str) -> str:
     sweep_stale_temps(target)
     tmp = temp_name(target)
     try:
-        shutil.copyfile(path, tmp)
+        try:
+            shutil.copyfile(path, tmp)
+        except OSError as exc:
+            if os.path.exists(tmp) or exc.filename == tmp:
+                raise _cache_error(cache, exc) from None
+            raise
         if file_sha256(tmp) != digest:
             raise ModuleMismatchError(f"{path} changed while it was being loaded; load it again")
         os.replace(tmp, target)
@@ -210,6 +238,13 @@ def content_addressed_copy(path: str, digest: str) -> str:
         if os.path.exists(tmp):
             os.remove(tmp)
     return target
+
+
+def _cache_error(cache: str, exc: OSError) -> OSError:
+    """Writing a loaded library's copy into the module cache failed: say it is the cache, and how to move it."""
+    return OSError(f"cannot write to the module cache {cache} ({exc.strerror or exc}), where a loaded module's "
+                   "library is copied before it runs; free space there, or set INTVIT_MODULE_CACHE to a folder "
+                   "this user can write")
 
 
 def check_private_folder(folder: str) -> None:
@@ -238,7 +273,6 @@ class LoadedModule:
         self.compiled, self.meta = compiled, meta
         self._per_thread = threading.local()
         self._spare = [compiled]                      # the first worker to call runs ``compiled`` itself
-        self._spare_lock = threading.Lock()
 
     def __call__(self, images):
         return self.run(images)[0]
@@ -261,10 +295,19 @@ class LoadedModule:
     def _run_here(self, images):
         mine = getattr(self._per_thread, "compiled", None)
         if mine is None:
-            with self._spare_lock:
-                mine = self._spare.pop() if self._spare else None
+            try:
+                mine = self._spare.pop()        # atomic: no lock for a fork to leave held in a child
+            except IndexError:
+                mine = None
             mine = self._per_thread.compiled = mine or self.compiled.replica()
-        return mine(images)
+        try:
+            return mine(images)
+        except Exception as exc:
+            if "match_cast error" not in str(exc):
+                raise
+            raise ModuleMismatchError(         # a sidecar re-signed by hand after an edit of batch or shape
+                f"this module's code takes another input shape than its sidecar's {list(self.compiled.input_shape)} "
+                "(the sidecar was edited, or belongs to another build); recompile with `intvit compile`") from None
 
     def benchmark(self, repeat: int = 20, warmup: int = 3, seed: int = 0) -> dict:
         """Median / p90 latency (ms) of one call on random inputs of the compiled shape, timed on the worker
@@ -291,7 +334,7 @@ def load(path) -> LoadedModule:
     The sidecar is read and the library copied into the cache under a shared lock on the folder, the lock a
     writer holds exclusively while it publishes a new pair, so a module recompiled meanwhile loads whole, old
     or new (``compile_to_file``)."""
-    path = os.fspath(path)
+    path = os.fsdecode(path)
     with _directory_lock(os.path.dirname(os.path.abspath(path)), shared=True):
         meta, side = _read_sidecar(path)
         _check_runnable(path, meta, side)
@@ -308,10 +351,11 @@ def _read_sidecar(path: str) -> tuple[dict, str]:
     if os.path.isfile(path) and path.endswith(".onnx"):
         raise ModuleMismatchError(f"{path} is an ONNX file, not a compiled module; compile it first: "
                                   f"intvit compile {path} -o model.so")
-    if not os.path.exists(path):
+    if not os.path.lexists(path):
         raise FileNotFoundError(f"no compiled module at {path}")
     if os.path.isdir(path):
         raise IsADirectoryError(f"{path} is a directory, not a compiled module (.so from `intvit compile`)")
+    check_regular_file(path, "intvit compiled module")      # a dangling or looping link, a FIFO, a device
     side = sidecar_path(path)
     if not os.path.lexists(side) and os.path.islink(path):
         side = sidecar_path(os.path.realpath(path))
@@ -323,6 +367,9 @@ def _read_sidecar(path: str) -> tuple[dict, str]:
         meta = json.loads(read_whole(side, "intvit sidecar").decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise ModuleMismatchError(f"{side} is not valid UTF-8 JSON; recompile with `intvit compile`") from None
+    except (RecursionError, ValueError) as exc:     # nesting too deep, a number of more than 4300 digits
+        raise ModuleMismatchError(f"{side} is not a sidecar `intvit compile` writes ({type(exc).__name__}: "
+                                  f"{str(exc).splitlines()[0][:80]}); recompile with `intvit compile`") from None
     check_sidecar_fields(meta, side)
     return meta, side
 
@@ -370,6 +417,25 @@ _LIBRARIES: dict[str, object] = {}        # SHA-256 → the TVM library loaded f
 _LIBRARIES_LOCK = threading.Lock()
 
 
+def _release_parent_locks() -> None:
+    """In a forked child: the parent's threads that were loading or publishing a module are not there, so
+    what they held would stay held for the child's whole life — the library lock (every ``load`` in the
+    child would wait forever) and the folder ``flock`` (a writer publishing into that folder would wait
+    until the child exits). Start with a fresh lock, and close the child's copies of the folder-lock
+    descriptors (the parent's own copies keep its locks until its threads finish)."""
+    global _LIBRARIES_LOCK
+    _LIBRARIES_LOCK = threading.Lock()
+    for fd in list(_HELD_DIRECTORY_LOCKS):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD_DIRECTORY_LOCKS.clear()
+
+
+os.register_at_fork(after_in_child=_release_parent_locks)
+
+
 def _library(path: str, digest: str):
     """The library of ``path`` (whose SHA-256 is ``digest``), loaded once per process and content.
 
@@ -381,7 +447,17 @@ def _library(path: str, digest: str):
     import tvm
     with _LIBRARIES_LOCK:
         if digest not in _LIBRARIES:
-            _LIBRARIES[digest] = tvm.runtime.load_module(content_addressed_copy(path, digest))
+            copy = content_addressed_copy(path, digest)
+            try:
+                library = tvm.runtime.load_module(copy)
+            except Exception as exc:        # TVM's InternalError names the cache copy, not the user's file
+                reason = str(exc).strip().splitlines()[-1].replace(copy, "it")[:160]
+                raise ModuleMismatchError(f"{path} cannot be loaded as a shared library ({reason}); recompile it "
+                                          "with `intvit compile`") from None
+            if not library.implements_function("vm_load_executable"):
+                raise ModuleMismatchError(f"{path} is a shared library but not a module `intvit compile` wrote "
+                                          "(no TVM virtual-machine code in it); recompile it with `intvit compile`")
+            _LIBRARIES[digest] = library
         return _LIBRARIES[digest]
 
 
@@ -411,8 +487,9 @@ def check_sidecar_fields(meta, side: str) -> None:
     shape, batch = inp.get("shape"), meta["batch"]
     if not (isinstance(inp.get("name"), str) and inp.get("dtype") in ("float32", "int8")
             and isinstance(shape, list) and len(shape) == 4
-            and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)):
-        raise bad("field 'input' must hold a name, a dtype (float32 or int8) and a shape of 4 positive integers")
+            and all(isinstance(d, int) and not isinstance(d, bool) and 0 < d < 2**31 for d in shape)):
+        raise bad("field 'input' must hold a name, a dtype (float32 or int8) and a shape of 4 positive integers "
+                  "(each below 2**31)")
     if batch < 1 or shape[0] != batch:
         raise bad(f"batch {batch} does not match the input shape {shape}")
     if meta.get("preprocessing") is not None and from_metadata(json.dumps(meta["preprocessing"])) is None:
@@ -421,6 +498,8 @@ def check_sidecar_fields(meta, side: str) -> None:
         raise bad(f"field 'gpu_gemm' is {meta.get('gpu_gemm')!r}, not one of {list(GEMM_PATHS)}")
     if meta.get("isa") not in (None, *ISAS):
         raise bad(f"field 'isa' is {meta.get('isa')!r}, not one of {list(ISAS)}")
+    if not isinstance(meta.get("cpu_arch", ""), str) or not isinstance(meta.get("mcpu", ""), str):
+        raise bad("fields 'cpu_arch' and 'mcpu' must be names (strings)")
     if not all(isinstance(f, str) for f in meta["cpu_features"]):
         raise bad("field 'cpu_features' must list feature names (strings)")
     if len(meta["so_sha256"]) != 64 or any(c not in "0123456789abcdef" for c in meta["so_sha256"]):

@@ -1,0 +1,251 @@
+"""Files and inputs a deployment should not meet, from the red-team run of 2026-12-06: special files that hang a
+reader, sidecars written to crash the parser or re-signed after an edit, libraries that are not intvit modules,
+a full disk, a module cache that cannot be written, edited ONNX graphs, a damaged ``.npy`` header, inputs that
+are not image arrays. Each must give one clear error naming the file, quickly, with nothing written."""
+import json
+import os
+import shutil
+import subprocess
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+import intvit
+from intvit.calibration.data import CalibrationDataError, load_npy
+from intvit.cli import main
+from intvit.runtime import ModuleMismatchError, load
+from intvit.tvm_backend.importer import UnsupportedGraphError
+from intvit.tvm_backend.runtime import compile_to_file, sidecar_digest
+from conftest import images
+
+
+@pytest.fixture(autouse=True)
+def private_module_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("INTVIT_MODULE_CACHE", str(tmp_path / "cache"))
+
+
+def _raises_within(seconds: float, fn):
+    """The exception ``fn()`` raises, failing the test if it has not returned or raised within ``seconds`` (a
+    reader blocked on a FIFO would otherwise hang the suite)."""
+    outcome = []
+
+    def run():
+        try:
+            fn()
+            outcome.append(None)
+        except BaseException as exc:            # noqa: BLE001 - handed to the test
+            outcome.append(exc)
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(seconds)
+    if t.is_alive():
+        pytest.fail(f"still blocked after {seconds} s")
+    assert outcome[0] is not None, "expected an error"
+    return outcome[0]
+
+
+def _copy_module(src, dst, edit=None, resign=False):
+    """``src`` (.so + sidecar) copied to ``dst`` with ``edit(meta)`` applied to the sidecar, re-signed (its own
+    digest recomputed, as someone forging it would) when ``resign``."""
+    shutil.copyfile(src, dst)
+    meta = json.loads(open(str(src) + ".json").read())
+    if edit:
+        edit(meta)
+    if resign:
+        meta["sidecar_sha256"] = sidecar_digest(meta)
+    with open(str(dst) + ".json", "w") as f:
+        json.dump(meta, f)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+@pytest.mark.parametrize("case", ["fifo module", "fifo sidecar", "device module", "fifo model file", "fifo onnx",
+                                  "fifo npy"])
+def test_fifos_and_devices_are_refused_not_read(compiled_pair, tmp_path, case):
+    """A FIFO or a device opened for reading blocks (or never ends) — ``load``, ``intvit.load``, the compiler
+    and the ``.npy`` reader hung on one, holding the folder's lock; each is now refused by its file type."""
+    d, so, _, _, _ = compiled_pair
+    target = {"fifo module": "m.so", "fifo sidecar": "m.so.json", "device module": "m.so",
+              "fifo model file": "m.safetensors", "fifo onnx": "m.onnx", "fifo npy": "x.npy"}[case]
+    if case == "fifo sidecar":
+        shutil.copyfile(so, tmp_path / "m.so")
+    elif case in ("fifo module", "device module"):
+        shutil.copyfile(str(so) + ".json", tmp_path / "m.so.json")
+    if case == "device module":
+        os.symlink("/dev/zero", tmp_path / target)
+    else:
+        os.mkfifo(tmp_path / target)
+    act = {"fifo module": lambda: load(tmp_path / "m.so"), "fifo sidecar": lambda: load(tmp_path / "m.so"),
+           "device module": lambda: load(tmp_path / "m.so"),
+           "fifo model file": lambda: intvit.load(tmp_path / "m.safetensors"),
+           "fifo onnx": lambda: compile_to_file(tmp_path / "m.onnx", tmp_path / "out.so"),
+           "fifo npy": lambda: load_npy(tmp_path / "x.npy")}[case]
+    exc = _raises_within(20, act)
+    kind = "character device" if case == "device module" else "FIFO (named pipe)"
+    assert isinstance(exc, OSError) and f"is a {kind}, not a regular file" in str(exc), exc
+    assert not (tmp_path / "out.so").exists()
+
+
+def test_links_to_nothing_are_named_as_links(compiled_pair, tmp_path):
+    _, so, _, _, _ = compiled_pair
+    os.symlink("gone.so", tmp_path / "dangling.so")
+    with pytest.raises(FileNotFoundError, match="is a link to gone.so, which does not exist"):
+        load(tmp_path / "dangling.so")
+    os.symlink("loop2.so", tmp_path / "loop1.so")
+    os.symlink("loop1.so", tmp_path / "loop2.so")
+    with pytest.raises(OSError, match="loop1.so \\(Too many levels of symbolic links\\)"):
+        load(tmp_path / "loop1.so")
+
+
+@pytest.mark.parametrize("text, phrase", [
+    ("[" * 100_000 + "]" * 100_000, "RecursionError"),
+    ('{"batch": ' + "9" * 5000 + "}", "ValueError: Exceeds the limit"),
+])
+def test_sidecars_written_to_crash_the_parser_are_refused(compiled_pair, tmp_path, text, phrase):
+    _, so, _, _, _ = compiled_pair
+    shutil.copyfile(so, tmp_path / "m.so")
+    (tmp_path / "m.so.json").write_text(text)
+    with pytest.raises(ModuleMismatchError, match=f"m.so.json is not a sidecar `intvit compile` writes \\({phrase}"):
+        load(tmp_path / "m.so")
+
+
+@pytest.mark.parametrize("edit, phrase", [
+    (lambda m: m.update(preprocessing={"mean": [0.5]}), "field 'preprocessing' must hold"),
+    (lambda m: m.update(preprocessing={"mean": [0.5], "std": [0.0]}), "field 'preprocessing' must hold"),
+    (lambda m: m.update(cpu_arch=["x86_64"]), "fields 'cpu_arch' and 'mcpu' must be names"),
+    (lambda m: (m.update(batch=10**30), m["input"]["shape"].__setitem__(0, 10**30)), "each below 2\\*\\*31"),
+])
+def test_re_signed_sidecars_with_impossible_fields_are_refused_at_load(compiled_pair, tmp_path, edit, phrase):
+    """Its own digest stops an accidental edit; a forger recomputes it, so the fields are checked too (these
+    loaded, then failed as KeyError 'std' in `intvit run`, or OverflowError in the call)."""
+    _, so, _, _, _ = compiled_pair
+    _copy_module(so, tmp_path / "m.so", edit, resign=True)
+    with pytest.raises(ModuleMismatchError, match=phrase):
+        load(tmp_path / "m.so")
+
+
+def test_a_re_signed_sidecar_with_another_batch_fails_its_call_clearly(compiled_pair, tmp_path):
+    _, so, _, _, _ = compiled_pair
+
+    def batch_2(meta):
+        meta["batch"], meta["input"]["shape"][0] = 2, 2
+    _copy_module(so, tmp_path / "m.so", batch_2, resign=True)
+    module = load(tmp_path / "m.so")
+    with pytest.raises(ModuleMismatchError, match="this module's code takes another input shape than its sidecar's "
+                                                  "\\[2, 3, 32, 32\\]"):
+        module.run(images(2))
+
+
+def test_libraries_that_are_not_intvit_modules_are_named(compiled_pair, tmp_path):
+    """A real shared library that is not a TVM module (here zlib's) paired with a
+    matching sidecar used to fail with an AttributeError at the first call; bytes that are no library named
+    the cache copy instead of the user's file."""
+    _, so, _, _, _ = compiled_pair
+    other = next((p for p in ("/lib/x86_64-linux-gnu/libz.so.1", "/usr/lib/x86_64-linux-gnu/libz.so.1",
+                              "/lib/aarch64-linux-gnu/libz.so.1", "/usr/lib/aarch64-linux-gnu/libz.so.1")
+                  if os.path.exists(p)), None)
+    from intvit.tvm_backend.runtime import file_sha256
+
+    def pair_with(name, content_path=None, content=None):
+        path = tmp_path / name
+        if content_path:
+            shutil.copyfile(content_path, path)
+        else:
+            path.write_bytes(content)
+        _copy_module(so, tmp_path / "scratch.so", lambda m: m.update(so_sha256=file_sha256(path)), resign=True)
+        os.replace(tmp_path / "scratch.so.json", str(path) + ".json")
+        return path
+    garbage = pair_with("garbage.so", content=b"\x7fELF" + bytes(range(256)) * 4)
+    with pytest.raises(ModuleMismatchError, match=f"{garbage} cannot be loaded as a shared library") as info:
+        load(garbage)
+    assert "cache" not in str(info.value)
+    if other is not None:
+        with pytest.raises(ModuleMismatchError, match="is a shared library but not a module `intvit compile` wrote"):
+            load(pair_with("libz.so", content_path=other))
+
+
+def test_a_module_cache_that_cannot_be_written_is_named(compiled_pair, tmp_path, monkeypatch):
+    from intvit.tvm_backend import runtime
+    _, so, _, _, _ = compiled_pair
+    monkeypatch.setattr(runtime, "_LIBRARIES", {})      # not loaded yet in this process: copied to the cache
+    (tmp_path / "afile").write_text("")
+    monkeypatch.setenv("INTVIT_MODULE_CACHE", str(tmp_path / "afile" / "cache"))
+    with pytest.raises(OSError, match="cannot write to the module cache .*afile/cache .*set INTVIT_MODULE_CACHE"):
+        load(so)
+
+
+@pytest.fixture
+def tiny_filesystem(tmp_path):
+    """A 64 KB tmpfs (root only; skipped where mounting is not allowed)."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root in a system that allows it")
+    yield mnt
+    subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_a_full_disk_names_the_output_not_a_temp_file(compiled_pair, tiny_filesystem):
+    d, _, _, _, _ = compiled_pair
+    with pytest.raises(OSError, match=f"cannot write the compiled module to {tiny_filesystem}/m.so: No space left") \
+            as info:
+        compile_to_file(d / "a.onnx", tiny_filesystem / "m.so")
+    assert ".tmp" not in str(info.value) and os.listdir(tiny_filesystem) == []
+
+
+@pytest.mark.parametrize("edit, phrase", [
+    (lambda g: g.output.pop(), "has outputs \\['logits'\\]; it must give 'logits' and 'int_logits'"),
+    (lambda g: g.input.append(g.input[0].__class__(name="second", type=g.input[0].type)),
+     "has inputs \\['images', 'second'\\]; it must take one"),
+])
+def test_edited_onnx_graphs_are_refused_before_any_output(compiled_pair, tmp_path, capsys, edit, phrase):
+    """A graph without ``int_logits`` compiled, and every run of the module then failed with an IndexError; a
+    second input was called "not an intvit graph" though it was one."""
+    import onnx
+    d, _, _, _, _ = compiled_pair
+    proto = onnx.load(str(d / "a.onnx"))
+    edit(proto.graph)
+    onnx.save(proto, str(tmp_path / "edited.onnx"))
+    with pytest.raises(UnsupportedGraphError, match=phrase):
+        compile_to_file(tmp_path / "edited.onnx", tmp_path / "m.so")
+    assert main(["compile", str(tmp_path / "edited.onnx"), "-o", str(tmp_path / "m.so")]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1 and not (tmp_path / "m.so").exists()
+
+
+def test_an_empty_onnx_file_is_not_inspected_as_an_empty_graph(tmp_path, capsys):
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    assert main(["inspect", str(tmp_path / "empty.onnx")]) == 2
+    assert "is empty (0 bytes), not an ONNX file" in capsys.readouterr().err
+
+
+def test_a_npy_header_that_claims_more_than_the_file_holds(tmp_path):
+    """numpy allocates what the header claims before it reads (2.85 TiB here): refused from the header."""
+    path = tmp_path / "huge.npy"
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False,
+                                                 "shape": (10**9, 1, 28, 28)})
+        f.write(np.zeros((1, 1, 28, 28), np.float32).tobytes())
+    with pytest.raises(CalibrationDataError, match="is damaged: its header declares an array of shape "
+                                                   "\\[1000000000, 1, 28, 28\\] .* the file holds 3,136 bytes"):
+        load_npy(path)
+
+
+@pytest.mark.parametrize("bad, phrase", [
+    (None, "got NoneType"), ("images.png", "got str"), (np.array([["a"]]), "got ndarray of <U1"),
+    (torch.zeros(1, 3, 32, 32).to(torch.float8_e4m3fn), "dtype torch.float8_e4m3fn"),
+    (torch.zeros(1, 3, 32, 32).to_sparse(), "layout torch.sparse_coo"),
+    (torch.empty(1, 3, 32, 32, device="meta"), "on meta"),
+])
+def test_inputs_that_are_not_image_arrays_are_named(compiled_pair, bad, phrase):
+    _, so, _, _, _ = compiled_pair
+    with pytest.raises(TypeError, match=phrase):
+        load(so).run(bad)
+
+
+def test_a_module_path_may_be_bytes(compiled_pair):
+    _, so, _, q, _ = compiled_pair
+    x = images(1, seed=22)
+    assert np.array_equal(load(os.fsencode(so)).run(x)[1], q.forward_int(x).numpy())
