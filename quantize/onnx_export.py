@@ -20,6 +20,7 @@ Files load in onnxruntime 1.31: opset 21, IR version 10.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
@@ -270,6 +271,20 @@ class _Exporter:
 
 OUTPUT_KIND_KEY = "intvit.output"
 INPUT_QUANTIZER_KEY = "intvit.input_quantizer"
+DIGEST_KEY = "intvit.graph_sha256"      # in the files export_onnx writes: read_onnx checks it
+
+
+def graph_digest(proto: onnx.ModelProto) -> str:
+    """SHA-256 of ``proto`` serialized deterministically, leaving out its own ``DIGEST_KEY`` property: what
+    ``export_onnx`` stores in the file and ``read_onnx`` recomputes (a flipped bit in a weight, a scale or a
+    node changes it; ONNX Runtime and the compiler would otherwise run the damaged graph as given)."""
+    body = onnx.ModelProto()
+    body.CopyFrom(proto)
+    kept = [(p.key, p.value) for p in body.metadata_props if p.key != DIGEST_KEY]
+    del body.metadata_props[:]
+    for key, value in kept:
+        body.metadata_props.add(key=key, value=value)
+    return hashlib.sha256(body.SerializeToString(deterministic=True)).hexdigest()
 
 
 def output_kind(spec) -> str:
@@ -298,6 +313,7 @@ def export_onnx(model, path, integer_input: bool = False, check: bool = True) ->
     proto = to_onnx(model, integer_input)
     if check:
         onnx.checker.check_model(proto, full_check=True)
+    proto.metadata_props.add(key=DIGEST_KEY, value=graph_digest(proto))
     sweep_stale_temps(path)
     tmp = temp_name(path)
     try:
@@ -311,13 +327,21 @@ def export_onnx(model, path, integer_input: bool = False, check: bool = True) ->
 
 
 def read_onnx(path) -> onnx.ModelProto:
-    """Read an ONNX file, with one clear error for a missing or unreadable one (not protobuf's DecodeError)."""
+    """Read an ONNX file, with one clear error for a missing or unreadable one (not protobuf's DecodeError),
+    or one ``export_onnx`` wrote that changed since (``graph_digest``; files without the digest, from other
+    tools or older intvit versions, are read as they are)."""
     path = os.fspath(path)
     check_regular_file(path, "ONNX file")
     if os.path.getsize(path) == 0:
         raise ValueError(f"{path} is empty (0 bytes), not an ONNX file; give the .onnx written by `intvit export`")
     try:
-        return onnx.load(path)
+        proto = onnx.load(path)
     except Exception as exc:  # onnx raises several unrelated types for unreadable files
         raise ValueError(f"{path} is not a readable ONNX file ({type(exc).__name__}); give the .onnx written by "
                          "`intvit export`") from None
+    stored = next((p.value for p in proto.metadata_props if p.key == DIGEST_KEY), None)
+    if stored is not None and stored != graph_digest(proto):
+        raise ValueError(f"{path} was changed after `intvit export` wrote it (its content no longer matches the "
+                         f"SHA-256 stored in it: damage, or an edit); export it again — or, if you edited it on "
+                         f"purpose, remove its metadata property {DIGEST_KEY!r}")
+    return proto

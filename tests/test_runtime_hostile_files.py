@@ -249,3 +249,33 @@ def test_a_module_path_may_be_bytes(compiled_pair):
     _, so, _, q, _ = compiled_pair
     x = images(1, seed=22)
     assert np.array_equal(load(os.fsencode(so)).run(x)[1], q.forward_int(x).numpy())
+
+
+def test_an_exported_onnx_file_that_changed_is_refused(compiled_pair, tmp_path, capsys):
+    """Bit flips in an exported graph used to compile and run with other logits, unnoticed: the export stores
+    the graph's SHA-256 (``onnx_export.graph_digest``) and reading checks it; a graph without one (another
+    tool's, an older export, or an edit whose author removed the property) is read as it is."""
+    import onnx
+    from intvit.quantize.onnx_export import DIGEST_KEY, read_onnx
+    d, _, _, q, _ = compiled_pair
+    path = tmp_path / "m.onnx"
+    q.export_onnx(path)
+    proto = read_onnx(path)
+    assert [p.key for p in proto.metadata_props].count(DIGEST_KEY) == 1
+    weight = max(proto.graph.initializer, key=lambda t: len(t.raw_data))
+    data = bytearray(path.read_bytes())
+    at = data.find(weight.raw_data) + len(weight.raw_data) // 2
+    data[at] ^= 0x10                                    # one bit of one weight
+    (tmp_path / "flipped.onnx").write_bytes(data)
+    with pytest.raises(ValueError, match="flipped.onnx was changed after `intvit export` wrote it"):
+        read_onnx(tmp_path / "flipped.onnx")
+    assert main(["compile", str(tmp_path / "flipped.onnx"), "-o", str(tmp_path / "m.so")]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "was changed after" in err and not (tmp_path / "m.so").exists()
+    edited = onnx.load(str(tmp_path / "flipped.onnx"))
+    kept = [(p.key, p.value) for p in edited.metadata_props if p.key != DIGEST_KEY]
+    del edited.metadata_props[:]
+    for key, value in kept:
+        edited.metadata_props.add(key=key, value=value)
+    onnx.save(edited, str(tmp_path / "edited.onnx"))
+    assert len(read_onnx(tmp_path / "edited.onnx").graph.initializer) == len(proto.graph.initializer)
