@@ -57,6 +57,13 @@ def check_writable_target(path, what: str = "the output") -> None:
         raise FileNotFoundError(f"cannot write {what} to {path}: directory {parent} does not exist")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise PermissionError(f"cannot write {what} to {path}: directory {parent} is not writable")
+    probe = temp_name(path)         # what os.access cannot tell: /proc, or a read-only mount for root
+    try:
+        os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except OSError as exc:
+        raise PermissionError(f"cannot write {what} to {path}: a file cannot be created in {parent} "
+                              f"({exc.strerror or exc})") from None
+    os.remove(probe)
 
 
 _SPECIAL_FILES = ((stat.S_ISFIFO, "FIFO (named pipe)"), (stat.S_ISCHR, "character device"),
