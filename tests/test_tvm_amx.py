@@ -561,3 +561,11 @@ def test_deit_shaped_model_is_exact_on_every_x86_gemm_path(deit_shaped_qvit, isa
         module = compile_onnx(proto, "llvm", batch=batch, isa=isa)
         assert module.isa == isa
         assert np.array_equal(module(x)[1], want), (isa, batch)
+
+
+@needs_emulator
+def test_emulated_amx_builds_for_this_cpu_only(tiny_qvit):
+    """Under emulation the tile instructions are this process's calls: another target CPU is one clear error."""
+    with amx_emulator.emulation(), pytest.raises(IsaUnavailableError, match="under the AMX emulator builds for "
+                                                                           "this CPU only.*haswell"):
+        compile_onnx(to_onnx(tiny_qvit), {"kind": "llvm", "mcpu": "haswell"}, batch=1, isa="amx")
