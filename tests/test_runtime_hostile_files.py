@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -296,3 +297,53 @@ def test_an_exported_onnx_file_that_changed_is_refused(compiled_pair, tmp_path, 
     edited = _strip_digest(onnx.load(str(tmp_path / "flipped.onnx")))
     onnx.save(edited, str(tmp_path / "edited.onnx"))
     assert len(read_onnx(tmp_path / "edited.onnx").graph.initializer) == len(proto.graph.initializer)
+
+
+def _truncated_copy(so, path, keep: float):
+    """The first ``keep`` of ``so``'s bytes at ``path``, with the sidecar re-signed for them (a forgery, or a
+    copy tool that rewrote both files): the SHA-256 check passes, so only the library itself can tell."""
+    from intvit.tvm_backend.runtime import file_sha256
+    data = open(so, "rb").read()
+    path.write_bytes(data[:int(len(data) * keep)])
+    _copy_module(so, tmp := path.with_name("scratch.so"),
+                 lambda meta: meta.update(so_sha256=file_sha256(path)), resign=True)
+    os.replace(str(tmp) + ".json", str(path) + ".json")
+    tmp.unlink()
+
+
+@pytest.mark.parametrize("keep", [0.02, 0.3, 0.6, 0.9, 0.999])
+def test_a_truncated_library_is_refused_before_it_is_mapped(compiled_pair, tmp_path, keep):
+    """A module truncated to 2–60 % of its bytes, with a re-signed sidecar, killed the process with SIGBUS in
+    ``load`` (dlopen maps segments past the end of the file; the first touch faults); truncated further on it
+    loaded and ran. Both are refused by reading the ELF headers first — checked in a child process, so a
+    regression fails this test instead of killing the suite."""
+    from intvit.tvm_backend.elf import DamagedLibraryError, check_library_whole
+    _, so, _, _, _ = compiled_pair
+    check_library_whole(so)                             # the whole module passes
+    _truncated_copy(so, tmp_path / "m.so", keep)
+    with pytest.raises(DamagedLibraryError, match="it is truncated: its (segment|section|program header|"
+                                                  "section header) .* ends at byte"):
+        check_library_whole(tmp_path / "m.so")
+    child = subprocess.run(
+        [sys.executable, "-c", "import sys\nfrom intvit.runtime import load, ModuleMismatchError\n"
+         "try:\n    load(sys.argv[1])\nexcept ModuleMismatchError as exc:\n    print(exc)\n    sys.exit(3)\n",
+         str(tmp_path / "m.so")], capture_output=True, text=True, timeout=300,
+        env={**os.environ, "INTVIT_MODULE_CACHE": str(tmp_path / "cache")})
+    assert child.returncode == 3, (child.returncode, child.stderr[-2000:])
+    assert f"{tmp_path / 'm.so'} cannot be loaded as a shared library (it is truncated" in child.stdout
+
+
+@pytest.mark.parametrize("edit, phrase", [
+    (lambda b: b[:4] + b"\x01" + b[5:], "not a 64-bit little-endian ELF file"),
+    (lambda b: b[:16] + (2).to_bytes(2, "little") + b[18:], "ELF file of type 2, not a shared library"),
+    (lambda b: b[:54] + (57).to_bytes(2, "little") + b[56:], "impossible header entry sizes"),
+    (lambda b: b[:32] + (2**40).to_bytes(8, "little") + b[40:], "its program header table ends at byte"),
+    (lambda b: b[:40], "fewer than an ELF header's 64"),
+    (lambda b: b"MZ" + b[2:], "it has no ELF header"),
+])
+def test_damaged_elf_headers_are_named(compiled_pair, tmp_path, edit, phrase):
+    from intvit.tvm_backend.elf import DamagedLibraryError, check_library_whole
+    _, so, _, _, _ = compiled_pair
+    (tmp_path / "m.so").write_bytes(edit(open(so, "rb").read()))
+    with pytest.raises(DamagedLibraryError, match=phrase):
+        check_library_whole(tmp_path / "m.so")

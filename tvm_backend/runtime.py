@@ -50,6 +50,7 @@ from .importer import check_intvit_graph
 from .imma import GEMM_PATHS, gemm_path
 from . import amx_emulator
 from .amx import AMX_FEATURES, request_tile_permission
+from .elf import DamagedLibraryError, check_library_whole
 from .arm import cross_compiler, machine_arch, needs_cross_compiler, target_arch
 from .x86 import host_cpu, host_has, isa_features
 
@@ -448,6 +449,11 @@ def _library(path: str, digest: str):
     with _LIBRARIES_LOCK:
         if digest not in _LIBRARIES:
             copy = content_addressed_copy(path, digest)
+            try:
+                check_library_whole(copy)   # before mapping it: a truncated library kills the process (SIGBUS)
+            except DamagedLibraryError as exc:
+                raise ModuleMismatchError(f"{path} cannot be loaded as a shared library ({exc}); recompile it "
+                                          "with `intvit compile`") from None
             try:
                 library = tvm.runtime.load_module(copy)
             except Exception as exc:        # TVM's InternalError names the cache copy, not the user's file
