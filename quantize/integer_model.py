@@ -35,7 +35,7 @@ from ..models.spec import ViTSpec, check_input, check_spec, float_forward, linea
 from .fake_quant import fake_quant, fake_quant_weight
 from .layout import check_zero_points, point_bits
 from .onnx_export import export_onnx
-from .qparams import act_grids, freeze, output_point
+from .qparams import act_grids, freeze, output_point, stand_in_spec
 from .serialize import read_integer_vit, save_integer_vit
 
 MODES = ("int", "fake", "float")
@@ -81,6 +81,13 @@ class IntegerViT(nn.Module):
         self.bits = point_bits(self.spec, self.meta.get("layout"))
         asymmetric = check_zero_points(self.spec, self.meta.get("asymmetric"), self.bits, self.gelu)
         self.scales, self.zeros = act_grids(self.spec, self.amax, self.bits, self.gelu, asymmetric)
+
+    def param_layout(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        """Shape and dtype of every integer tensor this model's structure and grids call for, by name: what
+        ``freeze`` gives a stand-in spec of the same shapes (values do not matter; no float weights needed)."""
+        params = freeze(stand_in_spec(self.spec), self.scales, self.meta.get("temperatures"),
+                        self.meta.get("balance"), self.bits, self.gelu, self.zeros)
+        return {k: (tuple(v.shape), v.dtype) for k, v in params.items()}
 
     def require_float_weights(self, what: str) -> None:
         if not self.has_float_weights:
@@ -279,8 +286,13 @@ class IntegerViT(nn.Module):
         stored = read_integer_vit(path)
         with stored.building():
             if not stored.float_weights:
-                return cls.from_integer_params(stored.spec, stored.amax, stored.meta, stored.int_params)
-            model = cls(stored.spec, stored.amax, stored.meta)
+                model = cls.from_integer_params(stored.spec, stored.amax, stored.meta, stored.int_params)
+                layout = model.param_layout()
+            else:
+                model = cls(stored.spec, stored.amax, stored.meta)
+        if not stored.float_weights:
+            stored.check_layout(layout)
+            return model
         stored.check_refrozen(model.integer_params())
         return model
 

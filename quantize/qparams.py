@@ -16,13 +16,14 @@ with n = 15) and the GELU input (``x0 >= -255`` at ``1.702·S`` with n = 23).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
 
 from .. import ops
 from ..ops import quantize_weight, weight_scale
-from ..models.spec import Linear, ViTSpec, quant_points, stream_start
+from ..models.spec import Linear, Norm, ViTSpec, quant_points, stream_start
 
 P = dict  # name -> integer tensor
 
@@ -196,6 +197,23 @@ def freeze(spec: ViTSpec, scales: dict[str, float], temperatures: dict | None = 
                              "(its int8 input); this model has none")
         p["head.out_scale"] = linear("head", spec.head, S["norm"], "norm").to(torch.float64)
     return p
+
+
+def stand_in_spec(spec: ViTSpec) -> ViTSpec:
+    """``spec``'s structure with every tensor replaced by one of its shape — weights (linear and LayerNorm) 1,
+    biases and embeddings 0 — so ``freeze`` runs on a shape-only spec (one loaded without float weights) and
+    tells which integer tensors, of which shapes and dtypes, that structure has."""
+    def lin(x: Linear) -> Linear:
+        return Linear(torch.ones(x.weight.shape), None if x.bias is None else torch.zeros(x.bias.shape))
+
+    def norm(x: Norm | None) -> Norm | None:
+        return None if x is None else Norm(torch.ones(x.weight.shape), torch.zeros(x.bias.shape), x.eps)
+    blocks = [dataclasses.replace(b, norm1=norm(b.norm1), qkv=lin(b.qkv), proj=lin(b.proj), norm2=norm(b.norm2),
+                                  fc1=lin(b.fc1), fc2=lin(b.fc2)) for b in spec.blocks]
+    return dataclasses.replace(spec, patch_embed=lin(spec.patch_embed), blocks=blocks,
+                               prefix_tokens=torch.zeros(spec.prefix_tokens.shape),
+                               pos_patches=torch.zeros(spec.pos_patches.shape), final_norm=norm(spec.final_norm),
+                               pre_norm=norm(spec.pre_norm), head=None if spec.head is None else lin(spec.head))
 
 
 def check_gelu_mode(spec: ViTSpec, gelu: str) -> None:

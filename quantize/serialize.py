@@ -193,6 +193,26 @@ class StoredModel:
                 f"({(bad or sorted(set(stored) ^ set(rebuilt)))[:3]}…); the file is corrupted")
 
 
+    def check_layout(self, layout: dict[str, tuple[tuple[int, ...], torch.dtype]]) -> None:
+        """A file without float weights: its integer tensors must be the ones the header's structure calls for
+        (``IntegerViT.param_layout``), by name, shape and dtype. Their digest only shows the file is as it was
+        written; a file whose tensors and digests were rewritten together loaded, then failed inside its
+        first forward pass."""
+        stored = {k: (tuple(v.shape), v.dtype) for k, v in self.int_params.items()}
+        missing, extra = sorted(set(layout) - set(stored)), sorted(set(stored) - set(layout))
+        if missing or extra:
+            raise IntegerModelFileError(
+                f"{self.path}: the integer tensors are not the ones its model structure needs "
+                f"(missing {missing[:3]}, unexpected {extra[:3]}); re-run intvit.quantize and save again")
+        for name in sorted(layout):
+            if stored[name] != layout[name]:
+                (shape, dtype), (want, want_dtype) = stored[name], layout[name]
+                raise IntegerModelFileError(
+                    f"{self.path}: integer tensor '{name}' is {list(shape)} {str(dtype).removeprefix('torch.')}, "
+                    f"and the model's structure needs {list(want)} {str(want_dtype).removeprefix('torch.')}; "
+                    "re-run intvit.quantize and save again")
+
+
 def _safetensors_metadata(data: bytes) -> dict:
     """The ``__metadata__`` of a safetensors file's bytes: an 8-byte little-endian header length, then the
     JSON header (read from the same bytes as the tensors, so a file replaced meanwhile cannot pair one file's

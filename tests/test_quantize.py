@@ -295,3 +295,56 @@ def test_a_deployment_file_with_a_changed_integer_is_refused(tiny_qvit, tmp_path
     bad.write_bytes(bytes(raw))
     with pytest.raises(intvit.IntegerModelFileError, match="integer tensors do not match their checksum"):
         intvit.load(bad)
+
+
+def _forge_tensors(path, out, edit):
+    """``path`` (saved without float weights) rewritten with ``edit(int_tensors, inner_header)`` applied and
+    every digest recomputed, as someone forging a file would."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+    from intvit.quantize.serialize import tensors_digest
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    tensors = load_file(str(path))
+    ints = {k[4:]: v for k, v in tensors.items() if k.startswith("int.")}
+    inner = json.loads(meta["header"])
+    edit(ints, inner)
+    inner["int_sha256"] = tensors_digest(ints)
+    meta["header"] = json.dumps(inner)
+    meta["header_sha256"] = header_digest(meta["header"])
+    save_file({"int." + k: v.contiguous() for k, v in ints.items()}, str(out), metadata=meta)
+
+
+def _drop_row(ints, inner):
+    ints["blocks.0.fc1.w"] = ints["blocks.0.fc1.w"][1:]
+
+
+def _widen(ints, inner):
+    inner["int_dtypes"]["blocks.1.qkv.w"] = "int16"
+
+
+def _remove(ints, inner):
+    del ints["blocks.0.gelu.table"], inner["int_dtypes"]["blocks.0.gelu.table"]
+
+
+def _add(ints, inner):
+    ints["blocks.0.extra"], inner["int_dtypes"]["blocks.0.extra"] = torch.zeros(3, dtype=torch.int8), "int8"
+
+
+@pytest.mark.parametrize("edit, message", [
+    (_drop_row, "integer tensor 'blocks.0.fc1.w' is \\[127, 64\\] int64, and the model's structure needs "
+                "\\[128, 64\\] int64"),
+    (_widen, "'blocks.1.qkv.w' is \\[192, 64\\] int16, and the model's structure needs \\[192, 64\\] int64"),
+    (_remove, "missing \\['blocks.0.gelu.table'\\], unexpected \\[\\]"),
+    (_add, "missing \\[\\], unexpected \\['blocks.0.extra'\\]"),
+])
+def test_forged_integer_tensors_are_refused_at_load(tiny_qvit, tmp_path, edit, message):
+    """A deployment file (no float weights) whose tensors were changed and whose digests were recomputed to
+    match loaded, then failed inside its first forward pass (a red-team finding of 2026-12-06): the tensors
+    are now checked against what the header's structure needs, by name, shape and dtype."""
+    path, bad = tmp_path / "m.safetensors", tmp_path / "bad.safetensors"
+    tiny_qvit.save(path)
+    assert intvit.load(path).integer_params().keys() == tiny_qvit.integer_params().keys()
+    _forge_tensors(path, bad, edit)
+    with pytest.raises(intvit.IntegerModelFileError, match=f"{bad}: .*{message}"):
+        intvit.load(bad)
