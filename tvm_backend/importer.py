@@ -13,6 +13,8 @@ Semantics checked against ONNX (and held to ``ops`` by the tests): integer
 """
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import onnx
 from onnx import numpy_helper
@@ -112,7 +114,7 @@ def to_relax(proto: onnx.ModelProto, batch: int = 1, gemm_form: str = "vnni"):
         elif chain and not table:
             note_range(chain[-1], out, ranges, static)
 
-    with bb.function("main", [x]):
+    with _closing_blocks_on_error(bb), bb.function("main", [x]):
         with bb.dataflow():
             for node in g.node:
                 if id(node) in fused:
@@ -239,6 +241,21 @@ def to_relax(proto: onnx.ModelProto, batch: int = 1, gemm_form: str = "vnni"):
             outs = bb.emit_output(relax.Tuple([val(o.name) for o in g.output]))
         bb.emit_func_output(outs)
     return bb.get()
+
+
+@contextlib.contextmanager
+def _closing_blocks_on_error(bb):
+    """On an error while the graph is imported, close the binding block TVM's ``DataflowScope.__exit__``
+    opens as the error unwinds it; left open, TVM printed "BlockBuilder destroyed with remaining blocks!"
+    to stderr under the one-line error the user is meant to read."""
+    try:
+        yield
+    except BaseException:
+        try:
+            bb._end_block()
+        except Exception:       # noqa: BLE001 - nothing was open; the import error is what matters
+            pass
+        raise
 
 
 _VALUE_PRESERVING = ("Reshape", "Transpose", "Slice", "Gather", "Expand", "Identity")
