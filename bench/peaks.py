@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-ITERATIONS = 200_000
+ITERATIONS = 5_000_000     # per run: ~10 ms of instructions on a 2-core VM (200k was 0.3 ms, within a thread wake-up)
 VNNI_CHAINS = 12
 TDPBUSD_MACS = 16 * 16 * 64
 # result key → (the module ISA it is the peak of, the instruction (``x86``'s definition, the one the GEMMs'

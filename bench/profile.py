@@ -5,7 +5,7 @@
 timestamp before and after every call the VM makes), and groups the calls by kernel class
 (``kernel_class``). For the GEMM classes it counts multiply-accumulates from the shapes the kernel saw —
 ``MACs = numel(output) · K`` with ``K`` the last dimension of the first operand — and prints the achieved
-rate. Each call's time includes the instrument's own overhead (about a microsecond), so classes made of
+rate. Each call's time includes the instrument's own overhead (about a microsecond; the shapes are read after the clock stops), so classes made of
 many tiny calls read slightly high; the first run (allocation, first touch) is discarded.
 
 Timings need a quiet machine: run it alone.
@@ -76,10 +76,11 @@ def profile(compiled, repeat: int = 20, seed: int = 0, peaks: bool = True) -> di
             started[symbol] = time.perf_counter()
             return 0
         if recording[0]:
+            elapsed = time.perf_counter() - started[symbol]     # before the shapes are read: not the kernel's
             shapes = [tuple(int(d) for d in a.shape) for a in args if hasattr(a, "shape")]
             label = kernel_class(symbol, shapes)
             row = totals[label]
-            row[0] += time.perf_counter() - started[symbol]
+            row[0] += elapsed
             row[1] += 1
             if label.startswith("GEMM"):
                 row[2] += gemm_macs(shapes, label)
