@@ -5,8 +5,9 @@
 timestamp before and after every call the VM makes), and groups the calls by kernel class
 (``kernel_class``). For the GEMM classes it counts multiply-accumulates from the shapes the kernel saw —
 ``MACs = numel(output) · K`` with ``K`` the last dimension of the first operand — and prints the achieved
-rate. Each call's time includes the instrument's own overhead (about a microsecond; the shapes are read after the clock stops), so classes made of
-many tiny calls read slightly high; the first run (allocation, first touch) is discarded.
+rate. Each call's time includes the instrument's own overhead (about a microsecond; the shapes are read after
+the clock stops), so classes made of many tiny calls read slightly high; the first run (allocation, first
+touch) is discarded.
 
 Timings need a quiet machine: run it alone.
 """
