@@ -204,6 +204,21 @@ def test_shiftmax_and_shift_gelu_kernels_equal_ops_on_both_shiftexp_paths(compil
     assert np.array_equal(got, ops.shift_gelu(torch.from_numpy(acts), gx0, 8).numpy())
 
 
+@pytest.mark.parametrize("x0", [-1, -3, -34192, -65535])
+def test_shift_exp_kernel_equals_ops_on_every_input(x0):
+    """The 32-bit ShiftExp tail (constants as literals: the unsigned quotient ``(−x)/(−x0)``) on every
+    ``x − max`` a 16-bit logit row can give, ``[−2**17, 0]``, for ``x0`` from −1 to the most negative
+    ``ops.check_shiftexp_constants`` allows with n = 15 (−65535), against ``ops.shift_exp``."""
+    from tvm import te
+    from intvit.tvm_backend import kernels
+    n = ops.SHIFTMAX_N
+    ops.check_shiftexp_constants(x0, n)
+    xs = np.arange(-2**17, 1, dtype=np.int32)
+    got = _run_te(lambda t: te.compute(t.shape, lambda i: kernels._shift_exp(t[i], x0, n * x0, n), name="e"),
+                  [xs])
+    assert np.array_equal(got, ops.shift_exp(torch.from_numpy(xs.astype(np.int64)), x0, n).numpy())
+
+
 def test_table_lookup_kernel_reads_narrow_inputs():
     from intvit.tvm_backend.tabulate import lookup_te
     table = np.arange(256, dtype=np.int32)[::-1].copy() - 100

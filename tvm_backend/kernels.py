@@ -110,7 +110,9 @@ def _shift_exp(x, x0, nx0, n):
         r = x - q * _scalar(x0)
         return ((r - 2 * _scalar(x0)) << (_scalar(n) - q)) >> 1
     xc = tir.max(x, tir.const(nx0, str(x.ty.dtype))).astype("int32")
-    q = tir.floordiv(-xc, tir.const(-x0, "int32"))
+    # −xc ≥ 0 and −x0 > 0: the floor quotient is the unsigned one, one multiply-high by a constant (a signed
+    # floor division costs LLVM two and a sign correction)
+    q = tir.truncdiv((-xc).astype("uint32"), tir.const(-x0, "uint32")).astype("int32")
     r = xc - q * tir.const(x0, "int32")
     v = (r - tir.const(2 * x0, "int32")).astype("uint32") << (tir.const(n, "int32") - q).astype("uint32")
     return (v >> tir.const(1, "uint32")).astype(I64)
