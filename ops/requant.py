@@ -71,6 +71,16 @@ def dyadic_multiplier(ratio, max_shift=MAX_SHIFT) -> tuple[torch.Tensor, torch.T
     return torch.from_numpy(m.astype(np.int64)), torch.from_numpy(e.astype(np.int64))
 
 
+def check_dyadic(m: torch.Tensor, e: torch.Tensor, what: str = "a requant") -> None:
+    """Refuse a multiplier and shift ``dyadic_multiplier`` cannot give: ``|m| < 2**MULTIPLIER_BITS``,
+    ``1 <= e <= MAX_SHIFT`` (a wider ``m`` or shift leaves the int64 product's range, and backends disagree on
+    shifts past the width)."""
+    if m.numel() and int(m.abs().max()) >= 2**MULTIPLIER_BITS:
+        raise ValueError(f"{what}: multiplier reaches {int(m.abs().max())}, outside ±2**{MULTIPLIER_BITS}")
+    if e.numel() and not (1 <= int(e.min()) and int(e.max()) <= MAX_SHIFT):
+        raise ValueError(f"{what}: shift in [{int(e.min())}, {int(e.max())}], outside [1, {MAX_SHIFT}]")
+
+
 def dyadic_value(m: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
     """The real number ``m / 2**e`` as float64 (for reporting and tests only)."""
     return m.to(torch.float64) * torch.pow(2.0, -e.to(torch.float64))

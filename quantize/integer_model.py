@@ -35,7 +35,7 @@ from ..models.spec import ViTSpec, check_input, check_spec, float_forward, linea
 from .fake_quant import fake_quant, fake_quant_weight
 from .layout import check_zero_points, point_bits
 from .onnx_export import export_onnx
-from .qparams import act_grids, freeze, output_point, stand_in_spec
+from .qparams import act_grids, freeze, output_point, param_domain_error, stand_in_spec
 from .serialize import read_integer_vit, save_integer_vit
 
 MODES = ("int", "fake", "float")
@@ -292,6 +292,7 @@ class IntegerViT(nn.Module):
                 model = cls(stored.spec, stored.amax, stored.meta)
         if not stored.float_weights:
             stored.check_layout(layout)
+            stored.check_values(param_domain_error(model.integer_params(), model.bits))
             return model
         stored.check_refrozen(model.integer_params())
         return model

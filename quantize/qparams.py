@@ -216,6 +216,40 @@ def stand_in_spec(spec: ViTSpec) -> ViTSpec:
                                pre_norm=norm(spec.pre_norm), head=None if spec.head is None else lin(spec.head))
 
 
+def param_domain_error(params: P, bits: dict[str, int] | None = None) -> str | None:
+    """Which integer tensor (the first, by name) holds values outside the domain its op is defined on, or None.
+
+    What ``freeze`` writes always lies inside (``ops``): every requant's ``(m, e)`` as ``dyadic_multiplier``
+    gives them (``ops.check_dyadic``), offsets within ``ops.check_requant_bounds``, int8 weights in
+    ``[−127, 127]``, a GELU table within its output point's width (``bits``; default 8), ShiftExp's ``x0``
+    within ``ops.check_shiftexp_constants``. A file
+    whose tensors were rewritten with matching digests can hold anything; out of the domain, backends that
+    agree on every frozen model (a shift of 100 bits, a zero ``x0``) no longer agree, or fail mid-run.
+    """
+    def check(name: str, t: torch.Tensor) -> None:
+        kind = name.rsplit(".", 1)[-1]
+        if kind == "m":
+            ops.check_dyadic(t, params.get(name[:-1] + "e", torch.ones(1, dtype=torch.int64)), name[:-2])
+        elif kind == "e":
+            ops.check_dyadic(params.get(name[:-1] + "m", torch.zeros(1, dtype=torch.int64)), t, name[:-2])
+        elif kind == "offset":
+            ops.check_requant_bounds(t)
+        elif kind in ("w", "table") and t.numel():
+            lo, hi = (-127, 127) if kind == "w" else ops.signed_range((bits or {}).get(name[:-len(".table")], 8))
+            if not (lo <= int(t.min()) and int(t.max()) <= hi):
+                raise ValueError(f"values in [{int(t.min())}, {int(t.max())}], outside [{lo}, {hi}]")
+        elif kind == "x0":
+            for x0 in t.reshape(-1).tolist():
+                ops.check_shiftexp_constants(int(x0), ops.SHIFTMAX_N if name.endswith("softmax.x0")
+                                             else ops.SHIFTGELU_N)
+    for name in sorted(params):
+        try:
+            check(name, params[name])
+        except ValueError as exc:
+            return f"integer tensor '{name}': {exc}"
+    return None
+
+
 def check_gelu_mode(spec: ViTSpec, gelu: str) -> None:
     """ShiftGELU approximates the exact GELU only; a model with another activation needs the table."""
     if gelu == "shift" and spec.act != "gelu":

@@ -213,6 +213,13 @@ class StoredModel:
                     "re-run intvit.quantize and save again")
 
 
+    def check_values(self, problem: str | None) -> None:
+        """A file without float weights: ``problem`` (``qparams.param_domain_error`` of its tensors) refused."""
+        if problem:
+            raise IntegerModelFileError(f"{self.path}: {problem} — no frozen model holds that (the file was "
+                                        "altered); re-run intvit.quantize and save again")
+
+
 def _safetensors_metadata(data: bytes) -> dict:
     """The ``__metadata__`` of a safetensors file's bytes: an 8-byte little-endian header length, then the
     JSON header (read from the same bytes as the tensors, so a file replaced meanwhile cannot pair one file's

@@ -331,7 +331,23 @@ def _add(ints, inner):
     ints["blocks.0.extra"], inner["int_dtypes"]["blocks.0.extra"] = torch.zeros(3, dtype=torch.int8), "int8"
 
 
+def _big_shift(ints, inner):
+    ints["blocks.0.fc1.rq.e"] = torch.full_like(ints["blocks.0.fc1.rq.e"], 100)
+
+
+def _zero_x0(ints, inner):
+    ints["blocks.1.softmax.x0"] = torch.zeros_like(ints["blocks.1.softmax.x0"])
+
+
+def _wide_table(ints, inner):
+    ints["blocks.0.gelu.table"] = ints["blocks.0.gelu.table"].to(torch.int16) * 3
+
+
 @pytest.mark.parametrize("edit, message", [
+    (_big_shift, "integer tensor 'blocks.0.fc1.rq.e': blocks.0.fc1.rq: shift in \\[100, 100\\], outside "
+                 "\\[1, 62\\] — no frozen model holds that"),
+    (_zero_x0, "integer tensor 'blocks.1.softmax.x0': x0 must be <= -1, got 0"),
+    (_wide_table, "integer tensor 'blocks.0.gelu.table': values in \\[-?[0-9]+, [0-9]+\\], outside \\[-128, 127\\]"),
     (_drop_row, "integer tensor 'blocks.0.fc1.w' is \\[127, 64\\] int64, and the model's structure needs "
                 "\\[128, 64\\] int64"),
     (_widen, "'blocks.1.qkv.w' is \\[192, 64\\] int16, and the model's structure needs \\[192, 64\\] int64"),
@@ -340,11 +356,24 @@ def _add(ints, inner):
 ])
 def test_forged_integer_tensors_are_refused_at_load(tiny_qvit, tmp_path, edit, message):
     """A deployment file (no float weights) whose tensors were changed and whose digests were recomputed to
-    match loaded, then failed inside its first forward pass (a red-team finding of 2026-12-06): the tensors
-    are now checked against what the header's structure needs, by name, shape and dtype."""
+    match loaded, then failed inside its first forward pass or ran outside the ops' domain (a shift of 100
+    bits; a red-team finding of 2026-12-06): the tensors are now checked against what the header's structure
+    needs, by name, shape and dtype, and their values against the domain ``freeze`` writes."""
     path, bad = tmp_path / "m.safetensors", tmp_path / "bad.safetensors"
     tiny_qvit.save(path)
     assert intvit.load(path).integer_params().keys() == tiny_qvit.integer_params().keys()
     _forge_tensors(path, bad, edit)
     with pytest.raises(intvit.IntegerModelFileError, match=f"{bad}: .*{message}"):
         intvit.load(bad)
+
+
+@pytest.mark.parametrize("config", [dict(gelu="shift"), dict(int16=("blocks.0.*",)),
+                                    dict(attention_temperature=True, output_balance=True),
+                                    dict(gelu="shift", zero_points=(), migration=())])
+def test_deployment_files_of_every_layout_pass_the_load_checks(tiny_vit, tmp_path, config):
+    """The structure and value checks of a deployment file hold for what ``freeze`` writes in every layout:
+    ShiftGELU's ``x0``, a 16-bit GELU table and int64 accumulators, per-head temperatures, no zero points."""
+    q = intvit.quantize(tiny_vit, images(16), intvit.QuantConfig(progress=False, **config))
+    q.save(tmp_path / "m.safetensors")
+    x = images(2, seed=8)
+    assert torch.equal(intvit.load(tmp_path / "m.safetensors").forward_int(x), q.forward_int(x))
