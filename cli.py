@@ -56,7 +56,8 @@ def _quantize(args) -> int:
         normalisation = {"mean": mean, "std": std}
         if os.path.isdir(calib):
             calib = _folder_for_hf_model(args.model, model, calib, args.max_images)
-    q = intvit.quantize(model, calib, _quant_config(args, max_calib_images=args.max_images, **normalisation))
+    size = {} if args.image_size is None else {"image_size": args.image_size}
+    q = intvit.quantize(model, calib, _quant_config(args, max_calib_images=args.max_images, **normalisation, **size))
     q.save(args.output, include_float=args.keep_float)
     print(f"wrote {args.output}")
     return 0
@@ -182,6 +183,10 @@ def _run(args) -> int:
     prep = module.meta.get("preprocessing") or {}
     names = args.input
     if all(name.lower().endswith(IMAGE_SUFFIXES) for name in names):
+        if module.meta["input"].get("dtype") == "int8":
+            raise ValueError(f"{args.model} takes images already quantized to int8 (its ONNX was exported with "
+                             "--int8-input), and image files are decoded to float: give one .npy of int8 images "
+                             f"[N, {', '.join(map(str, shape[1:]))}], or compile an export without --int8-input")
         mean, std, source = _normalisation(args, prep)
         images = np.concatenate([load_image(name, shape[1], tuple(shape[2:]), mean, std).numpy() for name in names])
         header = (f"{', '.join(names) if len(names) <= 3 else f'{len(names)} images'}: resized to {shape[2]}x"
@@ -409,6 +414,23 @@ def positive_int(text: str) -> int:
     return _whole_number(text, 1)
 
 
+def batch_size(text: str) -> int:
+    """argparse type: a batch size, ``1 <= b < 2**31`` (a compiled module's shapes are int32 literals)."""
+    value = _whole_number(text, 1)
+    if value >= 2**31:
+        raise argparse.ArgumentTypeError(f"must be below 2**31 (2147483648), got {value}")
+    return value
+
+
+def _image_size(text: str) -> tuple[int, int]:
+    """argparse type: ``H`` or ``HxW``, each a whole number >= 1."""
+    parts = text.lower().split("x")
+    if len(parts) > 2:
+        raise argparse.ArgumentTypeError(f"expected H or HxW, got {text!r}")
+    sizes = [_whole_number(p, 1) for p in parts]
+    return (sizes[0], sizes[-1])
+
+
 def non_negative_int(text: str) -> int:
     """argparse type: a whole number >= 0."""
     return _whole_number(text, 0)
@@ -514,7 +536,7 @@ def build_parser(bench_options: bool = True) -> argparse.ArgumentParser:
     d.add_argument("--images", type=positive_int, default=None, help="test images to evaluate (default: all 2000 shipped)")
     d.add_argument("--calib", type=positive_int, default=512, help="calibration images (default: %(default)s)")
     d.add_argument("--threads", type=positive_int, default=2, help="torch threads (default: %(default)s)")
-    d.add_argument("--batch", type=positive_int, default=8,
+    d.add_argument("--batch", type=batch_size, default=8,
                    help="batch size the module is compiled, run and timed at (default: %(default)s)")
     _add_quant_flags(d)
     d.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -529,6 +551,9 @@ def build_parser(bench_options: bool = True) -> argparse.ArgumentParser:
     q.add_argument("--recipe", default="minmax", choices=["minmax", "percentile", "omse"])
     q.add_argument("--max-images", type=positive_int, default=512, help="calibration images to use (default: %(default)s)")
     _add_quant_flags(q)
+    q.add_argument("--image-size", type=_image_size, metavar="HxW",
+                   help="quantize for inputs of this size (e.g. 112x112, or 112): a ViT's position embedding is "
+                        "interpolated to it, as QuantConfig(image_size=...) does (default: the model's own)")
     q.add_argument("--keep-float", action="store_true",
                    help="also store the float weights (about 4x the file size), which 'intvit analyze' and "
                         "fine-tuning need; without it the file holds only what inference needs")
@@ -573,7 +598,7 @@ def build_parser(bench_options: bool = True) -> argparse.ArgumentParser:
                         "the cross compiler aarch64-linux-gnu-gcc); the GEMMs then take the best instruction set "
                         "that CPU has (or --isa), and the module refuses to load on another architecture or a CPU "
                         "without the extensions it uses (default: this CPU)")
-    c.add_argument("--batch", type=positive_int, default=1, help="batch size the module is compiled for (default: %(default)s)")
+    c.add_argument("--batch", type=batch_size, default=1, help="batch size the module is compiled for (default: %(default)s)")
     c.add_argument("--tune", type=non_negative_int, default=0, metavar="N",
                    help="llvm only: tune the GEMM kernels with MetaSchedule, N measured candidates per GEMM shape "
                         "(about a second each), and check the result against ONNX Runtime (default: 0, off)")
@@ -692,7 +717,12 @@ def main(argv=None) -> int:
     args.invocation = "intvit " + shlex.join(argv)          # what reports record as their command
     _one_line_warnings(args.command)
     try:
+        from intvit.cli_paths import preflight
+        preflight(args)                     # outputs that would destroy an input, or cannot be written: now
         return args.func(args)
+    except KeyboardInterrupt:               # Ctrl-C: what a writer had begun is removed by its own cleanup
+        print(f"\nintvit {args.command}: interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:                 # the reader went away (`intvit inspect m.onnx | head`): not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1

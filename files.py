@@ -109,3 +109,26 @@ def read_whole(path, what: str) -> bytes:
                               "this user)") from None
     except OSError as exc:
         raise OSError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def same_file(a, b) -> bool:
+    """Whether paths ``a`` and ``b`` name one file: the same inode where both exist, else the same real path."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def check_output_folder(path, what: str) -> None:
+    """Refuse, before any work, a folder output a command could not create or write into: an existing file,
+    or a path whose nearest existing parent is not a writable folder (one ``OSError`` subclass saying which)."""
+    path = os.fspath(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise NotADirectoryError(f"{what} {path} is a file; give a folder (it is created if missing)")
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise NotADirectoryError(f"{what} {path} cannot be created: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"{what} {path}: folder {existing} is not writable")

@@ -239,7 +239,8 @@ def validate_batch(batch: torch.Tensor, want: tuple[int, int, int]) -> None:
         raise CalibrationDataError(
             f"calibration images are {batch.shape[2]}x{batch.shape[3]}, the model is set up for "
             f"{want[1]}x{want[2]}; to quantize it for {batch.shape[2]}x{batch.shape[3]} inputs pass "
-            f"QuantConfig(image_size=({batch.shape[2]}, {batch.shape[3]})), or resize the images")
+            f"QuantConfig(image_size=({batch.shape[2]}, {batch.shape[3]})) (intvit quantize --image-size "
+            f"{batch.shape[2]}x{batch.shape[3]}), or resize the images")
     if batch.dim() != 4 or tuple(batch.shape[1:]) != tuple(want):
         raise CalibrationDataError(
             f"calibration batch has shape {list(batch.shape)}, the model expects "

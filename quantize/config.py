@@ -102,8 +102,10 @@ class QuantConfig:
                 raise TypeError(f"QuantConfig({name}=...) takes True or False, got {getattr(self, name)!r}")
         if isinstance(self.norm_headroom, bool) or not isinstance(self.norm_headroom, (int, float)) \
                 or not 1.0 <= self.norm_headroom <= 16.0:
-            raise ValueError(f"QuantConfig(norm_headroom=...) is a factor from 1.0 (the range as calibrated) to 16, "
-                             f"got {self.norm_headroom!r}; to clip more, choose a recipe (percentile, omse)")
+            small = isinstance(self.norm_headroom, (int, float)) and self.norm_headroom < 1.0
+            raise ValueError(f"norm_headroom (QuantConfig, or --norm-headroom) is a factor from 1.0 (the range as "
+                             f"calibrated) to 16, got {self.norm_headroom!r}"
+                             + ("; to clip more, choose a recipe (percentile, omse)" if small else ""))
         self.norm_headroom = float(self.norm_headroom)
         if self.image_size is not None:
             size = (self.image_size,) * 2 if isinstance(self.image_size, int) else self.image_size

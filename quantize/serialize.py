@@ -122,7 +122,7 @@ def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
 
 
 def save_integer_vit(model, path, include_float: bool = False) -> None:
-    path = os.fspath(path)
+    path = os.fsdecode(path)
     if include_float:
         model.require_float_weights("saving with include_float=True")
     floats, structure = _spec_tensors(model.spec)
@@ -231,11 +231,27 @@ def _safetensors_metadata(data: bytes) -> dict:
     return header.get("__metadata__") or {}
 
 
+def is_intvit_model_file(path) -> bool:
+    """Whether ``path`` is an intvit integer model file, from its safetensors header alone (not the tensors)."""
+    try:
+        with open(os.fspath(path), "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            if not 0 < size <= 100 << 20:
+                return False
+            header = json.loads(f.read(size))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(header, dict) and (header.get("__metadata__") or {}).get("format") == FORMAT
+
+
 def read_integer_vit(path) -> StoredModel:
     """Read an intvit model file: format, version and both checksums checked; float-weight files' integer
     tensors are checked later against a refreeze (``StoredModel.check_refrozen``)."""
     path = os.fspath(path)
     data = read_whole(path, "intvit model")
+    if path.lower().endswith(".onnx") and data[:1] == b"\x08":       # ONNX's first field, ir_version
+        raise IntegerModelFileError(f"{path} is an ONNX file, not an intvit model file: compile it with "
+                                    "`intvit compile`, or give the .safetensors model `intvit quantize` wrote")
     if data[:4] == b"\x7fELF":
         raise IntegerModelFileError(f"{path} is a compiled module (intvit compile), not an intvit model file; "
                                     "run it with intvit.runtime.load / intvit run")

@@ -23,6 +23,10 @@ def files(tmp_path_factory, tiny_qvit):
     tiny_qvit.save(d / "m.safetensors")
     tiny_qvit.export_onnx(d / "m.onnx")
     compile_to_file(d / "m.onnx", d / "m.so")
+    tiny_qvit.export_onnx(d / "i8in.onnx", integer_input=True)
+    compile_to_file(d / "i8in.onnx", d / "i8in.so")
+    from conftest import hf_vit
+    hf_vit(seed=4).save_pretrained(d / "hf")
     np.save(d / "zero_d.npy", np.array(3.0, np.float32))
     np.save(d / "nan.npy", np.full((1, 3, 32, 32), np.nan, np.float32))
     np.save(d / "i8.npy", np.zeros((1, 3, 32, 32), np.int8))
@@ -121,6 +125,22 @@ CASES = [  # (argv with {d} for the files' folder, a phrase the one line must ho
     ("eval --shift dark,fog", "--shift fog: unknown; choose from clean,dark,bright,"),
     ("bench --model tiny --batch 0", "batch"),
     ("frobnicate", "invalid choice: 'frobnicate'"),
+    # outputs that would destroy an input, or that cannot be written: refused before any work (red team, 12-06)
+    ("compile {d}/m.onnx -o {d}/m.onnx", "is the model this command reads; writing it would destroy it"),
+    ("export {d}/m.safetensors -o {d}/m.safetensors", "is the model this command reads"),
+    ("export {d}/m.safetensors -o {d}/m.so.json", "is the sidecar of the compiled module"),
+    ("quantize fmnist -o {d}/ok.npy --calib {d}/ok.npy", "is the --calib file this command reads"),
+    ("quantize {d}/hf -o {d}/hf/model.safetensors --calib {d}/ok.npy", "is a file of the model folder"),
+    ("quantize {d}/hf -o {d}/hf/config.json --calib {d}/ok.npy", "would destroy the checkpoint"),
+    ("analyze {d}/m.safetensors --images {d}/ok.npy --json {d}/ok.npy", "is the --images file this command reads"),
+    ("analyze {d}/m.safetensors --images {d}/ok.npy --png {d}/m.safetensors", "is the model this command reads"),
+    ("analyze {d}/m.safetensors --images {d}/ok.npy --json {d}/no/such/r.json", "does not exist"),
+    ("eval --json {d}/no/such/r.json", "does not exist"),
+    ("bench --model tiny --out {d}/notes.txt", "is a file; give a folder"),
+    ("demo --out {d}/notes.txt", "is a file; give a folder"),
+    ("compile {d}/m.onnx -o {d}/x.so --batch 3000000000", "must be below 2**31"),
+    ("export {d}/m.onnx -o {d}/x.onnx", "is an ONNX file, not an intvit model file"),
+    ("run {d}/i8in.so --input {d}/img.png", "takes images already quantized to int8"),
 ]
 
 
@@ -184,3 +204,39 @@ def test_a_warning_is_one_line_naming_the_subcommand(files, capfd):
     err = [line for line in capfd.readouterr().err.splitlines() if "warning" in line]
     assert err and err[0].startswith("intvit quantize: warning: calibrating on 1 image:")
     assert len(err) == 1
+
+
+def test_refused_outputs_leave_every_input_as_it_was(files, capfd):
+    """Each command above that named one of its inputs as its output used to overwrite it and say "wrote"
+    (the ONNX became the module, the model became ONNX, the checkpoint or the calibration set a model)."""
+    import hashlib
+    digest = lambda: {p.name: hashlib.sha256(p.read_bytes()).hexdigest()      # noqa: E731
+                      for p in sorted(files.rglob("*")) if p.is_file()}
+    before = digest()
+    for argv in ("compile {d}/m.onnx -o {d}/m.onnx", "export {d}/m.safetensors -o {d}/m.safetensors",
+                 "quantize {d}/hf -o {d}/hf/model.safetensors --calib {d}/ok.npy",
+                 "analyze {d}/m.safetensors --images {d}/ok.npy --json {d}/ok.npy"):
+        assert main(argv.format(d=files).split()) == 2
+    capfd.readouterr()
+    assert digest() == before
+
+
+def test_ctrl_c_is_one_line_not_a_traceback(files, capfd, monkeypatch):
+    """Ctrl-C in a long command printed a screen of traceback from inside TVM or onnx."""
+    import intvit.cli as cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cli, "_inspect", interrupted)
+    assert main(["inspect", str(files / "m.onnx")]) == 130
+    err = capfd.readouterr().err
+    assert err.strip() == "intvit inspect: interrupted"
+
+
+def test_quantize_takes_an_image_size(files, tmp_path, capfd):
+    """The calibration-size error advises ``--image-size``; the flag exists and reaches QuantConfig."""
+    assert main(["quantize", "fmnist", "-o", str(tmp_path / "q.safetensors"), "--image-size", "3x4x5"]) == 2
+    assert "expected H or HxW" in capfd.readouterr().err
+    from intvit.cli import build_parser
+    args = build_parser().parse_args(["quantize", "fmnist", "-o", "q.safetensors", "--image-size", "56"])
+    assert args.image_size == (56, 56)

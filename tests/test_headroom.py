@@ -78,7 +78,7 @@ def test_headroom_stops_layernorm_outputs_clipping_on_other_images(calib_scale):
 
 @pytest.mark.parametrize("bad", [0.5, 0.0, 17, float("nan"), True, "1.5"])
 def test_a_headroom_that_is_not_a_factor_from_1_to_16_is_one_clear_error(bad):
-    with pytest.raises(ValueError, match=r"norm_headroom=\.\.\.\) is a factor from 1\.0"):
+    with pytest.raises(ValueError, match=r"norm_headroom \(QuantConfig, or --norm-headroom\) is a factor from 1\.0"):
         intvit.QuantConfig(norm_headroom=bad)
 
 

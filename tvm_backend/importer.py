@@ -60,8 +60,8 @@ def to_relax(proto: onnx.ModelProto, batch: int = 1, gemm_form: str = "vnni"):
     (``"vnni"`` for x86, ``"tiled"`` for CUDA; see ``import_gemm``).
     """
     check_intvit_graph(proto)
-    if batch < 1:
-        raise ValueError(f"batch must be at least 1, got {batch}")
+    if not 1 <= batch < 2**31:
+        raise ValueError(f"batch must be at least 1 and below 2**31 (shapes are int32 literals), got {batch}")
     g = proto.graph
     inp = g.input[0]
     in_shape = [batch] + [d.dim_value for d in inp.type.tensor_type.shape.dim[1:]]
