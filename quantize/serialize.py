@@ -247,7 +247,7 @@ def is_intvit_model_file(path) -> bool:
 def read_integer_vit(path) -> StoredModel:
     """Read an intvit model file: format, version and both checksums checked; float-weight files' integer
     tensors are checked later against a refreeze (``StoredModel.check_refrozen``)."""
-    path = os.fspath(path)
+    path = os.fsdecode(path)
     data = read_whole(path, "intvit model")
     if path.lower().endswith(".onnx") and data[:1] == b"\x08":       # ONNX's first field, ir_version
         raise IntegerModelFileError(f"{path} is an ONNX file, not an intvit model file: compile it with "

@@ -377,3 +377,11 @@ def test_deployment_files_of_every_layout_pass_the_load_checks(tiny_vit, tmp_pat
     q.save(tmp_path / "m.safetensors")
     x = images(2, seed=8)
     assert torch.equal(intvit.load(tmp_path / "m.safetensors").forward_int(x), q.forward_int(x))
+
+
+def test_a_model_path_may_be_bytes(tiny_qvit, tmp_path):
+    import os
+    path = os.fsencode(tmp_path / "m.safetensors")
+    tiny_qvit.save(path)
+    x = images(2, seed=3)
+    assert torch.equal(intvit.load(path).forward_int(x), tiny_qvit.forward_int(x))
