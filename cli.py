@@ -708,7 +708,10 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(bench_options="bench" in argv)
     try:
-        args = parser.parse_args(argv)
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:                          # named by its subcommand, whose --help lists what it takes
+            sub = f"intvit {args.command}" if args.command else "intvit"
+            parser.exit(2, f"{sub}: unrecognized arguments: {' '.join(unknown)} (see {sub} --help)\n")
     except SystemExit as exc:               # --help, --version, or a usage error already printed in one line
         return exc.code if isinstance(exc.code, int) else 0
     if args.command is None:

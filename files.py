@@ -54,6 +54,8 @@ def check_writable_target(path, what: str = "the output") -> None:
         raise IsADirectoryError(f"cannot write {what} to {path}: it is a directory; give a file name inside it")
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
+        if os.path.exists(parent):
+            raise NotADirectoryError(f"cannot write {what} to {path}: {parent} is a file, not a folder")
         raise FileNotFoundError(f"cannot write {what} to {path}: directory {parent} does not exist")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise PermissionError(f"cannot write {what} to {path}: directory {parent} is not writable")

@@ -140,6 +140,8 @@ CASES = [  # (argv with {d} for the files' folder, a phrase the one line must ho
     ("demo --out {d}/notes.txt", "is a file; give a folder"),
     ("compile {d}/m.onnx -o {d}/x.so --batch 3000000000", "must be below 2**31"),
     ("export {d}/m.onnx -o {d}/x.onnx", "is an ONNX file, not an intvit model file"),
+    ("export {d}/m.safetensors -o {d}/notes.txt/x.onnx", "notes.txt is a file, not a folder"),
+    ("run {d}/m.so --input {d}/ok.npy --bogus", "intvit run: unrecognized arguments: --bogus (see intvit run --help)"),
     ("run {d}/i8in.so --input {d}/img.png", "takes images already quantized to int8"),
 ]
 
