@@ -56,7 +56,7 @@ def _paths(args) -> tuple[list, dict, list]:
 
 def _check_spares_inputs(flag: str, path: str, inputs: dict) -> None:
     for in_flag, source in inputs.items():
-        if not source:
+        if not source or not os.path.exists(source):      # a name ('fmnist'), or missing: nothing to destroy
             continue
         name = "the model" if in_flag == "model" else f"the {in_flag} file"
         if os.path.isdir(source):
