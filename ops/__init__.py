@@ -13,8 +13,8 @@ from .gemm import (MAX_INT32_REDUCTION, UNSIGNED_SHIFT, check_accumulator_fits, 
 from .layernorm import int_layernorm, isqrt, layernorm_input_bound, layernorm_output_scale
 from .nonlinear import (ACTIVATIONS, GELU_MODES, GELU_SIGMOID_COEF, SHIFTGELU_N, SHIFTMAX_N, check_activation,
                         check_shiftexp_constants, gelu_table, lookup, shift_exp, shift_gelu, shiftexp_x0, shiftmax)
-from .requant import (asymmetric_grid, check_dyadic, check_requant_bounds, dyadic_multiplier, dyadic_value, max_shift_for_offset, offset_for,
-                      quantize_float, quantize_float_channels, quantize_weight, requantize, rescale, residual_add,
+from .requant import (asymmetric_grid, check_dyadic, check_requant_bounds, dyadic_multiplier, dyadic_value,
+                      max_shift_for_offset, offset_for, quantize_float, quantize_float_channels, quantize_weight, requantize, rescale, residual_add,
                       symmetric_scale, weight_scale)
 
 __all__ = [name for name in dir() if not name.startswith("_")]

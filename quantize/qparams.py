@@ -222,9 +222,9 @@ def param_domain_error(params: P, bits: dict[str, int] | None = None) -> str | N
     What ``freeze`` writes always lies inside (``ops``): every requant's ``(m, e)`` as ``dyadic_multiplier``
     gives them (``ops.check_dyadic``), offsets within ``ops.check_requant_bounds``, int8 weights in
     ``[−127, 127]``, a GELU table within its output point's width (``bits``; default 8), ShiftExp's ``x0``
-    within ``ops.check_shiftexp_constants``. A file
-    whose tensors were rewritten with matching digests can hold anything; out of the domain, backends that
-    agree on every frozen model (a shift of 100 bits, a zero ``x0``) no longer agree, or fail mid-run.
+    within ``ops.check_shiftexp_constants``. A file whose tensors were rewritten with matching digests can hold
+    anything; out of the domain, backends that agree on every frozen model (a shift of 100 bits, a zero ``x0``)
+    no longer agree, or fail mid-run.
     """
     def check(name: str, t: torch.Tensor) -> None:
         kind = name.rsplit(".", 1)[-1]

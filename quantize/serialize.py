@@ -192,7 +192,6 @@ class StoredModel:
                 f"{self.path}: stored integer parameters disagree with the stored scales "
                 f"({(bad or sorted(set(stored) ^ set(rebuilt)))[:3]}…); the file is corrupted")
 
-
     def check_layout(self, layout: dict[str, tuple[tuple[int, ...], torch.dtype]]) -> None:
         """A file without float weights: its integer tensors must be the ones the header's structure calls for
         (``IntegerViT.param_layout``), by name, shape and dtype. Their digest only shows the file is as it was
@@ -211,7 +210,6 @@ class StoredModel:
                     f"{self.path}: integer tensor '{name}' is {list(shape)} {str(dtype).removeprefix('torch.')}, "
                     f"and the model's structure needs {list(want)} {str(want_dtype).removeprefix('torch.')}; "
                     "re-run intvit.quantize and save again")
-
 
     def check_values(self, problem: str | None) -> None:
         """A file without float weights: ``problem`` (``qparams.param_domain_error`` of its tensors) refused."""
@@ -238,10 +236,9 @@ def is_intvit_model_file(path) -> bool:
             size = int.from_bytes(f.read(8), "little")
             if not 0 < size <= 100 << 20:
                 return False
-            header = json.loads(f.read(size))
+            return _safetensors_metadata(size.to_bytes(8, "little") + f.read(size)).get("format") == FORMAT
     except (OSError, ValueError, UnicodeDecodeError):
         return False
-    return isinstance(header, dict) and (header.get("__metadata__") or {}).get("format") == FORMAT
 
 
 def read_integer_vit(path) -> StoredModel:

@@ -385,3 +385,14 @@ def test_a_model_path_may_be_bytes(tiny_qvit, tmp_path):
     tiny_qvit.save(path)
     x = images(2, seed=3)
     assert torch.equal(intvit.load(path).forward_int(x), tiny_qvit.forward_int(x))
+
+
+def test_an_intvit_model_file_is_told_from_its_header(tiny_qvit, tmp_path):
+    """``intvit quantize`` may write over an earlier intvit model in the model folder, never over a checkpoint."""
+    from safetensors.torch import save_file
+    from intvit.quantize.serialize import is_intvit_model_file
+    tiny_qvit.save(tmp_path / "q.safetensors")
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "float.safetensors"))
+    tiny_qvit.export_onnx(tmp_path / "q.onnx")
+    assert is_intvit_model_file(tmp_path / "q.safetensors")
+    assert not any(is_intvit_model_file(tmp_path / n) for n in ("float.safetensors", "q.onnx", "missing"))
