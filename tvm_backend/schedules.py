@@ -7,7 +7,8 @@ Three schedules, chosen per PrimFunc by the blocks it contains:
   MR broadcasts of the activations, NR 64-byte panel loads and MR·NR
   ``vpdpbusd`` (``vpdpwssd``) into zmm accumulators (``x86.DOT_INSTRUCTIONS``). The
   bias + requant epilogue runs on the tile while it is in registers. Tiles
-  are spread over threads.
+  are spread over threads; a linear layer's tiles each prefetch a share of
+  the next weight panel block (``prefetch``).
 * **GEMM with AMX** (``schedule_module(..., amx=True)``: a u8 × s8
   ``packed_gemm_te`` kernel built under ``gemm.amx_layout()``):
   ``amx.apply_amx_gemm_schedule``, 32 × 32 blocks of 2 × 2 int32 tiles over
@@ -35,6 +36,7 @@ from __future__ import annotations
 from .amx import amx_shape, apply_amx_gemm_schedule, with_tile_request
 from .byte_table import BYTE_TABLE_BLOCK, BYTE_TABLE_OUT_BLOCK, tensorize_byte_table
 from .kernels import MATERIALIZE
+from .prefetch import PanelWalk, with_panel_prefetch
 from .gemm import ACC_BLOCK, OUT_BLOCK, PACK_BLOCK, SHIFTED_INPUT_BLOCK, TILE_ROWS, TILE_VECTORS, linear_tile
 from .gpu_gemm import LHS_BLOCK, RHS_BLOCK
 from .schedule_blocks import (SCHEDULED_ATTR, _fused_parallel, _numel, block_names,  # noqa: F401 (re-exported)
@@ -50,8 +52,10 @@ def schedule_gemm(func, vnni: bool, amx: bool = False, dots: dict | None = None)
     from tvm import s_tir
     sch = s_tir.Schedule(func)
     amx = amx and amx_shape(sch) is not None
-    apply_gemm_schedule(sch, vnni, amx=amx, dots=dots)
+    walk = apply_gemm_schedule(sch, vnni, amx=amx, dots=dots)
     out = sch.mod["main"].with_attr(SCHEDULED_ATTR, True)
+    if walk is not None:
+        out = with_panel_prefetch(out, walk, ACC_BLOCK)
     return with_tile_request(out) if amx else out
 
 
@@ -80,10 +84,14 @@ def apply_gemm_schedule(sch, vnni: bool, blocking: str | None = None, amx: bool 
     cache blocks and K steps unrolled, by factors drawn with
     ``sample_perfect_tile``: the design space ``tvm_backend.tuning`` searches.
     Either way only loops move; the arithmetic is the TE definition's.
+
+    Returns the ``prefetch.PanelWalk`` of a hand-scheduled u8 × s8 linear
+    kernel with one weight (the caller adds the next-panel prefetch,
+    ``prefetch.with_panel_prefetch``), else None.
     """
     if amx and blocking is None and amx_shape(sch) is not None:
         apply_amx_gemm_schedule(sch)
-        return
+        return None
     dots = dots if dots is not None else (DOT_INSTRUCTIONS if vnni else {})
     linear = SHIFTED_INPUT_BLOCK in block_names(sch)
     lookup = BYTE_TABLE_BLOCK in block_names(sch)
@@ -102,6 +110,7 @@ def apply_gemm_schedule(sch, vnni: bool, blocking: str | None = None, amx: bool 
                          "(it was imported in the AMX layout, gemm.amx_layout): schedule it with amx=True")
     io, ii = sch.split(i, [None, mr])
     jo, ji, jv = sch.split(j, [None, nr, LANES])
+    walk = None
     if linear:
         shifted = sch.get_sblock(SHIFTED_INPUT_BLOCK)
         staged = str(sch.get(shifted).writes[0].source.dtype)
@@ -120,6 +129,8 @@ def apply_gemm_schedule(sch, vnni: bool, blocking: str | None = None, amx: bool 
         k_loops = list(sch.split(ko, sch.sample_perfect_tile(ko, n=2, max_innermost_factor=MAX_K_UNROLL)))
         outer = [jb, ib, jt, it] if blocking == "columns" else [ib, jb, it, jt]
         tile_loop = outer[-1]
+    if blocking is None and dot is VPDPBUSD:
+        walk = _panel_walk(sch, acc, sch.get(io).extent, sch.get(jo).extent, nr)
     if tensorized:
         sch.reorder(*outer, *k_loops, ii, ji, jv, *inner_k)
     else:
@@ -149,6 +160,19 @@ def apply_gemm_schedule(sch, vnni: bool, blocking: str | None = None, amx: bool 
     # allocation under 1 KB on the stack (LLVM then keeps it in registers), but
     # heap-allocates any "local" one per tile (see gemm.linear_tile).
     sch.vectorize(sch.get_loops(init)[-1])
+    return walk
+
+
+def _panel_walk(sch, acc, row_tiles, blocks, nr: int):
+    """The hand schedule's walk over a linear kernel's one packed weight ``[Np/16, Kp/g, 16, g]`` (the
+    accumulator's other operand is the staged input), or None when the weight is per batch item."""
+    staged = sch.get(sch.get_sblock(SHIFTED_INPUT_BLOCK)).writes[0].source
+    weights = [r.source for r in sch.get(acc).reads if not r.source.same_as(staged)]
+    if len(weights) != 1 or len(weights[0].shape) != 4:
+        return None
+    _, k_groups, lanes, group = (int(d) for d in weights[0].shape)
+    block_bytes = nr * k_groups * lanes * group
+    return PanelWalk(weights[0].name, int(row_tiles), int(blocks), block_bytes, int(blocks) * block_bytes)
 
 
 def schedule_tiled_gemm(func):
