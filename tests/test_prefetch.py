@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from intvit.tvm_backend import gemm, schedules
-from intvit.tvm_backend.prefetch import CACHE_LINE, PanelWalk, prefetch_offsets
+from intvit.tvm_backend.prefetch import CACHE_LINE, PanelWalk, next_tile_offsets, prefetch_offsets
 
 
 @pytest.mark.parametrize("row_tiles,blocks,block_bytes", [
@@ -24,6 +24,28 @@ def test_the_tiles_of_each_block_prefetch_all_of_the_next_block(row_tiles, block
             wanted = {(nxt * block_bytes + b) // CACHE_LINE for b in range(0, block_bytes, CACHE_LINE)}
             wanted.add((nxt * block_bytes + block_bytes - 1) // CACHE_LINE)
             assert wanted <= {o // CACHE_LINE for o in offsets}
+
+
+@pytest.mark.parametrize("leads,rows,cols,tile_rows,block_cols,element_bytes", [
+    (2, 197, 384, 5, 48, 2),        # DeiT-S's residual stream at batch 2: int16, 5 × 3 tiles
+    (1, 13, 40, 7, 32, 2),          # ragged: the last tile's rows and the last block's columns past the end
+    (3, 5, 97, 5, 48, 8),           # int64 skip values
+])
+def test_each_task_prefetches_every_skip_line_the_next_task_reads(leads, rows, cols, tile_rows, block_cols,
+                                                                  element_bytes):
+    row_tiles, blocks = -(-rows // tile_rows), -(-cols // block_cols)
+    walk = PanelWalk("w", row_tiles, blocks, 64, 64 * blocks, leads=leads, tile_rows=tile_rows, rows=rows,
+                     block_cols=block_cols, cols=cols, skips=(("h", element_bytes),))
+    line = lambda element: element * element_bytes // CACHE_LINE  # noqa: E731
+    for task in range(walk.tasks):
+        offsets = next_tile_offsets(walk, task, element_bytes)
+        assert all(0 <= o < leads * rows * cols for o in offsets)
+        nxt = min(task + 1, walk.tasks - 1)
+        t, j, b = nxt % row_tiles, nxt // row_tiles % blocks, nxt // (row_tiles * blocks)
+        read = {line((b * rows + r) * cols + c)
+                for r in range(t * tile_rows, min((t + 1) * tile_rows, rows))
+                for c in range(j * block_cols, min((j + 1) * block_cols, cols))}
+        assert read <= {line(o) for o in offsets}
 
 
 def _linear_kernel(rows, k, n, lead=()):
@@ -59,3 +81,24 @@ def test_attention_and_non_vnni_kernels_are_left_without_prefetch():
     with gemm.amx_layout(False):
         qk = te.create_prim_func([q, panels, comp, gemm.packed_gemm_te(q, panels, comp, mr, 197)])
     assert "llvm.prefetch" not in schedules.schedule_gemm(qk, vnni=True).script()
+
+
+def test_a_residual_kernel_also_prefetches_the_next_tiles_skip_rows():
+    from tvm import te
+    from intvit.tvm_backend.kernels import rescale_value, residual_value
+    rows, k, n = 197, 384, 384
+    mr, nr = gemm.linear_tile(n)
+    wp = gemm.pack_linear_weight(np.zeros((k, n), np.int8), nr, amx=False)
+    xt = te.placeholder((rows, k), "int8", name="x")
+    wt = te.placeholder(wp.shape, "int8", name="w")
+    skip = te.placeholder((rows, n), "int16", name="skip")
+    epilogue = lambda z, idx: residual_value(rescale_value(z, idx, 3, 2, 2), skip, idx, [5, 3, 4],  # noqa: E731
+                                             -32768, 32767)
+    with gemm.amx_layout(False):
+        out = gemm.packed_gemm_te(xt, wt, None, mr, n, epilogue=epilogue, out_dtype="int16", nr=nr)
+        text = schedules.schedule_gemm(te.create_prim_func([xt, wt, skip, out]), vnni=True).script()
+    row_tiles, block_bytes = -(-rows // mr), nr * wp.shape[1] * wp.shape[2] * wp.shape[3]
+    weight_lines = -(-block_bytes // (CACHE_LINE * row_tiles))
+    skip_lines = mr * len({*range(0, nr * 16 * 2, CACHE_LINE), nr * 16 * 2 - 2})
+    assert text.count("\"llvm.prefetch") == weight_lines + skip_lines
+    assert text.count("skip.data") >= skip_lines

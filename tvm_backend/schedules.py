@@ -130,7 +130,7 @@ def apply_gemm_schedule(sch, vnni: bool, blocking: str | None = None, amx: bool 
         outer = [jb, ib, jt, it] if blocking == "columns" else [ib, jb, it, jt]
         tile_loop = outer[-1]
     if blocking is None and dot is VPDPBUSD:
-        walk = _panel_walk(sch, acc, sch.get(io).extent, sch.get(jo).extent, nr)
+        walk = _panel_walk(sch, acc, out, sch.get(io).extent, sch.get(jo).extent, mr, nr)
     if tensorized:
         sch.reorder(*outer, *k_loops, ii, ji, jv, *inner_k)
     else:
@@ -163,16 +163,27 @@ def apply_gemm_schedule(sch, vnni: bool, blocking: str | None = None, amx: bool 
     return walk
 
 
-def _panel_walk(sch, acc, row_tiles, blocks, nr: int):
-    """The hand schedule's walk over a linear kernel's one packed weight ``[Np/16, Kp/g, 16, g]`` (the
-    accumulator's other operand is the staged input), or None when the weight is per batch item."""
+def _panel_walk(sch, acc, out, row_tiles, blocks, mr: int, nr: int):
+    """The hand schedule's walk (``prefetch.PanelWalk``) over a linear kernel's one packed weight
+    ``[Np/16, Kp/g, 16, g]`` (the accumulator's other operand is the staged input) and over the epilogue's
+    inputs shaped like its output (the residual stream), or None when the weight is per batch item."""
     staged = sch.get(sch.get_sblock(SHIFTED_INPUT_BLOCK)).writes[0].source
     weights = [r.source for r in sch.get(acc).reads if not r.source.same_as(staged)]
     if len(weights) != 1 or len(weights[0].shape) != 4:
         return None
     _, k_groups, lanes, group = (int(d) for d in weights[0].shape)
     block_bytes = nr * k_groups * lanes * group
-    return PanelWalk(weights[0].name, int(row_tiles), int(blocks), block_bytes, int(blocks) * block_bytes)
+    written = sch.get(out).writes[0].source
+    *lead, rows, cols = (int(d) for d in written.shape)
+    accumulator = sch.get(acc).writes[0].source
+    skips = tuple((r.source.name, r.source.dtype.bits // 8) for r in sch.get(out).reads
+                  if not r.source.same_as(accumulator)
+                  and [int(d) for d in r.source.shape] == [*lead, rows, cols])
+    leads = 1
+    for d in lead:
+        leads *= d
+    return PanelWalk(weights[0].name, int(row_tiles), int(blocks), block_bytes, int(blocks) * block_bytes,
+                     leads=leads, tile_rows=mr, rows=rows, block_cols=nr * LANES, cols=cols, skips=skips)
 
 
 def schedule_tiled_gemm(func):
