@@ -15,41 +15,17 @@ import argparse
 
 import numpy as np
 
+from .linear_kernel import build_linear_kernel
+
 DEIT_S_GEMMS = (("qkv", 384, 1152), ("fc1", 384, 1536), ("fc2", 1536, 384))
 TOKENS = 197
-REQUANT_SHIFT = 20
 
 
 def build(rows_lead: tuple, rows: int, k: int, n: int, isa: str, seed: int = 0):
     """``(timer, args)`` for the kernel ``requant(x @ W + b)`` scheduled for ``isa`` ("amx" or "vnni")."""
     import tvm
-    from tvm import te
-
-    from intvit.tvm_backend import gemm, schedules
-    from intvit.tvm_backend.build import resolve_target
-    from intvit.tvm_backend.kernels import requant_value
-    rng = np.random.default_rng(seed)
-    x = rng.integers(-128, 128, (*rows_lead, rows, k)).astype(np.int8)
-    w = rng.integers(-127, 128, (k, n)).astype(np.int8)
-    m = rng.integers(1, 2**10, n).astype(np.int64)
-    mr, nr = gemm.linear_tile(n)
-    amx = isa == "amx"
-    wp = gemm.pack_linear_weight(w, nr, amx=amx)
-    xt, wt = te.placeholder(x.shape, "int8", name="x"), te.placeholder(wp.shape, "int8", name="w")
-    bt, mt = te.placeholder((n,), "int64", name="b"), te.placeholder((n,), "int64", name="m")
-
-    def epilogue(z, idx):
-        return requant_value(z, idx, mt, REQUANT_SHIFT, 1 << (REQUANT_SHIFT - 1), 0, -128, 127)
-    with gemm.amx_layout(amx):
-        out = gemm.packed_gemm_te(xt, wt, bt, mr, n, epilogue=epilogue, out_dtype="int8")
-        func = te.create_prim_func([xt, wt, bt, mt, out])
-    func = schedules.schedule_gemm(func, True, amx=amx)
-    target = tvm.target.Target(resolve_target("llvm"))
-    lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=target)
-    dev = tvm.cpu()
-    args = [tvm.runtime.tensor(a, dev) for a in (x, wp, gemm.folded_bias(w, np.zeros(n, np.int64)), m,
-                                                 np.zeros((*rows_lead, rows, n), np.int8))]
-    return lib.mod.time_evaluator("main", dev, number=5, repeat=1), args
+    lib, args = build_linear_kernel(rows_lead, rows, k, n, isa, seed=seed)
+    return lib.mod.time_evaluator("main", tvm.cpu(), number=5, repeat=1), args
 
 
 def main(argv=None) -> int:

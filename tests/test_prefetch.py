@@ -102,3 +102,21 @@ def test_a_residual_kernel_also_prefetches_the_next_tiles_skip_rows():
     skip_lines = mr * len({*range(0, nr * 16 * 2, CACHE_LINE), nr * 16 * 2 - 2})
     assert text.count("\"llvm.prefetch") == weight_lines + skip_lines
     assert text.count("skip.data") >= skip_lines
+
+
+def test_the_prefetch_kernel_benchmark_compares_equal_outputs_and_refuses_bad_arguments(tmp_path, capsys):
+    import json
+    from intvit.bench import prefetch_kernels
+    r = prefetch_kernels.compare(batch=1, k=64, n=48, epilogue="residual", reps=1, cold_mb=0.05)
+    assert r["without_ms"] > 0 and r["with_ms"] > 0 and r["input_copies"] >= 2
+    with pytest.raises(SystemExit) as bad:
+        prefetch_kernels.main(["--models", "resnet50"])
+    assert bad.value.code == 2 and "unknown model 'resnet50'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        prefetch_kernels.main(["--batch", "0"])
+    out = tmp_path / "k.json"
+    assert prefetch_kernels.main(["--models", "deit_small", "--batch", "1", "--reps", "1", "--cold-mb", "1",
+                                  "--json", str(out)]) == 0
+    results = json.loads(out.read_text())["results"]
+    assert [(r["gemm"], r["epilogue"]) for r in results] == [("qkv", "requant"), ("proj", "residual"),
+                                                             ("fc1", "requant"), ("fc2", "residual")]

@@ -46,15 +46,17 @@ from .x86 import DOT_INSTRUCTIONS, LANES, VPDPBUSD, dot_group, register_dot_intr
 TILED_ROWS = 8                  # rows per parallel task of a tiled (int64) GEMM; divides TILE_M
 
 
-def schedule_gemm(func, vnni: bool, amx: bool = False, dots: dict | None = None):
+def schedule_gemm(func, vnni: bool, amx: bool = False, dots: dict | None = None, prefetch: bool = True):
     """Tile and parallelise a ``gemm`` kernel; tensorize with AMX (``amx``), VNNI, or the instruction set's
-    ``dots`` (``apply_gemm_schedule``) where the kernel and target allow."""
+    ``dots`` (``apply_gemm_schedule``) where the kernel and target allow. A hand-scheduled VNNI linear kernel
+    prefetches its next weight block and skip rows (``prefetch``; off only to measure it,
+    ``bench/prefetch_kernels.py``)."""
     from tvm import s_tir
     sch = s_tir.Schedule(func)
     amx = amx and amx_shape(sch) is not None
     walk = apply_gemm_schedule(sch, vnni, amx=amx, dots=dots)
     out = sch.mod["main"].with_attr(SCHEDULED_ATTR, True)
-    if walk is not None:
+    if walk is not None and prefetch:
         out = with_panel_prefetch(out, walk, ACC_BLOCK)
     return with_tile_request(out) if amx else out
 
