@@ -9,21 +9,21 @@ inputs arrive late, because the hardware prefetchers do not see them coming:
 * **The weights.** A panel block is the ``NR`` 16-column panels one tile
   reads, ``NR·16·Kp`` bytes (18 KB for K = 384, NR = 3); its first row tile
   reads it from memory, the others from L1/L2. At batch 1 a block serves only
-  40 row tiles, and DeiT-S's 22 MB of weights do not stay cached from one
-  call to the next: an isolated 197 × 384 × 1536 GEMM ran 0.143 ms with cold
-  weights against 0.130 ms warm (AMD Zen 5, 2 threads). So each tile also
-  prefetches its share of the *next* block: the tile at ``(j, t)`` prefetches
-  the cache lines ``[t·L, (t+1)·L)`` of block ``(j + 1) mod J``,
-  ``L = ceil(block bytes / (64·T))`` (0.143 → 0.133 ms; DeiT-S at batch 1
-  1.038× end to end, batch 8 unchanged).
-* **The residual stream.** A kernel that finishes a residual add reads, in
-  its epilogue, the skip values of its own ``MR`` rows × ``NR·16`` columns: a
-  short piece of ``MR`` rows far apart, a new set of cache lines every tile,
-  which the epilogue then waits for. ViT-B's 768 → 768 projection with the
-  residual epilogue ran at 0.75 T MAC/s against 0.94 with a plain requant
-  (1576 rows, isolated). So each tile also prefetches the skip rows of the
-  tile after it (task ``f + 1``): 1.25 → 1.04 ms for that kernel, 4.66 →
-  4.11 ms for ViT-B's fc2, 1.08 → 1.02 ms for DeiT-S's.
+  40 row tiles, and the model's weights (DeiT-S 22 MB, ViT-B 86 MB) are not in
+  cache when the kernel starts. So each tile also prefetches its share of the
+  *next* block: the tile at ``(j, t)`` prefetches the cache lines
+  ``[t·L, (t+1)·L)`` of block ``(j + 1) mod J``, ``L = ceil(block bytes / (64·T))``.
+* **The residual stream.** A kernel that finishes a residual add (proj, fc2)
+  reads, in its epilogue, the skip values of its own ``MR`` rows × ``NR·16``
+  columns: pieces of ``MR`` rows far apart, a new set of cache lines every
+  tile, written a whole attention block earlier. So each tile also prefetches
+  the skip rows of the tile after it (task ``f + 1``).
+
+Measured with ``python -m intvit.bench.prefetch_kernels`` (weights and skip
+stream cold; AMD Zen 5, 2 threads; ``bench/results/prefetch-kernels-*.json``):
+ViT-B's proj at batch 8 1.177 → 1.019 ms, DeiT-S's fc2 1.109 → 1.033 ms,
+DeiT-S's fc1 at batch 1 0.148 → 0.139 ms; the others 1.00–1.16×. End to end
+DeiT-S 1.038× at batch 1, ViT-B 1.02–1.06× at batch 8 (``bench.ab``).
 
 Prefetches use ``llvm.prefetch`` (read, keep in every cache level); a
 prefetch never faults and changes no value, only time.

@@ -8,7 +8,7 @@ Three schedules, chosen per PrimFunc by the blocks it contains:
   ``vpdpbusd`` (``vpdpwssd``) into zmm accumulators (``x86.DOT_INSTRUCTIONS``). The
   bias + requant epilogue runs on the tile while it is in registers. Tiles
   are spread over threads; a linear layer's tiles each prefetch a share of
-  the next weight panel block (``prefetch``).
+  the next weight panel block and the next tile's skip rows (``prefetch``).
 * **GEMM with AMX** (``schedule_module(..., amx=True)``: a u8 × s8
   ``packed_gemm_te`` kernel built under ``gemm.amx_layout()``):
   ``amx.apply_amx_gemm_schedule``, 32 × 32 blocks of 2 × 2 int32 tiles over
@@ -88,7 +88,7 @@ def apply_gemm_schedule(sch, vnni: bool, blocking: str | None = None, amx: bool 
     Either way only loops move; the arithmetic is the TE definition's.
 
     Returns the ``prefetch.PanelWalk`` of a hand-scheduled u8 × s8 linear
-    kernel with one weight (the caller adds the next-panel prefetch,
+    kernel with one weight (the caller adds the prefetches,
     ``prefetch.with_panel_prefetch``), else None.
     """
     if amx and blocking is None and amx_shape(sch) is not None:
