@@ -94,6 +94,12 @@ def main(argv=None) -> int:
         p.error(f"--batch takes comma-separated integers, got {args.batch!r}")
     if any(b < 1 for b in batches) or args.reps < 1 or not args.cold_mb > 0:
         p.error("--batch and --reps must be at least 1 and --cold-mb above 0")
+    if args.json:
+        from ..files import check_writable_target
+        try:
+            check_writable_target(args.json, "--json")
+        except OSError as exc:
+            p.error(str(exc))
     results = []
     print(f"{'model':<11} {'GEMM':<5} {'M x K x N':>17} {'epilogue':>9} {'without ms':>11} {'with ms':>8} "
           f"{'ratio':>6} {'T MAC/s':>8}", flush=True)

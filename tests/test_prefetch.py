@@ -114,6 +114,9 @@ def test_the_prefetch_kernel_benchmark_compares_equal_outputs_and_refuses_bad_ar
     assert bad.value.code == 2 and "unknown model 'resnet50'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         prefetch_kernels.main(["--batch", "0"])
+    with pytest.raises(SystemExit) as bad:                 # before any kernel is built
+        prefetch_kernels.main(["--json", str(tmp_path / "no" / "k.json")])
+    assert bad.value.code == 2 and "does not exist" in capsys.readouterr().err
     out = tmp_path / "k.json"
     assert prefetch_kernels.main(["--models", "deit_small", "--batch", "1", "--reps", "1", "--cold-mb", "1",
                                   "--json", str(out)]) == 0
