@@ -22,16 +22,15 @@ import time
 import numpy as np
 
 from .linear_kernel import build_linear_kernel
+from .models import SHAPES
 
 TOKENS = 197
-MODELS = {       # name: (hidden, MLP)
-    "deit_small": (384, 1536),
-    "vit_base": (768, 3072),
-}
+MODELS = ("deit_small", "vit_base")     # the 224-px shapes of ``models.SHAPES`` (197 tokens)
 
 
-def model_gemms(hidden: int, mlp: int) -> list[tuple[str, int, int, str]]:
-    """``(name, K, N, epilogue)`` of a ViT block's linear layers."""
+def model_gemms(model: str) -> list[tuple[str, int, int, str]]:
+    """``(name, K, N, epilogue)`` of the linear layers of one of ``model``'s blocks (``models.SHAPES``)."""
+    _, _, hidden, _, _, mlp, _ = SHAPES[model]
     return [("qkv", hidden, 3 * hidden, "requant"), ("proj", hidden, hidden, "residual"),
             ("fc1", hidden, mlp, "requant"), ("fc2", mlp, hidden, "residual")]
 
@@ -105,7 +104,7 @@ def main(argv=None) -> int:
           f"{'ratio':>6} {'T MAC/s':>8}", flush=True)
     for model in models:
         for batch in batches:
-            for name, k, n, epilogue in model_gemms(*MODELS[model]):
+            for name, k, n, epilogue in model_gemms(model):
                 r = compare(batch, k, n, epilogue, args.reps, args.cold_mb)
                 results.append({"model": model, "batch": batch, "gemm": name, "k": k, "n": n,
                                 "epilogue": epilogue, **r})
