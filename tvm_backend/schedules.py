@@ -33,6 +33,8 @@ definitions; the arithmetic is untouched, which the bit-exactness tests check.
 """
 from __future__ import annotations
 
+import math
+
 from .amx import amx_shape, apply_amx_gemm_schedule, with_tile_request
 from .byte_table import BYTE_TABLE_BLOCK, BYTE_TABLE_OUT_BLOCK, tensorize_byte_table
 from .kernels import MATERIALIZE
@@ -181,11 +183,8 @@ def _panel_walk(sch, acc, out, row_tiles, blocks, mr: int, nr: int):
     skips = tuple((r.source.name, r.source.dtype.bits // 8) for r in sch.get(out).reads
                   if not r.source.same_as(accumulator)
                   and [int(d) for d in r.source.shape] == [*lead, rows, cols])
-    leads = 1
-    for d in lead:
-        leads *= d
     return PanelWalk(weights[0].name, int(row_tiles), int(blocks), block_bytes, int(blocks) * block_bytes,
-                     leads=leads, tile_rows=mr, rows=rows, block_cols=nr * LANES, cols=cols, skips=skips)
+                     leads=math.prod(lead), tile_rows=mr, rows=rows, block_cols=nr * LANES, cols=cols, skips=skips)
 
 
 def schedule_tiled_gemm(func):
