@@ -124,7 +124,8 @@ def next_tile_offsets(walk: PanelWalk, task, element_bytes: int, minimum=min) ->
     rows × columns the next task (``task + 1``, the last task's own) reads, one offset per cache line of each
     row piece plus its last element."""
     nxt = minimum(task + 1, walk.tasks - 1)
-    tile, block, lead = nxt % walk.row_tiles, (nxt // walk.row_tiles) % walk.blocks, nxt // (walk.row_tiles * walk.blocks)
+    tile, block = nxt % walk.row_tiles, (nxt // walk.row_tiles) % walk.blocks
+    lead = nxt // (walk.row_tiles * walk.blocks)
     piece = walk.block_cols * element_bytes
     steps = sorted({*range(0, piece, CACHE_LINE), piece - element_bytes})
     offsets = []
