@@ -13,10 +13,10 @@ def _demo(args) -> int:
     for this CPU, run the compiled module on the test images (accuracy next to FP32), check it bit for bit
     against the PyTorch integer model, and time INT8 against FP32 in this process."""
     from intvit.bench.demo import cli_prefix, format_report, run_demo
+    from intvit.bench.record import write_record
     report = run_demo(args.out, args.images, args.calib, _quant_config(args), batch=args.batch,
                       threads=args.threads, command=args.invocation)
-    with open(report["files"]["report"], "w") as f:
-        json.dump(report, f, indent=1)
+    write_record(report["files"]["report"], report, args.invocation)
     print(format_report(report, cli_prefix()))
     return 0 if report["differing_elements"] == 0 else 1
 
@@ -303,16 +303,11 @@ def _analyze(args) -> int:
 
 
 def _write_analysis(args, analysis: str, images, report: dict) -> int:
-    """``--json``: the report with its provenance (model, analysis, images, version, time, command)."""
+    """``--json``: the report with what it analysed and its provenance (``bench.record``)."""
     if args.json:
-        import time
-
-        import intvit
-        provenance = {"model": args.model, "analysis": analysis, "images": min(args.count, int(images.shape[0])),
-                      "intvit": intvit.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                      "command": args.invocation}
-        with open(args.json, "w") as f:
-            json.dump({**provenance, **report}, f, indent=1)
+        from intvit.bench.record import write_record
+        write_record(args.json, {"model": args.model, "analysis": analysis,
+                                 "images": min(args.count, int(images.shape[0])), **report}, args.invocation)
         print(f"wrote {args.json}")
     return 0
 
@@ -383,9 +378,9 @@ def _eval(args) -> int:
                                  headrooms=headrooms, shifts=shifts)
     print("\n" + format_recipe_table(rows))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"model": name, "test_images": int(images.shape[0]), "calib_images": calib_sizes,
-                       **({"shifts": shift_names} if shift_names else {}), "rows": rows}, f, indent=1)
+        from intvit.bench.record import write_record
+        write_record(args.json, {"model": name, "test_images": int(images.shape[0]), "calib_images": calib_sizes,
+                                 **({"shifts": shift_names} if shift_names else {}), "rows": rows}, args.invocation)
         print(f"\nwrote {args.json}")
     return 0
 

@@ -44,6 +44,23 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def write_atomic(path, data) -> str:
+    """Publish ``data`` (``bytes`` or ``str``) as ``path``: written to ``temp_name(path)``, then renamed over
+    ``path``, so readers see the old file or the whole new one; the temp is removed on any failure (and
+    temps of writers killed earlier are swept first). Returns ``path``."""
+    path = os.fspath(path)
+    sweep_stale_temps(path)
+    tmp = temp_name(path)
+    try:
+        with open(tmp, "wb" if isinstance(data, (bytes, bytearray, memoryview)) else "w") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
 def check_writable_target(path, what: str = "the output") -> None:
     """Refuse, before any work, an output path a writer could not publish: empty, an existing directory, or
     in a folder that does not exist or is not writable (one ``OSError`` subclass saying which)."""

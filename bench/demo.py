@@ -87,7 +87,7 @@ def run_demo(out_dir: str, n_images: int | None, n_calib: int, config, batch: in
                   int8_p90_ms=timings["int8"]["p90_ms"], fp32_p90_ms=timings["fp32"]["p90_ms"],
                   speedup=round(timings["fp32"]["median_ms"] / timings["int8"]["median_ms"], 2),
                   timing_samples=timings["int8"]["samples"], seconds=seconds, files=paths,
-                  created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), command=command,
+                  date=time.strftime("%Y-%m-%dT%H:%M:%S%z"), command=command,
                   machine=machine_facts(threads))
     return report
 

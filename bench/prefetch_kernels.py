@@ -14,15 +14,13 @@ medians, ``without / with`` and the achieved int8 multiply-accumulates per secon
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import sys
 import time
 
 import numpy as np
 
 from .linear_kernel import build_linear_kernel
 from .models import SHAPES
+from .record import command_line, write_record
 
 TOKENS = 197
 MODELS = ("deit_small", "vit_base")     # the 224-px shapes of ``models.SHAPES`` (197 tokens)
@@ -112,13 +110,8 @@ def main(argv=None) -> int:
                       f"{r['without_ms']:11.3f} {r['with_ms']:8.3f} {r['speedup']:5.2f}x {r['with_tmacs']:8.3f}",
                       flush=True)
     if args.json:
-        from ..tvm_backend.threads import ENV
-        from .machine import machine_facts
-        with open(args.json, "w") as f:
-            json.dump({"command": "python -m intvit.bench.prefetch_kernels "
-                       + " ".join(sys.argv[1:] if argv is None else argv),
-                       "date": time.strftime("%Y-%m-%d"), "machine": machine_facts(int(os.environ.get(ENV, 0))),
-                       "reps": args.reps, "cold_mb": args.cold_mb, "results": results}, f, indent=1)
+        write_record(args.json, {"reps": args.reps, "cold_mb": args.cold_mb, "results": results},
+                     command_line("intvit.bench.prefetch_kernels", argv))
         print(f"wrote {args.json}")
     return 0
 

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import math
 import time
 
 import numpy as np
+from .record import command_line, write_record
 
 # (class, predicate on the kernel's name) in the order they are tried; the first match wins.
 CLASSES = (
@@ -148,8 +148,7 @@ def main(argv=None) -> int:
     result = profile(load(args.module).compiled, args.repeat)
     print(format_profile(result))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+        write_record(args.json, result, command_line("intvit.bench.profile", argv))
     return 0
 
 

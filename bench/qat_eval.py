@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import numpy as np
@@ -23,6 +22,7 @@ import torch
 import intvit
 from intvit.models import fmnist
 from intvit.quantize.metrics import compare
+from .record import command_line, write_record
 
 
 def training_images(n: int, seed: int = 0):
@@ -70,8 +70,7 @@ def main(argv=None) -> int:
     print(f"FP32 {100 * report['fp32_top1']:.2f} %   PTQ INT8 {100 * report['ptq_int8_top1']:.2f} %   "
           f"QAT INT8 {100 * report['qat_int8_top1']:.2f} %   ({args.loss}, {x.shape[0]} images from {source}, "
           f"{args.epochs} epochs, lr {args.lr}, {seconds:.0f} s)")
-    with open(args.out, "w") as f:
-        json.dump(report, f, indent=1)
+    write_record(args.out, report, command_line("intvit.bench.qat_eval", argv))
     print(f"wrote {args.out}")
     return 0
 

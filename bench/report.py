@@ -13,12 +13,12 @@ each backend to either ``{"available": false, "reason": ...}`` or its numbers
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import textwrap
 
 from .backends import ALL_BACKENDS, REFERENCE
+from .record import write_record
 
 FORMAT = "intvit.bench/2"
 METHOD = {
@@ -123,8 +123,7 @@ def write(report: dict, out_dir: str, chart: bool = True) -> tuple[str, str | No
     """Write the JSON report (and the chart); returns their paths."""
     os.makedirs(out_dir, exist_ok=True)
     stem = output_stem(report, out_dir)
-    with open(stem + ".json", "w") as f:
-        json.dump({k: v for k, v in report.items() if k not in ("path", "chart")}, f, indent=1)
+    write_record(stem + ".json", {k: v for k, v in report.items() if k not in ("path", "chart")}, report["command"])
     png = None
     if chart:
         png = stem + ".png"

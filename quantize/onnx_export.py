@@ -29,7 +29,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .. import __version__, ops
-from ..files import check_regular_file, check_writable_target, sweep_stale_temps, temp_name
+from ..files import check_regular_file, check_writable_target, write_atomic
 from ..models.spec import EMBEDDING_HEAD_FAMILIES
 from .onnx_functions import DOMAIN, OPSET, all_functions
 from .preprocessing import METADATA_KEY as PREPROCESSING_KEY
@@ -314,16 +314,7 @@ def export_onnx(model, path, integer_input: bool = False, check: bool = True) ->
     if check:
         onnx.checker.check_model(proto, full_check=True)
     proto.metadata_props.add(key=DIGEST_KEY, value=graph_digest(proto))
-    sweep_stale_temps(path)
-    tmp = temp_name(path)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(proto.SerializeToString())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return write_atomic(path, proto.SerializeToString())
 
 
 def read_onnx(path) -> onnx.ModelProto:

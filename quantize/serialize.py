@@ -35,7 +35,7 @@ from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_bytes
 
 from .. import __version__
-from ..files import check_writable_target, read_whole, sweep_stale_temps, temp_name
+from ..files import check_writable_target, read_whole, write_atomic
 from ..models.spec import Block, Linear, Norm, ViTSpec
 
 FORMAT = "intvit.integer-vit"
@@ -139,19 +139,12 @@ def save_integer_vit(model, path, include_float: bool = False) -> None:
             "header": text, "header_sha256": header_digest(text)}
     check_writable_target(path, "the model")
     data = safetensors_bytes(tensors, metadata=meta)
-    sweep_stale_temps(path)
-    tmp = temp_name(path)
     try:
         # The bytes are written here, not by safetensors.save_file, which stages in a temp of its own
         # (``.tmpXXXXXX`` beside the target, mode 0600) that a killed writer leaves behind for good.
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
+        write_atomic(path, data)
     except OSError as exc:
         raise OSError(f"cannot save the model to {path}: {exc.strerror or exc}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def header_digest(text: str) -> str:

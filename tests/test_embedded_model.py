@@ -50,7 +50,7 @@ def test_demo_runs_the_whole_pipeline(tmp_path, capsys):
     assert all(os.path.exists(p) for p in report["files"].values())
     out = capsys.readouterr().out
     assert "INT8 top-1 (compiled module)" in out and "bit-exact vs PyTorch integer  yes" in out
-    assert report["machine"]["intvit"] == intvit.__version__ and report["created"]
+    assert report["machine"]["intvit"] == intvit.__version__ and report["date"]
     assert report["command"] == f"intvit demo --images 203 --calib 64 --quiet --out {tmp_path}"
     assert report["int8_p90_ms"] >= report["int8_ms"] and report["timing_samples"] > 0
     run_line = next(line for line in out.splitlines() if " run " in line and "--input" in line)

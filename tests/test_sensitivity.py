@@ -27,7 +27,7 @@ def test_analyze_cli_on_the_embedded_model(tmp_path, capsys):
                  "--top", "6", "--png", str(png)]) == 0
     saved = json.loads(out.read_text())
     rows = saved["rows"]
-    assert saved["analysis"] == "sensitivity" and saved["images"] == 16 and saved["intvit"]
+    assert saved["analysis"] == "sensitivity" and saved["images"] == 16 and saved["machine"]["intvit"] and saved["date"]
     assert saved["command"].startswith("intvit analyze ") and saved["model"].endswith("f.safetensors")
     assert rows and "rank" in capsys.readouterr().out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 2000
