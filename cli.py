@@ -40,20 +40,20 @@ def _quantize(args) -> int:
             print(f"intvit quantize: {args.model} is neither 'fmnist' nor a local Hugging Face "
                   "model directory (intvit never downloads models)", file=sys.stderr)
             return 2
+        if args.calib is None:
+            print("intvit quantize: --calib FILE.npz or --calib FOLDER is required for a user model "
+                  "(float32 images [N, C, H, W] normalised as the model expects, or image files)", file=sys.stderr)
+            return 2
+        found = _hf_normalisation(args.model)        # a broken preprocessor_config.json: refused before loading
+        normalisation = {"mean": found[0], "std": found[1]}
         if args.quiet:                       # transformers' own "Loading weights" bar
             from transformers.utils import logging as hf_logging
             hf_logging.disable_progress_bar()
         model = _load_hf_folder(args.model)
         model.eval()
-        if args.calib is None:
-            print("intvit quantize: --calib FILE.npz or --calib FOLDER is required for a user model "
-                  "(float32 images [N, C, H, W] normalised as the model expects, or image files)", file=sys.stderr)
-            return 2
         calib = args.calib
-        mean, std, _ = _hf_normalisation(args.model)
-        normalisation = {"mean": mean, "std": std}
         if os.path.isdir(calib):
-            calib = _folder_for_hf_model(args.model, model, calib, args.max_images)
+            calib = _folder_for_hf_model(model, calib, args.max_images, found, args.image_size)
     size = {} if args.image_size is None else {"image_size": args.image_size}
     q = intvit.quantize(model, calib, _quant_config(args, max_calib_images=args.max_images, **normalisation, **size))
     q.save(args.output, include_float=args.keep_float)
@@ -87,23 +87,43 @@ def _load_hf_folder(model_dir: str):
 
 
 def _hf_normalisation(model_dir: str) -> tuple[list[float], list[float], str]:
-    """``(mean, std, source)`` from the model directory's ``preprocessor_config.json``, else 0.5 (HF ViT's)."""
+    """``(mean, std, source)`` such that ``(pixels / 255 − mean) / std`` is what the model directory's
+    ``preprocessor_config.json`` does to pixels, else mean = std = 0.5 (HF ViT's).
+
+    A Hugging Face image processor computes ``(pixels · r − image_mean) / image_std``, with ``r`` its
+    ``rescale_factor`` (1/255 by default; 1 with ``do_rescale: false``) and no ``image_mean``/``image_std``
+    step with ``do_normalize: false`` (mean 0, std 1); in intvit's ``/ 255`` form that is
+    ``mean = image_mean / (255·r)``, ``std = image_std / (255·r)``."""
     pre = os.path.join(model_dir, "preprocessor_config.json")
     if not os.path.exists(pre):
         return [0.5], [0.5], "mean = std = 0.5 (no preprocessor_config.json)"
-    with open(pre) as f:
-        p = json.load(f)
-    return p.get("image_mean", [0.5]), p.get("image_std", [0.5]), "preprocessor_config.json"
+    try:
+        with open(pre) as f:
+            p = json.load(f)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{pre} is not valid JSON ({exc}); fix it, or remove it to use mean = std = 0.5") from None
+    if not isinstance(p, dict):
+        raise ValueError(f"{pre} holds a JSON {type(p).__name__}, not the object of an image processor's "
+                         "settings; fix it, or remove it to use mean = std = 0.5")
+    try:
+        rescale = float(p.get("rescale_factor", 1 / 255)) if p.get("do_rescale", True) else 1.0
+        mean, std = ((p.get("image_mean", [0.5]), p.get("image_std", [0.5])) if p.get("do_normalize", True)
+                     else ([0.0], [1.0]))
+        mean, std = ([float(v) / (255 * rescale) for v in (x if isinstance(x, list) else [x])] for x in (mean, std))
+    except (TypeError, ValueError, ZeroDivisionError):
+        raise ValueError(f"{pre}: image_mean, image_std and rescale_factor must be numbers (or lists of them), "
+                         f"got {p.get('image_mean')!r}, {p.get('image_std')!r}, {p.get('rescale_factor')!r}") from None
+    return mean, std, "preprocessor_config.json"
 
 
-def _folder_for_hf_model(model_dir: str, model, folder: str, max_images: int):
-    """Image files of ``folder`` normalised as the Hugging Face model in ``model_dir`` expects (its
-    ``preprocessor_config.json``; without one, its config's image size and mean = std = 0.5)."""
+def _folder_for_hf_model(model, folder: str, max_images: int, normalisation, image_size=None):
+    """Image files of ``folder`` resized to ``image_size`` (``--image-size``; default the model config's) and
+    normalised with ``(mean, std, source)`` (``_hf_normalisation`` of the model's folder)."""
     from intvit.calibration import load_image_folder
     cfg = model.config
-    size = getattr(cfg, "image_size", 224)
+    size = image_size or getattr(cfg, "image_size", 224)
     size = (size, size) if isinstance(size, int) else tuple(size)
-    mean, std, source = _hf_normalisation(model_dir)
+    mean, std, source = normalisation
     images = load_image_folder(folder, getattr(cfg, "num_channels", 3), size, mean, std, max_images)
     print(f"calibration: {images.shape[0]} images from {folder}, resized to {size[0]}x{size[1]}, "
           f"normalised with {source}")

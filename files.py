@@ -44,11 +44,25 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def write_atomic(path, data) -> str:
+def _refuse_special_target(path: str, what: str) -> None:
+    """Publishing renames a new file over ``path``: a device, FIFO or socket there would be replaced (as root,
+    ``/dev/null`` itself), not written to — refuse it."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return                                  # nothing there yet (or a link to nothing): a new file
+    if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+        kind = next((name for test, name in _SPECIAL_FILES if test(mode)), "special file")
+        raise PermissionError(f"cannot write {what} to {path}: it is a {kind}, not a regular file; give the "
+                              "path of a regular file")
+
+
+def write_atomic(path, data, what: str = "the output") -> str:
     """Publish ``data`` (``bytes`` or ``str``) as ``path``: written to ``temp_name(path)``, then renamed over
     ``path``, so readers see the old file or the whole new one; the temp is removed on any failure (and
     temps of writers killed earlier are swept first). Returns ``path``."""
     path = os.fspath(path)
+    _refuse_special_target(path, what)
     sweep_stale_temps(path)
     tmp = temp_name(path)
     try:
@@ -62,13 +76,16 @@ def write_atomic(path, data) -> str:
 
 
 def check_writable_target(path, what: str = "the output") -> None:
-    """Refuse, before any work, an output path a writer could not publish: empty, an existing directory, or
-    in a folder that does not exist or is not writable (one ``OSError`` subclass saying which)."""
+    """Refuse, before any work, an output path a writer could not publish: empty, an existing directory,
+    device, FIFO or socket (publishing renames a new file over the path, which would replace a device such
+    as ``/dev/null`` rather than write to it), or in a folder that does not exist or is not writable (one
+    ``OSError`` subclass saying which)."""
     path = os.fspath(path)
     if not path:
         raise FileNotFoundError(f"{what}: the path is empty; give a file name")
     if os.path.isdir(path):
         raise IsADirectoryError(f"cannot write {what} to {path}: it is a directory; give a file name inside it")
+    _refuse_special_target(path, what)
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
         if os.path.exists(parent):

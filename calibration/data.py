@@ -26,6 +26,17 @@ class CalibrationDataError(ValueError):
     """The calibration data is missing, empty, or of the wrong shape or type."""
 
 
+def _joined(images) -> torch.Tensor:
+    """One ``[N, C, H, W]`` tensor of a list of ``[C, H, W]`` images or ``[B, C, H, W]`` batches (numpy or
+    torch), which must share their image shape."""
+    shapes = {tuple(x.shape[-3:]) for x in images}
+    if len(shapes) > 1:
+        raise CalibrationDataError(f"calibration images of different shapes in one batch ({sorted(shapes)}); "
+                                   "resize them to the model's input size first")
+    tensors = [torch.from_numpy(np.asarray(x)) if isinstance(x, np.ndarray) else x for x in images]
+    return torch.stack(tensors) if tensors[0].ndim == 3 else torch.cat(tensors)
+
+
 def _as_tensor(item) -> torch.Tensor:
     if isinstance(item, Mapping):
         if "pixel_values" not in item:
@@ -34,7 +45,11 @@ def _as_tensor(item) -> torch.Tensor:
     if isinstance(item, (tuple, list)):
         if not item:
             raise CalibrationDataError("calibration batch is an empty tuple")
-        item = item[0]
+        # a list of [C, H, W] images (a Hugging Face processor's pixel_values without return_tensors) or of
+        # [B, C, H, W] batches is one batch of them all; anything else is an (images, labels, ...) tuple
+        # whose first entry is the images
+        ndims = {x.ndim if isinstance(x, (np.ndarray, torch.Tensor)) else None for x in item}
+        item = _joined(item) if ndims in ({3}, {4}) else item[0]
     if isinstance(item, np.ndarray):
         item = torch.from_numpy(item)
     if not isinstance(item, torch.Tensor):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from ..files import write_atomic
+from ..files import check_writable_target, write_atomic
 from ..models.spec import ViTSpec, float_forward, quant_points
 from .data import CalibrationDataError, check_finite_activation, iter_batches, validate_batch
 from .observers import make_observer
@@ -47,10 +48,23 @@ class CalibrationState:
 
     @classmethod
     def from_json(cls, text: str) -> "CalibrationState":
+        """The state in ``text``; ``ValueError`` for anything but a state this version wrote with sane values
+        (a finite, non-negative clipping magnitude per point, finite ``lo <= hi`` ranges)."""
         d = json.loads(text)
-        if d.get("version") != STATE_VERSION:
-            raise ValueError(f"calibration state version {d.get('version')} is not {STATE_VERSION}")
-        return cls(d["amax"], d["recipe"], d["num_images"], d["fingerprint"], d.get("extra", {}), d["ranges"])
+        if not isinstance(d, dict) or d.get("version") != STATE_VERSION:
+            raise ValueError(f"not a calibration state of version {STATE_VERSION}")
+        amax, ranges = d["amax"], d["ranges"]
+        if not (isinstance(amax, dict) and all(_finite(v) and v >= 0 for v in amax.values())):
+            raise ValueError("calibration state with a missing, negative or non-finite clipping magnitude")
+        if not (isinstance(ranges, dict) and set(ranges) <= set(amax) and all(
+                isinstance(r, list) and len(r) == 2 and all(map(_finite, r)) and r[0] <= r[1]
+                for r in ranges.values())):
+            raise ValueError("calibration state with a malformed range")
+        return cls(amax, d["recipe"], d["num_images"], d["fingerprint"], d.get("extra", {}), ranges)
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def spec_fingerprint(spec: ViTSpec) -> str:
@@ -80,7 +94,10 @@ def spec_fingerprint(spec: ViTSpec) -> str:
 def calibrate(spec: ViTSpec, data, recipe: str = "minmax", percentile: float = 99.99,
               max_images: int | None = None, batch_size: int = 32, progress: bool = True,
               cache_path: str | os.PathLike | None = None) -> CalibrationState:
-    """Observe every quant point of ``spec`` on ``data`` (see ``calibration.data``)."""
+    """Observe every quant point of ``spec`` on ``data`` (see ``calibration.data``); with ``cache_path``, reuse
+    the ranges stored there when the model, data and recipe are the same, else calibrate and store them."""
+    if cache_path is not None:
+        check_writable_target(cache_path, "the calibration cache")      # before any work
     batches = list(_take(iter_batches(data, batch_size), spec, max_images))
     n = sum(b.shape[0] for b in batches)
     if n < FEW_IMAGES:
@@ -96,10 +113,10 @@ def calibrate(spec: ViTSpec, data, recipe: str = "minmax", percentile: float = 9
         try:
             with open(cache_path) as f:
                 state = CalibrationState.from_json(f.read())
-            if state.fingerprint == fp:
+            if state.fingerprint == fp and set(state.amax) == {name for name, _ in quant_points(spec)}:
                 return state
-        except (ValueError, KeyError, json.JSONDecodeError):
-            pass  # unreadable or stale cache: recalibrate and overwrite
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+            pass  # unreadable, damaged or stale cache: recalibrate and overwrite
 
     kw = {"percentile": percentile} if recipe == "percentile" else {}
     observers = {}

@@ -125,14 +125,23 @@ def _blocks(layers, prefix: str, heads: int, layer_scale: bool) -> list[Block]:
 
 
 @torch.no_grad()
-def _resolved_pos(embeddings, size: tuple[int, int], patch: int, n_prefix: int) -> torch.Tensor:
-    """Position embeddings ``[n_prefix + n_patches, D]`` for input ``size``, resampled by the
-    model's own ``interpolate_pos_encoding`` when the stored grid is another size."""
+def _resolved_pos(embeddings, size: tuple[int, int], patch: int, n_prefix: int, resample: bool) -> torch.Tensor:
+    """Position embeddings ``[n_prefix + n_patches, D]`` for input ``size``: the stored ones, or with
+    ``resample`` what the model's own ``interpolate_pos_encoding`` gives for that size — as the model does
+    (HF ViT and DeiT call it at any size but their configured one, when asked; DINOv2 on every call; it
+    resamples whenever the patch count changes or the image is not square)."""
     pos = embeddings.position_embeddings.detach().float()
+    if not resample:
+        return pos[0]
     n_patches = (size[0] // patch) * (size[1] // patch)
-    if pos.shape[1] != n_prefix + n_patches:
-        dummy = torch.zeros(1, n_prefix + n_patches, pos.shape[-1])
+    dummy = torch.zeros(1, n_prefix + n_patches, pos.shape[-1])
+    try:
         pos = embeddings.interpolate_pos_encoding(dummy, size[0], size[1]).detach().float()
+    except Exception as exc:                        # noqa: BLE001 — the model's own code refuses this size
+        raise UnsupportedModelError(
+            f"{type(embeddings).__name__}.interpolate_pos_encoding cannot resample the model's position embeddings "
+            f"to {size[0]}x{size[1]} ({type(exc).__name__}: {exc}); quantize it at its own input size or one the "
+            "model itself can run at") from None
     return pos[0]
 
 
@@ -174,7 +183,7 @@ def _vit_like_spec(model, base, prefix, classifier, n_prefix, family, image_size
     prefix_tok = [emb.cls_token.detach().float()[0, 0]]
     if n_prefix == 2:
         prefix_tok.append(emb.distillation_token.detach().float()[0, 0])
-    pos = _resolved_pos(emb, size, p, n_prefix)
+    pos = _resolved_pos(emb, size, p, n_prefix, resample=size != _image_size(cfg, None))
     layers = base.encoder.layer if hasattr(base, "encoder") else base.layers
     layer_prefix = prefix + ("encoder.layer" if hasattr(base, "encoder") else "layers")
     return ViTSpec(
@@ -199,7 +208,7 @@ def dinov2_spec(model: nn.Module, image_size=None) -> ViTSpec:
     size = _image_size(cfg, image_size)
     emb = base.embeddings
     pe, p = _patch_linear(emb.patch_embeddings.projection, prefix + "embeddings.patch_embeddings.projection")
-    pos = _resolved_pos(emb, size, p, 1)
+    pos = _resolved_pos(emb, size, p, 1, resample=True)
     head, pooled = _classifier(model)
     prefix_tokens = (emb.cls_token.detach().float()[0, 0] + pos[0])[None]
     registers = getattr(emb, "register_tokens", None)       # DINOv2 with registers: after the class token,

@@ -12,6 +12,7 @@ from ..calibration.data import take_batches, validate_batch
 from ..calibration.headroom import with_headroom
 from ..calibration.migration import migrate, resolve_migration
 from ..calibration.output_ranges import output_aware_ranges
+from ..files import check_writable_target
 from ..models import UnsupportedModelError, find_backbones, is_supported, to_spec
 from ..models.fidelity import check_spec_reproduces
 from ..models.modes import eval_mode
@@ -40,6 +41,8 @@ def quantize(model, calib_data, config: QuantConfig | None = None):
     if not isinstance(config, QuantConfig):
         raise TypeError(f"config must be an intvit.QuantConfig, got {type(config).__name__}; e.g. "
                         "QuantConfig(**settings) for a dict of settings")
+    if config.cache_path is not None:
+        check_writable_target(config.cache_path, "the calibration cache")     # before any work
     compiled = _compiled_path(model)
     if compiled is not None:
         raise UnsupportedModelError(

@@ -1,6 +1,8 @@
 """``QuantConfig``: what ``intvit.quantize`` does, with defaults that work."""
 from __future__ import annotations
 
+import numbers
+import os
 from dataclasses import dataclass
 
 from ..calibration.headroom import DEFAULT as HEADROOM
@@ -91,6 +93,13 @@ class QuantConfig:
     def __post_init__(self):
         if self.recipe not in OBSERVERS:
             raise ValueError(f"unknown recipe {self.recipe!r}; choose one of {sorted(OBSERVERS)}")
+        if isinstance(self.percentile, bool) or not isinstance(self.percentile, numbers.Real) \
+                or not 50.0 < float(self.percentile) <= 100.0:
+            raise ValueError(f"QuantConfig(percentile=...) is the percentile of |x| that recipe='percentile' keeps, "
+                             f"a number in (50, 100] such as 99.99, got {self.percentile!r}")
+        self.percentile = float(self.percentile)
+        if self.cache_path is not None and not isinstance(self.cache_path, (str, os.PathLike)):
+            raise TypeError(f"QuantConfig(cache_path=...) takes the path of a JSON file, got {self.cache_path!r}")
         for name in ("int16", "zero_points", "migration"):
             setattr(self, name, _patterns(name, getattr(self, name)))
         if self.gelu not in GELU_MODES:
@@ -108,11 +117,15 @@ class QuantConfig:
                              + ("; to clip more, choose a recipe (percentile, omse)" if small else ""))
         self.norm_headroom = float(self.norm_headroom)
         if self.image_size is not None:
-            size = (self.image_size,) * 2 if isinstance(self.image_size, int) else self.image_size
+            size = (self.image_size,) * 2 if isinstance(self.image_size, numbers.Integral) else self.image_size
             if isinstance(size, (str, bytes)) or not (isinstance(size, (tuple, list)) and len(size) == 2 and all(
-                    isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
+                    isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0 for v in size)):
                 raise TypeError(f"QuantConfig(image_size=...) takes a whole number of pixels or (height, width), "
                                 f"got {self.image_size!r}")
+            if isinstance(self.image_size, numbers.Integral):
+                self.image_size = int(self.image_size)
+            else:
+                self.image_size = tuple(int(v) for v in size)
 
 
 def _patterns(name: str, value) -> tuple[str, ...]:

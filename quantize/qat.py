@@ -51,6 +51,21 @@ def _pairs(train_data, batch_size: int):
     return out
 
 
+def _check_labels(batches, classes: int) -> None:
+    """Refuse, before training, labels that are not whole class indices of the model's ``classes`` classes."""
+    for _, y in batches:
+        if y is None:
+            continue
+        y = torch.as_tensor(y)
+        if y.is_floating_point() or y.dtype == torch.bool or y.dim() != 1:
+            raise ValueError(f"QAT labels are class indices, one whole number per image; got a {y.dtype} tensor "
+                             f"of shape {list(y.shape)}")
+        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= classes):
+            bad = int(y.min()) if int(y.min()) < 0 else int(y.max())
+            raise ValueError(f"QAT label {bad} is not a class of this model, which has {classes} (0 to "
+                             f"{classes - 1}); check the labels match the model's head")
+
+
 def trainable_tensors(spec) -> list[torch.Tensor]:
     """The float tensors QAT updates: linear weights/biases and LayerNorm affines (the blocks', then the final
     and the pre-LayerNorm's)."""
@@ -79,7 +94,11 @@ def qat(qmodel, train_data, epochs: int = 1, lr: float = 1e-5, weight_decay: flo
     if qmodel.spec.family in EMBEDDING_HEAD_FAMILIES:
         raise ValueError(f"QAT trains a classifier; this model's head ({qmodel.spec.source_class}) projects into an "
                          "embedding space (CLIP's image_embeds), whose outputs are not classes")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a positive finite learning rate such as 2e-5, got {lr!r}")
+    qmodel.require_float_weights("QAT")                  # before any batch is read or a bar drawn
     batches = _pairs(train_data, batch_size)
+    _check_labels(batches, qmodel.spec.head.weight.shape[0])
     model = copy.deepcopy(qmodel)
     teacher = copy.deepcopy(qmodel.spec)                 # for distillation: the weights before training
     params = trainable_tensors(model.spec)

@@ -52,10 +52,77 @@ def test_a_generator_is_read_once_and_every_pass_sees_all_its_images():
     (dict(image_size="32"), TypeError, "takes a whole number of pixels or \\(height, width\\)"),
     (dict(image_size=(32, 0)), TypeError, "takes a whole number"),
     (dict(progress="no"), TypeError, "takes True or False"),
+    (dict(percentile=0), ValueError, "is the percentile of \\|x\\| that recipe='percentile' keeps, a number in"),
+    (dict(percentile=float("nan")), ValueError, "is the percentile"),
+    (dict(percentile="99.9"), ValueError, "is the percentile"),
+    (dict(cache_path=5), TypeError, "takes the path of a JSON file, got 5"),
 ])
 def test_bad_config_values_are_named(settings, error, phrase):
     with pytest.raises(error, match=f"QuantConfig\\({next(iter(settings))}=\\.\\.\\.\\) {phrase}"):
         intvit.QuantConfig(**settings)
+
+
+def test_numpy_integers_are_whole_numbers_of_pixels():
+    assert intvit.QuantConfig(image_size=np.int64(32)).image_size == 32
+    assert intvit.QuantConfig(image_size=[np.int32(16), 64]).image_size == (16, 64)
+
+
+def test_a_processors_list_of_images_is_every_image_not_the_first():
+    """A Hugging Face processor called without return_tensors gives pixel_values as a list of [C, H, W]
+    arrays; only the first was used, silently (red team, 2026-12-06)."""
+    x = images(6, size=16)
+    _same_images({"pixel_values": [a.numpy() for a in x]}, x)               # BatchFeature of numpy images
+    _same_images([[x[0], x[1], x[2]], [x[3], x[4], x[5]]], x)               # batches as lists of images
+    _same_images([(x[:4], x[4:]), (x[:0], x[:0])], x)                        # lists of [B, C, H, W] batches
+    with pytest.raises(CalibrationDataError, match="calibration images of different shapes in one batch"):
+        take_batches({"pixel_values": [x[0], images(1, size=8)[0]]}, 100)
+
+
+def test_a_damaged_or_edited_calibration_cache_is_recalibrated_and_a_bad_path_refused_first(tmp_path):
+    import json
+    model, x = hf_vit(image=16, dim=32, layers=1, heads=2, mlp=64, labels=5), images(8, size=16)
+    cache = tmp_path / "calib.json"
+    first = intvit.quantize(model, x, intvit.QuantConfig(**QUICK, cache_path=str(cache)))
+    good = json.loads(cache.read_text())
+    edited = {**good, "amax": {k: -1.0 for k in good["amax"]}}
+    for damaged in ("[1, 2, 3]", json.dumps(edited), json.dumps({**good, "amax": {}}), "\x00\xff"):
+        cache.write_text(damaged)
+        again = intvit.quantize(model, x, intvit.QuantConfig(**QUICK, cache_path=str(cache)))
+        assert torch.equal(again.forward_int(x), first.forward_int(x))
+        assert json.loads(cache.read_text())["amax"] == good["amax"]
+    for path, error, phrase in ((tmp_path / "no" / "c.json", FileNotFoundError, "directory .* does not exist"),
+                                (tmp_path, IsADirectoryError, "it is a directory")):
+        with pytest.raises(error, match=f"cannot write the calibration cache to .*{phrase}"):
+            intvit.quantize(model, x, intvit.QuantConfig(**QUICK, cache_path=str(path)))
+
+
+@pytest.mark.parametrize("family", ["vit", "dinov2", "deit"])
+def test_a_non_square_size_with_the_native_patch_count_is_resampled_as_the_model_does(family):
+    """HF resamples the position grid whenever the image is not square, not only when the patch count changes:
+    16 x 64 on a 32 x 32 model (16 patches either way) was refused as "does not reproduce it" (red team)."""
+    import warnings
+
+    import transformers
+    config, model = {"vit": ("ViTConfig", "ViTForImageClassification"), "deit": ("DeiTConfig",
+                     "DeiTForImageClassification"), "dinov2": ("Dinov2Config", "Dinov2ForImageClassification")}[family]
+    torch.manual_seed(0)
+    m = getattr(transformers, model)(getattr(transformers, config)(
+        image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=64, num_labels=3)).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)             # the fidelity check ran and passed
+        q = intvit.quantize(m, torch.randn(8, 3, 16, 64), intvit.QuantConfig(**QUICK, image_size=(16, 64)))
+    assert q.spec.image_size == (16, 64)
+
+
+def test_a_size_the_models_own_resampling_cannot_take_is_refused():
+    import transformers
+    m = transformers.ViTForImageClassification(transformers.ViTConfig(
+        image_size=(24, 40), patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=64, num_labels=3)).eval()
+    with pytest.raises(intvit.UnsupportedModelError, match="interpolate_pos_encoding cannot resample the model's "
+                                                            "position embeddings to 40x24"):
+        intvit.quantize(m, torch.randn(8, 3, 40, 24), intvit.QuantConfig(**QUICK, image_size=(40, 24)))
 
 
 def test_a_config_that_is_not_a_quantconfig_is_named():

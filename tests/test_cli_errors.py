@@ -242,3 +242,84 @@ def test_quantize_takes_an_image_size(files, tmp_path, capfd):
     from intvit.cli import build_parser
     args = build_parser().parse_args(["quantize", "fmnist", "-o", "q.safetensors", "--image-size", "56"])
     assert args.image_size == (56, 56)
+
+
+def test_an_output_on_a_fifo_or_device_is_refused_not_replaced(files, tmp_path, capfd):
+    """Publishing renames a new file over the output path: a FIFO (or, as root, /dev/null) there used to be
+    replaced by a regular file, with "wrote" and exit 0 (red team, 2026-12-06)."""
+    import os
+    import stat
+
+    from intvit.bench.record import write_record
+    from intvit.files import write_atomic
+    fifo = tmp_path / "out.onnx"
+    os.mkfifo(fifo)
+    for argv in (f"export {files}/m.safetensors -o {fifo}", f"compile {files}/m.onnx -o {fifo}",
+                 f"quantize fmnist -o {fifo}"):
+        assert main(argv.split()) == 2
+        assert "it is a FIFO (named pipe), not a regular file" in capfd.readouterr().err
+    for write in (lambda: write_atomic(fifo, b"x"), lambda: write_record(fifo, {}, "cmd"),
+                  lambda: intvit_load(files).save(fifo)):
+        with pytest.raises(PermissionError, match="FIFO"):
+            write()
+    sidecar_fifo = tmp_path / "side.so.json"
+    os.mkfifo(sidecar_fifo)
+    assert main(f"compile {files}/m.onnx -o {tmp_path}/side.so".split()) == 2
+    assert "sidecar" in capfd.readouterr().err and not (tmp_path / "side.so").exists()
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode) and stat.S_ISFIFO(os.stat(sidecar_fifo).st_mode)
+
+
+def intvit_load(files):
+    import intvit
+    return intvit.load(files / "m.safetensors")
+
+
+@pytest.mark.parametrize("config, phrase", [
+    ("[1, 2]", "holds a JSON list, not the object of an image processor's settings"),
+    ("{x", "is not valid JSON"),
+    ('{"image_mean": "grey"}', "must be numbers"),
+])
+def test_a_broken_preprocessor_config_is_one_line_naming_it(files, tmp_path, capfd, config, phrase):
+    model = tmp_path / "hf"
+    shutil.copytree(files / "hf", model)
+    (model / "preprocessor_config.json").write_text(config)
+    assert main(["quantize", str(model), "-o", str(tmp_path / "q.safetensors"), "--calib", str(files / "ok.npy")]) == 2
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "preprocessor_config.json" in err[0] and phrase in err[0], err
+    assert not (tmp_path / "q.safetensors").exists()
+
+
+@pytest.mark.parametrize("settings, mean, std", [
+    ({}, [0.5], [0.5]),
+    ({"image_mean": [0.4, 0.5, 0.6], "image_std": [0.2, 0.25, 0.5]}, [0.4, 0.5, 0.6], [0.2, 0.25, 0.5]),
+    ({"do_normalize": False, "image_mean": [0.4] * 3, "image_std": [0.2] * 3}, [0.0], [1.0]),
+    ({"do_rescale": False, "image_mean": [127.5], "image_std": [51.0]}, [0.5], [0.2]),
+    ({"rescale_factor": 1 / 127.5, "image_mean": [1.0], "image_std": [1.0]}, [0.5], [0.5]),
+])
+def test_the_processor_settings_become_the_mean_and_std_of_pixels_over_255(tmp_path, settings, mean, std):
+    """``(p / 255 − mean) / std`` equals the processor's ``(p · rescale − image_mean) / image_std`` (or no
+    normalisation with ``do_normalize: false``) on every pixel value (red team: do_normalize was ignored)."""
+    from intvit.cli import _hf_normalisation
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(settings))
+    got_mean, got_std, _ = _hf_normalisation(str(tmp_path))
+    assert got_mean == pytest.approx(mean) and got_std == pytest.approx(std)
+    p = np.arange(256.0)
+    rescale = settings.get("rescale_factor", 1 / 255) if settings.get("do_rescale", True) else 1.0
+    m, s = ((settings.get("image_mean", [0.5])[0], settings.get("image_std", [0.5])[0])
+            if settings.get("do_normalize", True) else (0.0, 1.0))
+    assert np.allclose((p / 255 - got_mean[0]) / got_std[0], (p * rescale - m) / s)
+
+
+def test_a_folder_is_calibrated_at_the_image_size_asked_for(files, tmp_path, capfd):
+    """``--image-size`` with ``--calib FOLDER`` resized the images to the config's size and then refused them."""
+    from PIL import Image
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((40, 50, 3), 40 * i, np.uint8)).save(folder / f"{i}.png")
+    out = tmp_path / "q.safetensors"
+    assert main(["quantize", str(files / "hf"), "-o", str(out), "--calib", str(folder), "--image-size", "48x40",
+                 "--quiet"]) == 0
+    assert "resized to 48x40" in capfd.readouterr().out
+    import intvit
+    assert intvit.load(out).spec.image_size == (48, 40)

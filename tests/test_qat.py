@@ -1,5 +1,6 @@
 """QAT: trains a copy in fake-quant mode, refreezes, checkpoints reload bit-exactly; bad input is refused."""
 import copy
+import importlib
 
 import pytest
 import torch
@@ -42,3 +43,21 @@ def test_qat_bad_input(tiny_qvit):
     headless.spec.head = None
     with pytest.raises(ValueError, match="no classification head"):
         intvit.qat(headless, images(4), progress=False)
+
+
+def test_qat_refuses_bad_labels_rates_and_missing_weights_before_training(tiny_qvit, tmp_path, capsys):
+    x = images(8)
+    with pytest.raises(ValueError, match=r"label 20 is not a class of this model, which has 10 \(0 to 9\)"):
+        intvit.qat(tiny_qvit, (x, torch.full((8,), 20)))
+    with pytest.raises(ValueError, match="label -1 is not a class"):
+        intvit.qat(tiny_qvit, (x, torch.full((8,), -1)))
+    with pytest.raises(ValueError, match="labels are class indices, one whole number per image"):
+        intvit.qat(tiny_qvit, (x, torch.rand(8)))
+    for lr in (float("nan"), 0, -1e-5, "2e-5"):
+        with pytest.raises(ValueError, match="lr must be a positive finite learning rate"):
+            intvit.qat(tiny_qvit, x, lr=lr)
+    tiny_qvit.save(tmp_path / "deploy.safetensors")
+    missing = importlib.import_module("intvit.quantize.integer_model").FloatWeightsMissingError
+    with pytest.raises(missing, match="QAT needs the float weights"):
+        intvit.qat(intvit.load(tmp_path / "deploy.safetensors"), x)
+    assert "QAT epoch" not in capsys.readouterr().err        # refused before the first progress bar

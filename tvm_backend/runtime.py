@@ -94,6 +94,7 @@ def compile_to_file(onnx_path, output, target="llvm", batch: int = 1, arch: str 
     output = os.fspath(output)
     try:
         check_writable_target(output, "the compiled module")
+        check_writable_target(sidecar_path(output), "the compiled module's sidecar")
         if tune and tuning_dir and os.path.exists(tuning_dir) and not os.path.isdir(tuning_dir):
             raise NotADirectoryError(f"the tuning database {tuning_dir} is a file; give a folder (it is created "
                                      "if missing)")
