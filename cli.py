@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
+import signal
 import sys
+import threading
 
 
 def _demo(args) -> int:
@@ -221,10 +224,10 @@ def _run(args) -> int:
     logits = module(images)          # any count: the module runs ceil(count / batch) calls of its compiled batch
     if header:                       # printed once the module has run: a failed run prints only its error
         print(header)
-    labels = prep.get("labels") or []
+    labels = [_printable(label) for label in prep.get("labels") or []]
     if module.meta.get("output", "logits") != "logits":        # a headless model: no classes to rank
         for name, row in zip(names, logits):
-            print(f"{name}: {module.meta['output']} {list(row.shape)}, L2 norm {float(np.linalg.norm(row)):.4g}, "
+            print(f"{name}: {_printable(module.meta['output'])} {list(row.shape)}, L2 norm {float(np.linalg.norm(row)):.4g}, "
                   f"first values {', '.join(f'{v:.3f}' for v in row.reshape(-1)[:5])}")
         return 0
     print(f"top-5 classes per image: {'label' if labels else 'class index'} (logit)")
@@ -732,25 +735,75 @@ def main(argv=None) -> int:
         return 0
     args.invocation = "intvit " + shlex.join(argv)          # what reports record as their command
     _one_line_warnings(args.command)
+    with _ctrl_c_recorded() as ctrl_c:
+        try:
+            from intvit.cli_paths import preflight
+            preflight(args)                 # outputs that would destroy an input, or cannot be written: now
+            return args.func(args)
+        except KeyboardInterrupt:           # Ctrl-C: what a writer had begun is removed by its own cleanup
+            return _interrupted(args.command)
+        except BrokenPipeError:             # the reader went away (`intvit inspect m.onnx | head`): not an error
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 1
+        except MemoryError as exc:
+            print(f"intvit {args.command}: out of memory ({_one_line(exc)}); use fewer images or a smaller batch "
+                  "per call", file=sys.stderr)
+            return 2
+        except (ValueError, TypeError, OSError, FloatingPointError, RuntimeError) as exc:
+            if ctrl_c:                      # TVM's pass pipeline turns a KeyboardInterrupt into a RuntimeError
+                return _interrupted(args.command)
+            print(f"intvit {args.command}: {_one_line(exc)}", file=sys.stderr)
+            return 2
+        except Exception as exc:            # a defect, not a user error: still one line, unless debugging
+            if ctrl_c:
+                return _interrupted(args.command)
+            if os.environ.get("INTVIT_DEBUG"):
+                raise
+            print(f"intvit {args.command}: internal error {type(exc).__name__}: {_one_line(exc)} (please report "
+                  "it; INTVIT_DEBUG=1 shows the traceback)", file=sys.stderr)
+            return 1
+
+
+def _printable(text) -> str:
+    """``text`` with control characters escaped: labels come from a checkpoint's config, and a label holding
+    terminal escape codes would otherwise clear or recolour the user's terminal."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
+def _interrupted(command: str) -> int:
+    print(f"\nintvit {command}: interrupted", file=sys.stderr)
+    return 130
+
+
+@contextlib.contextmanager
+def _ctrl_c_recorded():
+    """A list that becomes non-empty when Ctrl-C (SIGINT) arrives while the command runs; the signal still
+    raises ``KeyboardInterrupt`` as Python's default handler does. Off the main thread: an empty list."""
+    seen: list[bool] = []
+    if threading.current_thread() is not threading.main_thread() \
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield seen
+        return
+
+    def record(signum, frame):
+        seen.append(True)
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGINT, record)
     try:
-        from intvit.cli_paths import preflight
-        preflight(args)                     # outputs that would destroy an input, or cannot be written: now
-        return args.func(args)
-    except KeyboardInterrupt:               # Ctrl-C: what a writer had begun is removed by its own cleanup
-        print(f"\nintvit {args.command}: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:                 # the reader went away (`intvit inspect m.onnx | head`): not an error
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
-    except (ValueError, TypeError, OSError, FloatingPointError, RuntimeError) as exc:
-        print(f"intvit {args.command}: {_one_line(exc)}", file=sys.stderr)
-        return 2
-    except Exception as exc:                # a defect, not a user error: still one line, unless debugging
-        if os.environ.get("INTVIT_DEBUG"):
-            raise
-        print(f"intvit {args.command}: internal error {type(exc).__name__}: {_one_line(exc)} (please report it; "
-              "INTVIT_DEBUG=1 shows the traceback)", file=sys.stderr)
-        return 1
+        yield seen
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def entry() -> None:
+    """The ``intvit`` console command: ``main``, then exit with its code — after Ctrl-C at once, without
+    waiting at interpreter exit for a module call still finishing its batch on a worker thread."""
+    code = main()
+    if code == 130:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+    sys.exit(code)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -758,4 +811,4 @@ def _one_line(exc: BaseException) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

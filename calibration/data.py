@@ -105,9 +105,19 @@ def load_npy(path, what: str = "image array") -> np.ndarray:
     _check_npy_size(path)
     try:
         arr = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
+    except ValueError as exc:
+        if "allow_pickle" in str(exc):          # an object array: its items would be unpickled, i.e. run code
+            raise CalibrationDataError(f"{path} holds Python objects, which intvit does not unpickle; save the "
+                                       "images as a numeric array with numpy.save") from None
         raise CalibrationDataError(f"{path} is not a numpy .npy array file ({type(exc).__name__}); save the "
                                    "images with numpy.save") from None
+    except (OSError, EOFError, OverflowError, MemoryError) as exc:    # OverflowError: a damaged header's shape
+        raise CalibrationDataError(f"{path} is not a readable numpy .npy array file ({type(exc).__name__}); save "
+                                   "the images with numpy.save") from None
+    if isinstance(arr, np.lib.npyio.NpzFile):
+        arr.close()
+        raise CalibrationDataError(f"{path} is an .npz archive (several arrays), not a .npy array; name it .npz, "
+                                   "or save the images alone with numpy.save")
     if not isinstance(arr, np.ndarray) or arr.ndim != 4 or 0 in arr.shape:
         shape = list(arr.shape) if isinstance(arr, np.ndarray) else type(arr).__name__
         raise CalibrationDataError(f"{path} holds an array of shape {shape}; expected a batch of images "

@@ -323,3 +323,31 @@ def test_a_folder_is_calibrated_at_the_image_size_asked_for(files, tmp_path, cap
     assert "resized to 48x40" in capfd.readouterr().out
     import intvit
     assert intvit.load(out).spec.image_size == (48, 40)
+
+
+def test_ctrl_c_that_tvm_turns_into_a_runtime_error_is_still_an_interruption(files, capfd, monkeypatch):
+    """TVM's pass pipeline re-raises a KeyboardInterrupt as a RuntimeError: `intvit compile` printed
+    'intvit compile: RuntimeError' and exit 2 on 2 of 7 Ctrl-Cs (red team, 2026-12-06)."""
+    import os
+    import signal
+
+    import intvit.cli as cli
+
+    def tvm_like(args):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(100):                   # the handler runs at the next bytecode
+                pass
+        except KeyboardInterrupt:
+            raise RuntimeError("Traceback (most recent call last): ... KeyboardInterrupt") from None
+    monkeypatch.setattr(cli, "_compile", tvm_like)
+    assert main(["compile", str(files / "m.onnx"), "-o", str(files / "x.so")]) == 130
+    assert capfd.readouterr().err.strip() == "intvit compile: interrupted"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler      # put back
+
+
+def test_labels_are_printed_with_control_characters_escaped():
+    from intvit.cli import _printable
+    assert _printable("\x1b[2J\x1b[31mPWNED\x1b[0m") == "\\x1b[2J\\x1b[31mPWNED\\x1b[0m"
+    assert _printable("T-shirt/top") == "T-shirt/top" and _printable("chat\tnoir\n") == "chat\\tnoir\\n"
+    assert _printable("Großkatze 猫") == "Großkatze 猫"

@@ -116,6 +116,10 @@ def test_sidecars_written_to_crash_the_parser_are_refused(compiled_pair, tmp_pat
     (lambda m: m.update(preprocessing={"mean": [0.5], "std": [0.0]}), "field 'preprocessing' must hold"),
     (lambda m: m.update(cpu_arch=["x86_64"]), "fields 'cpu_arch' and 'mcpu' must be names"),
     (lambda m: (m.update(batch=10**30), m["input"]["shape"].__setitem__(0, 10**30)), "each below 2\\*\\*31"),
+    (lambda m: (m.update(batch=2**31 - 1), m["input"]["shape"].__setitem__(0, 2**31 - 1)),
+     "holds 6,597,069,763,584 values per call, more than intvit compiles"),
+    (lambda m: m["input"].update(shape=[1, 3, 2**30, 2**30]), "values per call, more than intvit compiles"),
+    (lambda m: m.update(output={"a": 1}), "field 'output' is \\{'a': 1\\}, not the name"),
 ])
 def test_re_signed_sidecars_with_impossible_fields_are_refused_at_load(compiled_pair, tmp_path, edit, phrase):
     """Its own digest stops an accidental edit; a forger recomputes it, so the fields are checked too (these
@@ -369,3 +373,64 @@ def test_damaged_elf_headers_are_named(compiled_pair, tmp_path, edit, phrase):
     (tmp_path / "m.so").write_bytes(edit(open(so, "rb").read()))
     with pytest.raises(DamagedLibraryError, match=phrase):
         check_library_whole(tmp_path / "m.so")
+
+
+@pytest.mark.parametrize("write, phrase", [
+    (lambda f: np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False,
+                                                        "shape": (10**22, 0, 28, 28)}),
+     "is not a readable numpy .npy array file \\(OverflowError\\)"),
+    (lambda f: np.save(f, np.array([[[[object()]]]], dtype=object), allow_pickle=True),
+     "holds Python objects, which intvit does not unpickle"),
+    (lambda f: np.savez(f, a=np.zeros((1, 3, 32, 32), np.float32)), "is an .npz archive \\(several arrays\\)"),
+])
+def test_npy_files_numpy_cannot_read_as_one_array_are_named(tmp_path, write, phrase):
+    path = tmp_path / "x.npy"
+    with open(path, "wb") as f:
+        write(f)
+    with pytest.raises(CalibrationDataError, match=phrase):
+        load_npy(path)
+
+
+def test_a_loaded_module_cannot_be_pickled_and_says_what_to_do(compiled_pair):
+    import pickle
+    _, so, _, _, _ = compiled_pair
+    module = load(so)
+    for obj in (module, module.compiled):
+        with pytest.raises(TypeError, match="cannot be pickled .* intvit.runtime.load\\(path\\) in each process"):
+            pickle.dumps(obj)
+
+
+def test_a_link_elsewhere_is_loaded_under_the_lock_of_the_folder_its_module_is_published_in(compiled_pair, tmp_path,
+                                                                                            monkeypatch):
+    """``load`` locked the link's folder while a writer publishing into the module's own folder holds that
+    folder's lock: a recompile racing a load through the link gave 'not the module its sidecar was written
+    for' (3 in 6,000 loads in the red team's run)."""
+    from intvit.tvm_backend import runtime
+    _, so, _, q, _ = compiled_pair
+    real, links = tmp_path / "real", tmp_path / "links"
+    real.mkdir(), links.mkdir()
+    _copy_module(so, real / "m.so")
+    (links / "current.so").symlink_to(real / "m.so")
+    locked = []
+    original = runtime._directory_lock
+    monkeypatch.setattr(runtime, "_directory_lock", lambda d, shared=False: (locked.append(d), original(d, shared))[1])
+    x = images(1, seed=3)
+    assert np.array_equal(load(links / "current.so").run(x)[1], q.forward_int(x).numpy())
+    assert locked == [str(real)]
+
+
+def test_a_module_cache_that_forbids_running_code_is_named(compiled_pair, monkeypatch):
+    """A cache on a noexec mount (a hardened /tmp) failed every load with 'recompile it', which cannot help."""
+    import tvm
+    from intvit.tvm_backend import runtime
+    _, so, _, _, _ = compiled_pair
+
+    def noexec(path):
+        raise RuntimeError(f"Check failed: (lib_handle_ != nullptr) is false: Failed to load dynamic shared library "
+                           f"{path} {path}: failed to map segment from shared object")
+    monkeypatch.setattr(tvm.runtime, "load_module", noexec)
+    monkeypatch.setattr(runtime, "_LIBRARIES", {})
+    with pytest.raises(ModuleMismatchError, match="cannot run from the module cache .*: its file system does not "
+                                                  "allow executing code .*set INTVIT_MODULE_CACHE") as err:
+        load(so)
+    assert "recompile" not in str(err.value) and str(so) + " " not in str(err.value).split("(", 1)[1]

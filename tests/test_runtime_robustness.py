@@ -339,3 +339,48 @@ def test_two_threads_compiling_at_once_both_get_their_own_model(compiled_pair, t
     x = images(1, seed=15)
     for name, q in (("a", qa), ("b", qb)):
         assert np.array_equal(load(tmp_path / f"{name}.so").run(x)[1], q.forward_int(x).numpy())
+
+
+def test_ctrl_c_while_waiting_cancels_the_call_at_its_next_check(monkeypatch):
+    """Ctrl-C in the caller left the call running on its worker to the last image: ``intvit run`` on 60,000
+    images took 10 s to stop and a second Ctrl-C aborted the process (red team, 2026-12-06)."""
+    steps, started = [], threading.Event()
+
+    def long_call():
+        started.set()
+        for i in range(400):                      # 20 s unless cancelled
+            callers.check_cancelled()
+            steps.append(i)
+            time.sleep(0.05)
+    main = threading.get_ident()
+    threading.Thread(target=lambda: (started.wait(10), time.sleep(0.3), signal.pthread_kill(main, signal.SIGINT)),
+                     daemon=True).start()
+    t0 = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt):
+        callers.on_worker(long_call)
+    assert callers.on_worker(lambda: "next call") == "next call"      # not queued behind the cancelled one
+    assert time.perf_counter() - t0 < 5 and 0 < len(steps) < 100
+    callers.check_cancelled()                     # nothing to cancel outside a call
+
+
+def test_a_module_runs_from_an_atexit_handler(compiled_pair, tmp_path):
+    """The workers are shut down before atexit handlers run: such a call raised 'cannot schedule new futures'."""
+    _, so, _, _, _ = compiled_pair
+    script = ("import atexit, numpy as np\nfrom intvit.runtime import load\n"
+              f"m = load({str(so)!r})\nx = np.zeros((2, 3, 32, 32), np.float32)\n"
+              "atexit.register(lambda: print('at exit', m(x).shape, flush=True))\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "at exit (2, 10)" in out.stdout, out.stderr[-2000:]
+
+
+def test_the_command_exits_at_once_on_ctrl_c_during_a_long_run(compiled_pair, tmp_path):
+    _, so, _, _, _ = compiled_pair
+    np.save(tmp_path / "many.npy", np.zeros((20000, 3, 32, 32), np.float32))    # tens of seconds of calls
+    proc = subprocess.Popen([sys.executable, "-m", "intvit", "run", str(so), "--input", str(tmp_path / "many.npy")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(8)                                 # imported, loaded, running
+    t0 = time.perf_counter()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and err.strip().splitlines()[-1] == "intvit run: interrupted", err[-2000:]
+    assert time.perf_counter() - t0 < 10 and "Traceback" not in err

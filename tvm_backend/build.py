@@ -21,6 +21,7 @@ them) → schedules → ``tvm.compile``. Targets:
 from __future__ import annotations
 
 import functools
+import math
 import os
 import threading
 
@@ -292,6 +293,11 @@ def compile_onnx(model, target="llvm", batch: int = 1, arch: str | None = None, 
 
     import tvm
     proto = read_onnx(model) if isinstance(model, (str, os.PathLike)) else model
+    image = [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim[1:]]
+    if batch * math.prod(image) >= 2**31:
+        raise ValueError(f"batch {batch} of {'x'.join(map(str, image))} images is {batch * math.prod(image):,} "
+                         "input values per call, beyond what a module takes (below 2**31); choose a smaller batch "
+                         "and run more calls (a module runs any number of images in calls of its batch)")
     resolved = resolve_target(target, arch, cpu)
     tgt = make_target(resolved)
     cuda = is_cuda(tgt)

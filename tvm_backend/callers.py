@@ -46,8 +46,16 @@ def _mark_worker() -> None:
     _state.is_worker = True
 
 
+class CallCancelled(Exception):
+    """Raised on a worker inside a call whose caller was interrupted (Ctrl-C), at the call's next check."""
+
+
 def on_worker(fn, *args):
-    """``fn(*args)`` run on one of the process's module workers; its result, or its exception, here."""
+    """``fn(*args)`` run on one of the process's module workers; its result, or its exception, here.
+
+    Ctrl-C while waiting cancels the call: it does not start if it has not, else it stops at its next
+    ``check_cancelled`` (between batches), so neither the next call nor the interpreter's exit waits for all
+    its images. At interpreter exit, when the workers are gone (an ``atexit`` handler), the call runs here."""
     global _executor
     if getattr(_state, "is_worker", False):      # already on a worker (a module called from inside a call)
         return fn(*args)
@@ -56,7 +64,34 @@ def on_worker(fn, *args):
             _executor = ThreadPoolExecutor(worker_count(), thread_name_prefix="intvit-run",
                                            initializer=_mark_worker)
         executor = _executor
-    return executor.submit(fn, *args).result()
+    cancelled = threading.Event()
+    try:
+        future = executor.submit(_cancellable, cancelled, fn, *args)
+    except RuntimeError as exc:                  # "cannot schedule new futures after (interpreter) shutdown"
+        if "shutdown" not in str(exc):
+            raise
+        return fn(*args)
+    try:
+        return future.result()
+    except KeyboardInterrupt:
+        cancelled.set()
+        future.cancel()
+        raise
+
+
+def _cancellable(cancelled: threading.Event, fn, *args):
+    _state.cancelled = cancelled
+    try:
+        return fn(*args)
+    finally:
+        _state.cancelled = None
+
+
+def check_cancelled() -> None:
+    """Raise ``CallCancelled`` on a worker whose caller has been interrupted; nothing anywhere else."""
+    event = getattr(_state, "cancelled", None)
+    if event is not None and event.is_set():
+        raise CallCancelled("the call was cancelled: its caller was interrupted")
 
 
 def _forget_parent_workers() -> None:

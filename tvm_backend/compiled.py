@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .callers import check_cancelled
 from .errors import IsaUnavailableError, NoDeviceError
 
 
@@ -73,6 +74,11 @@ class CompiledIntViT:
             self._vm = VirtualMachine(self.executable, self.dev)
         return self._vm
 
+    def __reduce__(self):
+        raise TypeError("a compiled intvit module cannot be pickled (to another process, e.g. a multiprocessing "
+                        "pool): its code lives in this process; write it with intvit compile (or "
+                        "compile_to_file) and call intvit.runtime.load(path) in each process")
+
     def __call__(self, images):
         """``(logits, int_logits)`` for any number of images of the compiled image shape.
 
@@ -97,6 +103,7 @@ class CompiledIntViT:
         self._check_not_lifted()
         outputs = []
         for start in range(0, count, self.batch):
+            check_cancelled()                     # the caller was interrupted (Ctrl-C): stop between batches
             chunk = _filled(arr[start:start + self.batch], self.batch)
             out = self.vm["main"](tvm.runtime.tensor(np.ascontiguousarray(chunk), self.dev))
             if self.amx_emulated:

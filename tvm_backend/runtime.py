@@ -29,6 +29,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import math
 import os
 import shutil
 import stat
@@ -279,6 +280,11 @@ class LoadedModule:
     def __call__(self, images):
         return self.run(images)[0]
 
+    def __reduce__(self):
+        raise TypeError("a loaded intvit module cannot be pickled (to another process, e.g. a multiprocessing "
+                        "pool): its compiled code lives in this process; call intvit.runtime.load(path) in each "
+                        "process instead")
+
     def run(self, images):
         """Run on ``images`` in a virtual machine of its own on one of the process's module workers
         (``callers``: a fixed set of threads, one by default, so callers' threads never collect TVM pools).
@@ -337,7 +343,10 @@ def load(path) -> LoadedModule:
     writer holds exclusively while it publishes a new pair, so a module recompiled meanwhile loads whole, old
     or new (``compile_to_file``)."""
     path = os.fsdecode(path)
-    with _directory_lock(os.path.dirname(os.path.abspath(path)), shared=True):
+    # the folder of the pair a writer publishes: a link without a sidecar of its own is read through to the
+    # file it names and its sidecar, so it is that folder's lock that keeps the pair whole
+    pair = os.path.realpath(path) if os.path.islink(path) and not os.path.lexists(sidecar_path(path)) else path
+    with _directory_lock(os.path.dirname(os.path.abspath(pair)), shared=True):
         meta, side = _read_sidecar(path)
         _check_runnable(path, meta, side)
         library = _library(path, meta["so_sha256"])
@@ -458,7 +467,13 @@ def _library(path: str, digest: str):
             try:
                 library = tvm.runtime.load_module(copy)
             except Exception as exc:        # TVM's InternalError names the cache copy, not the user's file
-                reason = str(exc).strip().splitlines()[-1].replace(copy, "it")[:160]
+                reason = str(exc).strip().splitlines()[-1].replace(f"{copy} {copy}", copy).replace(
+                    copy, "the cached copy")[:160]
+                if "failed to map segment" in reason or "Operation not permitted" in reason:
+                    raise ModuleMismatchError(   # the .so is fine: its copy's folder forbids running code
+                        f"{path} cannot run from the module cache {os.path.dirname(copy)}: its file system does "
+                        f"not allow executing code (mounted noexec?) ({reason}); set INTVIT_MODULE_CACHE to a "
+                        "folder on one that does") from None
                 raise ModuleMismatchError(f"{path} cannot be loaded as a shared library ({reason}); recompile it "
                                           "with `intvit compile`") from None
             if not library.implements_function("vm_load_executable"):
@@ -499,6 +514,11 @@ def check_sidecar_fields(meta, side: str) -> None:
                   "(each below 2**31)")
     if batch < 1 or shape[0] != batch:
         raise bad(f"batch {batch} does not match the input shape {shape}")
+    if math.prod(shape) >= 2**31:           # beyond any module intvit compiles; one call would allocate it all
+        raise bad(f"its input shape {shape} holds {math.prod(shape):,} values per call, more than intvit "
+                  "compiles (below 2**31)")
+    if not isinstance(meta.get("output", "logits"), str):
+        raise bad(f"field 'output' is {meta.get('output')!r}, not the name of what the module outputs")
     if meta.get("preprocessing") is not None and from_metadata(json.dumps(meta["preprocessing"])) is None:
         raise bad("field 'preprocessing' must hold lists of numbers 'mean' and 'std' and a list of 'labels'")
     if meta.get("gpu_gemm") not in (None, *GEMM_PATHS):
