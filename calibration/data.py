@@ -152,8 +152,7 @@ def load_image(path, channels: int, size: tuple[int, int], mean, std) -> torch.T
     from PIL import Image, ImageOps
     if os.path.isdir(path):
         raise ImageFileError(f"{path} is a folder, not an image file; give the image files in it")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no image at {path}")
+    check_regular_file(path, "image")       # missing, a link to nothing, a FIFO or device: named as such
     mean, std = (np.asarray(v, np.float32) for v in check_mean_std(mean, std, channels))
     height, width = size
     try:

@@ -109,8 +109,8 @@ def check_input(spec: ViTSpec, images: torch.Tensor) -> None:
     want = (spec.in_chans, *spec.image_size)
     if images.dim() != 4 or tuple(images.shape[1:]) != want:
         raise ValueError(
-            f"expected images of shape [B, {want[0]}, {want[1]}, {want[2]}], got {list(images.shape)}; "
-            "this model was quantized for that input size")
+            f"expected images of shape [B, {want[0]}, {want[1]}, {want[2]}], got {list(images.shape)}: the "
+            f"model is set up for {want[1]}x{want[2]} images of {want[0]} channel{'s' if want[0] != 1 else ''}")
 
 
 def check_spec(spec: ViTSpec) -> None:

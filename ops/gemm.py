@@ -118,7 +118,9 @@ def patchify(images: torch.Tensor, patch: int) -> torch.Tensor:
     """
     b, c, h, w = images.shape
     if h % patch or w % patch:
-        raise ValueError(f"image size {h}x{w} is not a multiple of the patch size {patch}")
+        near = lambda v: f"{max(patch, v // patch * patch)} or {(v // patch + 1) * patch}"     # noqa: E731
+        raise ValueError(f"image size {h}x{w} is not a multiple of the patch size {patch}; resize or crop the "
+                         f"images to a multiple (height {near(h)}, width {near(w)}), and quantize for that size")
     x = images.reshape(b, c, h // patch, patch, w // patch, patch)
     x = x.permute(0, 2, 4, 1, 3, 5)
     return x.reshape(b, (h // patch) * (w // patch), c * patch * patch)

@@ -98,6 +98,10 @@ class QuantConfig:
             raise ValueError(f"QuantConfig(percentile=...) is the percentile of |x| that recipe='percentile' keeps, "
                              f"a number in (50, 100] such as 99.99, got {self.percentile!r}")
         self.percentile = float(self.percentile)
+        if self.labels is not None and (isinstance(self.labels, (str, bytes)) or not all(
+                isinstance(v, str) for v in self.labels)):
+            raise TypeError(f"QuantConfig(labels=...) takes one name per output class, e.g. ('cat', 'dog'), got "
+                            f"{self.labels!r}")
         if self.cache_path is not None and not isinstance(self.cache_path, (str, os.PathLike)):
             raise TypeError(f"QuantConfig(cache_path=...) takes the path of a JSON file, got {self.cache_path!r}")
         for name in ("int16", "zero_points", "migration"):

@@ -56,6 +56,7 @@ def test_a_generator_is_read_once_and_every_pass_sees_all_its_images():
     (dict(percentile=float("nan")), ValueError, "is the percentile"),
     (dict(percentile="99.9"), ValueError, "is the percentile"),
     (dict(cache_path=5), TypeError, "takes the path of a JSON file, got 5"),
+    (dict(labels="abc"), TypeError, "takes one name per output class, e.g. \\('cat', 'dog'\\), got 'abc'"),
 ])
 def test_bad_config_values_are_named(settings, error, phrase):
     with pytest.raises(error, match=f"QuantConfig\\({next(iter(settings))}=\\.\\.\\.\\) {phrase}"):
@@ -123,6 +124,21 @@ def test_a_size_the_models_own_resampling_cannot_take_is_refused():
     with pytest.raises(intvit.UnsupportedModelError, match="interpolate_pos_encoding cannot resample the model's "
                                                             "position embeddings to 40x24"):
         intvit.quantize(m, torch.randn(8, 3, 40, 24), intvit.QuantConfig(**QUICK, image_size=(40, 24)))
+
+
+def test_an_image_size_off_the_patch_grid_says_which_sizes_would_do():
+    model = hf_vit(image=32, dim=32, layers=1, heads=2, mlp=64, labels=5)
+    with pytest.raises(ValueError, match="36x36 is not a multiple of the patch size 8; resize or crop the images to "
+                                         "a multiple \\(height 32 or 40, width 32 or 40\\)"):
+        intvit.quantize(model, images(4, size=36), intvit.QuantConfig(**QUICK, image_size=36))
+
+
+def test_a_fifo_in_an_image_folder_is_named_as_one(tmp_path):
+    import os
+    from intvit.calibration import load_image_folder
+    os.mkfifo(tmp_path / "z.png")
+    with pytest.raises(OSError, match="z.png is a FIFO \\(named pipe\\), not a regular file"):
+        load_image_folder(tmp_path, 3, (8, 8), 0.5, 0.5)
 
 
 def test_a_config_that_is_not_a_quantconfig_is_named():
