@@ -120,6 +120,9 @@ def test_the_prefetch_kernel_benchmark_compares_equal_outputs_and_refuses_bad_ar
     out = tmp_path / "k.json"
     assert prefetch_kernels.main(["--models", "deit_small", "--batch", "1", "--reps", "1", "--cold-mb", "1",
                                   "--json", str(out)]) == 0
-    results = json.loads(out.read_text())["results"]
+    record = json.loads(out.read_text())
+    results = record["results"]
+    assert record["command"].startswith("python -m intvit.bench.prefetch_kernels --models deit_small")
+    assert record["machine"]["cpu"] and record["date"]
     assert [(r["gemm"], r["epilogue"]) for r in results] == [("qkv", "requant"), ("proj", "residual"),
                                                              ("fc1", "requant"), ("fc2", "residual")]
