@@ -106,7 +106,7 @@ def load_npy(path, what: str = "image array") -> np.ndarray:
     try:
         arr = np.load(path, allow_pickle=False)
     except ValueError as exc:
-        if "allow_pickle" in str(exc):          # an object array: its items would be unpickled, i.e. run code
+        if "Object arrays" in str(exc):         # an object array: its items would be unpickled, i.e. run code
             raise CalibrationDataError(f"{path} holds Python objects, which intvit does not unpickle; save the "
                                        "images as a numeric array with numpy.save") from None
         raise CalibrationDataError(f"{path} is not a numpy .npy array file ({type(exc).__name__}); save the "
