@@ -750,12 +750,12 @@ def main(argv=None) -> int:
                   "per call", file=sys.stderr)
             return 2
         except (ValueError, TypeError, OSError, FloatingPointError, RuntimeError) as exc:
-            if ctrl_c:                      # TVM's pass pipeline turns a KeyboardInterrupt into a RuntimeError
+            if ctrl_c():                    # TVM's pass pipeline turns a KeyboardInterrupt into a RuntimeError
                 return _interrupted(args.command)
             print(f"intvit {args.command}: {_one_line(exc)}", file=sys.stderr)
             return 2
         except Exception as exc:            # a defect, not a user error: still one line, unless debugging
-            if ctrl_c:
+            if ctrl_c():
                 return _interrupted(args.command)
             if os.environ.get("INTVIT_DEBUG"):
                 raise
@@ -777,22 +777,29 @@ def _interrupted(command: str) -> int:
 
 @contextlib.contextmanager
 def _ctrl_c_recorded():
-    """A list that becomes non-empty when Ctrl-C (SIGINT) arrives while the command runs; the signal still
-    raises ``KeyboardInterrupt`` as Python's default handler does. Off the main thread: an empty list."""
-    seen: list[bool] = []
-    if threading.current_thread() is not threading.main_thread() \
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        yield seen
+    """A function that says whether Ctrl-C (SIGINT) arrived while the command ran (off the main thread:
+    always False). The signal's handler is left as it is: installing one (``signal.signal``) adds
+    ``SA_ONSTACK``, and where a library has left a freed alternate signal stack behind (as the bench
+    backends do) the next Ctrl-C is then a segfault. Python's wakeup fd records the signal numbers instead."""
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
         return
+    read_end, write_end = os.pipe()
+    os.set_blocking(read_end, False)
+    os.set_blocking(write_end, False)
+    previous = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
 
-    def record(signum, frame):
-        seen.append(True)
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGINT, record)
+    def seen() -> bool:
+        try:
+            return signal.SIGINT in os.read(read_end, 4096)
+        except BlockingIOError:
+            return False
     try:
         yield seen
     finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.set_wakeup_fd(previous)
+        os.close(read_end)
+        os.close(write_end)
 
 
 def entry() -> None:

@@ -343,7 +343,8 @@ def test_ctrl_c_that_tvm_turns_into_a_runtime_error_is_still_an_interruption(fil
     monkeypatch.setattr(cli, "_compile", tvm_like)
     assert main(["compile", str(files / "m.onnx"), "-o", str(files / "x.so")]) == 130
     assert capfd.readouterr().err.strip() == "intvit compile: interrupted"
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler      # put back
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler      # never replaced
+    assert signal.set_wakeup_fd(-1) == -1                                       # and the wakeup fd put back
 
 
 def test_labels_are_printed_with_control_characters_escaped():
