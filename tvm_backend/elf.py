@@ -76,3 +76,29 @@ def check_library_whole(path) -> None:
             if sh_type != _SECTION_NOBITS and offset + length > size:
                 raise DamagedLibraryError(f"it is truncated: its section {i} ends at byte {offset + length} of a "
                                           f"file of {size} bytes")
+
+
+_SYMBOL = struct.Struct("<IBBHQQ")      # st_name, st_info, st_other, st_shndx, st_value, st_size
+_SECTION_SYMTAB, _SYMBOL_FUNC = 2, 2
+
+
+def function_symbols(path) -> list[tuple[int, int, str]]:
+    """``(address, size, name)`` of every function in the symbol table (``.symtab``, the local functions
+    included) of the ELF-64 little-endian library ``path``, by address; ``[]`` for a stripped library.
+    Its headers are checked whole first (``check_library_whole``)."""
+    check_library_whole(path)
+    with open(os.fspath(path), "rb") as f:
+        data = f.read()
+    shoff, shentsize, shnum = (_FILE_HEADER.unpack_from(data)[i] for i in (6, 11, 12))
+    sections = [_SECTION_HEADER.unpack_from(data, shoff + i * shentsize) for i in range(shnum)]
+    found = []
+    for sh in sections:
+        if sh[1] != _SECTION_SYMTAB:
+            continue
+        strings = sections[sh[6]]                   # sh_link: the symbol names' string table
+        names = data[strings[4]:strings[4] + strings[5]]
+        for offset in range(sh[4], sh[4] + sh[5], _SYMBOL.size):
+            name, info, _other, shndx, value, size = _SYMBOL.unpack_from(data, offset)
+            if info & 0xF == _SYMBOL_FUNC and shndx != 0 and value:
+                found.append((value, size, names[name:names.index(b"\0", name)].decode("utf-8", "replace")))
+    return sorted(found)
