@@ -23,9 +23,11 @@ from __future__ import annotations
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FuturesTimeout
 
 ENV = "INTVIT_RUNTIME_WORKERS"
 DEFAULT_WORKERS = 1
+WAIT_SLICE_S = 0.1                  # how often a waiting caller looks for Ctrl-C
 
 _state = threading.local()          # .is_worker on the workers
 _executor: ThreadPoolExecutor | None = None
@@ -72,7 +74,13 @@ def on_worker(fn, *args):
             raise
         return fn(*args)
     try:
-        return future.result()
+        while True:
+            # in slices: a SIGINT handler that a library re-installed with SA_RESTART (LLVM, after a compile in
+            # this process) restarts a lock wait instead of interrupting it, so Ctrl-C would wait for the call
+            try:
+                return future.result(timeout=WAIT_SLICE_S)
+            except FuturesTimeout:
+                continue
     except KeyboardInterrupt:
         cancelled.set()
         future.cancel()
