@@ -48,21 +48,27 @@ print(runs, time.perf_counter() - t0, flush=True)
 
 
 def kernel_family(symbol: str) -> str:
-    """``int8_linear_requant_residual17_compute_`` → ``int8_linear_requant_residual``."""
+    """``int8_linear_requant_residual17_compute_`` → ``int8_linear_requant_residual``; every kernel's
+    ``__tvm_ffi_*`` calling wrapper → one ``(kernel call wrappers)``."""
+    if symbol.startswith("__tvm_ffi_"):
+        return "(kernel call wrappers)"
     return re.sub(r"\d*_compute_$", "", symbol)
 
 
-def attribute(samples, mappings: dict[str, int], symbols: list[tuple[int, int, str]], library: str) -> dict:
+def attribute(samples, mappings: dict[str, int], symbols: list[tuple[int, int, str]], library: str,
+              group=None) -> dict:
     """Samples per kernel family: ``samples`` are ``(ip, dso)`` pairs (``perf script -F ip,dso``),
     ``mappings`` the load address of file offset 0 of each mapped file, ``symbols`` the module library's
     ``(address, size, name)`` (``elf.function_symbols``), ``library`` the path it ran from. An address is
-    the kernel of the nearest function symbol at or below it."""
+    the kernel of the nearest function symbol at or below it, named by ``group(symbol)`` (default
+    ``kernel_family``)."""
+    group = group or kernel_family
     starts = [s[0] for s in symbols]
     counts: collections.Counter = collections.Counter()
     for ip, dso in samples:
         if dso == library and library in mappings:
             i = bisect.bisect_right(starts, ip - mappings[library]) - 1
-            counts[kernel_family(symbols[i][2]) if i >= 0 else "(module, before its first function)"] += 1
+            counts[group(symbols[i][2]) if i >= 0 else "(module, before its first function)"] += 1
         elif dso.startswith("[kernel"):
             counts["[kernel] (threads waiting, system calls)"] += 1
         else:
@@ -87,7 +93,13 @@ def parse_perf_script(text: str) -> tuple[list[tuple[int, str]], dict[str, int]]
     return samples, mappings
 
 
-def sample(module_path: str, seconds: float, warmup: float, frequency: int) -> dict:
+def kernel_function(symbol: str) -> str:
+    """``int8_linear_requant1_compute_`` → ``int8_linear_requant1``: one row per kernel function (the same
+    family's functions differ in their shapes or constants, e.g. qkv against Q·Kᵀ)."""
+    return "(kernel call wrappers)" if symbol.startswith("__tvm_ffi_") else re.sub(r"_compute_$", "", symbol)
+
+
+def sample(module_path: str, seconds: float, warmup: float, frequency: int, by: str = "family") -> dict:
     """Run ``module_path`` in a loop in a child process and sample it with ``perf``; returns the report."""
     from ..runtime import load
     from ..tvm_backend.elf import function_symbols
@@ -111,13 +123,13 @@ def sample(module_path: str, seconds: float, warmup: float, frequency: int) -> d
     samples, mappings = parse_perf_script(script)
     library = next((p for p in mappings if os.path.basename(p).startswith(digest)), "")
     symbols = function_symbols(library) if library else []
-    counts = attribute(samples, mappings, symbols, library)
+    counts = attribute(samples, mappings, symbols, library, kernel_function if by == "function" else kernel_family)
     ms_per_run = 1e3 * float(elapsed) / max(int(runs), 1)
     total = sum(counts.values()) or 1
     rows = [{"what": k, "samples": v, "share": v / total, "ms_per_run": v / total * ms_per_run}
             for k, v in sorted(counts.items(), key=lambda kv: -kv[1])]
     return {"module": os.path.abspath(module_path), "seconds": seconds, "runs": int(runs),
-            "ms_per_run": ms_per_run, "samples": total, "frequency_hz": frequency, "rows": rows,
+            "ms_per_run": ms_per_run, "samples": total, "frequency_hz": frequency, "by": by, "rows": rows,
             "module_cache": module_cache_dir()}
 
 
@@ -134,6 +146,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seconds", type=float, default=10.0, help="how long to sample (default: %(default)s)")
     ap.add_argument("--warmup", type=float, default=3.0, help="seconds of runs before sampling (default: %(default)s)")
     ap.add_argument("--frequency", type=int, default=999, help="samples per second per thread (default: %(default)s)")
+    ap.add_argument("--by", choices=("family", "function"), default="family",
+                    help="one row per kernel family (shiftmax3 counts as shiftmax) or per kernel function")
     ap.add_argument("--json", help="also write the report to this JSON file")
     args = ap.parse_args(argv)
     if shutil.which("perf") is None:
@@ -146,7 +160,7 @@ def main(argv=None) -> int:
             check_writable_target(args.json, "--json")
         except OSError as exc:
             ap.exit(2, f"{ap.prog}: {exc}\n")
-    report = sample(args.module, args.seconds, args.warmup, args.frequency)
+    report = sample(args.module, args.seconds, args.warmup, args.frequency, args.by)
     print(format_report(report))
     if args.json:
         print(f"wrote {write_record(args.json, report, command_line('intvit.bench.sampling_profile', argv))}")

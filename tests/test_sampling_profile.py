@@ -33,6 +33,10 @@ def test_samples_go_to_the_kernel_whose_code_holds_them():
                       "int8_linear_requant_residual": 1,       # 0x2500: a parallel body after the symbol
                       "(module, before its first function)": 1,
                       "[kernel] (threads waiting, system calls)": 1, "[libc.so.6]": 1}
+    by_function = sp.attribute(samples, mappings, SYMBOLS + [(0x900, 8, "__tvm_ffi_shiftmax3")], LIB,
+                               sp.kernel_function)
+    assert by_function["shiftmax3"] == 2 and by_function["int8_linear_requant_residual17"] == 1
+    assert by_function["(kernel call wrappers)"] == 1
 
 
 def test_a_compiled_modules_kernels_are_among_its_function_symbols(compiled_pair):
