@@ -63,6 +63,7 @@ def attribute(samples, mappings: dict[str, int], symbols: list[tuple[int, int, s
     the kernel of the nearest function symbol at or below it, named by ``group(symbol)`` (default
     ``kernel_family``)."""
     group = group or kernel_family
+    symbols = sorted(symbols)
     starts = [s[0] for s in symbols]
     counts: collections.Counter = collections.Counter()
     for ip, dso in samples:
