@@ -1,6 +1,7 @@
 """``QuantConfig``: what ``intvit.quantize`` does, with defaults that work."""
 from __future__ import annotations
 
+import collections.abc
 import numbers
 import os
 from dataclasses import dataclass
@@ -98,8 +99,8 @@ class QuantConfig:
             raise ValueError(f"QuantConfig(percentile=...) is the percentile of |x| that recipe='percentile' keeps, "
                              f"a number in (50, 100] such as 99.99, got {self.percentile!r}")
         self.percentile = float(self.percentile)
-        if self.labels is not None and (isinstance(self.labels, (str, bytes)) or not all(
-                isinstance(v, str) for v in self.labels)):
+        if self.labels is not None and (isinstance(self.labels, (str, bytes))
+                                        or not isinstance(self.labels, collections.abc.Iterable)):
             raise TypeError(f"QuantConfig(labels=...) takes one name per output class, e.g. ('cat', 'dog'), got "
                             f"{self.labels!r}")
         if self.cache_path is not None and not isinstance(self.cache_path, (str, os.PathLike)):
