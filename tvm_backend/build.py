@@ -258,6 +258,9 @@ def _fresh_compile_lock() -> None:
 os.register_at_fork(after_in_child=_fresh_compile_lock)
 
 
+MAX_INPUT_VALUES = 2**31      # a module's input holds fewer values per call (its indices are int32)
+
+
 @_one_at_a_time
 def compile_onnx(model, target="llvm", batch: int = 1, arch: str | None = None, tune: int = 0,
                  tuning_dir: str | None = None, progress=None, isa: str | None = None,
@@ -294,7 +297,7 @@ def compile_onnx(model, target="llvm", batch: int = 1, arch: str | None = None, 
     import tvm
     proto = read_onnx(model) if isinstance(model, (str, os.PathLike)) else model
     image = [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim[1:]]
-    if batch * math.prod(image) >= 2**31:
+    if batch * math.prod(image) >= MAX_INPUT_VALUES:
         raise ValueError(f"batch {batch} of {'x'.join(map(str, image))} images is {batch * math.prod(image):,} "
                          "input values per call, beyond what a module takes (below 2**31); choose a smaller batch "
                          "and run more calls (a module runs any number of images in calls of its batch)")

@@ -44,8 +44,8 @@ from ..files import check_regular_file, check_writable_target, read_whole, sweep
 from ..quantize.onnx_export import OUTPUT_KIND_KEY
 from ..quantize.preprocessing import METADATA_KEY as PREPROCESSING_KEY
 from ..quantize.preprocessing import from_metadata
-from .build import (ISAS, CompiledIntViT, NoDeviceError, check_tune_cpu, compile_onnx, make_target, resolve_isa,
-                    resolve_target)
+from .build import (ISAS, MAX_INPUT_VALUES, CompiledIntViT, NoDeviceError, check_tune_cpu, compile_onnx,
+                    make_target, resolve_isa, resolve_target)
 from .callers import on_worker
 from .importer import check_intvit_graph
 from .imma import GEMM_PATHS, gemm_path
@@ -514,7 +514,7 @@ def check_sidecar_fields(meta, side: str) -> None:
                   "(each below 2**31)")
     if batch < 1 or shape[0] != batch:
         raise bad(f"batch {batch} does not match the input shape {shape}")
-    if math.prod(shape) >= 2**31:           # beyond any module intvit compiles; one call would allocate it all
+    if math.prod(shape) >= MAX_INPUT_VALUES:    # beyond any module intvit compiles; a call would allocate it all
         raise bad(f"its input shape {shape} holds {math.prod(shape):,} values per call, more than intvit "
                   "compiles (below 2**31)")
     if not isinstance(meta.get("output", "logits"), str):
