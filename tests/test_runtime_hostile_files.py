@@ -434,3 +434,13 @@ def test_a_module_cache_that_forbids_running_code_is_named(compiled_pair, monkey
                                                   "allow executing code .*set INTVIT_MODULE_CACHE") as err:
         load(so)
     assert "recompile" not in str(err.value) and str(so) + " " not in str(err.value).split("(", 1)[1]
+
+
+def test_a_batch_of_more_input_values_than_a_module_takes_is_refused_before_compiling(compiled_pair, tmp_path):
+    from intvit.tvm_backend.build import MAX_INPUT_VALUES
+    d, _, _, _, _ = compiled_pair
+    batch = -(-MAX_INPUT_VALUES // (3 * 32 * 32))          # the fewest 3x32x32 images that hold 2**31 values
+    with pytest.raises(ValueError, match=f"batch {batch} of 3x32x32 images is 2,147,484,672 input values per call, "
+                                         "beyond what a module takes"):
+        compile_to_file(d / "a.onnx", tmp_path / "big.so", batch=batch)
+    assert not list(tmp_path.iterdir())
